@@ -1,0 +1,182 @@
+"""A scripted fake upstream: a real HTTP server (aiohttp) that misbehaves on request.
+
+The path prefix picks the script, e.g. ``/sse/v1/chat/completions`` streams normally,
+``/reset/v1/...`` drops the connection mid-stream. Every request and every hang-up the
+server notices is recorded, so tests can assert what the upstream saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+WORDS = ["Hello", " from", " the", " fake", " upstream", "."]
+
+
+@dataclass
+class Seen:
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+@dataclass
+class FakeUpstream:
+    host: str = "127.0.0.1"
+    port: int = 0
+    seen: list[Seen] = field(default_factory=list)
+    hangups: list[str] = field(default_factory=list)
+    chunk_delay: float = 0.01
+    first_delay: float = 0.5
+    fail_times: dict[str, int] = field(default_factory=dict)  # scenario -> failures left
+
+    def url(self, scenario: str) -> str:
+        return f"http://{self.host}:{self.port}/{scenario}/v1"
+
+    # ---- lifecycle (own thread, own loop) ----
+    def start(self) -> FakeUpstream:
+        ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            app = web.Application()
+            app.router.add_route("*", "/{scenario}/v1/{tail:.*}", self._openai)
+            app.router.add_post("/{scenario}/api/{kind}", self._ollama)
+            self._runner = web.AppRunner(app, handle_signals=False)
+            self._loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, self.host, 0)
+            self._loop.run_until_complete(site.start())
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        ready.wait(5)
+        return self
+
+    def stop(self) -> None:
+        async def close() -> None:
+            await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def wait_for_hangup(self, timeout: float = 3.0) -> bool:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.hangups:
+                return True
+            time.sleep(0.01)
+        return False
+
+    # ---- OpenAI-compatible scripts ----
+    async def _openai(self, request: web.Request) -> web.StreamResponse:
+        scenario = request.match_info["scenario"]
+        tail = request.match_info["tail"]
+        if tail == "models":
+            return web.json_response({"object": "list", "data": [{"id": "upstream-model", "object": "model"}]})
+        raw = await request.read()
+        body = json.loads(raw) if raw else {}
+        self.seen.append(Seen(request.path, body, {k.lower(): v for k, v in request.headers.items()}))
+        left = self.fail_times.get(scenario)
+        if left:
+            self.fail_times[scenario] = left - 1
+            return web.json_response({"error": {"message": "transient", "type": "server_error"}}, status=503)
+        if scenario == "status500":
+            return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500)
+        if scenario == "status429":
+            return web.json_response(
+                {"error": {"message": "slow down", "type": "rate_limit"}}, status=429, headers={"Retry-After": "7"}
+            )
+        if scenario == "status400":
+            return web.json_response(
+                {"error": {"message": "upstream says no", "type": "invalid_request_error", "param": "x", "code": None}},
+                status=400,
+            )
+        if scenario == "badjson":
+            return web.Response(text="{not json", content_type="application/json")
+        if scenario == "hang":
+            await asyncio.sleep(30)
+        text_mode = tail == "completions"
+        if not body.get("stream"):
+            return web.json_response(_completion(body, text_mode))
+        return await self._stream(request, scenario, body, text_mode)
+
+    async def _stream(self, request: web.Request, scenario: str, body: dict[str, Any], text_mode: bool) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            if scenario in ("slowfirst", "stall"):
+                await asyncio.sleep(self.first_delay)
+            for i, word in enumerate(WORDS):
+                if scenario == "reset" and i == 3:
+                    request.transport.close()  # type: ignore[union-attr]
+                    return response
+                if scenario == "stall" and i == 2:
+                    await asyncio.sleep(30)
+                if scenario == "badchunk" and i == 2:
+                    await response.write(b"data: {broken\n\n")
+                chunk = _chunk(word, i, text_mode, last=i == len(WORDS) - 1)
+                await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                await asyncio.sleep(self.chunk_delay)
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "upstream-model",
+                         "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": len(WORDS), "total_tokens": 7 + len(WORDS)}}
+                await response.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.hangups.append(request.path)
+            raise
+        return response
+
+    # ---- Ollama native scripts (NDJSON) ----
+    async def _ollama(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.seen.append(Seen(request.path, body, {k.lower(): v for k, v in request.headers.items()}))
+        kind = request.match_info["kind"]
+        key = "message" if kind == "chat" else "response"
+        def piece(word: str) -> dict[str, Any]:
+            return {"model": body["model"], "done": False, key: {"role": "assistant", "content": word} if key == "message" else word}
+        final = {"model": body["model"], "done": True, "done_reason": "stop", "prompt_eval_count": 9, "eval_count": len(WORDS)}
+        if not body.get("stream", True):
+            whole = "".join(WORDS)
+            final[key] = {"role": "assistant", "content": whole} if key == "message" else whole
+            return web.json_response(final)
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        for word in WORDS:
+            await response.write(json.dumps(piece(word)).encode() + b"\n")
+            await asyncio.sleep(self.chunk_delay)
+        final[key] = {"role": "assistant", "content": ""} if key == "message" else ""
+        await response.write(json.dumps(final).encode() + b"\n")
+        return response
+
+
+def _completion(body: dict[str, Any], text_mode: bool) -> dict[str, Any]:
+    text = "".join(WORDS)
+    usage = {"prompt_tokens": 7, "completion_tokens": len(WORDS), "total_tokens": 7 + len(WORDS)}
+    if text_mode:
+        return {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "upstream-model",
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}], "usage": usage}
+    return {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "upstream-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                         "finish_reason": "stop"}], "usage": usage}
+
+
+def _chunk(word: str, i: int, text_mode: bool, last: bool) -> dict[str, Any]:
+    finish = "stop" if last else None
+    if text_mode:
+        return {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "upstream-model",
+                "choices": [{"index": 0, "text": word, "logprobs": None, "finish_reason": finish}]}
+    delta = {"role": "assistant", "content": word} if i == 0 else {"content": word}
+    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "upstream-model",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}

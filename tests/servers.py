@@ -1,0 +1,60 @@
+"""Run a real tokenway server (uvicorn, real socket, random port) in a background thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from tokenway.app import create_app
+from tokenway.config import Settings, parse_config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_gateway(config_yaml: str, *, master_key: str | None = None, wait_ready: bool = True) -> Iterator[str]:
+    """Yield the gateway's base URL (``http://127.0.0.1:PORT``) while it serves ``config_yaml``."""
+    port = free_port()
+    settings = Settings(host="127.0.0.1", port=port, master_key=master_key)
+    app = create_app(settings, parse_config(config_yaml))
+    server = uvicorn.Server(uvicorn.Config(
+        app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", lifespan="on",
+        log_level="warning", access_log=False,
+    ))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    path = "/ready" if wait_ready else "/health"
+    while True:
+        try:
+            if httpx.get(base + path, timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.time() > deadline or not thread.is_alive():
+            server.should_exit = True
+            raise RuntimeError(f"gateway did not come up on {base}")
+        time.sleep(0.02)
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def write_config(tmp: Path, text: str) -> Path:
+    path = tmp / "tokenway.yaml"
+    path.write_text(text)
+    return path

@@ -1,0 +1,3 @@
+from tokenway.cli import main
+
+main()

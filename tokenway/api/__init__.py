@@ -1,0 +1,1 @@
+"""HTTP endpoints: the raw-ASGI data plane (``openai``) and the FastAPI control plane (``control``)."""

@@ -1,0 +1,218 @@
+"""The data plane: ``/v1/chat/completions``, ``/v1/completions`` and the simple ``/chat``.
+
+Each endpoint is a raw ASGI handler: read the body (bounded), validate it in one pass, build
+the request context, run the policy list, then send the JSON or relay the stream. Whatever
+happens, the client gets OpenAI's error envelope and the log gets one line.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from pydantic import TypeAdapter
+
+from tokenway.asgi import ClientDisconnected, Receive, Scope, Send, cancel_on_disconnect, read_body, send_bytes, send_error
+from tokenway.config import GatewayConfig
+from tokenway.context import RequestContext
+from tokenway.errors import GatewayError, InternalError, InvalidRequest, Overloaded, UpstreamError
+from tokenway.observability.logging import JsonLog
+from tokenway.policies.base import Handler
+from tokenway.protocol import (
+    CHAT_REQUEST,
+    COMPLETION_REQUEST,
+    SIMPLE_CHAT_REQUEST,
+    SSE_DONE,
+    iter_sse_data,
+    parse_body,
+    sse_event,
+)
+from tokenway.providers.base import Call, CallKind, Completion, Stream
+from tokenway.streaming import StreamLimits, write_stream
+
+Endpoint = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class DataPlane:
+    """The OpenAI-compatible endpoints over one composed policy handler."""
+
+    def __init__(self, config: GatewayConfig, handle: Handler, log: JsonLog, is_ready: Callable[[], bool]) -> None:
+        self._config = config
+        self._limits = config.limits
+        self._handle = handle
+        self._log = log
+        self._is_ready = is_ready
+        self._default_model = config.models[0].name if config.models else ""
+        self._deployment_timeouts = {
+            d.name: d.timeouts for model in config.models for d in model.deployments
+        }
+
+    def routes(self) -> dict[str, Endpoint]:
+        return {
+            "/v1/chat/completions": self.chat_completions,
+            "/v1/completions": self.completions,
+            "/chat": self.simple_chat,
+        }
+
+    async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, "chat", CHAT_REQUEST, ("model", "messages"))
+
+    async def completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, "completions", COMPLETION_REQUEST, ("model", "prompt"))
+
+    async def simple_chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, "simple", SIMPLE_CHAT_REQUEST, ("messages",))
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, kind: str, adapter: TypeAdapter[Any], required: tuple[str, ...]
+    ) -> None:
+        ctx, declared_length = _context(scope, kind)
+        headers = [(b"x-request-id", ctx.request_id.encode())]
+        try:
+            if not self._is_ready():
+                raise Overloaded("The gateway is starting up (loading models); retry shortly.", retry_after=2)
+            body = await read_body(receive, self._limits.max_body_bytes, declared_length)
+            request = parse_body(adapter, body, required)
+            simple = kind == "simple"
+            if simple:
+                request.setdefault("model", self._default_model)
+            call = Call("chat" if simple else kind, request)  # type: ignore[arg-type]
+            self._check_limits(call)
+            ctx.stream = call.stream
+            async with cancel_on_disconnect(receive):
+                answer = await self._handle(ctx, call)
+                if simple:
+                    answer = _simple_answer(answer, ctx)
+                if isinstance(answer, Stream):
+                    await write_stream(answer, send, ctx, self._stream_limits(ctx), headers + ctx.response_headers)
+            if isinstance(answer, Completion):
+                ctx.usage = answer.usage
+                await send_bytes(send, 200, answer.body, headers + ctx.response_headers + answer.headers)
+        except ClientDisconnected:
+            ctx.status, ctx.error_type = 499, "ClientDisconnected"
+        except GatewayError as error:
+            ctx.status, ctx.error_type = error.status, type(error).__name__
+            await send_error(send, error, headers)
+        except Exception as exc:  # a bug: never a traceback to the client, always one in the log
+            ctx.status, ctx.error_type = 500, type(exc).__name__
+            ctx.extra["exception"] = exc
+            await send_error(send, InternalError(f"Internal error; request id {ctx.request_id}."), headers)
+        finally:
+            self._log.request(ctx)
+
+    def _stream_limits(self, ctx: RequestContext) -> StreamLimits:
+        timeouts = self._deployment_timeouts.get(ctx.deployment or "")
+        heartbeat = self._config.streaming.heartbeat_s
+        if timeouts is None:
+            return StreamLimits(first_token=60.0, idle=30.0, heartbeat=heartbeat)
+        return StreamLimits(first_token=timeouts.first_token, idle=timeouts.idle, heartbeat=heartbeat)
+
+    def _check_limits(self, call: Call) -> None:
+        limits = self._limits
+        body = call.body
+        if call.kind == "chat":
+            messages = body["messages"]
+            if len(messages) > limits.max_messages:
+                raise InvalidRequest(
+                    f"Too many messages: {len(messages)}; the limit is {limits.max_messages}.", param="messages"
+                )
+            chars = sum(_content_chars(m.get("content")) for m in messages)
+            param = "messages"
+        else:
+            prompt = body.get("prompt")
+            chars = len(prompt) if isinstance(prompt, str) else sum(len(p) for p in prompt if isinstance(p, str))
+            param = "prompt"
+        if chars > limits.max_total_chars:
+            raise InvalidRequest(
+                f"The input is {chars} characters; the limit is {limits.max_total_chars}.", param=param,
+                code="context_length_exceeded",
+            )
+        for field in ("max_tokens", "max_completion_tokens"):
+            value = body.get(field)
+            if value is not None and value > limits.max_tokens:
+                raise InvalidRequest(
+                    f"'{field}' is {value}; this gateway allows at most {limits.max_tokens}.", param=field
+                )
+
+
+def _content_chars(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(part.get("text") or "") for part in content if isinstance(part, dict))
+    return 0
+
+
+def _context(scope: Scope, endpoint: str) -> tuple[RequestContext, int | None]:
+    """The request context from the headers (one pass), and the declared body length."""
+    request_id = api_key = None
+    length: int | None = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                api_key = token.strip()
+        elif name == b"api-key" and api_key is None:
+            api_key = value.decode("latin-1").strip()
+        elif name == b"x-request-id":
+            request_id = _safe_request_id(value)
+        elif name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                length = None
+    client = scope.get("client")
+    ctx = RequestContext(
+        request_id=request_id or "req_" + secrets.token_hex(12),
+        endpoint=endpoint,
+        api_key=api_key,
+        client_ip=client[0] if client else None,
+    )
+    return ctx, length
+
+
+def _safe_request_id(value: bytes) -> str | None:
+    # Honour the caller's id, but never let it inject anything into headers or logs.
+    if 0 < len(value) <= 128 and all(33 <= b < 127 for b in value):
+        return value.decode("ascii")
+    return None
+
+
+def _simple_answer(answer: Completion | Stream, ctx: RequestContext) -> Completion | Stream:
+    """``/chat``'s shape: ``{"content", "cached", "elapsed_ms"}``, or SSE deltas then that object."""
+    if isinstance(answer, Completion):
+        try:
+            content = orjson.loads(answer.body)["choices"][0]["message"].get("content") or ""
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            raise UpstreamError("The backend's answer had no message content.") from None
+        body = {"content": content, "cached": False, "elapsed_ms": round(ctx.elapsed_ms(), 3)}
+        return Completion(body=orjson.dumps(body), usage=answer.usage, headers=answer.headers)
+
+    async def deltas(stream: Stream) -> AsyncIterator[bytes]:
+        parts: list[str] = []
+        try:
+            async for block in answer:
+                out = []
+                for data in iter_sse_data(block):
+                    if data == b"[DONE]":
+                        continue
+                    chunk = orjson.loads(data)
+                    if "error" in chunk:
+                        out.append(b"data: " + data + b"\n\n")
+                        continue
+                    for choice in chunk.get("choices") or []:
+                        text = (choice.get("delta") or {}).get("content")
+                        if text:
+                            parts.append(text)
+                            out.append(sse_event({"delta": text}))
+                if out:
+                    yield b"".join(out)
+        finally:
+            stream.usage = answer.usage
+            await answer.aclose()
+        final = {"content": "".join(parts), "cached": False, "elapsed_ms": round(ctx.elapsed_ms(), 3)}
+        yield sse_event(final) + SSE_DONE
+
+    return Stream(deltas)

@@ -1,0 +1,146 @@
+"""``create_app(settings, config)``: the gateway as one ASGI app, and the policy list.
+
+The app owns everything with a lifetime (HTTP client pool, providers, log flusher) through the
+ASGI lifespan. Providers start in the background after the server is up, so ``/ready`` can
+say "not yet" while a local model loads; the data plane answers 503 until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import aiohttp
+
+from tokenway import __version__
+from tokenway.api.control import control_app
+from tokenway.api.openai import DataPlane
+from tokenway.asgi import Receive, Scope, Send, send_error
+from tokenway.config import GatewayConfig, Settings, load_config
+from tokenway.context import RequestContext
+from tokenway.deployments import Deployment, ModelTable
+from tokenway.errors import MethodNotAllowed
+from tokenway.observability.logging import JsonLog
+from tokenway.policies.admission import LimitConcurrency
+from tokenway.policies.auth import Authenticate
+from tokenway.policies.base import Policy, compose
+from tokenway.policies.routing import Route
+from tokenway.providers.base import Answer, Call, ProviderResources
+from tokenway.providers.registry import provider_class
+
+
+async def call_provider(ctx: RequestContext, call: Call) -> Answer:
+    """The end of the policy list: hand the call to the deployment routing chose."""
+    deployment: Deployment = ctx.target
+    if ctx.deadline is None:
+        ctx.deadline = ctx.started + deployment.config.timeouts.total
+    provider = deployment.provider
+    return await (provider.chat(call, ctx) if call.kind == "chat" else provider.completions(call, ctx))
+
+
+class Gateway:
+    """The ASGI application."""
+
+    def __init__(self, settings: Settings, config: GatewayConfig, log: JsonLog | None = None) -> None:
+        self.settings = settings
+        self.config = config
+        self.log = log or JsonLog(
+            sample=config.logging.sample, requests=config.logging.requests, content=config.logging.content
+        )
+        self.ready = False
+        self.draining = False
+        self._http: aiohttp.ClientSession | None = None
+        self._models = ModelTable({})
+        self._starting: asyncio.Task[None] | None = None
+        self._data_routes: dict[str, Any] = {}
+        self._control: Any = None
+
+    def policies(self, models: ModelTable) -> list[Policy]:
+        """The request path, top to bottom. Adding a policy is adding a module and a line here."""
+        return [
+            Authenticate(self.settings.master_key),
+            Route(models),
+            LimitConcurrency(),
+        ]
+
+    def is_ready(self) -> bool:
+        return self.ready and not self.draining
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            endpoint = self._data_routes.get(scope["path"])
+            if endpoint is not None:
+                if scope["method"] != "POST":
+                    await send_error(send, MethodNotAllowed(f"Use POST for {scope['path']}."), [(b"allow", b"POST")])
+                    return
+                await endpoint(scope, receive, send)
+                return
+            await self._control(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        try:
+            await self.startup()
+        except Exception as exc:
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        message = await receive()
+        assert message["type"] == "lifespan.shutdown"
+        await self.shutdown()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def startup(self) -> None:
+        self.log.start()
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+        self._http = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
+        resources = ProviderResources(http=self._http)
+        table: dict[str, list[Deployment]] = {}
+        for model in self.config.models:
+            table[model.name] = [
+                Deployment(d, provider_class(d.provider)(d, d.options, resources)) for d in model.deployments
+            ]
+        self._models = ModelTable(table)
+        handler = compose(self.policies(self._models), call_provider)
+        plane = DataPlane(self.config, handler, self.log, self.is_ready)
+        self._data_routes = plane.routes()
+        self._control = control_app(self._models, self.is_ready, int(time.time()))
+        self._starting = asyncio.get_running_loop().create_task(self._start_providers())
+        open_note = "" if self.settings.master_key else " (no master key: anyone who can reach it may call it)"
+        self.log.event(
+            "starting", version=__version__, pid=os.getpid(), models=self._models.names(),
+            config_hash=self.config.digest(), auth="master key" if self.settings.master_key else "open" + open_note,
+        )
+
+    async def _start_providers(self) -> None:
+        started = time.perf_counter()
+        deployments = self._models.all()
+        results = await asyncio.gather(*(d.provider.start() for d in deployments), return_exceptions=True)
+        failed = [(d, r) for d, r in zip(deployments, results, strict=True) if isinstance(r, BaseException)]
+        for deployment, error in failed:
+            self.log.event("deployment_failed", level="error", deployment=deployment.name, error=str(error))
+        if failed and len(failed) == len(deployments):
+            self.log.event("not_ready", level="error", reason="no deployment could start")
+            return
+        self.ready = True
+        self.log.event("ready", models=self._models.names(), seconds=round(time.perf_counter() - started, 3))
+
+    async def shutdown(self) -> None:
+        self.ready = False
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+        await asyncio.gather(*(d.provider.aclose() for d in self._models.all()), return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
+        self.log.event("stopped")
+        await self.log.aclose()
+
+
+def create_app(settings: Settings | None = None, config: GatewayConfig | None = None) -> Gateway:
+    settings = settings or Settings()
+    return Gateway(settings, config if config is not None else load_config(settings.config))

@@ -1,0 +1,210 @@
+"""Settings (flags and ``TOKENWAY_*`` env vars) and the YAML config, validated once at start.
+
+Errors in the YAML point at the file and line of the offending value:
+``tokenway.yaml:7: models[0].deployments[0].timeouts.total: Input should be greater than 0``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tokenway.providers.base import ProviderOptions
+from tokenway.providers.registry import UnknownProvider, provider_class
+
+Positive = Annotated[float, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """Process settings: every field is a ``tokenway serve`` flag and a ``TOKENWAY_*`` env var."""
+
+    model_config = SettingsConfigDict(env_prefix="TOKENWAY_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    config: Path | None = None
+    master_key: str | None = None
+    allow_open: bool = False  # serve without auth on a non-loopback address
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Timeouts(_Strict):
+    """Seconds. ``first_token``: from sending the request to the first byte of the answer."""
+
+    connect: Positive = 5.0
+    first_token: Positive = 60.0
+    idle: Positive = 30.0  # the longest silence allowed between two chunks of a stream
+    total: Positive = 600.0
+
+
+class Price(_Strict):
+    """US dollars per 1M tokens."""
+
+    input_per_1m: Annotated[float, Field(ge=0)] = 0.0
+    output_per_1m: Annotated[float, Field(ge=0)] = 0.0
+
+
+class DeploymentConfig(BaseModel):
+    """One backend that serves a public model name. Provider-specific fields go to ``options``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    provider: str = "openai"
+    name: str | None = None  # shown in logs and metrics; default "<model>#<index>"
+    api_base: str | None = None
+    api_key_env: str | None = None  # name of the env var that holds the upstream key
+    model: str | None = None  # upstream model name; default: the public name
+    timeouts: Timeouts = Timeouts()
+    max_concurrency: Annotated[int, Field(ge=1)] | None = None
+    price: Price = Price()
+    weight: Positive = 1.0
+    headers: dict[str, str] = {}
+    options: ProviderOptions = ProviderOptions()
+
+    @model_validator(mode="after")
+    def _provider_options(self) -> DeploymentConfig:
+        try:
+            cls = provider_class(self.provider)
+        except UnknownProvider as exc:
+            raise ValueError(str(exc)) from None
+        extra = self.model_extra or {}
+        try:
+            self.options = cls.Options.model_validate(extra)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"{field}: {first['msg']} (for provider {self.provider!r})") from None
+        extra.clear()
+        return self
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class ModelConfig(_Strict):
+    name: Annotated[str, Field(min_length=1)]
+    deployments: Annotated[list[DeploymentConfig], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _name_deployments(self) -> ModelConfig:
+        for index, deployment in enumerate(self.deployments):
+            deployment.model = deployment.model or self.name
+            deployment.name = deployment.name or f"{self.name}#{index}"
+        return self
+
+
+class Limits(_Strict):
+    """Bounds on what a client may send; breaking one is a 400 or 413 that says which."""
+
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    max_messages: Annotated[int, Field(ge=1)] = 2048
+    max_total_chars: Annotated[int, Field(ge=1)] = 2_000_000
+    max_tokens: Annotated[int, Field(ge=1)] = 131_072
+
+
+class Streaming(_Strict):
+    heartbeat_s: Positive = 10.0  # ": keep-alive" comments while the first token is awaited
+
+
+class Logging(_Strict):
+    requests: bool = True  # one JSON line per request
+    sample: Annotated[float, Field(ge=0, le=1)] = 1.0  # share of successful requests logged
+    content: bool = False  # log message content (redacted); off by default
+
+
+class GatewayConfig(_Strict):
+    models: list[ModelConfig]
+    limits: Limits = Limits()
+    streaming: Streaming = Streaming()
+    logging: Logging = Logging()
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        seen: set[str] = set()
+        for model in models:
+            if model.name in seen:
+                raise ValueError(f"model name {model.name!r} appears twice")
+            seen.add(model.name)
+        return models
+
+    def digest(self) -> str:
+        """A short hash of the effective config (shown by admin status and logs)."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+
+def default_config() -> GatewayConfig:
+    """No config file: serve the embedded local model as ``local``."""
+    return GatewayConfig.model_validate({"models": [{"name": "local", "deployments": [{"provider": "local"}]}]})
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file, line and field."""
+
+
+def load_config(path: Path | None) -> GatewayConfig:
+    if path is None:
+        return default_config()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    return parse_config(text, str(path))
+
+
+def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:1: the config must be a mapping with a 'models' list")
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False):
+            loc = [p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+            line = _line_of(node, loc)
+            field = _dotted(loc) or "(top level)"
+            lines.append(f"{source}:{line}: {field}: {error['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _line_of(node: Any, loc: list[Any]) -> int:
+    """The 1-based line of the deepest YAML node along ``loc`` that exists."""
+    line = node.start_mark.line + 1 if node is not None else 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if k.value == part), None)
+            if match is None:
+                key = next((k for k, _ in node.value if k.value == part), None)
+                return key.start_mark.line + 1 if key is not None else line
+            node = match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def _dotted(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out

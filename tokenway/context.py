@@ -1,0 +1,41 @@
+"""Per-request state that travels down the policy list and into the request log."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenway.protocol import Usage
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    endpoint: str
+    started: float = field(default_factory=time.perf_counter)
+    deadline: float | None = None  # perf_counter() time after which the request has failed
+    client_ip: str | None = None
+    api_key: str | None = None  # the presented key, never logged
+    key_alias: str | None = None  # who the key belongs to, safe to log
+    model: str | None = None  # public model name
+    deployment: str | None = None  # name of the deployment serving the call, for logs
+    target: Any = None  # the ``Deployment`` chosen by routing for the current attempt
+    stream: bool = False
+    status: int = 200
+    error_type: str | None = None
+    usage: Usage | None = None
+    upstream_started: float | None = None
+    first_token_at: float | None = None
+    attempts: int = 0
+    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline, or None when the request has none."""
+        if self.deadline is None:
+            return None
+        return self.deadline - time.perf_counter()
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000.0

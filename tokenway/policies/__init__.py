@@ -1,0 +1,1 @@
+"""The request path's policies. Each wraps the next handler; ``app.py`` lists them in order."""

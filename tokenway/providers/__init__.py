@@ -1,0 +1,1 @@
+"""Backends behind one small protocol (``base.Provider``), chosen by name from ``registry``."""

@@ -1,0 +1,133 @@
+"""The provider protocol and the two shapes an answer takes: ``Completion`` and ``Stream``.
+
+A provider turns one OpenAI-shaped call into either a finished ``Completion`` (the JSON bytes
+to send, plus usage) or a ``Stream`` (SSE-encoded byte blocks, each holding whole events).
+Failures before the first byte raise ``tokenway.errors.GatewayError`` subclasses, so policies
+can retry or fall back; failures after it are raised from the stream's iterator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from tokenway.protocol import Usage
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from tokenway.config import DeploymentConfig
+    from tokenway.context import RequestContext
+
+
+CallKind = Literal["chat", "completions"]
+
+
+@dataclass(slots=True)
+class Call:
+    """One validated request, as the client sent it (``body['model']`` is the public name)."""
+
+    kind: CallKind
+    body: dict[str, Any]
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.body.get("stream"))
+
+    @property
+    def include_usage(self) -> bool:
+        options = self.body.get("stream_options")
+        return bool(options and options.get("include_usage"))
+
+    @property
+    def max_tokens(self) -> int | None:
+        value = self.body.get("max_completion_tokens") or self.body.get("max_tokens")
+        return int(value) if value else None
+
+
+@dataclass(slots=True)
+class Completion:
+    """A finished, non-streaming answer: the body is sent to the client as it is."""
+
+    body: bytes
+    usage: Usage | None = None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+class Stream:
+    """A streaming answer: an async iterator of SSE byte blocks, read once.
+
+    The source is built from the stream itself (``source(stream)``) so that it can record
+    usage on it as it sees it. Whoever holds the stream must ``aclose()`` it; close callbacks
+    (freeing a concurrency slot, settling usage) run exactly once, also on cancellation.
+    """
+
+    __slots__ = ("_closed", "_on_close", "_source", "usage")
+
+    def __init__(self, source: Callable[[Stream], AsyncIterator[bytes]]) -> None:
+        self.usage: Usage | None = None
+        self._on_close: list[Callable[[Stream], None]] = []
+        self._closed = False
+        self._source = source(self)
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._source.__anext__()
+
+    def on_close(self, callback: Callable[[Stream], None]) -> None:
+        self._on_close.append(callback)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            aclose = getattr(self._source, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            for callback in reversed(self._on_close):
+                callback(self)
+
+
+Answer = Completion | Stream
+
+
+@dataclass(slots=True)
+class ProviderResources:
+    """What the app shares with every provider it builds (owned by the app's lifespan)."""
+
+    http: aiohttp.ClientSession
+
+
+class ProviderOptions(BaseModel):
+    """Provider-specific deployment fields; subclasses declare theirs. Unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Provider(Protocol):
+    """One backend deployment. Implementations are registered by name in ``registry``."""
+
+    Options: ClassVar[type[ProviderOptions]]
+
+    async def start(self) -> None:
+        """Connect, load or warm up; the gateway is not ready until every provider has started."""
+
+    async def chat(self, call: Call, ctx: RequestContext) -> Answer: ...
+
+    async def completions(self, call: Call, ctx: RequestContext) -> Answer: ...
+
+    async def models(self) -> list[str]:
+        """Upstream model ids this deployment serves (used by health checks and listings)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+ProviderFactory = Callable[["DeploymentConfig", ProviderOptions, ProviderResources], Provider]

@@ -1,0 +1,199 @@
+"""Any backend that speaks OpenAI's API: OpenAI, vLLM, SGLang, TGI, llama.cpp server, LM Studio.
+
+Bodies are relayed, not rebuilt: the request is the client's dict with ``model`` swapped for
+the upstream name; the response bytes go back as they came. Streams are cut only at SSE event
+boundaries, so a client never sees half an event, and each upstream read is forwarded at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+import aiohttp
+import orjson
+
+from tokenway.config import DeploymentConfig
+from tokenway.context import RequestContext
+from tokenway.errors import (
+    GatewayError,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from tokenway.protocol import Usage, iter_sse_data
+from tokenway.providers.base import Answer, Call, Completion, ProviderOptions, ProviderResources, Stream
+
+
+class OpenAICompatOptions(ProviderOptions):
+    # Ask the upstream for a usage chunk even when the client did not, so accounting is exact;
+    # that chunk is then dropped before it reaches the client. Turn off for servers that
+    # reject ``stream_options``.
+    stream_usage: bool = True
+
+
+class OpenAICompatProvider:
+    Options: ClassVar[type[ProviderOptions]] = OpenAICompatOptions
+
+    def __init__(self, deployment: DeploymentConfig, options: ProviderOptions, resources: ProviderResources) -> None:
+        if not deployment.api_base:
+            raise ValueError(f"deployment {deployment.name}: provider 'openai' needs api_base")
+        assert isinstance(options, OpenAICompatOptions)
+        self.deployment = deployment
+        self.options = options
+        self._http = resources.http
+        self._base = deployment.api_base.rstrip("/")
+        headers = {"content-type": "application/json", **deployment.headers}
+        key = deployment.api_key()
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        self._headers = headers
+        timeouts = deployment.timeouts
+        # Connect and first-byte limits live here; the idle and total limits of a stream are
+        # enforced by the gateway's stream writer, which sees every chunk anyway.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, connect=timeouts.connect)
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def models(self) -> list[str]:
+        async with self._http.get(f"{self._base}/models", headers=self._headers, timeout=self._timeout) as resp:
+            payload = await resp.json(loads=orjson.loads, content_type=None)
+        return [m["id"] for m in payload.get("data", []) if isinstance(m, dict) and "id" in m]
+
+    async def chat(self, call: Call, ctx: RequestContext) -> Answer:
+        return await self._send("/chat/completions", call, ctx)
+
+    async def completions(self, call: Call, ctx: RequestContext) -> Answer:
+        return await self._send("/completions", call, ctx)
+
+    async def _send(self, path: str, call: Call, ctx: RequestContext) -> Answer:
+        body = dict(call.body)
+        body["model"] = self.deployment.model
+        strip_usage = False
+        if call.stream and self.options.stream_usage and not call.include_usage:
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+            strip_usage = True
+        headers = self._headers
+        if ctx.request_id:
+            headers = {**headers, "x-request-id": ctx.request_id}
+        first_byte = min(self.deployment.timeouts.first_token, ctx.remaining() or float("inf"))
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(first_byte):
+                resp = await self._http.post(
+                    self._base + path, data=orjson.dumps(body), headers=headers, timeout=self._timeout
+                )
+                if resp.status != 200:
+                    raise await _status_error(resp)
+                raw = b"" if call.stream else await resp.read()
+        except TimeoutError:
+            _close(resp)
+            raise UpstreamTimeout(
+                f"The backend {self.deployment.name} sent nothing within {first_byte:.3g}s.", retry_after=1
+            ) from None
+        except aiohttp.ClientConnectionError as exc:
+            _close(resp)
+            raise UpstreamUnavailable(f"Could not reach the backend {self.deployment.name}: {exc}.") from None
+        except aiohttp.ClientError as exc:
+            _close(resp)
+            raise UpstreamError(f"The backend {self.deployment.name} failed: {exc}.") from None
+        except BaseException:
+            _close(resp)
+            raise
+        if not call.stream:
+            return _completion(raw, self.deployment.name or "")
+        return Stream(lambda stream: _relay(resp, stream, strip_usage, self.deployment.name or ""))
+
+
+def _close(resp: aiohttp.ClientResponse | None) -> None:
+    if resp is not None:
+        resp.close()
+
+
+async def _status_error(resp: aiohttp.ClientResponse) -> GatewayError:
+    body = await resp.read()
+    resp.release()
+    retry_after = _retry_after(resp.headers.get("retry-after"))
+    detail = body[:300].decode(errors="replace")
+    if resp.status == 429 or resp.status >= 500:
+        return UpstreamError(
+            f"The backend answered {resp.status}: {detail}", upstream_status=resp.status, retry_after=retry_after
+        )
+    return UpstreamRejected(f"The backend answered {resp.status}: {detail}", status=resp.status, body=body)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date; rare from model servers, treated as absent
+
+
+def _completion(raw: bytes, deployment: str) -> Completion:
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(f"The backend {deployment} returned a body that is not JSON.") from None
+    if not isinstance(parsed, dict) or "choices" not in parsed:
+        raise UpstreamError(f"The backend {deployment} returned JSON without 'choices'.")
+    return Completion(body=raw, usage=Usage.from_openai(parsed.get("usage")))
+
+
+async def _relay(
+    resp: aiohttp.ClientResponse, stream: Stream, strip_usage: bool, deployment: str
+) -> AsyncIterator[bytes]:
+    """Forward whole SSE events as they arrive; note usage; drop the usage chunk if we added it."""
+    pending = b""
+    done = False
+    try:
+        async for data in resp.content.iter_any():
+            buf = pending + data if pending else data
+            cut = _last_event_end(buf)
+            if cut == 0:
+                pending = buf
+                continue
+            block, pending = buf[:cut], buf[cut:]
+            if b'"usage"' in block:
+                block = _take_usage(block, stream, strip_usage)
+            if block.endswith(b"data: [DONE]\n\n"):
+                done = True
+            if block:
+                yield block
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(f"The backend {deployment} broke off the stream: {exc}.") from None
+    finally:
+        resp.release() if done else resp.close()
+    if not done:
+        raise UpstreamError(f"The backend {deployment} ended the stream without [DONE].")
+
+
+def _last_event_end(buf: bytes) -> int:
+    lf = buf.rfind(b"\n\n")
+    crlf = buf.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+def _take_usage(block: bytes, stream: Stream, strip: bool) -> bytes:
+    kept: list[bytes] = []
+    for data in iter_sse_data(block):
+        if data != b"[DONE]" and b'"usage"' in data:
+            try:
+                chunk: Any = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                chunk = None
+            if isinstance(chunk, dict):
+                usage = Usage.from_openai(chunk.get("usage"))
+                if usage is not None:
+                    stream.usage = usage
+                    if strip and not chunk.get("choices"):
+                        continue
+        kept.append(b"data: " + data + b"\n\n")
+    return b"".join(kept)

@@ -1,0 +1,127 @@
+"""Writing a ``Stream`` to the client: pass-through, heartbeats, timeouts, errors as SSE events.
+
+Response headers go out with the first upstream bytes, or with the first heartbeat if the
+first token is slow; until then a failure can still be a plain HTTP error with its status.
+After that, a failure ends the stream with an OpenAI-style ``data: {"error": ...}`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from tokenway.asgi import STREAM_HEADERS, Send
+from tokenway.context import RequestContext
+from tokenway.errors import GatewayError, InternalError, UpstreamError, UpstreamTimeout
+from tokenway.protocol import SSE_HEARTBEAT, sse_error
+from tokenway.providers.base import Stream
+
+
+@dataclass(slots=True)
+class StreamLimits:
+    first_token: float
+    idle: float
+    heartbeat: float
+
+
+class _Writer:
+    __slots__ = ("ctx", "headers", "limits", "send", "started", "stream")
+
+    def __init__(
+        self, stream: Stream, send: Send, ctx: RequestContext, limits: StreamLimits, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        self.stream, self.send, self.ctx, self.limits, self.headers = stream, send, ctx, limits, headers
+        self.started = False
+
+    async def start(self) -> None:
+        if not self.started:
+            self.started = True
+            await self.send({"type": "http.response.start", "status": 200, "headers": [*STREAM_HEADERS, *self.headers]})
+
+    async def body(self, data: bytes) -> None:
+        await self.send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def first_block(self) -> bytes | None:
+        """Await the first bytes, sending ``: keep-alive`` comments while they take their time."""
+        loop = asyncio.get_running_loop()
+        budget = self.limits.first_token
+        remaining = self.ctx.remaining()
+        if remaining is not None:
+            budget = min(budget, remaining)
+        deadline = loop.time() + budget
+        pending = asyncio.ensure_future(self.stream.__anext__())
+        try:
+            while True:
+                wait = min(self.limits.heartbeat, deadline - loop.time())
+                if wait <= 0:
+                    raise UpstreamTimeout(f"No first token within {budget:.3g}s.")
+                done, _ = await asyncio.wait((pending,), timeout=wait)
+                if done:
+                    try:
+                        return pending.result()
+                    except StopAsyncIteration:
+                        return None
+                if loop.time() < deadline:
+                    await self.start()
+                    await self.body(SSE_HEARTBEAT)
+        finally:
+            if not pending.done():
+                pending.cancel()
+                # let the cancellation land inside the generator before anyone closes it
+                await asyncio.wait((pending,))
+
+    async def rest(self) -> None:
+        """Relay the remaining blocks, each within the idle limit, all within the total deadline."""
+        loop = asyncio.get_running_loop()
+        remaining = self.ctx.remaining()
+        total_deadline = None if remaining is None else loop.time() + remaining
+        idle = self.limits.idle
+        try:
+            async with asyncio.timeout(None) as timer:
+                while True:
+                    when = loop.time() + idle
+                    if total_deadline is not None and total_deadline < when:
+                        when = total_deadline
+                    timer.reschedule(when)
+                    try:
+                        block = await self.stream.__anext__()
+                    except StopAsyncIteration:
+                        return
+                    await self.body(block)
+        except TimeoutError:
+            if total_deadline is not None and loop.time() >= total_deadline - 1e-3:
+                raise UpstreamTimeout("The request ran past its total time limit.") from None
+            raise UpstreamTimeout(f"The backend sent nothing for {idle:.3g}s in the middle of the stream.") from None
+
+
+async def write_stream(
+    stream: Stream, send: Send, ctx: RequestContext, limits: StreamLimits, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """Send ``stream`` as an SSE response. Raises ``GatewayError`` only if nothing was sent yet."""
+    writer = _Writer(stream, send, ctx, limits, headers)
+    try:
+        first = await writer.first_block()
+        if first is None:
+            raise UpstreamError("The backend ended the stream before sending anything.")
+        await writer.start()
+        ctx.first_token_at = time.perf_counter()
+        await writer.body(first)
+        await writer.rest()
+    except GatewayError as error:
+        ctx.status, ctx.error_type = error.status, type(error).__name__
+        if not writer.started:
+            raise
+        await writer.body(sse_error(error))
+    except (asyncio.CancelledError, GeneratorExit):
+        raise
+    except Exception as exc:  # a bug: the client gets an error event, the log gets the traceback
+        if not writer.started:
+            raise
+        ctx.status, ctx.error_type = 500, type(exc).__name__
+        ctx.extra["exception"] = exc
+        await writer.body(sse_error(InternalError("Internal error.")))
+    finally:
+        ctx.usage = stream.usage
+        await stream.aclose()
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
