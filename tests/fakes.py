@@ -49,7 +49,7 @@ class FakeUpstream:
             app = web.Application()
             app.router.add_route("*", "/{scenario}/v1/{tail:.*}", self._openai)
             app.router.add_post("/{scenario}/api/{kind}", self._ollama)
-            self._runner = web.AppRunner(app, handle_signals=False)
+            self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.2, handler_cancellation=True)
             self._loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, self.host, 0)
             self._loop.run_until_complete(site.start())

@@ -12,15 +12,17 @@ from tests.servers import running_gateway
 TEXT = "".join(WORDS)
 
 
-def config(upstream: FakeUpstream, scenario: str = "ok", extra: str = "", model: str = "m") -> str:
+def config(upstream: FakeUpstream, scenario: str = "ok", extra: str = "", deployment: str = "") -> str:
+    """One model ``m`` on the fake upstream's ``scenario``; ``deployment`` adds fields to it."""
+    fields = "".join(f"        {line.strip()}\n" for line in deployment.splitlines() if line.strip())
     return f"""
 models:
-  - name: {model}
+  - name: m
     deployments:
       - provider: openai
         api_base: {upstream.url(scenario)}
         model: upstream-name
-{extra}
+{fields}{extra}
 """
 
 

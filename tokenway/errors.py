@@ -119,6 +119,8 @@ class UpstreamError(GatewayError):
     def __init__(self, message: str, *, upstream_status: int | None = None, **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.upstream_status = upstream_status
+        if upstream_status == 429:  # the backend's rate limit is the client's rate limit
+            self.status, self.type, self.code = 429, "rate_limit_error", "rate_limit_exceeded"
 
     @property
     def retryable(self) -> bool:

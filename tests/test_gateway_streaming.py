@@ -1,0 +1,101 @@
+"""Streams under faults: slow first token, stalls, resets, bad chunks, clients that hang up."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.fakes import WORDS, FakeUpstream
+from tests.servers import running_gateway
+from tests.test_gateway_openai import MESSAGES, client, config
+
+STREAM = {"model": "m", "messages": MESSAGES, "stream": True}
+
+
+def read_stream(base: str) -> tuple[int, list[str]]:
+    """Status and the SSE lines (comments included) of one streaming call."""
+    with httpx.stream("POST", base + "/v1/chat/completions", json=STREAM, timeout=10) as r:
+        return r.status_code, [line for line in r.iter_lines() if line]
+
+
+def test_heartbeats_while_the_first_token_is_slow(upstream: FakeUpstream) -> None:
+    upstream.first_delay = 0.6
+    yaml = config(upstream, "slowfirst", extra="streaming: {heartbeat_s: 0.1}")
+    with running_gateway(yaml) as base:
+        status, lines = read_stream(base)
+    assert status == 200
+    assert lines.count(": keep-alive") >= 3
+    assert lines[-1] == "data: [DONE]"
+    assert all(not line.startswith(": ") for line in lines[lines.index(next(x for x in lines if x.startswith("data:"))):])
+
+
+def test_first_token_timeout_after_heartbeats_is_an_error_event(upstream: FakeUpstream) -> None:
+    upstream.first_delay = 2
+    yaml = config(upstream, "slowfirst", extra="streaming: {heartbeat_s: 0.1}", deployment="timeouts: {first_token: 0.5}")
+    with running_gateway(yaml) as base:
+        started = time.perf_counter()
+        status, lines = read_stream(base)
+    assert status == 200 and time.perf_counter() - started < 1.5
+    error = json.loads(lines[-1][6:])["error"]
+    assert error["code"] == "upstream_timeout"
+
+
+def test_idle_timeout_mid_stream(upstream: FakeUpstream) -> None:
+    yaml = config(upstream, "stall", deployment="timeouts: {idle: 0.3}")
+    upstream.first_delay = 0
+    with running_gateway(yaml) as base:
+        started = time.perf_counter()
+        status, lines = read_stream(base)
+        assert time.perf_counter() - started < 2
+        with pytest.raises(openai.APIError):
+            list(client(base).chat.completions.create(model="m", messages=MESSAGES, stream=True))
+    assert status == 200
+    assert "data: [DONE]" not in lines
+    assert json.loads(lines[-1][6:])["error"]["code"] == "upstream_timeout"
+    assert upstream.wait_for_hangup()  # the stalled upstream call was closed, not left hanging
+
+
+def test_total_deadline_mid_stream(upstream: FakeUpstream) -> None:
+    upstream.chunk_delay = 0.3
+    yaml = config(upstream, "ok", deployment="timeouts: {total: 0.8}")
+    with running_gateway(yaml) as base:
+        status, lines = read_stream(base)
+    assert status == 200
+    assert "total time limit" in json.loads(lines[-1][6:])["error"]["message"]
+
+
+def test_reset_mid_stream_ends_with_an_error_event(upstream: FakeUpstream) -> None:
+    with running_gateway(config(upstream, "reset")) as base:
+        status, lines = read_stream(base)
+    assert status == 200
+    contents = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+    assert [c["choices"][0]["delta"]["content"] for c in contents[:3]] == WORDS[:3]
+    assert contents[-1]["error"]["code"] == "upstream_error"
+
+
+def test_client_disconnect_cancels_the_upstream(upstream: FakeUpstream) -> None:
+    upstream.chunk_delay = 0.2
+    with running_gateway(config(upstream, "ok")) as base:
+        with httpx.stream("POST", base + "/v1/chat/completions", json=STREAM, timeout=10) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    break  # hang up after the first chunk
+        assert upstream.wait_for_hangup(timeout=2)
+
+
+def test_chunks_are_not_merged(upstream: FakeUpstream) -> None:
+    """Each upstream event arrives at the client as its own read, spaced as the upstream sent it."""
+    upstream.chunk_delay = 0.1
+    with running_gateway(config(upstream, "ok")) as base:
+        arrivals = []
+        with httpx.stream("POST", base + "/v1/chat/completions", json=STREAM, timeout=10) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    arrivals.append(time.perf_counter())
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    assert len(arrivals) == len(WORDS)
+    assert min(gaps) > 0.05
