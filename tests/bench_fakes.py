@@ -3,9 +3,9 @@
 It runs in its own process, as any real server does: a thread would share the client's GIL, and
 the interpreter's 5 ms switch interval would then show up as fake latency. Each request picks its
 script with an `X-Fake-Script` header (JSON of `Script` fields), which the benchmark sends as a
-custom header, so one server serves every test. Token events are sent on an absolute schedule (request arrival +
-ttft + i * itl), so sleep overshoot does not accumulate and the expected metrics follow
-directly from the script.
+custom header, so one server serves every test. Token events are sent on an absolute schedule
+(request arrival + ttft + i * itl), so sleep overshoot does not accumulate and the expected
+metrics follow directly from the script.
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ def _chunk(
         }
     if usage is not None:
         obj["usage"] = usage
+    # Ground truth for the tests: when the server wrote the event, on the same system-wide
+    # monotonic clock (CLOCK_MONOTONIC) that the client's perf_counter reads.
+    obj["x_t"] = time.perf_counter()
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
@@ -116,7 +119,8 @@ class FakeUpstream:
             await resp.write(b"".join(held))
         if s.usage:
             final = {"prompt_tokens": 7, "completion_tokens": total, "total_tokens": 7 + total}
-            await resp.write(b'data: {"id":"x","choices":[],"usage":' + orjson.dumps(final) + b"}\n\n")
+            last = {"id": "x", "choices": [], "usage": final, "x_t": time.perf_counter()}
+            await resp.write(b"data: " + orjson.dumps(last) + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp

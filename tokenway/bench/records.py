@@ -94,10 +94,12 @@ def _share(total: int, weights: list[int]) -> list[int]:
     if total <= n:
         return [1] * n
     spare = total - n
-    if not any(weights):
-        weights = [1] * n
-    wsum = sum(weights)
-    raw = [spare * w / wsum for w in weights]
+    # Every event carries its first token; the spare tokens follow each event's extra weight.
+    extra = [max(0, w - 1) for w in weights]
+    if not any(extra):
+        extra = [1] * n
+    wsum = sum(extra)
+    raw = [spare * w / wsum for w in extra]
     base = [int(r) for r in raw]
     left = spare - sum(base)
     for i in sorted(range(n), key=lambda j: raw[j] - base[j], reverse=True)[:left]:
