@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
-from contextlib import asynccontextmanager
 from typing import Any
 
 from tokenway.errors import GatewayError, PayloadTooLarge
@@ -71,33 +70,37 @@ async def send_error(send: Send, error: GatewayError, headers: list[tuple[bytes,
     await send_bytes(send, error.status, error.envelope(), [*headers, *error.headers()])
 
 
-@asynccontextmanager
-async def cancel_on_disconnect(receive: Receive) -> Any:
+class cancel_on_disconnect:  # noqa: N801 - used like a function: ``async with cancel_on_disconnect(receive)``
     """Cancel the enclosed work the moment the client hangs up; raise ``ClientDisconnected`` then.
 
-    Call only after the request body has been read: from then on ``receive()`` returns only
-    when the client disconnects.
+    Enter only after the request body has been read: from then on ``receive()`` returns only
+    when the client disconnects. A class, not ``@asynccontextmanager``: it is on every request.
     """
-    task = asyncio.current_task()
-    assert task is not None
-    gone = False
 
-    async def watch() -> None:
-        nonlocal gone
-        while (await receive())["type"] != "http.disconnect":
+    __slots__ = ("_gone", "_receive", "_task", "_watcher")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._gone = False
+
+    async def __aenter__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
             pass
-        gone = True
-        task.cancel()
+        self._gone = True
+        self._task.cancel()
 
-    watcher = asyncio.ensure_future(watch())
-    try:
-        yield
-    except asyncio.CancelledError:
-        if gone:
-            raise ClientDisconnected from None
-        raise
-    finally:
-        watcher.cancel()
-        if gone:
-            # uncancel so the task can keep running its cleanup after the hang-up
-            task.uncancel()
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        self._watcher.cancel()
+        if not self._gone:
+            return False
+        # The hang-up cancelled us: take the cancellation back and report it as what it is.
+        self._task.uncancel()
+        if exc_type is None or issubclass(exc_type, asyncio.CancelledError):
+            raise ClientDisconnected
+        return False

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from tokenway.asgi import STREAM_HEADERS, Send
 from tokenway.context import RequestContext
 from tokenway.errors import GatewayError, InternalError, UpstreamError, UpstreamTimeout
-from tokenway.protocol import SSE_HEARTBEAT, sse_error
+from tokenway.protocol import SSE_DONE, SSE_HEARTBEAT, sse_error
 from tokenway.providers.base import Stream
 
 
@@ -26,13 +26,14 @@ class StreamLimits:
 
 
 class _Writer:
-    __slots__ = ("ctx", "headers", "limits", "send", "started", "stream")
+    __slots__ = ("ctx", "finished", "headers", "limits", "send", "started", "stream")
 
     def __init__(
         self, stream: Stream, send: Send, ctx: RequestContext, limits: StreamLimits, headers: list[tuple[bytes, bytes]]
     ) -> None:
         self.stream, self.send, self.ctx, self.limits, self.headers = stream, send, ctx, limits, headers
         self.started = False
+        self.finished = False
 
     async def start(self) -> None:
         if not self.started:
@@ -40,7 +41,12 @@ class _Writer:
             await self.send({"type": "http.response.start", "status": 200, "headers": [*STREAM_HEADERS, *self.headers]})
 
     async def body(self, data: bytes) -> None:
-        await self.send({"type": "http.response.body", "body": data, "more_body": True})
+        # The block that carries [DONE] also ends the response: one write fewer per stream.
+        if data.endswith(SSE_DONE):
+            self.finished = True
+            await self.send({"type": "http.response.body", "body": data, "more_body": False})
+        else:
+            await self.send({"type": "http.response.body", "body": data, "more_body": True})
 
     async def first_block(self) -> bytes | None:
         """Await the first bytes, sending ``: keep-alive`` comments while they take their time."""
@@ -89,6 +95,8 @@ class _Writer:
                     except StopAsyncIteration:
                         return
                     await self.body(block)
+                    if self.finished:
+                        return
         except TimeoutError:
             if total_deadline is not None and loop.time() >= total_deadline - 1e-3:
                 raise UpstreamTimeout("The request ran past its total time limit.") from None
@@ -107,7 +115,8 @@ async def write_stream(
         await writer.start()
         ctx.first_token_at = time.perf_counter()
         await writer.body(first)
-        await writer.rest()
+        if not writer.finished:
+            await writer.rest()
     except GatewayError as error:
         ctx.status, ctx.error_type = error.status, type(error).__name__
         if not writer.started:
@@ -124,4 +133,5 @@ async def write_stream(
     finally:
         ctx.usage = stream.usage
         await stream.aclose()
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    if not writer.finished:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

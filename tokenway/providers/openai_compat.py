@@ -85,13 +85,21 @@ class OpenAICompatProvider:
         first_byte = min(self.deployment.timeouts.first_token, ctx.remaining() or float("inf"))
         resp: aiohttp.ClientResponse | None = None
         try:
-            async with asyncio.timeout(first_byte):
-                resp = await self._http.post(
-                    self._base + path, data=orjson.dumps(body), headers=headers, timeout=self._timeout
-                )
+            if call.stream:
+                # Only the wait for the response head is bounded here; the stream writer bounds the rest.
+                async with asyncio.timeout(first_byte):
+                    resp = await self._http.post(self._base + path, data=orjson.dumps(body), headers=headers,
+                                                 timeout=self._timeout)
+                    if resp.status != 200:
+                        raise await _status_error(resp)
+            else:
+                # aiohttp's own timer bounds the whole exchange, body included: no second timer.
+                timeout = aiohttp.ClientTimeout(total=first_byte, sock_connect=self._timeout.sock_connect)
+                resp = await self._http.post(self._base + path, data=orjson.dumps(body), headers=headers,
+                                             timeout=timeout)
                 if resp.status != 200:
                     raise await _status_error(resp)
-                raw = b"" if call.stream else await resp.read()
+                raw = await resp.read()
         except TimeoutError:
             _close(resp)
             raise UpstreamTimeout(
