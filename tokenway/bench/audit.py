@@ -93,11 +93,11 @@ def audit(result: RunResult, summary: dict[str, Any]) -> dict[str, Any]:
 
     with_usage = [r for r in ok if r.server_tokens is not None]
     if with_usage:
-        off = [
-            r
-            for r in with_usage
-            if abs(r.client_tokens - r.server_tokens) > TOKEN_DISAGREE_REL * max(1, r.server_tokens or 0)
-        ]
+        off = []
+        for r in with_usage:
+            server = r.server_tokens or 0
+            if abs(r.client_tokens - server) > TOKEN_DISAGREE_REL * max(1, server):
+                off.append(r)
         share_off = len(off) / len(with_usage)
         checks.append(
             _check(
