@@ -52,6 +52,7 @@ class Gateway:
         self.ready = False
         self.draining = False
         self._http: aiohttp.ClientSession | None = None
+        self.redis: Any = None  # redis.asyncio.Redis when TOKENWAY_REDIS_URL is set; shared by every store
         self._models = ModelTable({})
         self._starting: asyncio.Task[None] | None = None
         self._data_routes: dict[str, Any] = {}
@@ -99,6 +100,10 @@ class Gateway:
         self.log.start()
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
         self._http = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
+        if self.settings.redis_url:
+            import redis.asyncio
+
+            self.redis = redis.asyncio.from_url(self.settings.redis_url)
         resources = ProviderResources(http=self._http)
         table: dict[str, list[Deployment]] = {}
         for model in self.config.models:
@@ -137,6 +142,8 @@ class Gateway:
         await asyncio.gather(*(d.provider.aclose() for d in self._models.all()), return_exceptions=True)
         if self._http is not None:
             await self._http.close()
+        if self.redis is not None:
+            await self.redis.aclose()
         self.log.event("stopped")
         await self.log.aclose()
 

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     workers: int = 1
     config: Path | None = None
     master_key: str | None = None
+    redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0: shared counters and cache across replicas
+    database_url: str | None = None  # e.g. postgresql://127.0.0.1/test: keys and usage ledger across replicas
+    data_dir: Path = Path("tokenway-data")  # embedded default: SQLite files and the usage write-ahead log
     allow_open: bool = False  # serve without auth on a non-loopback address
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,12 @@ class RequestContext:
     attempts: int = 0
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    # Run once the response is complete, whatever happened (settling budgets, usage, metrics).
+    finalizers: list[Callable[[RequestContext], Awaitable[None] | None]] = field(default_factory=list)
+
+    def defer(self, finalizer: Callable[[RequestContext], Awaitable[None] | None]) -> None:
+        """Run ``finalizer(ctx)`` after the response has been sent (also on errors and hang-ups)."""
+        self.finalizers.append(finalizer)
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline, or None when the request has none."""

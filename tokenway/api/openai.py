@@ -100,6 +100,8 @@ class DataPlane:
             ctx.extra["exception"] = exc
             await send_error(send, InternalError(f"Internal error; request id {ctx.request_id}."), headers)
         finally:
+            if ctx.finalizers:
+                await _run_finalizers(ctx)
             self._log.request(ctx)
 
     def _stream_limits(self, ctx: RequestContext) -> StreamLimits:
@@ -135,6 +137,16 @@ class DataPlane:
                 raise InvalidRequest(
                     f"'{field}' is {value}; this gateway allows at most {limits.max_tokens}.", param=field
                 )
+
+
+async def _run_finalizers(ctx: RequestContext) -> None:
+    for finalizer in reversed(ctx.finalizers):
+        try:
+            result = finalizer(ctx)
+            if result is not None:
+                await result
+        except Exception as exc:  # one failing finalizer must not skip the others, nor the log line
+            ctx.extra.setdefault("finalizer_errors", []).append(repr(exc))
 
 
 def _content_chars(content: Any) -> int:
