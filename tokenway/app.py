@@ -23,11 +23,12 @@ from tokenway.context import RequestContext
 from tokenway.deployments import Deployment, ModelTable
 from tokenway.errors import MethodNotAllowed
 from tokenway.observability.logging import JsonLog
+from tokenway.observability.metrics import Metrics
 from tokenway.policies.admission import LimitConcurrency
 from tokenway.policies.auth import Authenticate
 from tokenway.policies.base import Policy, compose
 from tokenway.policies.routing import Route
-from tokenway.providers.base import Answer, Call, ProviderResources
+from tokenway.providers.base import Answer, Call, Completion, ProviderResources
 from tokenway.providers.registry import provider_class
 
 
@@ -37,7 +38,11 @@ async def call_provider(ctx: RequestContext, call: Call) -> Answer:
     if ctx.deadline is None:
         ctx.deadline = ctx.started + deployment.config.timeouts.total
     provider = deployment.provider
-    return await (provider.chat(call, ctx) if call.kind == "chat" else provider.completions(call, ctx))
+    ctx.upstream_started = time.perf_counter()
+    answer = await (provider.chat(call, ctx) if call.kind == "chat" else provider.completions(call, ctx))
+    if isinstance(answer, Completion):
+        ctx.upstream_done = time.perf_counter()
+    return answer
 
 
 class Gateway:
@@ -49,6 +54,7 @@ class Gateway:
         self.log = log or JsonLog(
             sample=config.logging.sample, requests=config.logging.requests, content=config.logging.content
         )
+        self.metrics = Metrics()
         self.ready = False
         self.draining = False
         self._http: aiohttp.ClientSession | None = None
@@ -112,9 +118,10 @@ class Gateway:
             ]
         self._models = ModelTable(table)
         handler = compose(self.policies(self._models), call_provider)
-        plane = DataPlane(self.config, handler, self.log, self.is_ready)
+        plane = DataPlane(self.config, handler, self.log, self.metrics, self.is_ready)
         self._data_routes = plane.routes()
-        self._control = control_app(self._models, self.is_ready, int(time.time()))
+        metrics = self.metrics if self.config.observability.metrics else None
+        self._control = control_app(self._models, self.is_ready, int(time.time()), metrics)
         self._starting = asyncio.get_running_loop().create_task(self._start_providers())
         open_note = "" if self.settings.master_key else " (no master key: anyone who can reach it may call it)"
         self.log.event(

@@ -126,11 +126,17 @@ class Logging(_Strict):
     content: bool = False  # log message content (redacted); off by default
 
 
+class Observability(_Strict):
+    overhead_header: bool = True  # x-tokenway-overhead-ms on every response
+    metrics: bool = True  # GET /metrics
+
+
 class GatewayConfig(_Strict):
     models: list[ModelConfig]
     limits: Limits = Limits()
     streaming: Streaming = Streaming()
     logging: Logging = Logging()
+    observability: Observability = Observability()
 
     @field_validator("models")
     @classmethod

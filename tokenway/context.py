@@ -26,8 +26,11 @@ class RequestContext:
     status: int = 200
     error_type: str | None = None
     usage: Usage | None = None
-    upstream_started: float | None = None
-    first_token_at: float | None = None
+    upstream_started: float | None = None  # the (last) call to the backend began
+    upstream_done: float | None = None  # a non-streaming answer was complete
+    upstream_first_at: float | None = None  # a stream's first block arrived from the backend
+    first_token_at: float | None = None  # ... and was sent on to the client
+    chunk_gaps: list[float] = field(default_factory=list)  # between streamed blocks, for ITL
     attempts: int = 0
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -43,6 +46,17 @@ class RequestContext:
         if self.deadline is None:
             return None
         return self.deadline - time.perf_counter()
+
+    def overhead(self, now: float) -> float | None:
+        """Seconds spent in the gateway itself: before the backend call, and relaying its answer."""
+        if self.upstream_started is None:
+            return now - self.started
+        before = self.upstream_started - self.started
+        if self.upstream_done is not None:
+            return before + (now - self.upstream_done)
+        if self.upstream_first_at is not None:
+            return before + ((self.first_token_at or now) - self.upstream_first_at)
+        return None
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000.0

@@ -23,6 +23,7 @@ class StreamLimits:
     first_token: float
     idle: float
     heartbeat: float
+    overhead_header: bool = True
 
 
 class _Writer:
@@ -38,7 +39,12 @@ class _Writer:
     async def start(self) -> None:
         if not self.started:
             self.started = True
-            await self.send({"type": "http.response.start", "status": 200, "headers": [*STREAM_HEADERS, *self.headers]})
+            headers = [*STREAM_HEADERS, *self.headers]
+            if self.limits.overhead_header:
+                overhead = self.ctx.overhead(time.perf_counter())
+                if overhead is not None:
+                    headers.append((b"x-tokenway-overhead-ms", f"{overhead * 1000:.3f}".encode()))
+            await self.send({"type": "http.response.start", "status": 200, "headers": headers})
 
     async def body(self, data: bytes) -> None:
         # The block that carries [DONE] also ends the response: one write fewer per stream.
@@ -83,6 +89,8 @@ class _Writer:
         remaining = self.ctx.remaining()
         total_deadline = None if remaining is None else loop.time() + remaining
         idle = self.limits.idle
+        gaps = self.ctx.chunk_gaps
+        last = time.perf_counter()
         try:
             async with asyncio.timeout(None) as timer:
                 while True:
@@ -94,6 +102,9 @@ class _Writer:
                         block = await self.stream.__anext__()
                     except StopAsyncIteration:
                         return
+                    now = time.perf_counter()
+                    gaps.append(now - last)
+                    last = now
                     await self.body(block)
                     if self.finished:
                         return
@@ -112,6 +123,7 @@ async def write_stream(
         first = await writer.first_block()
         if first is None:
             raise UpstreamError("The backend ended the stream before sending anything.")
+        ctx.upstream_first_at = time.perf_counter()
         await writer.start()
         ctx.first_token_at = time.perf_counter()
         await writer.body(first)

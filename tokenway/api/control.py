@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 from tokenway import __version__
 from tokenway.deployments import ModelTable
 from tokenway.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound
+from tokenway.observability.metrics import Metrics
 from tokenway.protocol import CHAT_REQUEST, COMPLETION_REQUEST, SIMPLE_CHAT_REQUEST
 
 _DATA_PLANE_DOCS: list[tuple[str, str, TypeAdapter[Any], str]] = [
@@ -32,8 +33,16 @@ _DATA_PLANE_DOCS: list[tuple[str, str, TypeAdapter[Any], str]] = [
 ]
 
 
-def control_app(models: ModelTable, is_ready: Callable[[], bool], created: int) -> FastAPI:
+def control_app(
+    models: ModelTable, is_ready: Callable[[], bool], created: int, metrics: Metrics | None = None
+) -> FastAPI:
     app = FastAPI(title="tokenway", version=__version__, description="An OpenAI-compatible LLM gateway.")
+
+    if metrics is not None:
+
+        @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (text exposition format)")
+        async def prometheus_metrics() -> Response:
+            return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/health", tags=["operations"], summary="Liveness: the process is up")
     async def health() -> dict[str, str]:

@@ -8,17 +8,28 @@ happens, the client gets OpenAI's error envelope and the log gets one line.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 from pydantic import TypeAdapter
 
-from tokenway.asgi import ClientDisconnected, Receive, Scope, Send, cancel_on_disconnect, read_body, send_bytes, send_error
+from tokenway.asgi import (
+    ClientDisconnected,
+    Receive,
+    Scope,
+    Send,
+    cancel_on_disconnect,
+    read_body,
+    send_bytes,
+    send_error,
+)
 from tokenway.config import GatewayConfig
 from tokenway.context import RequestContext
 from tokenway.errors import GatewayError, InternalError, InvalidRequest, Overloaded, UpstreamError
 from tokenway.observability.logging import JsonLog
+from tokenway.observability.metrics import Metrics
 from tokenway.policies.base import Handler
 from tokenway.protocol import (
     CHAT_REQUEST,
@@ -29,7 +40,7 @@ from tokenway.protocol import (
     parse_body,
     sse_event,
 )
-from tokenway.providers.base import Call, CallKind, Completion, Stream
+from tokenway.providers.base import Call, Completion, Stream
 from tokenway.streaming import StreamLimits, write_stream
 
 Endpoint = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -38,8 +49,12 @@ Endpoint = Callable[[Scope, Receive, Send], Awaitable[None]]
 class DataPlane:
     """The OpenAI-compatible endpoints over one composed policy handler."""
 
-    def __init__(self, config: GatewayConfig, handle: Handler, log: JsonLog, is_ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, config: GatewayConfig, handle: Handler, log: JsonLog, metrics: Metrics, is_ready: Callable[[], bool]
+    ) -> None:
         self._config = config
+        self._metrics = metrics
+        self._overhead_header = config.observability.overhead_header
         self._limits = config.limits
         self._handle = handle
         self._log = log
@@ -70,6 +85,7 @@ class DataPlane:
     ) -> None:
         ctx, declared_length = _context(scope, kind)
         headers = [(b"x-request-id", ctx.request_id.encode())]
+        self._metrics.request_started(kind)
         try:
             if not self._is_ready():
                 raise Overloaded("The gateway is starting up (loading models); retry shortly.", retry_after=2)
@@ -89,6 +105,8 @@ class DataPlane:
                     await write_stream(answer, send, ctx, self._stream_limits(ctx), headers + ctx.response_headers)
             if isinstance(answer, Completion):
                 ctx.usage = answer.usage
+                if self._overhead_header:
+                    headers.append(_overhead_header(ctx))
                 await send_bytes(send, 200, answer.body, headers + ctx.response_headers + answer.headers)
         except ClientDisconnected:
             ctx.status, ctx.error_type = 499, "ClientDisconnected"
@@ -102,14 +120,16 @@ class DataPlane:
         finally:
             if ctx.finalizers:
                 await _run_finalizers(ctx)
-            self._log.request(ctx)
+            end = time.perf_counter()
+            self._metrics.request_finished(ctx, end)
+            self._log.request(ctx, end)
 
     def _stream_limits(self, ctx: RequestContext) -> StreamLimits:
         timeouts = self._deployment_timeouts.get(ctx.deployment or "")
         heartbeat = self._config.streaming.heartbeat_s
         if timeouts is None:
-            return StreamLimits(first_token=60.0, idle=30.0, heartbeat=heartbeat)
-        return StreamLimits(first_token=timeouts.first_token, idle=timeouts.idle, heartbeat=heartbeat)
+            return StreamLimits(60.0, 30.0, heartbeat, self._overhead_header)
+        return StreamLimits(timeouts.first_token, timeouts.idle, heartbeat, self._overhead_header)
 
     def _check_limits(self, call: Call) -> None:
         limits = self._limits
@@ -137,6 +157,11 @@ class DataPlane:
                 raise InvalidRequest(
                     f"'{field}' is {value}; this gateway allows at most {limits.max_tokens}.", param=field
                 )
+
+
+def _overhead_header(ctx: RequestContext) -> tuple[bytes, bytes]:
+    overhead = ctx.overhead(time.perf_counter()) or 0.0
+    return (b"x-tokenway-overhead-ms", f"{overhead * 1000:.3f}".encode())
 
 
 async def _run_finalizers(ctx: RequestContext) -> None:

@@ -61,7 +61,7 @@ class JsonLog:
         if self._flusher is None:
             self.flush()  # before start or after shutdown: write through
 
-    def request(self, ctx: RequestContext) -> None:
+    def request(self, ctx: RequestContext, end: float) -> None:
         failed = ctx.status >= 400
         if not self._requests or (not failed and self._sample < 1.0 and random.random() >= self._sample):
             return
@@ -76,10 +76,15 @@ class JsonLog:
             "key": ctx.key_alias,
             "stream": ctx.stream,
             "status": ctx.status,
-            "latency_ms": round(ctx.elapsed_ms(), 3),
-            "ttft_ms": round((ctx.first_token_at - ctx.started) * 1000, 3) if ctx.first_token_at else None,
+            "latency_ms": _ms(end - ctx.started),
+            "ttft_ms": _ms(ctx.first_token_at - ctx.started) if ctx.first_token_at else None,
+            "upstream_ttft_ms": _ms(_upstream_ttft(ctx)),
+            "overhead_ms": _ms(ctx.overhead(end)),
             "attempts": ctx.attempts,
         }
+        queue_wait = ctx.extra.get("queue_wait_s")
+        if queue_wait is not None:
+            line["queue_ms"] = _ms(queue_wait)
         if ctx.usage is not None:
             line["prompt_tokens"] = ctx.usage.prompt_tokens
             line["completion_tokens"] = ctx.usage.completion_tokens
@@ -109,6 +114,17 @@ class JsonLog:
         while True:
             await asyncio.sleep(0.2)
             self.flush()
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _upstream_ttft(ctx: RequestContext) -> float | None:
+    if ctx.upstream_started is None:
+        return None
+    first = ctx.upstream_first_at or ctx.upstream_done
+    return None if first is None else first - ctx.upstream_started
 
 
 def _now() -> str:

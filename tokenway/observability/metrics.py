@@ -1,0 +1,163 @@
+"""Prometheus metrics: the golden signals and the LLM ones, recorded once per request.
+
+Every metric lives in the app's own registry (no global state). With several worker
+processes the CLI points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder before the workers
+start, values go to shared files, and a scrape of any worker aggregates all of them.
+Labels are bounded: configured model and deployment names, status codes, key aliases —
+never request ids or raw user ids.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from tokenway.context import RequestContext
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2, 5, 10, 30, 60)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5)
+OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+_UPSTREAM_ERRORS = {"UpstreamError", "UpstreamTimeout", "UpstreamUnavailable", "UpstreamRejected"}
+
+# A live-state reader: returns (metric name, help, label names, [(label values, value)]).
+StateReader = Callable[[], Iterable[tuple[str, str, list[str], list[tuple[list[str], float]]]]]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tokenway_requests", "Requests answered, by outcome.",
+            ["model", "deployment", "endpoint", "status_code", "stream"], registry=r,
+        )
+        self.duration = Histogram(
+            "tokenway_request_duration_seconds", "Time from request to the last byte of the response.",
+            ["model", "stream"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.ttft = Histogram(
+            "tokenway_time_to_first_token_seconds", "Time from request to the first streamed chunk, at the gateway.",
+            ["model", "deployment"], buckets=TTFT_BUCKETS, registry=r,
+        )
+        self.itl = Histogram(
+            "tokenway_inter_token_latency_seconds", "Gaps between streamed chunks, measured at the gateway.",
+            ["model", "deployment"], buckets=ITL_BUCKETS, registry=r,
+        )
+        self.overhead = Histogram(
+            "tokenway_gateway_overhead_seconds", "Time spent in tokenway itself, excluding the upstream.",
+            ["endpoint"], buckets=OVERHEAD_BUCKETS, registry=r,
+        )
+        self.tokens = Counter(
+            "tokenway_tokens", "Tokens processed.", ["model", "deployment", "type"], registry=r,
+        )
+        self.cost = Counter(
+            "tokenway_cost_usd", "Spend in US dollars at the configured prices.", ["model", "key_alias"], registry=r,
+        )
+        self.in_flight = Gauge(
+            "tokenway_in_flight_requests", "Requests being served now.", ["endpoint"], registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.upstream_errors = Counter(
+            "tokenway_upstream_errors", "Requests that failed because of the backend.", ["deployment", "type"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "tokenway_retries", "Extra attempts made on other deployments or later.", ["model"], registry=r,
+        )
+        self.cache_lookups = Counter(
+            "tokenway_cache_lookups", "Response cache lookups.", ["model", "result"], registry=r,
+        )
+        self.rate_limited = Counter(
+            "tokenway_rate_limited", "Requests refused with 429.", ["model", "source"], registry=r,
+        )
+        self._readers: list[StateReader] = []
+
+    def add_state_reader(self, reader: StateReader) -> None:
+        """Export live state (breakers, queues, worker saturation) read at scrape time."""
+        self._readers.append(reader)
+
+    def request_started(self, endpoint: str) -> None:
+        self.in_flight.labels(endpoint).inc()
+
+    def request_finished(self, ctx: RequestContext, end: float) -> None:
+        model = ctx.model or "none"
+        deployment = ctx.deployment or "none"
+        stream = "true" if ctx.stream else "false"
+        self.in_flight.labels(ctx.endpoint).dec()
+        self.requests.labels(model, deployment, ctx.endpoint, str(ctx.status), stream).inc()
+        self.duration.labels(model, stream).observe(end - ctx.started)
+        if ctx.first_token_at is not None:
+            self.ttft.labels(model, deployment).observe(ctx.first_token_at - ctx.started)
+        if ctx.chunk_gaps:
+            itl = self.itl.labels(model, deployment)
+            for gap in ctx.chunk_gaps:
+                itl.observe(gap)
+        overhead = ctx.overhead(end)
+        if overhead is not None:
+            self.overhead.labels(ctx.endpoint).observe(overhead)
+        if ctx.attempts > 1:
+            self.retries.labels(model).inc(ctx.attempts - 1)
+        cache = ctx.extra.get("cache")
+        if cache:
+            self.cache_lookups.labels(model, cache).inc()
+        usage = ctx.usage
+        if usage is not None and cache != "hit":
+            self.tokens.labels(model, deployment, "prompt").inc(usage.prompt_tokens)
+            self.tokens.labels(model, deployment, "completion").inc(usage.completion_tokens)
+            if usage.cached_tokens:
+                self.tokens.labels(model, deployment, "cached").inc(usage.cached_tokens)
+            target = ctx.target
+            if target is not None:
+                price = target.config.price
+                spend = (usage.prompt_tokens * price.input_per_1m + usage.completion_tokens * price.output_per_1m) / 1e6
+                if spend:
+                    self.cost.labels(model, ctx.key_alias or "anonymous").inc(spend)
+        error = ctx.error_type
+        if error in _UPSTREAM_ERRORS:
+            self.upstream_errors.labels(deployment, error).inc()
+        if ctx.status == 429:
+            self.rate_limited.labels(model, "upstream" if error in _UPSTREAM_ERRORS else "gateway").inc()
+
+    def render(self) -> bytes:
+        """The exposition text: this process's registry, or every worker's when multiprocess."""
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            text = generate_latest(registry)
+        else:
+            text = generate_latest(self.registry)
+        return text + self._render_state()
+
+    def _render_state(self) -> bytes:
+        if not self._readers:
+            return b""
+        registry = CollectorRegistry()
+        families = [family for reader in self._readers for family in _families(reader)]
+        registry.register(_Fixed(families))
+        return generate_latest(registry)
+
+
+def _families(reader: StateReader) -> list[GaugeMetricFamily]:
+    out = []
+    for name, help_text, labels, samples in reader():
+        family = GaugeMetricFamily(name, help_text, labels=labels)
+        for values, value in samples:
+            family.add_metric(values, value)
+        out.append(family)
+    return out
+
+
+class _Fixed:
+    def __init__(self, families: list[Any]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Any]:
+        return self._families
