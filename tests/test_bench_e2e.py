@@ -294,3 +294,37 @@ def test_cli_reports_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--model is required" in capsys.readouterr().err
     assert main(["--model", "m", "--goodput", "speed:3"]) == 2
     assert main(["compare", "/nonexistent/a.json", "/nonexistent/b.json"]) == 2
+
+
+def test_cli_workers_split_load_across_processes(upstream: str, tmp_path: Path) -> None:
+    out = tmp_path / "w.json"
+    rc = main(
+        [
+            "--base-url",
+            upstream,
+            "--model",
+            "fake",
+            "-c",
+            "4",
+            "-n",
+            "10",
+            "--output-len",
+            "4",
+            "--workers",
+            "2",
+            "-H",
+            Script(ttft_ms=20, itl_ms=2).header(),
+            "--json",
+            str(out),
+            "--progress",
+            "off",
+        ]
+    )
+    assert rc == 0
+    run_doc = json.loads(out.read_text())["runs"][0]
+    assert run_doc["summary"]["requests"]["completed"] == 10
+    assert run_doc["summary"]["concurrency"]["peak"] == 4
+    reqs = run_doc["requests"]
+    assert sorted(r["index"] for r in reqs) == list(range(10))
+    assert len({r["session"] for r in reqs}) == 10  # workers send distinct sessions
+    assert run_doc["summary"]["ttft_ms"]["min"] >= 20.0  # one clock across processes: never early

@@ -10,6 +10,7 @@ import pytest
 from tokenway.bench.client import Exchange
 from tokenway.bench.loadgen import LoadShape, arrival_times
 from tokenway.bench.metrics import SLO, concurrency_profile, describe, percentile
+from tokenway.bench.parallel import worker_shape
 from tokenway.bench.records import RequestRecord, _share, build_record
 from tokenway.bench.workload import LengthDist, load_sharegpt, synthetic
 
@@ -141,3 +142,13 @@ def test_concurrency_profile_counts_overlap() -> None:
     peak, mean = concurrency_profile(recs, 0.0, 8.0)
     assert peak == 3
     assert mean == pytest.approx((4 + 2 + 3 + 1) / 8)
+
+
+def test_worker_shares_add_up() -> None:
+    closed = LoadShape(concurrency=5, num_requests=11, warmup_requests=3, seed=1)
+    shares = [worker_shape(closed, k, 3) for k in range(3)]
+    assert [s.concurrency for s in shares] == [2, 2, 1]
+    assert sum(s.num_requests or 0 for s in shares) == 11 and sum(s.warmup_requests for s in shares) == 3
+    assert len({s.seed for s in shares}) == 3  # independent arrival streams
+    open_loop = worker_shape(LoadShape(rate=30.0, max_concurrency=4, duration_s=5.0), 1, 3)
+    assert open_loop.rate == 10.0 and open_loop.max_concurrency == 1 and open_loop.duration_s == 5.0

@@ -18,6 +18,7 @@ from tokenway.bench.audit import DEFAULT_TARGETS
 from tokenway.bench.client import Endpoint
 from tokenway.bench.loadgen import LoadShape, RunResult, run
 from tokenway.bench.metrics import SLO
+from tokenway.bench.parallel import run_in_processes
 from tokenway.bench.progress import Progress
 from tokenway.bench.report import (
     document,
@@ -105,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load.add_argument("--sweep-max-concurrency", type=int, default=256)
     load.add_argument("--seed", type=int, default=0)
+    load.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="client processes sharing the load (when the audit reports event-loop lag)",
+    )
     w = p.add_argument_group("workload")
     w.add_argument(
         "--dataset",
@@ -147,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _workload(args: argparse.Namespace) -> Workload:
+def build_workload(args: argparse.Namespace) -> Workload:
+    """The workload the parsed arguments describe (also rebuilt inside worker processes)."""
     out_len = LengthDist.parse(args.output_len or "128")
     if args.dataset == "synthetic":
         return synthetic(
@@ -221,8 +229,12 @@ def _base_shape(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-async def _one(ep: Endpoint, workload: Workload, shape: LoadShape, progress: str) -> RunResult:
-    bar = Progress(shape.label, shape.num_requests, kind=progress) if progress != "off" else None
+async def _one(ep: Endpoint, workload: Workload, shape: LoadShape, args: argparse.Namespace) -> RunResult:
+    if args.workers > 1:
+        if args.progress != "off":
+            print(f"{shape.label}: running on {args.workers} client processes...", file=sys.stderr)
+        return await asyncio.to_thread(run_in_processes, ep, args, shape, args.workers)
+    bar = Progress(shape.label, shape.num_requests, kind=args.progress) if args.progress != "off" else None
     try:
         return await run(ep, workload, shape, bar.update if bar else None)
     finally:
@@ -237,9 +249,9 @@ async def _execute(
     runs: list[dict[str, Any]] = []
     if args.sweep is not None:
         # GuideLLM-style sweep: find the single-user and saturated request rates, then probe between.
-        low = emit(await _one(ep, workload, LoadShape(concurrency=1, **base), args.progress))
+        low = emit(await _one(ep, workload, LoadShape(concurrency=1, **base), args))
         high = emit(
-            await _one(ep, workload, LoadShape(concurrency=args.sweep_max_concurrency, **base), args.progress)
+            await _one(ep, workload, LoadShape(concurrency=args.sweep_max_concurrency, **base), args)
         )
         runs += [low, high]
         r_lo, r_hi = low["summary"]["request_throughput"], high["summary"]["request_throughput"]
@@ -247,7 +259,7 @@ async def _execute(
         for i in range(1, n + 1):
             rate = r_lo + (r_hi - r_lo) * i / (n + 1)
             if rate > 0:
-                runs.append(emit(await _one(ep, workload, LoadShape(rate=rate, **base), args.progress)))
+                runs.append(emit(await _one(ep, workload, LoadShape(rate=rate, **base), args)))
         return runs
     rates, concs = _numbers(args.rate), _numbers(args.concurrency)
     if rates and concs:
@@ -260,7 +272,7 @@ async def _execute(
         else [LoadShape(concurrency=int(c), **base) for c in concs or [1]]
     )
     for shape in shapes:
-        runs.append(emit(await _one(ep, workload, shape, args.progress)))
+        runs.append(emit(await _one(ep, workload, shape, args)))
     return runs
 
 
@@ -284,7 +296,7 @@ def _runner(no_uvloop: bool) -> Callable[[Coroutine[Any, Any, Any]], Any]:
 def run_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        ep, workload = _endpoint(args), _workload(args)
+        ep, workload = _endpoint(args), build_workload(args)
         slo = SLO.parse(args.goodput)
         targets = _targets(args.targets)
     except (ValueError, OSError) as exc:

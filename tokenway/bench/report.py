@@ -155,8 +155,9 @@ def print_run(run: dict[str, Any], endpoint: str, out: TextIO) -> None:
     )
     w(f"Wall time: {s['duration_s']:.2f} s\n")
     w(f"Request throughput:      {s['request_throughput']:10.2f} req/s\n")
-    src = ", ".join(f"{k}: {v}" for k, v in s["output_token_source"].items()) or "-"
-    w(f"Output token throughput: {s['output_throughput']:10.2f} tok/s  (output tokens from {src})\n")
+    names = {"usage": "server usage", "client": "client count"}
+    src = ", ".join(f"{names.get(k, k)} for {v}" for k, v in s["output_token_source"].items()) or "-"
+    w(f"Output token throughput: {s['output_throughput']:10.2f} tok/s  (token counts: {src} requests)\n")
     w(f"Total token throughput:  {s['total_token_throughput']:10.2f} tok/s\n")
     if "goodput" in s:
         g = s["goodput"]
