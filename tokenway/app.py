@@ -151,6 +151,7 @@ class Gateway:
             await self._http.close()
         if self.redis is not None:
             await self.redis.aclose()
+        self.metrics.close()
         self.log.event("stopped")
         await self.log.aclose()
 

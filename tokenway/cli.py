@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from tokenway.config import ConfigError, Settings, load_config
@@ -80,6 +82,11 @@ def serve(args: argparse.Namespace) -> int:
     os.environ["TOKENWAY_LOG_LEVEL"] = args.log_level
     if args.config:
         os.environ["TOKENWAY_CONFIG"] = str(args.config.resolve())
+    metrics_dir = None
+    if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Workers share metric values through files here, so any worker's /metrics sees them all.
+        metrics_dir = tempfile.mkdtemp(prefix="tokenway-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     models = ", ".join(m.name for m in config.models)
     print(f"tokenway: serving {models} on http://{args.host}:{args.port}/v1 ({args.workers} worker(s))", file=sys.stderr)
     uvicorn.run(
@@ -97,6 +104,8 @@ def serve(args: argparse.Namespace) -> int:
         timeout_keep_alive=75,
         timeout_graceful_shutdown=30,
     )
+    if metrics_dir:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

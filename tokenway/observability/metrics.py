@@ -80,6 +80,13 @@ class Metrics:
         )
         self._readers: list[StateReader] = []
 
+    def close(self) -> None:
+        """Drop this process's live gauges from the shared files (multiprocess mode)."""
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())
+
     def add_state_reader(self, reader: StateReader) -> None:
         """Export live state (breakers, queues, worker saturation) read at scrape time."""
         self._readers.append(reader)
