@@ -6,6 +6,7 @@ The GPU path is the same code with device: cuda; CI has no GPU, so these tests a
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,14 +17,17 @@ import pytest_asyncio
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tokenway.errors import InvalidRequest
-from tokenway.providers.local.engine import GenerationRequest, SamplingParams, TokenPiece
+from tokenway.errors import InvalidRequest, Overloaded
+from tokenway.providers.local.engine import EngineLoad, GenerationRequest, SamplingParams, TokenPiece
 from tokenway.providers.local.options import LocalOptions
 from tokenway.providers.local.transformers_engine import TransformersEngine
 
 TINY = Path(__file__).parent / "fixtures" / "tiny_llama"
 SLOTS = 4
+QUEUE = 4
 CONTEXT = 256
+# Every slot at a full window in 32-token blocks, over the scheduler's 15% safety margin.
+KV_CELLS = math.ceil(SLOTS * (CONTEXT // 32) / 0.85) * 32
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 
@@ -37,6 +41,7 @@ def options(**overrides: object) -> LocalOptions:
         "dtype": "float32",
         "context_window": CONTEXT,
         "slots": SLOTS,
+        "queue_size": QUEUE,
         "threads": 2,
     }
     fields.update(overrides)
@@ -59,19 +64,18 @@ async def collect(engine: TransformersEngine, req: GenerationRequest) -> list[To
     return [piece async for piece in engine.generate(req)]
 
 
-async def settled(engine: TransformersEngine) -> tuple[int, int]:
-    """Wait (up to 10 s) until the batching thread holds no request; return the KV blocks then in use."""
+async def settled(engine: TransformersEngine) -> EngineLoad:
+    """The engine's load once the batching thread has freed every KV block (at most 10 s)."""
     for _ in range(1000):  # the thread frees cancelled requests at its next step: poll, there is no event
-        if not engine.active_requests():
+        if not engine.load().kv_used:
             break
         await asyncio.sleep(0.01)
-    return engine.kv_cache_blocks()
+    return engine.load()
 
 
 async def test_starts_with_an_explicitly_sized_cache(engine: TransformersEngine) -> None:
-    used, total = await settled(engine)
-    # slots * context_window tokens in 32-token blocks, not the manager's memory-sized default.
-    assert (used, total) == (0, SLOTS * CONTEXT // 32)
+    # Sized from slots and context_window, not from free memory as the manager's default is.
+    assert await settled(engine) == EngineLoad(running=0, waiting=0, slots=SLOTS, kv_used=0, kv_total=KV_CELLS)
     assert engine.context_window == CONTEXT
 
 
@@ -94,19 +98,52 @@ async def test_greedy_is_deterministic_alone_and_in_a_batch(engine: Transformers
     greedy = request(prompt, max_tokens=16, temperature=0.0, ignore_eos=True)
     first = [p.token_id for p in await collect(engine, greedy)]
     second = [p.token_id for p in await collect(engine, greedy)]
-    others = [request(engine.text_prompt(f"Numbers {i}"), max_tokens=16, temperature=1.0) for i in range(5)]
+    others = [request(engine.text_prompt(f"Numbers {i}"), max_tokens=16, temperature=1.0) for i in range(3)]
     batched = await asyncio.gather(collect(engine, greedy), *(collect(engine, r) for r in others))
     assert first == second == [p.token_id for p in batched[0]]
 
 
-async def test_concurrent_requests_beyond_the_slots_all_finish(engine: TransformersEngine) -> None:
-    prompts = [engine.text_prompt(f"Request number {i} says hello") for i in range(3 * SLOTS)]
-    results = await asyncio.gather(
+async def test_requests_beyond_the_slots_queue_and_all_finish(engine: TransformersEngine) -> None:
+    prompts = [engine.text_prompt(f"Request number {i} says hello") for i in range(SLOTS + QUEUE)]
+    seen: list[EngineLoad] = []
+    work = asyncio.gather(
         *(collect(engine, request(p, max_tokens=10 + i, ignore_eos=True)) for i, p in enumerate(prompts))
     )
+    while not work.done():
+        seen.append(engine.load())
+        await asyncio.sleep(0.002)
+    results = await work
     assert [len(r) for r in results] == [10 + i for i in range(len(prompts))]
     assert all(r[-1].finish_reason == "length" for r in results)
-    assert await settled(engine) == (0, SLOTS * CONTEXT // 32)
+    assert max(load.running for load in seen) == SLOTS
+    assert max(load.waiting for load in seen) > 0
+    assert (await settled(engine)).kv_used == 0
+
+
+async def test_a_full_queue_and_a_passed_deadline_are_overloaded(engine: TransformersEngine) -> None:
+    prompt = engine.text_prompt("Busy")
+    streams = [engine.generate(request(prompt, max_tokens=100, ignore_eos=True)) for _ in range(SLOTS + QUEUE)]
+    firsts = [asyncio.ensure_future(anext(s)) for s in streams]
+    await asyncio.sleep(0)  # every request takes its slot or queue place
+    try:
+        with pytest.raises(Overloaded, match="queue places are taken"):
+            await anext(engine.generate(request(prompt)))
+        await asyncio.gather(*firsts[:SLOTS])
+        for first in firsts[SLOTS:]:  # the queued requests leave: room in the queue, slots still busy
+            first.cancel()
+        await asyncio.gather(*firsts[SLOTS:], return_exceptions=True)
+        assert engine.load().waiting == 0
+        waiting = GenerationRequest(prompt, SamplingParams(max_tokens=4), deadline=time.monotonic() + 0.05)
+        with pytest.raises(Overloaded, match="no slot freed up"):
+            await anext(engine.generate(waiting))
+    finally:
+        for first in firsts:
+            first.cancel()
+        await asyncio.gather(*firsts, return_exceptions=True)
+        for stream in streams:
+            await stream.aclose()
+    assert (await settled(engine)).kv_used == 0
+    assert engine.load().running == 0
 
 
 async def test_a_stop_token_ends_the_sequence_with_stop(engine: TransformersEngine) -> None:
@@ -126,9 +163,9 @@ async def test_closing_the_iterator_cancels_and_frees_the_blocks(engine: Transfo
     stream = engine.generate(request(prompt, max_tokens=CONTEXT - len(prompt) - 1, ignore_eos=True))
     received = [await anext(stream) for _ in range(3)]
     assert len(received) == 3
-    assert engine.kv_cache_blocks()[0] > 0
+    assert engine.load().kv_used > 0
     await stream.aclose()
-    assert await settled(engine) == (0, SLOTS * CONTEXT // 32)
+    assert await settled(engine) == EngineLoad(running=0, waiting=0, slots=SLOTS, kv_used=0, kv_total=KV_CELLS)
     # The slot is usable again right away.
     assert len(await collect(engine, request(prompt, max_tokens=4, ignore_eos=True))) == 4
 
@@ -136,7 +173,7 @@ async def test_closing_the_iterator_cancels_and_frees_the_blocks(engine: Transfo
 async def test_the_event_loop_stays_responsive_while_decoding(engine: TransformersEngine) -> None:
     prompt = engine.text_prompt("Keep going")
     long = request(prompt, max_tokens=60, ignore_eos=True)
-    work = asyncio.gather(*(collect(engine, long) for _ in range(8)))
+    work = asyncio.gather(*(collect(engine, long) for _ in range(SLOTS + QUEUE)))
     gaps = []
     while not work.done():
         start = time.perf_counter()

@@ -7,9 +7,11 @@ protocol: requests are submitted from the event loop (a non-blocking queue put),
 outputs come back through the manager's per-request handlers, which it calls on our loop with
 ``call_soon_threadsafe`` (one call per step for the whole batch). Nothing here blocks the loop.
 
-The KV cache is sized from the options, never from free memory: ``kv_cache_tokens`` (default
-``slots * context_window``) and ``max_batch_tokens`` (default 512 on CPU, 8192 on GPU). The
-manager's own default on CPU would take about 6.5 GB.
+Admission is the engine's: at most ``slots`` requests in the batch, ``queue_size`` more waiting
+(FIFO, each until its deadline), then 503. The KV cache is sized from the options, never from
+free memory: ``kv_cache_tokens``, by default room for every slot at a full context window (plus
+the scheduler's 15% safety margin), and ``max_batch_tokens`` (default 512 on CPU, 8192 on GPU).
+The manager's own default on CPU would take about 6.5 GB.
 
 Sampling: temperature and top_p are applied per request (transformers' per-request logits
 processors). Greedy decoding (temperature 0) is top_p 0, which keeps exactly the most likely
@@ -23,12 +25,15 @@ import asyncio
 import itertools
 import logging
 import math
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
+from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tokenway.errors import InvalidRequest, Overloaded, UpstreamError
-from tokenway.providers.local.engine import GenerationRequest, TokenPiece
+from tokenway.providers.local.engine import EngineLoad, GenerationRequest, SamplingParams, TokenPiece
 from tokenway.providers.local.options import LocalOptions
 
 if TYPE_CHECKING:
@@ -44,6 +49,65 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # again on its first output. After this, nothing more can arrive.
 CANCEL_GRACE_S = 60.0
 GREEDY_TOP_P = 0.0  # keeps only the most likely token: the top-p warper always keeps at least one
+RETRY_AFTER_S = 1.0
+# transformers' FIFO scheduler admits no new prefill once fewer than 15% of the blocks are free.
+SCHEDULER_SAFETY_MARGIN = 0.15
+
+
+class Slots:
+    """At most ``slots`` requests in the batch, ``queue_size`` more waiting in FIFO order, each until
+    its deadline. The manager would accept any number of requests, but its KV cache is sized for
+    ``slots`` sequences: beyond that, requests would thrash the cache instead of waiting here."""
+
+    def __init__(self, slots: int, queue_size: int) -> None:
+        self.slots = slots
+        self.queue_size = queue_size
+        self.free = slots
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def running(self) -> int:
+        return self.slots - self.free
+
+    async def acquire(self, deadline: float | None) -> None:
+        """Take a slot, waiting until ``deadline`` (monotonic); ``Overloaded`` when none comes."""
+        if self.free > 0 and not self.waiters:
+            self.free -= 1
+            return
+        if len(self.waiters) >= self.queue_size:
+            raise Overloaded(
+                f"The local model is busy: all {self.slots} slots and {self.queue_size} queue places "
+                "are taken. Retry later.",
+                retry_after=RETRY_AFTER_S,
+            )
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(granted)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            await asyncio.wait({granted}, timeout=timeout)
+        except BaseException:  # the caller went away while waiting
+            if granted.done() and not granted.cancelled():
+                self.release()  # the slot came just then: pass it on
+            else:
+                self.waiters.remove(granted)
+                granted.cancel()
+            raise
+        if not granted.done():
+            self.waiters.remove(granted)
+            granted.cancel()
+            raise Overloaded(
+                f"The local model is busy: no slot freed up within {timeout:.1f} s. Retry later.",
+                retry_after=RETRY_AFTER_S,
+            )
+
+    def release(self) -> None:
+        """Hand the slot to the oldest waiter, or free it."""
+        while self.waiters:
+            granted = self.waiters.popleft()
+            if not granted.done():
+                granted.set_result(None)
+                return
+        self.free += 1
 
 
 class TransformersEngine:
@@ -62,6 +126,7 @@ class TransformersEngine:
         self._manager: ContinuousBatchingManager | None = None
         self._eos_ids: frozenset[int] = frozenset()
         self._ids = itertools.count()
+        self._slots = Slots(options.slots, options.queue_size)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -101,8 +166,12 @@ class TransformersEngine:
     # -- generation --------------------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenPiece]:
-        """Tokens as the batching thread decodes them; closing this iterator cancels the request."""
-        manager = self._require_manager()
+        """Tokens as the batching thread decodes them; closing this iterator cancels the request.
+
+        Raises ``Overloaded`` before the first token when no slot frees up by ``request.deadline``
+        or the queue is full, and ``InvalidRequest`` when the prompt leaves no room in the window.
+        """
+        self._require_manager()
         prompt = request.prompt_tokens
         params = request.params
         room = self.context_window - len(prompt)
@@ -117,6 +186,24 @@ class TransformersEngine:
         if not params.ignore_eos:
             stop_ids |= self._eos_ids
         greedy = params.temperature <= 0.0
+        await self._slots.acquire(request.deadline)
+        try:
+            # aclosing: closing this generator must close the inner one now (its finally cancels).
+            async with aclosing(self._decode(prompt, params, stop_ids, greedy, room)) as pieces:
+                async for piece in pieces:
+                    yield piece
+        finally:
+            self._slots.release()
+
+    async def _decode(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        stop_ids: set[int],
+        greedy: bool,
+        room: int,
+    ) -> AsyncIterator[TokenPiece]:
+        manager = self._require_manager()  # again: it may have closed while this request waited
         request_id = f"tw-{next(self._ids)}"
         outputs: asyncio.Queue[Any] = asyncio.Queue()  # bounded by max_tokens: one entry per step
         manager.register_result_handler(request_id, outputs.put_nowait)
@@ -161,23 +248,22 @@ class TransformersEngine:
 
     # -- introspection (metrics, tests) --------------------------------------------------------------
 
-    def kv_cache_blocks(self) -> tuple[int, int]:
-        """(blocks in use, blocks in all) of the paged KV cache; (0, 0) before it is allocated."""
+    def load(self) -> EngineLoad:
+        """Requests holding a slot and waiting for one; KV-cache cells in use (whole blocks)."""
         manager = self._manager
         processor = manager.batch_processor if manager is not None else None
-        if processor is None:
-            return 0, 0
-        cache = processor.cache
-        return cache.num_blocks - cache.get_num_free_blocks(), cache.num_blocks
-
-    def active_requests(self) -> int:
-        """Requests the batching thread holds (decoding, prefilling or waiting for cache blocks)."""
-        manager = self._manager
-        processor = manager.batch_processor if manager is not None else None
-        if processor is None:
-            return 0
-        scheduler = processor.scheduler
-        return len(scheduler.active_requests) + len(scheduler.waiting_requests)
+        kv_used = kv_total = 0
+        if processor is not None:
+            cache = processor.cache
+            kv_total = cache.num_blocks * cache.block_size
+            kv_used = kv_total - cache.get_num_free_blocks() * cache.block_size
+        return EngineLoad(
+            running=self._slots.running,
+            waiting=len(self._slots.waiters),
+            slots=self._slots.slots,
+            kv_used=kv_used,
+            kv_total=kv_total,
+        )
 
     # -- internals -----------------------------------------------------------------------------------
 
@@ -240,11 +326,16 @@ class TransformersEngine:
         self._eos_ids = frozenset(_eos_ids(config, self._tokenizer))
 
         block_size = 256 if device.type == "cuda" else 32  # 256: what flash's paged decode path needs
-        kv_tokens = options.kv_cache_tokens or options.slots * self.context_window
+        if options.kv_cache_tokens:
+            num_blocks = math.ceil(options.kv_cache_tokens / block_size)
+        else:
+            # Room for every slot at a full context window, above the scheduler's safety margin.
+            per_request = math.ceil(self.context_window / block_size)
+            num_blocks = math.ceil(options.slots * per_request / (1 - SCHEDULER_SAFETY_MARGIN))
         max_batch_tokens = options.max_batch_tokens or (8192 if device.type == "cuda" else 512)
         cb_config = ContinuousBatchingConfig(
             block_size=block_size,
-            num_blocks=math.ceil(kv_tokens / block_size),
+            num_blocks=num_blocks,
             max_batch_tokens=max_batch_tokens,
             max_requests_per_batch=options.slots,
             per_request_processors=True,
@@ -260,9 +351,7 @@ class TransformersEngine:
             eos_token_id=sorted(self._eos_ids) or None,
             pad_token_id=self._tokenizer.pad_token_id,
         )
-        hints = WorkloadHints(
-            max_prompt_length=self.context_window, max_generated_length=0, num_requests=options.slots
-        )
+        hints = WorkloadHints(max_prompt_length=self.context_window, max_generated_length=0, num_requests=options.slots)
         manager = self._model.init_continuous_batching(
             generation_config=generation_config, continuous_batching_config=cb_config, workload_hints=hints
         )
@@ -279,7 +368,7 @@ class TransformersEngine:
             dtype,
             options.load_format,
             self._model.config._attn_implementation,
-            kv_tokens,
+            num_blocks * block_size,
             options.slots,
             max_batch_tokens,
         )
@@ -319,9 +408,7 @@ def _load_model(folder: Path, config: Any, load_format: str, device: Any, dtype:
         with device:
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
     else:
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=dtype, device_map=device, attn_implementation="sdpa"
-        )
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=device, attn_implementation="sdpa")
     return model.eval()
 
 
@@ -360,6 +447,4 @@ def _stop_manager(manager: ContinuousBatchingManager) -> None:
 
 
 def _warmup_request(prompt: list[int]) -> GenerationRequest:
-    from tokenway.providers.local.engine import SamplingParams
-
     return GenerationRequest(prompt_tokens=prompt, params=SamplingParams(max_tokens=2, temperature=0.0))
