@@ -6,11 +6,12 @@ builds one ``llama_batch`` with a token for every decoding sequence and prefill 
 admitted ones, decodes it once, and samples the next token of each sequence whose input is all
 fed, with that sequence's own sampler chain. Requests are admitted as others finish.
 
-The KV cache is unified (all sequences share its cells), so memory is sized for the total
-tokens in flight, not ``slots x context_window``. When the cells run out the youngest sequence
-is preempted: its cells are cleared and it goes back to the head of the queue with its
-generated tokens, which are re-fed (recomputed) when it is admitted again. Its output stream
-does not notice.
+Each slot owns ``context_window`` cells of the KV cache (llama.cpp's per-sequence streams, not
+the unified cache). That costs memory for the worst case, but every sequence then sees the same
+cell layout whoever else is in the batch, so a greedy answer is the same under load as alone;
+with one shared pool of cells the placement, and with it the float rounding of attention,
+depends on the other requests, and identical prompts in one batch come out different. It also
+means an admitted request can never run out of cells.
 
 Results reach the event loop through the ``emit`` callable each request brings
 (``loop.call_soon_threadsafe``); nothing here touches asyncio.
@@ -68,8 +69,7 @@ class BatchScheduler:
     """Owns a llama.cpp context once started; ``submit`` and ``cancel`` are thread-safe."""
 
     def __init__(
-        self, ctx: Any, vocab: Any, *, slots: int, queue_size: int, context_window: int,
-        kv_cells: int, batch_tokens: int,
+        self, ctx: Any, vocab: Any, *, slots: int, queue_size: int, context_window: int, batch_tokens: int,
     ) -> None:
         self._ctx = ctx
         self._mem = llama.llama_get_memory(ctx)
@@ -78,7 +78,6 @@ class BatchScheduler:
         self._slots = slots
         self._queue_size = queue_size
         self._context_window = context_window
-        self._kv_cells = kv_cells
         self._batch_tokens = max(batch_tokens, slots)
         self._batch = llama.llama_batch_init(self._batch_tokens, 0, 1)
         self._cond = threading.Condition()
@@ -105,7 +104,8 @@ class BatchScheduler:
         with self._cond:
             return EngineLoad(
                 running=len(self._running), waiting=len(self._waiting), slots=self._slots,
-                kv_used=sum(seq.n_past for seq in self._running), kv_total=self._kv_cells,
+                kv_used=sum(seq.n_past for seq in self._running),
+                kv_total=self._slots * self._context_window,
             )
 
     def submit(self, request: GenerationRequest, emit: Emit) -> Sequence:
@@ -132,7 +132,6 @@ class BatchScheduler:
             seq.cancelled = True
             if seq.seq_id < 0 and seq in self._waiting:
                 self._waiting.remove(seq)
-                _free_sampler(seq)  # a preempted sequence keeps its sampler while it waits
             self._cond.notify()
 
     # ---- the decode thread ------------------------------------------------------------------
@@ -165,8 +164,6 @@ class BatchScheduler:
             self._emit(seq, error)
             if seq.seq_id >= 0:
                 self._release(seq)
-            else:
-                _free_sampler(seq)
 
     def _expire_waiting(self) -> None:
         now = time.monotonic()
@@ -183,19 +180,10 @@ class BatchScheduler:
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
     def _admit(self) -> None:
-        reserved = sum(len(seq.tokens) + 1 for seq in self._running)
         while self._waiting and self._free_ids:
-            seq = self._waiting[0]
-            # Admit only what fits in the KV cache now; a lone request always fits because the
-            # provider bounds prompt + max_tokens by the context window, and kv_cells >= it.
-            if self._running and reserved + len(seq.tokens) + 1 > self._kv_cells:
-                break
-            self._waiting.popleft()
-            reserved += len(seq.tokens) + 1
+            seq = self._waiting.popleft()
             seq.seq_id = self._free_ids.pop()
-            seq.deadline = None  # admitted once: a preempted sequence is never expired
-            if seq.sampler is None:
-                seq.sampler = self._new_sampler(seq.params)
+            seq.sampler = self._new_sampler(seq.params)
             self._running.append(seq)
 
     def _step(self) -> None:
@@ -203,17 +191,9 @@ class BatchScheduler:
             self._release(seq)
         if not self._running:
             return
-        # The cache must hold every running sequence's tokens; preempt the youngest if not.
-        while len(self._running) > 1 and sum(len(s.tokens) for s in self._running) > self._kv_cells:
-            self._preempt(self._running[-1])
-        while True:
-            outputs = self._fill_batch()
-            rc = llama.llama_decode(self._ctx, self._batch)
-            if rc == 0:
-                break
-            if rc == 1 and len(self._running) > 1:  # no free KV cells (fragmentation): make room
-                self._preempt(self._running[-1])
-                continue
+        outputs = self._fill_batch()
+        rc = llama.llama_decode(self._ctx, self._batch)
+        if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
         for seq in self._running:
             seq.n_past += seq.n_fed
@@ -273,21 +253,12 @@ class BatchScheduler:
 
     def _release(self, seq: Sequence) -> None:
         llama.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
-        _free_sampler(seq)
+        llama.llama_sampler_free(seq.sampler)
+        seq.sampler = None
         with self._cond:
             self._free_ids.append(seq.seq_id)
             self._running.remove(seq)
         seq.seq_id = -1
-
-    def _preempt(self, seq: Sequence) -> None:
-        log.info("KV cache full: preempting a sequence of %d tokens (recomputed later)", len(seq.tokens))
-        llama.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
-        with self._cond:
-            self._free_ids.append(seq.seq_id)
-            self._running.remove(seq)
-            seq.seq_id = -1
-            seq.n_past = 0
-            self._waiting.appendleft(seq)
 
     def _piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
@@ -320,9 +291,3 @@ class BatchScheduler:
         seed = llama.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
         llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_dist(seed))
         return chain
-
-
-def _free_sampler(seq: Sequence) -> None:
-    if seq.sampler is not None:
-        llama.llama_sampler_free(seq.sampler)
-        seq.sampler = None
