@@ -35,6 +35,9 @@ class FakeUpstream:
     chunk_delay: float = 0.01
     first_delay: float = 0.5
     fail_times: dict[str, int] = field(default_factory=dict)  # scenario -> failures left
+    limit_times: dict[str, int] = field(default_factory=dict)  # scenario -> 429s (Retry-After: 1) left
+    gauges: dict[str, str] = field(default_factory=dict)  # scenario -> Prometheus text at /{scenario}/metrics
+    down: set[str] = field(default_factory=set)  # scenarios whose /v1/models answers 503 (health checks)
 
     def url(self, scenario: str) -> str:
         return f"http://{self.host}:{self.port}/{scenario}/v1"
@@ -49,6 +52,7 @@ class FakeUpstream:
             app = web.Application()
             app.router.add_route("*", "/{scenario}/v1/{tail:.*}", self._openai)
             app.router.add_post("/{scenario}/api/{kind}", self._ollama)
+            app.router.add_get("/{scenario}/metrics", self._metrics)
             self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.2, handler_cancellation=True)
             self._loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, self.host, 0)
@@ -82,6 +86,8 @@ class FakeUpstream:
     async def _openai(self, request: web.Request) -> web.StreamResponse:
         scenario = request.match_info["scenario"]
         tail = request.match_info["tail"]
+        if tail == "models" and scenario in self.down:
+            return web.json_response({"error": {"message": "down", "type": "server_error"}}, status=503)
         if tail == "models":
             return web.json_response({"object": "list", "data": [{"id": "upstream-model", "object": "model"}]})
         raw = await request.read()
@@ -91,6 +97,16 @@ class FakeUpstream:
         if left:
             self.fail_times[scenario] = left - 1
             return web.json_response({"error": {"message": "transient", "type": "server_error"}}, status=503)
+        limited = self.limit_times.get(scenario)
+        if limited:
+            self.limit_times[scenario] = limited - 1
+            return web.json_response(
+                {"error": {"message": "slow down", "type": "rate_limit"}}, status=429, headers={"Retry-After": "1"}
+            )
+        if scenario == "toolong":
+            return web.json_response({"error": {
+                "message": "This model's maximum context length is 4096 tokens.", "type": "invalid_request_error",
+                "param": "messages", "code": "context_length_exceeded"}}, status=400)
         if scenario == "status500":
             return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500)
         if scenario == "status429":
@@ -117,6 +133,9 @@ class FakeUpstream:
         try:
             if scenario in ("slowfirst", "stall"):
                 await asyncio.sleep(self.first_delay)
+            if scenario == "resetfirst":  # headers sent, then the worker dies before the first chunk
+                request.transport.close()  # type: ignore[union-attr]
+                return response
             for i, word in enumerate(WORDS):
                 if scenario == "reset" and i == 3:
                     request.transport.close()  # type: ignore[union-attr]
@@ -137,6 +156,9 @@ class FakeUpstream:
             self.hangups.append(request.path)
             raise
         return response
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.gauges.get(request.match_info["scenario"], ""), content_type="text/plain")
 
     # ---- Ollama native scripts (NDJSON) ----
     async def _ollama(self, request: web.Request) -> web.StreamResponse:

@@ -15,21 +15,26 @@ from typing import Any
 import aiohttp
 
 from tokenway import __version__
+from tokenway.api.admin_routing import routing_router
 from tokenway.api.control import control_app
 from tokenway.api.openai import DataPlane
 from tokenway.asgi import Receive, Scope, Send, send_error
 from tokenway.config import GatewayConfig, Settings, load_config
 from tokenway.context import RequestContext
 from tokenway.deployments import Deployment, ModelTable
+from tokenway.drain import install_drain_on_sigterm
 from tokenway.errors import MethodNotAllowed
 from tokenway.observability.logging import JsonLog
 from tokenway.observability.metrics import Metrics
 from tokenway.policies.admission import LimitConcurrency
 from tokenway.policies.auth import Authenticate
 from tokenway.policies.base import Policy, compose
+from tokenway.policies.resilience import Resilience
 from tokenway.policies.routing import Route
 from tokenway.providers.base import Answer, Call, Completion, ProviderResources
 from tokenway.providers.registry import provider_class
+from tokenway.routing.health import Monitors
+from tokenway.routing.stats import RoutingStats
 
 
 async def call_provider(ctx: RequestContext, call: Call) -> Answer:
@@ -57,6 +62,8 @@ class Gateway:
         self.metrics = Metrics()
         self.ready = False
         self.draining = False
+        self.routing = RoutingStats()  # routing decisions by reason (GET /admin/routing)
+        self._monitors: Monitors | None = None
         self._http: aiohttp.ClientSession | None = None
         self.redis: Any = None  # redis.asyncio.Redis when TOKENWAY_REDIS_URL is set; shared by every store
         self._models = ModelTable({})
@@ -68,7 +75,8 @@ class Gateway:
         """The request path, top to bottom. Adding a policy is adding a module and a line here."""
         return [
             Authenticate(self.settings.master_key),
-            Route(models),
+            Resilience(models, self.config, self.routing),
+            Route(models, self.config, self.routing),
             LimitConcurrency(),
         ]
 
@@ -121,8 +129,12 @@ class Gateway:
         plane = DataPlane(self.config, handler, self.log, self.metrics, self.is_ready)
         self._data_routes = plane.routes()
         metrics = self.metrics if self.config.observability.metrics else None
-        self._control = control_app(self._models, self.is_ready, int(time.time()), metrics)
+        self._control = control_app(self._models, self.is_ready, int(time.time()), metrics,
+                                    routers=[routing_router(self._models, self.routing, self.settings.master_key)])
         self._starting = asyncio.get_running_loop().create_task(self._start_providers())
+        self._monitors = Monitors(self._models.all())
+        self._monitors.start(self._http)
+        install_drain_on_sigterm(self.begin_drain, self.settings.drain_delay_s)
         open_note = "" if self.settings.master_key else " (no master key: anyone who can reach it may call it)"
         self.log.event(
             "starting", version=__version__, pid=os.getpid(), models=self._models.names(),
@@ -142,8 +154,18 @@ class Gateway:
         self.ready = True
         self.log.event("ready", models=self._models.names(), seconds=round(time.perf_counter() - started, 3))
 
+    def begin_drain(self) -> bool:
+        """Stop taking new work (``/ready`` → 503); in-flight calls go on. False if already draining."""
+        if self.draining:
+            return False
+        self.draining = True
+        self.log.event("draining", pid=os.getpid(), delay_s=self.settings.drain_delay_s)
+        return True
+
     async def shutdown(self) -> None:
         self.ready = False
+        if self._monitors is not None:
+            await self._monitors.aclose()
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
         await asyncio.gather(*(d.provider.aclose() for d in self._models.all()), return_exceptions=True)

@@ -102,7 +102,7 @@ def serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         backlog=4096,
         timeout_keep_alive=75,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=Settings().shutdown_grace_s,  # drain: tokenway/drain.py
     )
     if metrics_dir:
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -17,6 +17,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tokenway.providers.base import ProviderOptions
 from tokenway.providers.registry import UnknownProvider, provider_class
+from tokenway.routing.options import (
+    BreakerConfig,
+    DegradationConfig,
+    EngineConfig,
+    HealthCheckConfig,
+    QueueConfig,
+    RetryConfig,
+    RoutingConfig,
+)
 
 Positive = Annotated[float, Field(gt=0)]
 
@@ -36,6 +45,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("tokenway-data")  # embedded default: SQLite files and the usage write-ahead log
     allow_open: bool = False  # serve without auth on a non-loopback address
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    drain_delay_s: float = 3.0  # on SIGTERM: /ready false and new calls refused this long before listeners close
+    shutdown_grace_s: float = 30.0  # then in-flight requests and streams get this long to finish
 
 
 class _Strict(BaseModel):
@@ -73,6 +84,8 @@ class DeploymentConfig(BaseModel):
     price: Price = Price()
     weight: Positive = 1.0
     headers: dict[str, str] = {}
+    health_check: HealthCheckConfig | None = None  # active checks; off when absent
+    engine: EngineConfig | None = None  # vLLM/SGLang metrics scraping for engine-aware routing
     options: ProviderOptions = ProviderOptions()
 
     @model_validator(mode="after")
@@ -98,6 +111,13 @@ class DeploymentConfig(BaseModel):
 class ModelConfig(_Strict):
     name: Annotated[str, Field(min_length=1)]
     deployments: Annotated[list[DeploymentConfig], Field(min_length=1)]
+    routing: RoutingConfig = RoutingConfig()
+    retry: RetryConfig = RetryConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    queue: QueueConfig = QueueConfig()
+    fallbacks: list[str] = []  # models tried in order when every deployment of this one failed
+    context_fallbacks: list[str] = []  # tried instead when the prompt is too long for this model
+    degradation: DegradationConfig = DegradationConfig()
 
     @model_validator(mode="after")
     def _name_deployments(self) -> ModelConfig:
@@ -146,6 +166,10 @@ class GatewayConfig(_Strict):
             if model.name in seen:
                 raise ValueError(f"model name {model.name!r} appears twice")
             seen.add(model.name)
+        for model in models:
+            for name in model.fallbacks + model.context_fallbacks:
+                if name not in seen or name == model.name:
+                    raise ValueError(f"model {model.name!r}: fallback {name!r} is not another configured model")
         return models
 
     def digest(self) -> str:

@@ -1,12 +1,28 @@
-"""The live side of the config: each deployment with its provider and in-flight count."""
+"""The live side of the config: each deployment with its provider, load and health signals."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from tokenway.config import DeploymentConfig
 from tokenway.errors import ModelNotFound
 from tokenway.providers.base import Provider
+from tokenway.routing.breaker import CircuitBreaker
+from tokenway.routing.options import BreakerConfig
+
+_EWMA_ALPHA = 0.3  # weight of the newest sample: reacts within a few calls, smooths one-off spikes
+
+
+@dataclass(slots=True)
+class EngineLoad:
+    """One scrape of a vLLM/SGLang worker's ``/metrics``, plus our in-flight count at that moment."""
+
+    waiting: float
+    running: float
+    kv_usage: float  # 0..1
+    at: float  # time.monotonic() of the scrape
+    in_flight_at_scrape: int
 
 
 @dataclass(eq=False, slots=True)
@@ -14,6 +30,14 @@ class Deployment:
     config: DeploymentConfig
     provider: Provider
     in_flight: int = 0
+    breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(BreakerConfig()))
+    healthy: bool = True  # the active health check's verdict; True when none is configured
+    cooldown_until: float = 0.0  # time.monotonic() before which its Retry-After asks us to stay away
+    ttft_ewma: float | None = None  # seconds to the first byte (whole answer when not streaming)
+    engine: EngineLoad | None = None  # None: no scrape configured, or the last one failed
+    picks: int = 0
+    failures: int = 0
+    on_release: Callable[[float], None] | None = None  # (seconds the slot was held): wakes the model's queue
 
     @property
     def name(self) -> str:
@@ -23,6 +47,47 @@ class Deployment:
     def full(self) -> bool:
         limit = self.config.max_concurrency
         return limit is not None and self.in_flight >= limit
+
+    def release(self, held: float) -> None:
+        self.in_flight -= 1
+        if self.on_release is not None:
+            self.on_release(held)
+
+    def observe_ttft(self, seconds: float) -> None:
+        previous = self.ttft_ewma
+        self.ttft_ewma = seconds if previous is None else previous + _EWMA_ALPHA * (seconds - previous)
+
+    def load(self) -> float:
+        """Work ahead of a new call here: the engine's own view when scraped, else our in-flight.
+
+        The scrape is up to one interval old; calls we sent since then are added on top, so a
+        burst between two scrapes does not all land on the same "idle" worker.
+        """
+        engine = self.engine
+        if engine is None:
+            return float(self.in_flight)
+        fresh = max(0, self.in_flight - engine.in_flight_at_scrape)
+        load = engine.running + 2.0 * engine.waiting + fresh  # a waiting request costs a full queue slot
+        if engine.kv_usage > 0.9:  # near-full KV cache: new work preempts or queues
+            load += 10.0 * (engine.kv_usage - 0.9) * max(1.0, engine.running)
+        return max(load, float(self.in_flight))
+
+    def snapshot(self) -> dict[str, object]:
+        engine = self.engine
+        return {
+            "name": self.name,
+            "in_flight": self.in_flight,
+            "max_concurrency": self.config.max_concurrency,
+            "healthy": self.healthy,
+            "breaker": self.breaker.snapshot(),
+            "ttft_ewma_ms": None if self.ttft_ewma is None else round(self.ttft_ewma * 1000, 3),
+            "engine": None if engine is None else {
+                "waiting": engine.waiting, "running": engine.running, "kv_usage": engine.kv_usage,
+            },
+            "load": round(self.load(), 3),
+            "picks": self.picks,
+            "failures": self.failures,
+        }
 
 
 class ModelTable:
@@ -45,3 +110,6 @@ class ModelTable:
 
     def all(self) -> list[Deployment]:
         return [d for deployments in self._models.values() for d in deployments]
+
+    def items(self) -> list[tuple[str, list[Deployment]]]:
+        return list(self._models.items())

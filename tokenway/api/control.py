@@ -6,10 +6,10 @@ are added to this app's OpenAPI document so ``/docs`` describes every endpoint.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
@@ -34,9 +34,12 @@ _DATA_PLANE_DOCS: list[tuple[str, str, TypeAdapter[Any], str]] = [
 
 
 def control_app(
-    models: ModelTable, is_ready: Callable[[], bool], created: int, metrics: Metrics | None = None
+    models: ModelTable, is_ready: Callable[[], bool], created: int, metrics: Metrics | None = None,
+    routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     app = FastAPI(title="tokenway", version=__version__, description="An OpenAI-compatible LLM gateway.")
+    for router in routers:
+        app.include_router(router)
 
     if metrics is not None:
 

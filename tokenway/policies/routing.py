@@ -1,62 +1,140 @@
-"""Pick the deployment for a call, and fail over to the next one on a retryable error.
+"""Pick the deployment for one attempt of a call, and learn from how it went.
 
-Deployments are taken in smooth weighted round-robin order (nginx's algorithm: spreads
-weights evenly, no randomness), so a model with weights 3:1 gets its traffic 3:1; a
-deployment that fails before sending anything is followed by the next in that order.
+For the model in ``ctx.model`` (set by ``Resilience``; else the body's ``model``), routing
+drops deployments it should not use now — tried already in this request, ejected by their
+circuit breaker, failing active health checks, still inside a ``Retry-After`` they sent — and
+lets the model's balancing strategy choose among the rest. If every remaining deployment is
+at its concurrency limit, the call waits in the model's admission queue. The outcome feeds the
+deployment's breaker and its time-to-first-byte EWMA; a stream is watched to its end.
 """
 
 from __future__ import annotations
 
+import time
+
+from tokenway.config import GatewayConfig
 from tokenway.context import RequestContext
 from tokenway.deployments import Deployment, ModelTable
-from tokenway.errors import GatewayError
+from tokenway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from tokenway.policies.admission import AdmissionQueue, Shed
 from tokenway.policies.base import Handler
-from tokenway.providers.base import Answer, Call
+from tokenway.providers.base import Answer, Call, Stream
+from tokenway.routing import balancers
+from tokenway.routing.breaker import CircuitBreaker
+from tokenway.routing.observe import observe_stream
+from tokenway.routing.options import RetryConfig
+from tokenway.routing.stats import RoutingStats
+
+_HEALTH_FAILURES = (UpstreamError, UpstreamTimeout, UpstreamUnavailable)
 
 
-class _WeightedRoundRobin:
-    __slots__ = ("_current", "_deployments", "_total")
+class _Model:
+    __slots__ = ("balancer", "deployments", "queue", "retry")
 
-    def __init__(self, deployments: list[Deployment]) -> None:
-        self._deployments = deployments
-        self._current = [0.0] * len(deployments)
-        self._total = sum(d.config.weight for d in deployments)
-
-    def order(self) -> list[Deployment]:
-        if len(self._deployments) == 1:
-            return self._deployments
-        best = 0
-        for i, deployment in enumerate(self._deployments):
-            self._current[i] += deployment.config.weight
-            if self._current[i] > self._current[best]:
-                best = i
-        self._current[best] -= self._total
-        return self._deployments[best:] + self._deployments[:best]
+    def __init__(self, deployments: list[Deployment], balancer: balancers.Balancer, queue: AdmissionQueue,
+                 retry: RetryConfig) -> None:
+        self.deployments, self.balancer, self.queue, self.retry = deployments, balancer, queue, retry
 
 
 class Route:
-    def __init__(self, models: ModelTable) -> None:
-        self._models = models
-        self._balancers: dict[str, _WeightedRoundRobin] = {}
+    def __init__(self, models: ModelTable, config: GatewayConfig, stats: RoutingStats) -> None:
+        self._table = models
+        self._stats = stats
+        self._models: dict[str, _Model] = {}
+        for model in config.models:
+            deployments = models.lookup(model.name)
+            limits = [d.config.max_concurrency for d in deployments]
+            queue = AdmissionQueue(model.queue, sum(limit or 1 for limit in limits))
+            for deployment in deployments:
+                deployment.breaker = CircuitBreaker(model.breaker)
+                deployment.on_release = queue.released
+            self._models[model.name] = _Model(deployments, balancers.build(model.routing), queue, model.retry)
 
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
-        name = call.body["model"]
-        deployments = self._models.lookup(name)
-        ctx.model = name
-        balancer = self._balancers.get(name)
-        if balancer is None:
-            balancer = self._balancers[name] = _WeightedRoundRobin(deployments)
-        failure: GatewayError | None = None
-        for deployment in balancer.order():
-            ctx.target = deployment
-            ctx.deployment = deployment.name
-            ctx.attempts += 1
-            try:
-                return await next(ctx, call)
-            except GatewayError as error:
-                remaining = ctx.remaining()
-                if not error.retryable or (remaining is not None and remaining <= 0):
-                    raise
-                failure = error
-        assert failure is not None  # every model has at least one deployment
-        raise failure
+        if ctx.model is None:
+            ctx.model = call.body["model"]
+        model = self._models.get(ctx.model)
+        if model is None:
+            self._table.lookup(ctx.model)  # raises the 404 that names the known models
+            raise AssertionError("every configured model has routing state")
+        deployment = await self._choose(ctx, call, model)
+        ctx.target = deployment
+        ctx.deployment = deployment.name
+        ctx.attempts += 1
+        deployment.picks += 1
+        tried: set[str] = ctx.extra.setdefault("tried", set())
+        tried.add(deployment.name)
+        started = time.perf_counter()
+        try:
+            answer = await next(ctx, call)
+        except GatewayError as error:
+            self._failed(deployment, error)
+            raise
+        except BaseException:
+            deployment.breaker.release_probe()
+            raise
+        if isinstance(answer, Stream):
+            return await observe_stream(answer, deployment, started, model.retry.stream_probe, ctx)
+        deployment.observe_ttft(time.perf_counter() - started)
+        deployment.breaker.success()
+        return answer
+
+    async def _choose(self, ctx: RequestContext, call: Call, model: _Model) -> Deployment:
+        woken = False
+        try:
+            while True:
+                candidates = self._routable(ctx, model)
+                free = [d for d in candidates if not d.full]
+                if free and not (model.queue.busy() and not woken):
+                    deployment, reason = model.balancer.pick(free, call)
+                    if deployment.breaker.acquire():
+                        self._stats.count("pick." + reason)
+                        return deployment
+                    continue  # half-open and its probe slot is taken: choose again without it
+                if woken:
+                    model.queue.taken()
+                    woken = False
+                self._stats.count("queue.wait")
+                try:
+                    await model.queue.wait(int(ctx.extra.get("priority", 0)), ctx.remaining())
+                except Shed as shed:
+                    self._stats.count("shed.queue" if model.queue.enabled else "shed.no_queue")
+                    raise shed from None
+                woken = True
+        finally:
+            if woken:
+                model.queue.taken()
+
+    def _routable(self, ctx: RequestContext, model: _Model) -> list[Deployment]:
+        """Deployments worth a try now, dropping the least suitable first while any remain."""
+        now = time.monotonic()
+        tried: set[str] = ctx.extra.get("tried", ())
+        allowed = [d for d in model.deployments if d.breaker.allows(now)]
+        if not allowed:
+            self._stats.count("skip.all_breakers_open")
+            wait = min(d.breaker.closes_in(now) for d in model.deployments)
+            raise Shed(f"Every deployment of '{ctx.model}' is failing (circuit breakers open); retry shortly.",
+                       code="no_healthy_deployment", retry_after=max(1.0, wait))
+        if len(allowed) < len(model.deployments):
+            self._stats.count("skip.breaker_open")
+        for keep, reason in (
+            (lambda d: d.healthy, "skip.unhealthy"),
+            (lambda d: d.cooldown_until <= now, "skip.retry_after"),
+            (lambda d: d.name not in tried, "skip.tried"),
+        ):
+            narrowed = [d for d in allowed if keep(d)]
+            if narrowed and len(narrowed) < len(allowed):
+                self._stats.count(reason)
+                allowed = narrowed
+        return allowed
+
+    def _failed(self, deployment: Deployment, error: GatewayError) -> None:
+        if isinstance(error, _HEALTH_FAILURES):
+            deployment.failures += 1
+            deployment.breaker.failure()
+            if error.retry_after:
+                deployment.cooldown_until = time.monotonic() + error.retry_after
+        elif not error.retryable and not isinstance(error, Shed):
+            deployment.breaker.success()  # it answered properly, with a 4xx about the request
+        else:
+            deployment.breaker.release_probe()  # our own shedding: says nothing about the deployment

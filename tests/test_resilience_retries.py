@@ -1,0 +1,125 @@
+"""Retries over real sockets: backoff, Retry-After, deadline, budget, never after the first byte."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+
+from tests.fakes import WORDS, FakeUpstream
+from tests.servers import running_gateway
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+TEXT = "".join(WORDS)
+
+
+def gateway_yaml(upstream: FakeUpstream, *scenarios: str, model: str = "", deployment: str = "") -> str:
+    """One model ``m`` with one deployment per scenario; ``model``/``deployment`` add YAML fields."""
+    lines = ["models:", "  - name: m", "    deployments:"]
+    for scenario in scenarios:
+        lines.append(f"      - {{provider: openai, name: {scenario}, api_base: '{upstream.url(scenario)}'{deployment}}}")
+    lines += [f"    {line}" for line in model.splitlines() if line.strip()]
+    return "\n".join(lines) + "\n"
+
+
+def chat(base: str, **body: object) -> httpx.Response:
+    return httpx.post(base + "/v1/chat/completions", json={"model": "m", "messages": MESSAGES, **body}, timeout=20)
+
+
+def decisions(base: str) -> dict[str, int]:
+    return httpx.get(base + "/admin/routing").json()["decisions"]  # type: ignore[no-any-return]
+
+
+def calls_to(upstream: FakeUpstream, scenario: str) -> int:
+    return sum(1 for s in upstream.seen if s.path.startswith(f"/{scenario}/"))
+
+
+def test_transient_503s_are_retried_until_success(upstream: FakeUpstream) -> None:
+    upstream.fail_times["ok"] = 2
+    with running_gateway(gateway_yaml(upstream, "ok")) as base:
+        r = chat(base)
+        stats = decisions(base)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == TEXT
+    assert calls_to(upstream, "ok") == 3
+    assert stats["retry.attempt"] == 2
+
+
+def test_attempts_are_bounded_and_the_last_error_is_relayed(upstream: FakeUpstream) -> None:
+    upstream.fail_times["ok"] = 10
+    with running_gateway(gateway_yaml(upstream, "ok", model="retry: {attempts: 3}")) as base:
+        r = chat(base)
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error"
+    assert "retry-after" in r.headers  # nothing could answer: tell the client when to come back
+    assert calls_to(upstream, "ok") == 3
+
+
+def test_short_retry_after_is_waited_out_when_no_other_deployment_can_serve(upstream: FakeUpstream) -> None:
+    upstream.limit_times["ok"] = 1  # 429 with Retry-After: 1, then fine
+    with running_gateway(gateway_yaml(upstream, "ok")) as base:
+        started = time.perf_counter()
+        r = chat(base)
+        waited = time.perf_counter() - started
+        stats = decisions(base)
+    assert r.status_code == 200 and calls_to(upstream, "ok") == 2
+    assert stats["retry.retry_after_waited"] == 1
+    assert waited >= 0.9  # the backend asked for a second and got it
+
+
+def test_retry_after_sends_traffic_elsewhere_meanwhile(upstream: FakeUpstream) -> None:
+    upstream.limit_times["ok"] = 1
+    with running_gateway(gateway_yaml(upstream, "ok", "sse")) as base:
+        results = [chat(base) for _ in range(4)]
+        stats = decisions(base)
+    assert all(r.status_code == 200 for r in results)
+    assert calls_to(upstream, "ok") == 1  # limited once, then left alone for its Retry-After second
+    assert stats.get("retry.retry_after_waited", 0) == 0 and stats["skip.retry_after"] >= 1
+
+
+def test_never_retried_after_the_first_byte(upstream: FakeUpstream) -> None:
+    with running_gateway(gateway_yaml(upstream, "reset", "ok")) as base:
+        with httpx.stream("POST", base + "/v1/chat/completions", timeout=10,
+                          json={"model": "m", "messages": MESSAGES, "stream": True}) as r:
+            lines = [line for line in r.iter_lines() if line]
+    assert r.status_code == 200
+    assert json.loads(lines[-1][6:])["error"]["code"] == "upstream_error"
+    assert len(upstream.seen) == 1  # the client had bytes: no second call, no duplicate output
+
+
+def test_a_stream_that_dies_before_its_first_chunk_is_retried(upstream: FakeUpstream) -> None:
+    with running_gateway(gateway_yaml(upstream, "resetfirst", "sse")) as base:
+        for _ in range(2):
+            with httpx.stream("POST", base + "/v1/chat/completions", timeout=10,
+                              json={"model": "m", "messages": MESSAGES, "stream": True}) as r:
+                lines = [line for line in r.iter_lines() if line]
+            assert r.status_code == 200 and lines[-1] == "data: [DONE]"
+            content = "".join(json.loads(x[6:])["choices"][0]["delta"].get("content", "")
+                              for x in lines[:-1] if json.loads(x[6:]).get("choices"))
+            assert content == TEXT
+    assert calls_to(upstream, "resetfirst") >= 1 and calls_to(upstream, "sse") == 2
+
+
+def test_retries_stop_at_the_deadline(upstream: FakeUpstream) -> None:
+    yaml = gateway_yaml(upstream, "hang", "hang2", model="retry: {attempts: 10}",
+                        deployment=", timeouts: {first_token: 0.4, total: 1}")
+    upstream_hang2 = yaml.replace("/hang2/", "/hang/")  # both deployments hang
+    with running_gateway(upstream_hang2) as base:
+        started = time.perf_counter()
+        r = chat(base)
+        elapsed = time.perf_counter() - started
+    assert r.status_code == 504
+    assert elapsed < 2.5  # bounded by the 1 s deadline, not by 10 attempts x 0.4 s
+    assert len(upstream.seen) <= 3
+
+
+def test_retry_budget_caps_extra_load(upstream: FakeUpstream) -> None:
+    upstream.fail_times["ok"] = 1000
+    model = ("retry: {attempts: 3, budget_ratio: 0, budget_min_per_s: 0, backoff_base: 0}\n"
+             "breaker: {consecutive_failures: 1000, min_calls: 1000}")  # keep the breaker out of it
+    with running_gateway(gateway_yaml(upstream, "ok", model=model)) as base:
+        statuses = [chat(base).status_code for _ in range(8)]
+        stats = decisions(base)
+    assert statuses == [502] * 8
+    # the bucket starts with 10 retries: 5 calls use two each, the last 3 get none
+    assert calls_to(upstream, "ok") == 5 * 3 + 3
+    assert stats["retry.budget_exhausted"] == 3

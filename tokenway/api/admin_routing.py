@@ -1,0 +1,38 @@
+"""``/admin/deployments`` and ``/admin/routing``: live routing state for operators.
+
+Per deployment: in-flight calls, breaker state and window, health, TTFT EWMA, the engine's
+scraped queue and KV use, picks and failures. Routing decisions counted by reason (the same
+``RoutingStats`` a metrics exporter reads). The master key is required when one is set.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from tokenway.deployments import ModelTable
+from tokenway.errors import AuthenticationFailed
+from tokenway.routing.stats import RoutingStats
+
+
+def routing_router(models: ModelTable, stats: RoutingStats, master_key: str | None) -> APIRouter:
+    def authorize(request: Request) -> None:
+        if not master_key:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), master_key.encode()):
+            raise AuthenticationFailed("The admin endpoints need the master key as a Bearer token.")
+
+    router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(authorize)])
+
+    @router.get("/deployments", summary="Every deployment's load, breaker and health")
+    async def deployments() -> dict[str, Any]:
+        return {"models": {name: [d.snapshot() for d in group] for name, group in models.items()}}
+
+    @router.get("/routing", summary="Routing decisions counted by reason")
+    async def routing() -> dict[str, Any]:
+        return {"decisions": stats.snapshot()}
+
+    return router

@@ -1,0 +1,1 @@
+"""Where a call goes: balancers, circuit breakers, health checks and engine metrics."""
