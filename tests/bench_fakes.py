@@ -42,9 +42,7 @@ class Script:
         return "X-Fake-Script: " + orjson.dumps(asdict(self)).decode()
 
 
-def _chunk(
-    content: str | None, finish: str | None = None, usage: dict | None = None, *, chat: bool = True
-) -> bytes:
+def _chunk(content: str | None, finish: str | None = None, usage: dict | None = None, *, chat: bool = True) -> bytes:
     if chat:
         choice = {
             "index": 0,
@@ -85,9 +83,7 @@ class FakeUpstream:
         self.seen.append({"body": body, "headers": dict(request.headers)})
         n = next(self.counters.setdefault(raw_script, itertools.count(1)))
         if s.fail_every and n % s.fail_every == 0:
-            err = {
-                "error": {"message": "scripted failure", "type": "server_error", "param": None, "code": None}
-            }
+            err = {"error": {"message": "scripted failure", "type": "server_error", "param": None, "code": None}}
             return web.json_response(err, status=s.fail_status)
         chat = request.path.endswith("/chat/completions")
         total = s.tokens if s.tokens is not None else int(body.get("max_tokens", 16))

@@ -58,9 +58,7 @@ async def test_timestamps_match_server_write_times(upstream: str) -> None:
         exchanges = await asyncio.gather(*(send(http, ep, payload, ep.request_headers()) for _ in range(4)))
     for ex in exchanges:
         rec = build_record(ex, RequestRecord(0, 0, 0, 20, 0.0, 0.0))
-        stamped = [
-            (t, orjson.loads(raw.removeprefix(b"data: "))["x_t"]) for t, raw in ex.events if b"x_t" in raw
-        ]
+        stamped = [(t, orjson.loads(raw.removeprefix(b"data: "))["x_t"]) for t, raw in ex.events if b"x_t" in raw]
         delays = sorted(arrived - written for arrived, written in stamped)
         assert delays[0] >= 0  # nothing is timestamped before the server wrote it
         assert delays[len(delays) // 2] < 0.002  # stamped on arrival, not after parsing
@@ -110,18 +108,14 @@ async def test_merged_events_are_split_into_itls(upstream: str, continuous: bool
 
 
 async def test_coalesced_stream_is_flagged(upstream: str) -> None:
-    result = await _run(
-        upstream, Script(ttft_ms=30, itl_ms=5, coalesce=True), LoadShape(concurrency=2, num_requests=4)
-    )
+    result = await _run(upstream, Script(ttft_ms=30, itl_ms=5, coalesce=True), LoadShape(concurrency=2, num_requests=4))
     s = summarize(result)
     check = _checks(result, s)["coalesced_chunks"]
     assert check["status"] == "WARN" and check["value"] > 0.9
 
 
 async def test_errors_are_counted_by_type(upstream: str) -> None:
-    result = await _run(
-        upstream, Script(ttft_ms=5, itl_ms=1, fail_every=3), LoadShape(concurrency=3, num_requests=9)
-    )
+    result = await _run(upstream, Script(ttft_ms=5, itl_ms=1, fail_every=3), LoadShape(concurrency=3, num_requests=9))
     s = summarize(result)
     assert s["errors"] == {"http_500": 3} and s["requests"]["completed"] == 6
     assert _checks(result, s)["errors"]["status"] == "WARN"
@@ -144,9 +138,7 @@ async def test_goodput_applies_slos(upstream: str) -> None:
 
 async def test_open_loop_schedule_lag_reveals_coordinated_omission(upstream: str) -> None:
     script = Script(ttft_ms=40, itl_ms=5)
-    capped = await _run(
-        upstream, script, LoadShape(rate=40.0, max_concurrency=1, num_requests=10, seed=2), out_len=4
-    )
+    capped = await _run(upstream, script, LoadShape(rate=40.0, max_concurrency=1, num_requests=10, seed=2), out_len=4)
     s = summarize(capped)
     assert s["schedule_lag_ms"]["count"] == 10
     # Each request holds the only slot for >= 55 ms while requests arrive every 25 ms on average.
@@ -158,9 +150,7 @@ async def test_open_loop_schedule_lag_reveals_coordinated_omission(upstream: str
 
 async def test_warmup_and_early_stop_and_no_usage(upstream: str) -> None:
     script = Script(ttft_ms=5, itl_ms=1, tokens=3, usage=False)
-    result = await _run(
-        upstream, script, LoadShape(concurrency=2, num_requests=4, warmup_requests=2), out_len=8
-    )
+    result = await _run(upstream, script, LoadShape(concurrency=2, num_requests=4, warmup_requests=2), out_len=8)
     s = summarize(result)
     assert s["requests"] == {"measured": 4, "completed": 4, "failed": 0, "warmup": 2}
     assert s["output_token_source"] == {"client": 4}
@@ -220,9 +210,7 @@ def test_cli_outputs_and_compare(upstream: str, tmp_path: Path, capsys: pytest.C
 
     a, b = bench("a", 5.0), bench("b", 10.0)
     console = capsys.readouterr().out
-    assert (
-        "Validity audit" in console and "Definitions (vLLM bench serve)" in console and "Goodput" in console
-    )
+    assert "Validity audit" in console and "Definitions (vLLM bench serve)" in console and "Goodput" in console
     doc = json.loads((a / "results.json").read_text())
     assert doc["tool"] == "tokenway bench" and len(doc["runs"][0]["requests"]) == 16
     assert doc["runs"][0]["requests"][0]["itl_ms"]

@@ -19,8 +19,7 @@ def _ks_exponential(samples: list[float], rate: float) -> float:
     xs = sorted(samples)
     n = len(xs)
     return max(
-        max((i + 1) / n - (1 - math.exp(-rate * x)), (1 - math.exp(-rate * x)) - i / n)
-        for i, x in enumerate(xs)
+        max((i + 1) / n - (1 - math.exp(-rate * x)), (1 - math.exp(-rate * x)) - i / n) for i, x in enumerate(xs)
     )
 
 
@@ -136,9 +135,7 @@ def test_record_classifies_stream_errors_and_bad_json() -> None:
 
 
 def test_concurrency_profile_counts_overlap() -> None:
-    recs = [
-        RequestRecord(i, i, 0, 1, start=s, end=e) for i, (s, e) in enumerate([(0, 4), (1, 3), (2, 5), (6, 7)])
-    ]
+    recs = [RequestRecord(i, i, 0, 1, start=s, end=e) for i, (s, e) in enumerate([(0, 4), (1, 3), (2, 5), (6, 7)])]
     peak, mean = concurrency_profile(recs, 0.0, 8.0)
     assert peak == 3
     assert mean == pytest.approx((4 + 2 + 3 + 1) / 8)

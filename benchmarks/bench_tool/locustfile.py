@@ -25,12 +25,7 @@ from locust import HttpUser, constant, task
 def _carries_token(event: dict) -> bool:
     for choice in event.get("choices") or []:
         delta = choice.get("delta") or {}
-        if (
-            delta.get("content")
-            or delta.get("reasoning_content")
-            or delta.get("tool_calls")
-            or choice.get("text")
-        ):
+        if delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls") or choice.get("text"):
             return True
     return False
 

@@ -159,9 +159,7 @@ def audit(result: RunResult, summary: dict[str, Any]) -> dict[str, Any]:
             n >= MIN_SAMPLES,
             n,
             f"{n} completed requests"
-            + (
-                "." if n >= MIN_SAMPLES else f"; p99 and above from < {MIN_SAMPLES} samples are extrapolated."
-            ),
+            + ("." if n >= MIN_SAMPLES else f"; p99 and above from < {MIN_SAMPLES} samples are extrapolated."),
         )
     )
     verdict = "PASS" if all(c["status"] == "PASS" for c in checks) else "WARN"

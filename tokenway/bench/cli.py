@@ -62,9 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("API_KEY", os.environ.get("OPENAI_API_KEY")),
         help="bearer key (env TOKENWAY_BENCH_API_KEY or OPENAI_API_KEY)",
     )
-    t.add_argument(
-        "-H", "--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra header"
-    )
+    t.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra header")
     t.add_argument("--extra-body", default=None, help="JSON object merged into every request body")
     t.add_argument("--ignore-eos", action="store_true", help="send ignore_eos=true (vLLM/SGLang)")
     t.add_argument("--min-tokens", action="store_true", help="send min_tokens=max_tokens (vLLM)")
@@ -89,9 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="gamma shape: <1 burstier than Poisson, >1 more regular (implies --arrival gamma)",
     )
-    load.add_argument(
-        "--max-concurrency", type=int, default=None, help="cap on in-flight requests (open loop)"
-    )
+    load.add_argument("--max-concurrency", type=int, default=None, help="cap on in-flight requests (open loop)")
     load.add_argument("--ramp-up", type=float, default=0.0, help="seconds to ramp users/rate up linearly")
     load.add_argument("--num-requests", "-n", type=int, default=None, help="measured requests per run")
     load.add_argument("--duration", "-d", type=float, default=None, help="seconds per run")
@@ -128,14 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--turns", type=int, default=1, help="synthetic multi-turn: turns per conversation")
     w.add_argument("--multi-turn", action="store_true", help="datasets: replay every turn of a conversation")
-    w.add_argument(
-        "--prefix-groups", type=int, default=0, help="shared system-prefix groups (cache-aware routing)"
-    )
+    w.add_argument("--prefix-groups", type=int, default=0, help="shared system-prefix groups (cache-aware routing)")
     w.add_argument("--prefix-len", type=int, default=512, help="tokens in each shared prefix")
     o = p.add_argument_group("output")
-    o.add_argument(
-        "--goodput", nargs="*", default=[], metavar="SLO", help="e.g. ttft:500 tpot:50 e2el:5000 (ms)"
-    )
+    o.add_argument("--goodput", nargs="*", default=[], metavar="SLO", help="e.g. ttft:500 tpot:50 e2el:5000 (ms)")
     o.add_argument(
         "--targets",
         default=None,
@@ -148,9 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--detailed", action="store_true", help="store every token's arrival time in the JSON")
     o.add_argument("--progress", choices=("auto", "rich", "tqdm", "plain", "off"), default="auto")
     o.add_argument("--fail-on-warn", action="store_true", help="exit 3 when any run's audit says WARN")
-    o.add_argument(
-        "--no-uvloop", action="store_true", help="use asyncio's default loop even if uvloop is installed"
-    )
+    o.add_argument("--no-uvloop", action="store_true", help="use asyncio's default loop even if uvloop is installed")
     return p
 
 
@@ -248,11 +238,11 @@ async def _execute(
     base = _base_shape(args)
     runs: list[dict[str, Any]] = []
     if args.sweep is not None:
+        if args.rate or args.concurrency:
+            raise ValueError("--sweep chooses its own load points: drop --rate/--concurrency")
         # GuideLLM-style sweep: find the single-user and saturated request rates, then probe between.
         low = emit(await _one(ep, workload, LoadShape(concurrency=1, **base), args))
-        high = emit(
-            await _one(ep, workload, LoadShape(concurrency=args.sweep_max_concurrency, **base), args)
-        )
+        high = emit(await _one(ep, workload, LoadShape(concurrency=args.sweep_max_concurrency, **base), args))
         runs += [low, high]
         r_lo, r_hi = low["summary"]["request_throughput"], high["summary"]["request_throughput"]
         n = max(0, args.sweep)
@@ -263,9 +253,7 @@ async def _execute(
         return runs
     rates, concs = _numbers(args.rate), _numbers(args.concurrency)
     if rates and concs:
-        raise ValueError(
-            "give --rate or --concurrency, not both (use --max-concurrency to cap an open-loop run)"
-        )
+        raise ValueError("give --rate or --concurrency, not both (use --max-concurrency to cap an open-loop run)")
     shapes = (
         [LoadShape(rate=r, **base) for r in rates]
         if rates

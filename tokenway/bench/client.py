@@ -96,9 +96,7 @@ async def _read_sse(resp: aiohttp.ClientResponse, ex: Exchange) -> None:
         ex.events.append((ex.end, buf))
 
 
-async def send(
-    session: aiohttp.ClientSession, ep: Endpoint, payload: bytes, headers: dict[str, str]
-) -> Exchange:
+async def send(session: aiohttp.ClientSession, ep: Endpoint, payload: bytes, headers: dict[str, str]) -> Exchange:
     """POST `payload` and capture the response. Never raises for network or HTTP errors: they are
     results to count, recorded as `status`/`error` on the Exchange."""
     ex = Exchange(start=time.perf_counter())

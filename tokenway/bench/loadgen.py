@@ -123,9 +123,7 @@ class _Run:
     async def run_session(
         self, http: aiohttp.ClientSession, sid: int, session: Session, scheduled: float | None
     ) -> None:
-        history: list[dict[str, str]] = (
-            [{"role": "system", "content": session.system}] if session.system else []
-        )
+        history: list[dict[str, str]] = [{"role": "system", "content": session.system}] if session.system else []
         for turn_no, turn in enumerate(session.turns):
             if not self._budget_left():
                 return
@@ -211,9 +209,8 @@ class _Run:
             due = self.t0 + offset
             if due >= self.stop_at:
                 break
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            # Sleeping 0 when behind still yields, so sends already due start before more are made.
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
             task = asyncio.create_task(one(launched, due))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -253,4 +250,6 @@ async def run(
         raise ValueError("give exactly one of concurrency (closed loop) or rate (open loop)")
     if shape.num_requests is None and shape.duration_s is None:
         raise ValueError("give num_requests or duration_s so the run ends")
+    if shape.rate is not None and math.isinf(shape.rate) and shape.num_requests is None:
+        raise ValueError("an infinite rate sends everything at once: give a request count (-n), not a duration")
     return await _Run(ep, workload, shape, on_done).execute()

@@ -96,9 +96,7 @@ def concurrency_profile(records: list[RequestRecord], start: float, end: float) 
     return peak, (area / span if span > 0 else 0.0)
 
 
-def timeline(
-    records: list[RequestRecord], start: float, end: float, bucket_s: float = 1.0
-) -> dict[str, list[float]]:
+def timeline(records: list[RequestRecord], start: float, end: float, bucket_s: float = 1.0) -> dict[str, list[float]]:
     """Per-bucket output tokens/s and completed requests/s, for the throughput-over-time plot."""
     n = max(1, math.ceil((end - start) / bucket_s))
     tokens = [0.0] * n

@@ -19,9 +19,7 @@ PLAIN_EVERY_S = 2.0
 class Progress:
     """Counts finished requests and shows them; `kind` is "rich", "tqdm", "plain" or "off"."""
 
-    def __init__(
-        self, label: str, total: int | None, *, kind: str = "auto", out: TextIO | None = None
-    ) -> None:
+    def __init__(self, label: str, total: int | None, *, kind: str = "auto", out: TextIO | None = None) -> None:
         self.label, self.total = label, total
         self.out = out or sys.stderr
         self.done = self.failed = 0

@@ -83,9 +83,7 @@ def request_row(rec: RequestRecord, t0: float, *, detailed: bool) -> dict[str, A
     return row
 
 
-def run_document(
-    result: RunResult, slo: SLO | None, targets: dict[str, float], *, detailed: bool
-) -> dict[str, Any]:
+def run_document(result: RunResult, slo: SLO | None, targets: dict[str, float], *, detailed: bool) -> dict[str, Any]:
     """Summary + audit + target check + per-request rows for one run."""
     summary = summarize(result, slo)
     return {
@@ -149,10 +147,7 @@ def print_run(run: dict[str, Any], endpoint: str, out: TextIO) -> None:
     w(f"\n{' tokenway bench: ' + s['label'] + ' ':=^78}\n")
     w(f"Endpoint: {endpoint}\n")
     errors = ", ".join(f"{k}={v}" for k, v in s["errors"].items()) or "none"
-    w(
-        f"Requests: {req['completed']} completed, {req['failed']} failed ({errors}); "
-        f"{req['warmup']} warm-up excluded\n"
-    )
+    w(f"Requests: {req['completed']} completed, {req['failed']} failed ({errors}); {req['warmup']} warm-up excluded\n")
     w(f"Wall time: {s['duration_s']:.2f} s\n")
     w(f"Request throughput:      {s['request_throughput']:10.2f} req/s\n")
     names = {"usage": "server usage", "client": "client count"}
@@ -197,8 +192,7 @@ def print_sweep(runs: list[dict[str, Any]], out: TextIO) -> None:
     """One line per sweep point: load, throughput and latency percentiles."""
     out.write(f"\n{' sweep ':=^78}\n")
     out.write(
-        f"{'load':<34}{'req/s':>8}{'tok/s':>9}{'TTFTp50':>9}{'TTFTp99':>9}{'TPOTp50':>9}{'TPOTp99':>9}"
-        f"{'audit':>7}\n"
+        f"{'load':<34}{'req/s':>8}{'tok/s':>9}{'TTFTp50':>9}{'TTFTp99':>9}{'TPOTp50':>9}{'TPOTp99':>9}{'audit':>7}\n"
     )
     for run in runs:
         s = run["summary"]

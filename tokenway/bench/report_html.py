@@ -45,9 +45,7 @@ def _latency_table(s: dict[str, Any]) -> str:
     ):
         if key in s:
             rows.append(
-                f"<tr><th class=l>{name} (ms)</th>"
-                + "".join(f"<td>{_num(s[key].get(c))}</td>" for c in cols)
-                + "</tr>"
+                f"<tr><th class=l>{name} (ms)</th>" + "".join(f"<td>{_num(s[key].get(c))}</td>" for c in cols) + "</tr>"
             )
     return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
 
@@ -72,9 +70,7 @@ def _run_section(run: dict[str, Any]) -> str:
         g = s["goodput"]
         slos = " ".join(f"{k}&le;{v:g}ms" for k, v in g["slo_ms"].items())
         facts.append((f"Goodput ({slos})", f"{g['req_s']:.2f} req/s ({g['share']:.1%})"))
-    fact_rows = "".join(
-        f"<tr><th class=l>{escape(k)}</th><td class=l>{escape(str(v))}</td></tr>" for k, v in facts
-    )
+    fact_rows = "".join(f"<tr><th class=l>{escape(k)}</th><td class=l>{escape(str(v))}</td></tr>" for k, v in facts)
     checks = "".join(
         f"<tr><td class=l>{escape(c['name'])}</td><td class={c['status']}>{c['status']}</td>"
         f"<td class=l>{escape(c['detail'])}</td></tr>"
@@ -113,17 +109,11 @@ def _sweep_section(runs: list[dict[str, Any]]) -> str:
     x = [r["summary"]["request_throughput"] for r in pts]
 
     def series(metric: str) -> list[Series]:
-        return [
-            (f"p{p}", x, [r["summary"][metric].get(f"p{p}", float("nan")) for r in pts]) for p in (50, 99)
-        ]
+        return [(f"p{p}", x, [r["summary"][metric].get(f"p{p}", float("nan")) for r in pts]) for p in (50, 99)]
 
     plots = [
-        line_chart(
-            series("ttft_ms"), "TTFT vs load", "achieved requests/s", "TTFT (ms)", markers=True, ymin=0.0
-        ),
-        line_chart(
-            series("tpot_ms"), "TPOT vs load", "achieved requests/s", "TPOT (ms)", markers=True, ymin=0.0
-        ),
+        line_chart(series("ttft_ms"), "TTFT vs load", "achieved requests/s", "TTFT (ms)", markers=True, ymin=0.0),
+        line_chart(series("tpot_ms"), "TPOT vs load", "achieved requests/s", "TPOT (ms)", markers=True, ymin=0.0),
         line_chart(
             [("tok/s", x, [r["summary"]["output_throughput"] for r in pts])],
             "Output throughput vs load",

@@ -55,10 +55,7 @@ def line_chart(
 ) -> str:
     """An SVG line chart of the given (name, xs, ys) series."""
     pts = [
-        (x, y)
-        for _, xs, ys in series
-        for x, y in zip(xs, ys, strict=False)
-        if math.isfinite(x) and math.isfinite(y)
+        (x, y) for _, xs, ys in series for x, y in zip(xs, ys, strict=False) if math.isfinite(x) and math.isfinite(y)
     ]
     if not pts:
         return (
@@ -80,8 +77,7 @@ def line_chart(
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
         f'font-family="sans-serif" font-size="11">',
-        f'<text x="{W / 2}" y="16" text-anchor="middle" font-size="13" font-weight="bold">'
-        f"{escape(title)}</text>",
+        f'<text x="{W / 2}" y="16" text-anchor="middle" font-size="13" font-weight="bold">{escape(title)}</text>',
     ]
     for t in xt:
         out.append(
@@ -103,9 +99,7 @@ def line_chart(
         color = PALETTE[i % len(PALETTE)]
         dx, dy = downsample(xs, ys)
         path = " ".join(
-            f"{sx(x):.1f},{sy(y):.1f}"
-            for x, y in zip(dx, dy, strict=False)
-            if math.isfinite(x) and math.isfinite(y)
+            f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(dx, dy, strict=False) if math.isfinite(x) and math.isfinite(y)
         )
         out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.6" points="{path}"/>')
         if markers:

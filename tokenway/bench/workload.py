@@ -111,17 +111,13 @@ def synthetic(
         if prefix_groups > 0:
             group = rng.randrange(prefix_groups)
             system = words(prefix_len, random.Random(f"prefix-{seed}-{group}"))
-        made = tuple(
-            Turn(words(input_len.sample(rng), rng), output_len.sample(rng)) for _ in range(max(1, turns))
-        )
+        made = tuple(Turn(words(input_len.sample(rng), rng), output_len.sample(rng)) for _ in range(max(1, turns)))
         return Session(made, system, group)
 
     return make
 
 
-def _sharegpt_sessions(
-    records: list[dict[str, Any]], *, multi_turn: bool, fixed_output: int | None
-) -> list[Session]:
+def _sharegpt_sessions(records: list[dict[str, Any]], *, multi_turn: bool, fixed_output: int | None) -> list[Session]:
     sessions: list[Session] = []
     for rec in records:
         convo = rec.get("conversations") or rec.get("conversation") or []
