@@ -8,7 +8,9 @@ leave room above for a busy CI box; they assert what was measured, not how fast 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -144,6 +146,8 @@ async def test_open_loop_schedule_lag_reveals_coordinated_omission(upstream: str
     # Each request holds the only slot for >= 55 ms while requests arrive every 25 ms on average.
     assert s["schedule_lag_ms"]["max"] > 100
     assert _checks(capped, s)["schedule_lag"]["status"] == "WARN"
+    # Counted from the schedule, the capped run's latency includes the wait the cap caused.
+    assert s["ttft_from_schedule_ms"]["max"] >= s["schedule_lag_ms"]["max"] + 40
     free = await _run(upstream, script, LoadShape(rate=20.0, num_requests=10, seed=2), out_len=4)
     assert summarize(free)["schedule_lag_ms"]["p50"] < s["schedule_lag_ms"]["p50"]
 
@@ -316,3 +320,16 @@ def test_cli_workers_split_load_across_processes(upstream: str, tmp_path: Path) 
     assert sorted(r["index"] for r in reqs) == list(range(10))
     assert len({r["session"] for r in reqs}) == 10  # workers send distinct sessions
     assert run_doc["summary"]["ttft_ms"]["min"] >= 20.0  # one clock across processes: never early
+
+
+async def test_open_loop_sends_follow_poisson_process(upstream: str) -> None:
+    rate, n = 50.0, 120
+    result = await _run(upstream, Script(ttft_ms=2, itl_ms=1), LoadShape(rate=rate, num_requests=n, seed=11), out_len=2)
+    starts = sorted(r.start for r in result.records)
+    gaps = [b - a for a, b in itertools.pairwise([result.t0, *starts])]
+    assert len(gaps) == n
+    assert sum(gaps) / n == pytest.approx(1 / rate, rel=0.25)  # sampling error of a mean of 120 exponentials
+    # Kolmogorov-Smirnov against Exp(rate) on the actual send times: critical value 1.63/sqrt(n) at alpha 0.01.
+    xs = sorted(gaps)
+    ks = max(max((i + 1) / n - (1 - math.exp(-rate * x)), (1 - math.exp(-rate * x)) - i / n) for i, x in enumerate(xs))
+    assert ks < 1.63 / math.sqrt(n)

@@ -160,18 +160,20 @@ def print_run(run: dict[str, Any], endpoint: str, out: TextIO) -> None:
         w(f"Goodput [{slos}]: {g['req_s']:.2f} req/s ({g['share']:.1%} of requests)\n")
     w(f"In flight: peak {s['concurrency']['peak']}, mean {s['concurrency']['mean']:.1f}\n")
     cols = ["mean", "std", "min"] + [f"p{p:g}" for p in PERCENTILES] + ["max"]
-    w(f"{'(ms)':<14}{'n':>7}" + "".join(c.rjust(9) for c in cols) + "\n")
+    w(f"{'(ms)':<17}{'n':>7}" + "".join(c.rjust(9) for c in cols) + "\n")
     rows = [
         ("TTFT", "ttft_ms"),
         ("TPOT", "tpot_ms"),
         ("ITL", "itl_ms"),
         ("E2EL", "e2el_ms"),
         ("Schedule lag", "schedule_lag_ms"),
+        ("TTFT from sched.", "ttft_from_schedule_ms"),
+        ("E2EL from sched.", "e2el_from_schedule_ms"),
     ]
     for name, key in rows:
         if key in s:
             d = s[key]
-            w(f"{name:<14}{d.get('count', 0):>7}" + "".join(_fmt(d.get(c)) for c in cols) + "\n")
+            w(f"{name:<17}{d.get('count', 0):>7}" + "".join(_fmt(d.get(c)) for c in cols) + "\n")
     a = run["audit"]
     w(f"Validity audit: {a['verdict']}\n")
     for c in a["checks"]:

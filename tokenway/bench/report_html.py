@@ -42,6 +42,8 @@ def _latency_table(s: dict[str, Any]) -> str:
         ("ITL", "itl_ms"),
         ("E2EL", "e2el_ms"),
         ("Schedule lag", "schedule_lag_ms"),
+        ("TTFT from sched.", "ttft_from_schedule_ms"),
+        ("E2EL from sched.", "e2el_from_schedule_ms"),
     ):
         if key in s:
             rows.append(
