@@ -304,7 +304,9 @@ def run_main(argv: list[str]) -> int:
     if len(runs) > 1:
         print_sweep(runs, sys.stdout)
     print_definitions(sys.stdout)
+    # Header values often carry credentials: keep only their names in the results file.
     config = {k: v for k, v in vars(args).items() if k != "api_key"} | {"url": ep.url}
+    config["header"] = [h.partition(":")[0].strip() for h in args.header]
     doc = document(runs, config)
     out = Path(args.out) if args.out else None
     paths = {

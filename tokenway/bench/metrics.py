@@ -155,9 +155,13 @@ def summarize(result: RunResult, slo: SLO | None = None) -> dict[str, Any]:
         summary["schedule_lag_ms"] = describe(lags)
         # What a user arriving on schedule saw: latency counted from the intended send time.
         # Equal to TTFT/E2EL when the client kept to its schedule; the gap is coordinated omission.
-        on_time = [r for r in ok if r.scheduled is not None and r.ttft is not None and r.e2el is not None]
-        summary["ttft_from_schedule_ms"] = describe([r.ttft + r.start - (r.scheduled or r.start) for r in on_time])
-        summary["e2el_from_schedule_ms"] = describe([r.e2el + r.start - (r.scheduled or r.start) for r in on_time])
+        ttft_late, e2el_late = [], []
+        for r in ok:
+            if r.scheduled is not None and r.ttft is not None and r.e2el is not None:
+                ttft_late.append(r.ttft + r.start - r.scheduled)
+                e2el_late.append(r.e2el + r.start - r.scheduled)
+        summary["ttft_from_schedule_ms"] = describe(ttft_late)
+        summary["e2el_from_schedule_ms"] = describe(e2el_late)
         summary["offered_rate"] = result.shape.rate if not math.isinf(result.shape.rate) else None
     if slo and slo.limits:
         good = sum(1 for r in ok if slo.met(r))
