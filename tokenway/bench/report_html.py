@@ -70,7 +70,7 @@ def _run_section(run: dict[str, Any]) -> str:
     ]
     if "goodput" in s:
         g = s["goodput"]
-        slos = " ".join(f"{k}&le;{v:g}ms" for k, v in g["slo_ms"].items())
+        slos = " ".join(f"{k} ≤ {v:g} ms" for k, v in g["slo_ms"].items())
         facts.append((f"Goodput ({slos})", f"{g['req_s']:.2f} req/s ({g['share']:.1%})"))
     fact_rows = "".join(f"<tr><th class=l>{escape(k)}</th><td class=l>{escape(str(v))}</td></tr>" for k, v in facts)
     checks = "".join(
