@@ -23,7 +23,7 @@ from tokenway.bench.audit import audit
 from tokenway.bench.cli import main
 from tokenway.bench.client import Endpoint, build_payload, make_session, send
 from tokenway.bench.loadgen import LoadShape, RunResult, run
-from tokenway.bench.metrics import SLO, summarize
+from tokenway.bench.metrics import SLO, concurrency_profile, summarize
 from tokenway.bench.records import RequestRecord, build_record
 from tokenway.bench.workload import LengthDist, synthetic
 
@@ -333,3 +333,17 @@ async def test_open_loop_sends_follow_poisson_process(upstream: str) -> None:
     xs = sorted(gaps)
     ks = max(max((i + 1) / n - (1 - math.exp(-rate * x)), (1 - math.exp(-rate * x)) - i / n) for i, x in enumerate(xs))
     assert ks < 1.63 / math.sqrt(n)
+
+
+async def test_duration_ramp_up_and_warmup_seconds(upstream: str) -> None:
+    script = Script(ttft_ms=30, itl_ms=5)
+    shape = LoadShape(concurrency=4, duration_s=0.8, ramp_up_s=0.3, warmup_s=0.2)
+    result = await _run(upstream, script, shape, out_len=4)
+    # User i joins at ramp * i / users: one user alone for the first 75 ms, all four only after 225 ms.
+    assert concurrency_profile(result.records, result.t0, result.t0 + 0.07)[0] == 1
+    assert concurrency_profile(result.records, result.t0, result.t0 + 0.22)[0] <= 3
+    assert concurrency_profile(result.records, result.t0 + 0.3, result.t0 + 0.9)[0] == 4
+    measured = [r for r in result.records if not r.warmup]
+    assert all(r.start - result.t0 >= 0.2 for r in measured)  # warm-up seconds excluded
+    assert all(r.start < result.t0 + 0.2 + 0.8 for r in result.records)  # nothing sent after the duration
+    assert summarize(result)["requests"]["warmup"] >= 1
