@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,11 @@ from typing import Any
 from workload import PhaseResult, build_workload, percentile
 
 
-async def wait_ready(session: Any, base_url: str, limit_s: float) -> float:
+async def wait_ready(session: Any, base_url: str, limit_s: float, server_pid: int | None) -> float:
     started = time.perf_counter()
     while time.perf_counter() - started < limit_s:
+        if server_pid is not None and not os.path.exists(f"/proc/{server_pid}"):  # noqa: ASYNC240
+            raise SystemExit("the server exited before it was ready; see its log")
         try:
             async with session.get(f"{base_url}/ready") as response:
                 if response.status == 200:
@@ -72,7 +75,7 @@ async def run(args: argparse.Namespace) -> None:
     connector = aiohttp.TCPConnector(limit=0)  # one connection per request, all at once
     timeout = aiohttp.ClientTimeout(total=None, sock_read=args.ready_timeout)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        ready_s = await wait_ready(session, args.base_url, args.ready_timeout)
+        ready_s = await wait_ready(session, args.base_url, args.ready_timeout, args.server_pid)
         url = f"{args.base_url}/v1/chat/completions"
         bodies = [
             {
@@ -129,6 +132,7 @@ def main() -> None:
     parser.add_argument("--input-tokens", type=int, default=256)
     parser.add_argument("--output-tokens", type=int, default=128)
     parser.add_argument("--ready-timeout", type=float, default=600.0)
+    parser.add_argument("--server-pid", type=int, help="stop waiting for /ready if this process exits")
     parser.add_argument("--json", type=Path, required=True)
     asyncio.run(run(parser.parse_args()))
 

@@ -61,11 +61,11 @@ EOF
   python3 -m tokenway serve --config "$config" --port "$PORT" >"$OUT_DIR/server.log" 2>&1 &
   local server=$!
   python3 "$HERE/http_load.py" "${common[@]}" --model-name llama-8b-dummy \
-    --base-url "http://127.0.0.1:$PORT" --json "$OUT_DIR/gateway.json"
+    --base-url "http://127.0.0.1:$PORT" --server-pid "$server" --json "$OUT_DIR/gateway.json"
   local status=$?
   kill "$server" 2>/dev/null
   wait "$server" 2>/dev/null
-  tail -n 5 "$OUT_DIR/server.log"
+  tail -n 5 "$OUT_DIR/server.log" | cut -c1-400
   return $status
 }
 
