@@ -3,6 +3,7 @@ opinion the audit compares server usage against."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from functools import lru_cache
@@ -24,15 +25,22 @@ def _heuristic(text: str) -> int:
 
 @lru_cache(maxsize=1)
 def counter() -> tuple[str, Callable[[str], int]]:
-    """Return (method name, count function). tiktoken is used when installed (it ships its
-    encodings only if cached locally, so any failure falls back to the heuristic)."""
-    try:
-        import tiktoken
+    """Return (method name, count function).
 
-        enc = tiktoken.get_encoding("cl100k_base")
-        return "tokenizer:tiktoken-cl100k", lambda s: len(enc.encode(s, disallowed_special=()))
-    except Exception:
-        return "estimate:regex-heuristic", _heuristic
+    With ``TOKENWAY_BENCH_TOKENIZER`` naming a local ``tokenizer.json`` (and the ``tokenizers``
+    package installed) that tokenizer counts; otherwise the heuristic does. Nothing is ever
+    downloaded: tokenizers that fetch their vocabulary at first use are deliberately not used.
+    """
+    path = os.environ.get("TOKENWAY_BENCH_TOKENIZER")
+    if path:
+        try:
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(path)
+            return f"tokenizer:{os.path.basename(path)}", lambda s: len(tokenizer.encode(s).ids)
+        except Exception:
+            pass  # a missing package or file: fall back, and the report says which method counted
+    return "estimate:regex-heuristic", _heuristic
 
 
 def count_tokens(text: str) -> int:
