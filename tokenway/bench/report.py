@@ -1,6 +1,6 @@
 """Results: the JSON document (summary, audit, per-request records), CSV and the console summary.
 
-The JSON format is documented in benchmarks/bench_tool/RESULTS_FORMAT.md; `compare` reads it back.
+The JSON format is documented in docs/bench-results-format.md; `compare` reads it back.
 """
 
 from __future__ import annotations
