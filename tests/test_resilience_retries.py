@@ -18,7 +18,8 @@ def gateway_yaml(upstream: FakeUpstream, *scenarios: str, model: str = "", deplo
     """One model ``m`` with one deployment per scenario; ``model``/``deployment`` add YAML fields."""
     lines = ["models:", "  - name: m", "    deployments:"]
     for scenario in scenarios:
-        lines.append(f"      - {{provider: openai, name: {scenario}, api_base: '{upstream.url(scenario)}'{deployment}}}")
+        url = upstream.url(scenario)
+        lines.append(f"      - {{provider: openai, name: {scenario}, api_base: '{url}'{deployment}}}")
     lines += [f"    {line}" for line in model.splitlines() if line.strip()]
     return "\n".join(lines) + "\n"
 

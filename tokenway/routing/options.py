@@ -76,9 +76,13 @@ class RoutingConfig(_Strict):
 
 
 class HealthCheckConfig(_Strict):
-    """Active checks: GET ``path`` (relative to the host of ``api_base``) every ``interval``."""
+    """Active checks: GET ``path`` every ``interval``; any answer below 500 (except 404) is healthy.
 
-    path: str = "/v1/models"
+    ``path`` is relative to ``api_base`` (``models`` → ``<api_base>/models``), or to its host
+    when it starts with ``/`` (``/health`` for vLLM/SGLang).
+    """
+
+    path: str = "models"
     interval: Positive = 5.0
     timeout: Positive = 2.0
     unhealthy_after: Annotated[int, Field(ge=1)] = 2
