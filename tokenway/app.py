@@ -29,6 +29,7 @@ from tokenway.observability.metrics import Metrics
 from tokenway.policies.admission import LimitConcurrency
 from tokenway.policies.auth import Authenticate
 from tokenway.policies.base import Policy, compose
+from tokenway.policies.cache import ResponseCache, open_cache
 from tokenway.policies.resilience import Resilience
 from tokenway.policies.routing import Route
 from tokenway.providers.base import Answer, Call, Completion, ProviderResources
@@ -66,6 +67,7 @@ class Gateway:
         self._monitors: Monitors | None = None
         self._http: aiohttp.ClientSession | None = None
         self.redis: Any = None  # redis.asyncio.Redis when TOKENWAY_REDIS_URL is set; shared by every store
+        self.cache: ResponseCache | None = None  # None when caching is off for every model
         self._models = ModelTable({})
         self._starting: asyncio.Task[None] | None = None
         self._data_routes: dict[str, Any] = {}
@@ -75,6 +77,7 @@ class Gateway:
         """The request path, top to bottom. Adding a policy is adding a module and a line here."""
         return [
             Authenticate(self.settings.master_key),
+            *([self.cache] if self.cache is not None else []),
             Resilience(models, self.config, self.routing),
             Route(models, self.config, self.routing),
             LimitConcurrency(),
@@ -118,6 +121,7 @@ class Gateway:
             import redis.asyncio
 
             self.redis = redis.asyncio.from_url(self.settings.redis_url)
+        self.cache = await open_cache(self.config, self.redis)
         resources = ProviderResources(http=self._http)
         table: dict[str, list[Deployment]] = {}
         for model in self.config.models:
@@ -171,6 +175,8 @@ class Gateway:
         await asyncio.gather(*(d.provider.aclose() for d in self._models.all()), return_exceptions=True)
         if self._http is not None:
             await self._http.close()
+        if self.cache is not None:
+            await self.cache.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         self.metrics.close()

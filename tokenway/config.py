@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tokenway.cache.options import CacheConfig, ModelCacheConfig
 from tokenway.providers.base import ProviderOptions
 from tokenway.providers.registry import UnknownProvider, provider_class
 from tokenway.routing.options import (
@@ -111,6 +112,7 @@ class DeploymentConfig(BaseModel):
 class ModelConfig(_Strict):
     name: Annotated[str, Field(min_length=1)]
     deployments: Annotated[list[DeploymentConfig], Field(min_length=1)]
+    cache: ModelCacheConfig = ModelCacheConfig()
     routing: RoutingConfig = RoutingConfig()
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()
@@ -156,6 +158,7 @@ class GatewayConfig(_Strict):
     limits: Limits = Limits()
     streaming: Streaming = Streaming()
     logging: Logging = Logging()
+    cache: CacheConfig = CacheConfig()
     observability: Observability = Observability()
 
     @field_validator("models")

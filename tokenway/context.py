@@ -19,6 +19,7 @@ class RequestContext:
     client_ip: str | None = None
     api_key: str | None = None  # the presented key, never logged
     key_alias: str | None = None  # who the key belongs to, safe to log
+    cache_control: str | None = None  # the request's Cache-Control header (no-cache, no-store)
     model: str | None = None  # public model name
     deployment: str | None = None  # name of the deployment serving the call, for logs
     target: Any = None  # the ``Deployment`` chosen by routing for the current attempt

@@ -184,7 +184,7 @@ def _content_chars(content: Any) -> int:
 
 def _context(scope: Scope, endpoint: str) -> tuple[RequestContext, int | None]:
     """The request context from the headers (one pass), and the declared body length."""
-    request_id = api_key = None
+    request_id = api_key = cache_control = None
     length: int | None = None
     for name, value in scope["headers"]:
         if name == b"authorization":
@@ -195,6 +195,8 @@ def _context(scope: Scope, endpoint: str) -> tuple[RequestContext, int | None]:
             api_key = value.decode("latin-1").strip()
         elif name == b"x-request-id":
             request_id = _safe_request_id(value)
+        elif name == b"cache-control":
+            cache_control = value.decode("latin-1").lower()
         elif name == b"content-length":
             try:
                 length = int(value)
@@ -206,6 +208,7 @@ def _context(scope: Scope, endpoint: str) -> tuple[RequestContext, int | None]:
         endpoint=endpoint,
         api_key=api_key,
         client_ip=client[0] if client else None,
+        cache_control=cache_control,
     )
     return ctx, length
 

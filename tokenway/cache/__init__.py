@@ -1,0 +1,1 @@
+"""Response caching: exact keys, single-flight coalescing and the opt-in semantic cache."""
