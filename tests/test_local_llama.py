@@ -191,8 +191,7 @@ async def test_missing_model_file_says_what_to_do() -> None:
         await make_provider(model_path="/nonexistent/model.gguf").start()
 
 
-@pytest.mark.filterwarnings("ignore:The test .* is marked with")
-def test_stop_matcher_holds_back_only_possible_prefixes() -> None:
+async def test_stop_matcher_holds_back_only_possible_prefixes() -> None:
     matcher = StopMatcher(["\n\nUser:"])
     assert matcher.feed("Hello\n") == ("Hello", False)
     assert matcher.feed("\nUs") == ("", False)

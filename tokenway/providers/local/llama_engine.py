@@ -19,6 +19,7 @@ from typing import Any
 
 import llama_cpp as llama
 
+from tokenway.errors import Overloaded
 from tokenway.providers.local.chat_template import ChatTemplate
 from tokenway.providers.local.engine import EngineLoad, GenerationRequest, SamplingParams, TokenPiece
 from tokenway.providers.local.llama_scheduler import BatchScheduler
@@ -205,7 +206,8 @@ class LlamaEngine:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenPiece]:
         """Tokens as decoded; raises ``Overloaded`` (queue full or deadline) before the first."""
         scheduler = self._scheduler
-        assert scheduler is not None, "start() the engine first"
+        if scheduler is None:
+            raise Overloaded("The local model is not loaded (starting or shut down).", retry_after=1.0)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[TokenPiece | BaseException] = asyncio.Queue()
         seq = scheduler.submit(request, partial(loop.call_soon_threadsafe, queue.put_nowait))

@@ -182,9 +182,12 @@ async def _complete(
 ) -> Completion:
     texts = [""] * choices
     finish: list[str | None] = [None] * choices
-    async for index, text, reason in events:
-        texts[index] += text
-        finish[index] = reason or finish[index]
+    try:
+        async for index, text, reason in events:
+            texts[index] += text
+            finish[index] = reason or finish[index]
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]  # cancelled request: free the slots now
     if chat:
         body = chat_completion(
             id=new_id("chatcmpl"), model=model, usage=usage,
