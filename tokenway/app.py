@@ -15,6 +15,8 @@ from typing import Any
 import aiohttp
 
 from tokenway import __version__
+from tokenway.access import Access
+from tokenway.api.admin import admin_router
 from tokenway.api.admin_routing import routing_router
 from tokenway.api.control import control_app
 from tokenway.api.openai import DataPlane
@@ -27,7 +29,6 @@ from tokenway.errors import MethodNotAllowed
 from tokenway.observability.logging import JsonLog
 from tokenway.observability.metrics import Metrics
 from tokenway.policies.admission import LimitConcurrency
-from tokenway.policies.auth import Authenticate
 from tokenway.policies.base import Policy, compose
 from tokenway.policies.cache import ResponseCache, open_cache
 from tokenway.policies.resilience import Resilience
@@ -72,14 +73,18 @@ class Gateway:
         self._starting: asyncio.Task[None] | None = None
         self._data_routes: dict[str, Any] = {}
         self._control: Any = None
+        self.access = Access(settings, config, self.log)  # keys, limits, budgets, ledger (started in startup)
 
     def policies(self, models: ModelTable) -> list[Policy]:
         """The request path, top to bottom. Adding a policy is adding a module and a line here."""
         return [
-            Authenticate(self.settings.master_key),
+            self.access.authenticate,  # master key or virtual key (cached key table)
+            self.access.record,  # one usage ledger record per authenticated request
+            self.access.rate_limits,  # rpm/tpm per key, team, IP, model; concurrency per key
             *([self.cache] if self.cache is not None else []),
             Resilience(models, self.config, self.routing),
             Route(models, self.config, self.routing),
+            self.access.budgets,  # reserve the worst case at the chosen deployment's price, settle after
             LimitConcurrency(),
         ]
 
@@ -129,12 +134,14 @@ class Gateway:
                 Deployment(d, provider_class(d.provider)(d, d.options, resources)) for d in model.deployments
             ]
         self._models = ModelTable(table)
+        await self.access.start()
         handler = compose(self.policies(self._models), call_provider)
         plane = DataPlane(self.config, handler, self.log, self.metrics, self.is_ready)
         self._data_routes = plane.routes()
         metrics = self.metrics if self.config.observability.metrics else None
         self._control = control_app(self._models, self.is_ready, int(time.time()), metrics,
-                                    routers=[routing_router(self._models, self.routing, self.settings.master_key)])
+                                    routers=[routing_router(self._models, self.routing, self.settings.master_key),
+                                             admin_router(self.access, self.settings.master_key)])
         self._starting = asyncio.get_running_loop().create_task(self._start_providers())
         self._monitors = Monitors(self._models.all())
         self._monitors.start(self._http)
@@ -175,6 +182,7 @@ class Gateway:
         await asyncio.gather(*(d.provider.aclose() for d in self._models.all()), return_exceptions=True)
         if self._http is not None:
             await self._http.close()
+        await self.access.aclose()  # flushes the usage ledger
         if self.cache is not None:
             await self.cache.aclose()
         if self.redis is not None:

@@ -27,6 +27,7 @@ from tokenway.routing.options import (
     RetryConfig,
     RoutingConfig,
 )
+from tokenway.usage.options import AccessConfig
 
 Positive = Annotated[float, Field(gt=0)]
 
@@ -160,6 +161,7 @@ class GatewayConfig(_Strict):
     logging: Logging = Logging()
     cache: CacheConfig = CacheConfig()
     observability: Observability = Observability()
+    access: AccessConfig = AccessConfig()  # keys, rate limits, budgets (tokenway.usage.options)
 
     @field_validator("models")
     @classmethod

@@ -1,0 +1,159 @@
+"""Helpers for the keys/limits/budget/usage tests: gateways with their own stores, real processes."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from tests.fakes import FakeUpstream
+from tests.servers import free_port
+from tokenway.app import Gateway, create_app
+from tokenway.config import Settings, parse_config
+
+MASTER = "sk-master-test"
+PG = "postgresql://127.0.0.1:5432/test"
+REDIS = "redis://127.0.0.1:6379/0"
+MESSAGES = [{"role": "user", "content": "hi"}]
+# Price 1.00/2.00 per 1M: the fake's 7 prompt + 6 completion tokens cost 19,000 nano-dollars, and a
+# "hi" with max_tokens 6 reserves 8 (estimated) prompt + 6 = 20,000 nano-dollars.
+SERVED_COST = 19_000
+RESERVED_COST = 20_000
+
+
+def config(upstream: FakeUpstream, access: str = "", scenario: str = "ok") -> str:
+    block = "".join(f"  {line}\n" for line in access.strip("\n").splitlines()) if access.strip() else ""
+    return f"""
+models:
+  - name: m
+    deployments:
+      - provider: openai
+        api_base: {upstream.url(scenario)}
+        price: {{input_per_1m: 1.0, output_per_1m: 2.0}}
+  - name: other
+    deployments:
+      - provider: openai
+        api_base: {upstream.url(scenario)}
+access:
+  keys_refresh_s: 0.2
+  ledger_flush_s: 0.2
+  redis_prefix: "tw-test-{secrets.token_hex(4)}:"
+{block}"""
+
+
+@contextmanager
+def gateway(
+    config_yaml: str, tmp: Path, master_key: str | None = MASTER, **settings: Any
+) -> Iterator[tuple[str, Gateway]]:
+    """A real uvicorn server in a thread; yields its base URL and the app."""
+    port = free_port()
+    app = create_app(
+        Settings(host="127.0.0.1", port=port, master_key=master_key, data_dir=tmp, **settings),
+        parse_config(config_yaml),
+    )
+    server = uvicorn.Server(uvicorn.Config(
+        app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", lifespan="on",
+        log_level="warning", access_log=False,
+    ))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    _wait_ready(base, thread.is_alive)
+    try:
+        yield base, app
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@contextmanager
+def gateway_process(config_path: Path, data_dir: Path, **env: str) -> Iterator[str]:
+    """``tokenway serve`` in its own process (its own event loop, key cache and counters)."""
+    port = free_port()
+    environment = {
+        **os.environ, "TOKENWAY_MASTER_KEY": MASTER, "TOKENWAY_DATA_DIR": str(data_dir),
+        "TOKENWAY_DRAIN_DELAY_S": "0", **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenway", "serve", "--config", str(config_path), "--port", str(port),
+         "--log-level", "warning"],
+        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(base, lambda: proc.poll() is None)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _wait_ready(base: str, alive: Any) -> None:
+    deadline = time.time() + 60
+    while time.time() < deadline and alive():
+        try:
+            if httpx.get(base + "/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"gateway did not come up on {base}")
+
+
+def create_key(base: str, **fields: Any) -> dict[str, Any]:
+    r = httpx.post(base + "/admin/keys", json=fields, headers={"Authorization": f"Bearer {MASTER}"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def chat(base: str, key: str, model: str = "m", **body: Any) -> httpx.Response:
+    return httpx.post(base + "/v1/chat/completions", json={"model": model, "messages": MESSAGES, **body},
+                      headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+
+def pg_schema() -> str:
+    """A fresh Postgres schema for one test (other engineers share the ``test`` database)."""
+    import asyncio
+
+    import asyncpg
+
+    name = "tw_test_" + secrets.token_hex(4)
+
+    async def make() -> None:
+        conn = await asyncpg.connect(PG)
+        await conn.execute(f"CREATE SCHEMA {name}")
+        await conn.close()
+
+    asyncio.run(make())
+    return name
+
+
+def pg_url(schema: str) -> str:
+    return f"{PG}?search_path={schema}"
+
+
+def drop_schema(schema: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(PG)
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
+
+    asyncio.run(drop())

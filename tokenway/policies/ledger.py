@@ -1,0 +1,44 @@
+"""Record one usage ledger row per authenticated request, after the response is complete."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from tokenway.context import RequestContext
+from tokenway.policies.base import Handler
+from tokenway.providers.base import Answer, Call
+from tokenway.stores.base import KeyRecord, UsageRecord
+from tokenway.usage.cost import deployment_price, usage_cost
+from tokenway.usage.ledger import Ledger
+
+
+class RecordUsage:
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
+        ctx.defer(self._record)
+        return await next(ctx, call)
+
+    def _record(self, ctx: RequestContext) -> None:
+        key: KeyRecord | None = ctx.extra.get("key")
+        usage = ctx.usage
+        cost = ctx.extra.get("cost_nanos")  # what the budget settled, when a budget applied
+        if cost is None:
+            cost = usage_cost(deployment_price(ctx.target.config), usage) if ctx.target is not None else 0
+        self._ledger.record(UsageRecord(
+            id=secrets.token_hex(12),
+            request_id=ctx.request_id,
+            ts=time.time(),
+            key_id=key.id if key is not None else None,
+            team=key.team if key is not None else None,
+            model=ctx.model,
+            deployment=ctx.deployment,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            cached_tokens=usage.cached_tokens if usage else 0,
+            cost_nanos=cost,
+            latency_ms=round(ctx.elapsed_ms(), 3),
+            status=ctx.status,
+        ))

@@ -1,0 +1,162 @@
+"""Rate limits (requests and tokens per minute) and concurrency per key, team, client IP and model.
+
+Every bucket a request touches is checked and taken in one atomic operation (a Lua script on
+Redis, one uninterrupted call in memory), so concurrent requests on any number of replicas
+cannot slip past a limit. Tokens per minute: the prompt is estimated (characters / 4) and
+taken at admission; the real prompt and completion tokens are settled when the request ends.
+Answers carry OpenAI's ``x-ratelimit-*`` headers for the tightest bucket of each kind.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from tokenway.context import RequestContext
+from tokenway.errors import Overloaded, RateLimited
+from tokenway.observability.logging import JsonLog
+from tokenway.policies.base import Handler
+from tokenway.providers.base import Answer, Call
+from tokenway.stores.base import Admission, Bucket, Counters, CountersUnavailable, KeyRecord, Slot
+from tokenway.usage.cost import estimate_prompt_tokens
+from tokenway.usage.options import AccessConfig, RateLimit
+
+
+class StoreGuard:
+    """What to do when the counter store is down: serve without limits, or refuse (503).
+
+    Either way it is logged loudly, at most every 10 seconds, with how many requests it touched.
+    """
+
+    def __init__(self, fail_open: bool, log: JsonLog) -> None:
+        self.fail_open = fail_open
+        self._log = log
+        self._last_logged = 0.0
+        self.failures = 0
+
+    def unavailable(self, exc: CountersUnavailable) -> None:
+        """Called when the store failed; returns to serve unlimited or raises ``Overloaded``."""
+        self.failures += 1
+        now = time.monotonic()
+        if now - self._last_logged >= 10.0:
+            self._last_logged = now
+            self._log.event(
+                "limits_store_down", level="error", error=str(exc), failures=self.failures,
+                mode="open: serving without rate limits or budgets" if self.fail_open else "closed: refusing requests",
+            )
+        if not self.fail_open:
+            raise Overloaded("The rate-limit store is unavailable; retry shortly.", retry_after=1) from exc
+
+
+class RateLimits:
+    def __init__(self, counters: Counters, access: AccessConfig, guard: StoreGuard) -> None:
+        self._counters = counters
+        self._access = access
+        self._guard = guard
+
+    def buckets(self, ctx: RequestContext, call: Call, prompt_tokens: int) -> list[Bucket]:
+        out: list[Bucket] = []
+        key: KeyRecord | None = ctx.extra.get("key")
+        if key is not None:
+            _add(out, "key", key.id, RateLimit(rpm=key.rpm, tpm=key.tpm), prompt_tokens)
+            team = self._access.teams.get(key.team or "")
+            if team is not None:
+                _add(out, "team", key.team or "", team, prompt_tokens)
+        elif ctx.key_alias is None and ctx.client_ip:  # anonymous: the caller is its address
+            _add(out, "ip", ctx.client_ip, self._access.anonymous, prompt_tokens)
+        model = call.body.get("model") or ""
+        limit = self._access.models.get(model)
+        if limit is not None:
+            _add(out, "model", model, limit, prompt_tokens)
+        return out
+
+    async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
+        prompt_tokens = estimate_prompt_tokens(call)
+        buckets = self.buckets(ctx, call, prompt_tokens)
+        key: KeyRecord | None = ctx.extra.get("key")
+        slot = None
+        if key is not None and key.max_parallel:
+            slot = Slot(f"conc:key:{key.id}", key.max_parallel, ctx.request_id + secrets.token_hex(4))
+        if not buckets and slot is None:
+            return await next(ctx, call)
+        for bucket in buckets:
+            if bucket.cost > bucket.capacity:  # waiting would never help: say so instead of "retry later"
+                raise RateLimited(
+                    f"This request needs about {bucket.cost} tokens, more than the {bucket.scope}'s limit of "
+                    f"{bucket.capacity} tokens per minute; send a shorter prompt.", code="tokens_exceeded",
+                )
+        try:
+            admission = await self._counters.acquire(buckets, slot)
+        except CountersUnavailable as exc:
+            self._guard.unavailable(exc)
+            return await next(ctx, call)
+        headers = _headers(buckets, admission)
+        if admission.denied is not None:
+            raise _denied(buckets, admission, headers)
+        ctx.response_headers.extend(headers)
+        ctx.defer(lambda c: self._settle(c, buckets, prompt_tokens, slot))
+        return await next(ctx, call)
+
+    async def _settle(self, ctx: RequestContext, buckets: list[Bucket], estimate: int, slot: Slot | None) -> None:
+        try:
+            if slot is not None:
+                await self._counters.release(slot)
+            usage = ctx.usage
+            if usage is not None:
+                delta = usage.prompt_tokens + usage.completion_tokens - estimate
+                for bucket in buckets:
+                    if bucket.kind == "tokens" and delta:
+                        await self._counters.adjust(bucket, delta)
+        except CountersUnavailable as exc:
+            self._guard.failures += 1
+            ctx.extra["limits_settle_error"] = str(exc)
+
+
+def _add(out: list[Bucket], scope: str, name: str, limit: RateLimit, prompt_tokens: int) -> None:
+    if limit.rpm:
+        out.append(Bucket(f"rpm:{scope}:{name}", limit.rpm, 1, "requests", scope))
+    if limit.tpm:
+        out.append(Bucket(f"tpm:{scope}:{name}", limit.tpm, prompt_tokens, "tokens", scope))
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset format: ``120ms``, ``17s``, ``6m0s``."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    whole = round(seconds)
+    minutes, secs = divmod(whole, 60)
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def _headers(buckets: list[Bucket], admission: Admission) -> list[tuple[bytes, bytes]]:
+    out: list[tuple[bytes, bytes]] = []
+    for kind in ("requests", "tokens"):
+        ranked = [
+            (admission.remaining[i] / b.capacity, i) for i, b in enumerate(buckets) if b.kind == kind
+        ]
+        if not ranked:
+            continue
+        _, i = min(ranked)
+        out += [
+            (f"x-ratelimit-limit-{kind}".encode(), str(buckets[i].capacity).encode()),
+            (f"x-ratelimit-remaining-{kind}".encode(), str(admission.remaining[i]).encode()),
+            (f"x-ratelimit-reset-{kind}".encode(), _duration(admission.reset_s[i]).encode()),
+        ]
+    return out
+
+
+def _denied(buckets: list[Bucket], admission: Admission, headers: list[tuple[bytes, bytes]]) -> RateLimited:
+    extra = {k.decode(): v.decode() for k, v in headers}
+    index = admission.denied
+    assert index is not None
+    retry = max(admission.retry_after, 0.001)
+    if index == len(buckets):
+        message = "Too many requests in flight for this API key; wait for one to finish."
+    else:
+        bucket = buckets[index]
+        per = "requests" if bucket.kind == "requests" else "tokens"
+        message = (
+            f"Rate limit reached for the {bucket.scope}: {bucket.capacity} {per} per minute. "
+            f"Retry in {_duration(retry)}."
+        )
+    return RateLimited(message, retry_after=retry, headers=extra)

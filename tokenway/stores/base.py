@@ -1,0 +1,224 @@
+"""The records and the small protocols every store implements.
+
+Money is integer nano-dollars (1e-9 USD) everywhere below the API: budgets, reservations and
+ledger costs add up exactly (Redis INCRBY and SQL bigint), with no float drift between the
+sum of served costs and what a budget counted.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NANOS_PER_DOLLAR = 1_000_000_000
+Period = Literal["day", "month", "total"]
+_BUDGET = re.compile(r"^\s*\$?(\d+(?:\.\d+)?)\s*/\s*(day|month|total)\s*$")
+
+
+class Budget(BaseModel):
+    """A spending cap in US dollars per UTC day, calendar month, or in total.
+
+    Written ``5.00/day`` in the CLI and YAML, or as ``{amount: 5, period: day}``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    amount: float = Field(gt=0)
+    period: Period = "total"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            match = _BUDGET.match(value)
+            if match is None:
+                raise ValueError(f"a budget is written like '5.00/day' (period day, month or total), not {value!r}")
+            return {"amount": float(match[1]), "period": match[2]}
+        return value
+
+    @property
+    def nanos(self) -> int:
+        return round(self.amount * NANOS_PER_DOLLAR)
+
+    def label(self, now: float | None = None) -> str:
+        """The current period's name, part of the counter's key: a new period starts a new counter."""
+        if self.period == "total":
+            return "total"
+        moment = time.gmtime(now if now is not None else time.time())
+        return time.strftime("d%Y-%m-%d" if self.period == "day" else "m%Y-%m", moment)
+
+    def ttl_s(self) -> int:
+        """How long the counter must outlive its period (0: forever)."""
+        return {"day": 2 * 86400, "month": 32 * 86400, "total": 0}[self.period]
+
+    def period_start(self, now: float | None = None) -> float:
+        moment = time.gmtime(now if now is not None else time.time())
+        if self.period == "total":
+            return 0.0
+        day = 1 if self.period == "month" else moment.tm_mday
+        return float(calendar.timegm((moment.tm_year, moment.tm_mon, day, 0, 0, 0)))
+
+
+class KeyRecord(BaseModel):
+    """A virtual API key. Only the SHA-256 of the secret is stored: keys are 32 random bytes, so a
+    fast hash is enough (no dictionary to attack) and lookups stay O(1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    hash: str
+    hint: str = ""  # the secret's last 4 characters, to tell keys apart in listings
+    name: str | None = None
+    owner: str | None = None
+    team: str | None = None
+    labels: dict[str, str] = {}
+    models: list[str] = []  # empty: every model
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    max_parallel: int | None = Field(default=None, ge=1)
+    budget: Budget | None = None
+    expires_at: float | None = None
+    revoked: bool = False
+    created_at: float = Field(default_factory=time.time)
+
+    def public(self) -> dict[str, Any]:
+        """What the admin API and CLI show: everything but the hash."""
+        return self.model_dump(exclude={"hash"})
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    """One ledger row per request."""
+
+    id: str  # the ledger's own unique id (clients choose request ids, so those may repeat)
+    request_id: str
+    ts: float
+    key_id: str | None
+    team: str | None
+    model: str | None
+    deployment: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_nanos: int
+    latency_ms: float
+    status: int
+
+    def row(self) -> tuple[Any, ...]:
+        return (self.id, self.request_id, self.ts, self.key_id, self.team, self.model, self.deployment,
+                self.prompt_tokens, self.completion_tokens, self.cached_tokens, self.cost_nanos,
+                self.latency_ms, self.status)
+
+
+USAGE_COLUMNS = ("id", "request_id", "ts", "key_id", "team", "model", "deployment", "prompt_tokens",
+                 "completion_tokens", "cached_tokens", "cost_nanos", "latency_ms", "status")
+GroupBy = Literal["key", "team", "model", "day"]
+
+
+class Database(Protocol):
+    """Keys and the usage ledger: SQLite (embedded) or Postgres (shared)."""
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def put_key(self, record: KeyRecord) -> None:
+        """Insert or replace a key; bumps the table's change counter."""
+
+    async def get_key(self, key_id: str) -> KeyRecord | None: ...
+
+    async def list_keys(self) -> list[KeyRecord]: ...
+
+    async def keys_changed_since(self, seq: int) -> tuple[list[KeyRecord], int]:
+        """Keys written after change number ``seq``, and the newest change number."""
+
+    async def insert_usage(self, records: list[UsageRecord]) -> None:
+        """Idempotent on ``id``: a batch replayed from the write-ahead file is counted once."""
+
+    async def usage_summary(
+        self, group_by: GroupBy, since: float, until: float, key_id: str | None = None, team: str | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    async def spent(self, since: float, key_id: str | None = None, team: str | None = None) -> int:
+        """Nano-dollars recorded since ``since`` for a key or a team."""
+
+
+class CountersUnavailable(Exception):
+    """The shared counter store cannot be reached (the policy decides: fail open or closed)."""
+
+
+@dataclass(slots=True)
+class Bucket:
+    """A token bucket of ``capacity`` per minute, refilled continuously, asked for ``cost``."""
+
+    key: str
+    capacity: int
+    cost: int
+    kind: Literal["requests", "tokens"]
+    scope: str  # "key", "team", "ip" or "model": named in the 429 message
+
+
+@dataclass(slots=True)
+class Slot:
+    """One concurrency slot of at most ``limit`` held under ``key`` (lease expires after ``ttl_s``)."""
+
+    key: str
+    limit: int
+    member: str
+    ttl_s: int = 3600
+
+
+@dataclass(slots=True)
+class Admission:
+    denied: int | None  # index of the first bucket that said no; len(buckets) when the slot did
+    retry_after: float  # seconds
+    remaining: list[int] = field(default_factory=list)  # per bucket, after this request
+    reset_s: list[float] = field(default_factory=list)  # per bucket: seconds until full again
+
+
+@dataclass(slots=True)
+class BudgetLine:
+    """One budget counter a request reserves against (a key's or a team's, for the current period)."""
+
+    key: str
+    limit: int  # nano-dollars
+    ttl_s: int
+    scope: str
+    budget: Budget
+
+
+class Counters(Protocol):
+    """Rate limits, concurrency slots and budget reservations; every check-and-take is one atomic op."""
+
+    async def acquire(self, buckets: list[Bucket], slot: Slot | None) -> Admission: ...
+
+    async def adjust(self, bucket: Bucket, delta: int) -> None:
+        """Take ``delta`` more tokens (or give back when negative) after the fact; may go into debt."""
+
+    async def release(self, slot: Slot) -> None: ...
+
+    async def reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
+        """Reserve ``amount`` on every line or on none: (index of the line that is full, its committed)."""
+
+    async def settle(self, lines: list[BudgetLine], delta: int) -> None:
+        """Move every line by ``delta`` (actual cost minus what was reserved)."""
+
+    async def committed(self, line: BudgetLine) -> int: ...
+
+    async def seed(self, line: BudgetLine, amount: int) -> None:
+        """Start a counter at ``amount`` if it does not exist yet (embedded: spend read from the ledger)."""
+
+    async def aclose(self) -> None: ...

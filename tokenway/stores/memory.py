@@ -1,0 +1,83 @@
+"""In-process counters for one gateway process: the embedded default.
+
+Every method runs to completion without awaiting anything, so on one event loop each
+check-and-take is atomic by construction (no lock needed, no interleaving possible).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from tokenway.stores.base import Admission, Bucket, BudgetLine, Slot
+
+
+class MemoryCounters:
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, monotonic time)
+        self._slots: dict[str, dict[str, float]] = {}  # key -> member -> lease expiry
+        self._budgets: dict[str, int] = {}
+
+    def _level(self, bucket: Bucket, now: float) -> float:
+        state = self._buckets.get(bucket.key)
+        if state is None:
+            return float(bucket.capacity)
+        tokens, then = state
+        return min(float(bucket.capacity), tokens + (now - then) * bucket.capacity / 60.0)
+
+    async def acquire(self, buckets: list[Bucket], slot: Slot | None) -> Admission:
+        now = time.monotonic()
+        levels = [self._level(b, now) for b in buckets]
+        for i, (bucket, level) in enumerate(zip(buckets, levels, strict=True)):
+            if level < bucket.cost:
+                rate = bucket.capacity / 60.0
+                return _admission(buckets, levels, i, (bucket.cost - level) / rate)
+        if slot is not None:
+            held = self._slots.setdefault(slot.key, {})
+            for member in [m for m, expiry in held.items() if expiry <= now]:
+                del held[member]
+            if len(held) >= slot.limit:
+                return _admission(buckets, levels, len(buckets), 1.0)
+            held[slot.member] = now + slot.ttl_s
+        for i, bucket in enumerate(buckets):
+            levels[i] -= bucket.cost
+            self._buckets[bucket.key] = (levels[i], now)
+        return _admission(buckets, levels, None, 0.0)
+
+    async def adjust(self, bucket: Bucket, delta: int) -> None:
+        now = time.monotonic()
+        level = max(self._level(bucket, now) - delta, -float(bucket.capacity))
+        self._buckets[bucket.key] = (level, now)
+
+    async def release(self, slot: Slot) -> None:
+        held = self._slots.get(slot.key)
+        if held is not None:
+            held.pop(slot.member, None)
+
+    async def reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
+        for i, line in enumerate(lines):
+            used = self._budgets.get(line.key, 0)
+            if used + amount > line.limit:
+                return i, used
+        for line in lines:
+            self._budgets[line.key] = self._budgets.get(line.key, 0) + amount
+        return None, 0
+
+    async def settle(self, lines: list[BudgetLine], delta: int) -> None:
+        for line in lines:
+            self._budgets[line.key] = self._budgets.get(line.key, 0) + delta
+
+    async def committed(self, line: BudgetLine) -> int:
+        return self._budgets.get(line.key, 0)
+
+    async def seed(self, line: BudgetLine, amount: int) -> None:
+        self._budgets.setdefault(line.key, amount)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _admission(buckets: list[Bucket], levels: list[float], denied: int | None, retry: float) -> Admission:
+    remaining = [max(0, math.floor(level)) for level in levels]
+    reset = [max(0.0, (b.capacity - level) * 60.0 / b.capacity) for b, level in zip(buckets, levels, strict=True)]
+    return Admission(denied=denied, retry_after=retry, remaining=remaining, reset_s=reset)

@@ -1,0 +1,132 @@
+"""Keys and the usage ledger in one SQLite file: the embedded default.
+
+The stdlib driver runs on one dedicated thread (SQLite connections are not shared across
+threads), so the event loop never blocks on disk. None of this is on the request path: keys
+are served from the in-process cache, usage is written in batches by the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tokenway.stores.base import USAGE_COLUMNS, GroupBy, KeyRecord, UsageRecord
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokenway_keys (
+  id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, seq INTEGER NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS tokenway_keys_seq ON tokenway_keys (seq);
+CREATE TABLE IF NOT EXISTS tokenway_usage (
+  id TEXT PRIMARY KEY, request_id TEXT, ts REAL NOT NULL, key_id TEXT, team TEXT, model TEXT,
+  deployment TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, cached_tokens INTEGER,
+  cost_nanos INTEGER NOT NULL, latency_ms REAL, status INTEGER);
+CREATE INDEX IF NOT EXISTS tokenway_usage_key_ts ON tokenway_usage (key_id, ts);
+CREATE INDEX IF NOT EXISTS tokenway_usage_team_ts ON tokenway_usage (team, ts);
+CREATE INDEX IF NOT EXISTS tokenway_usage_ts ON tokenway_usage (ts);
+"""
+
+GROUP_SQL = {"key": "key_id", "team": "team", "model": "model", "day": "date(ts, 'unixepoch')"}
+
+
+class SqliteDatabase:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenway-sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            assert self._db is not None, "SqliteDatabase.start() was not awaited"
+            with self._db:  # one transaction per call
+                return fn(self._db)
+
+        return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+
+    async def start(self) -> None:
+        def open_db() -> None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self._path, check_same_thread=False, timeout=5.0)
+            db.execute("PRAGMA journal_mode=WAL")  # readers in other processes (the CLI) never block us
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            self._db = db
+
+        await asyncio.get_running_loop().run_in_executor(self._thread, open_db)
+
+    async def aclose(self) -> None:
+        if self._db is not None:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._db.close)
+            self._db = None
+        self._thread.shutdown(wait=False)
+
+    async def put_key(self, record: KeyRecord) -> None:
+        # The change number is computed inside the one INSERT, under SQLite's write lock, so two
+        # writers (a gateway and the CLI) can never hand out the same number.
+        sql = (
+            "INSERT INTO tokenway_keys (id, hash, seq, data) "
+            "VALUES (?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM tokenway_keys), ?) "
+            "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, data = excluded.data"
+        )
+        args = (record.id, record.hash, record.model_dump_json())
+        await self._run(lambda db: db.execute(sql, args))
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        sql = "SELECT data FROM tokenway_keys WHERE id = ?"
+        row = await self._run(lambda db: db.execute(sql, (key_id,)).fetchone())
+        return KeyRecord.model_validate_json(row[0]) if row else None
+
+    async def list_keys(self) -> list[KeyRecord]:
+        rows = await self._run(lambda db: db.execute("SELECT data FROM tokenway_keys ORDER BY seq").fetchall())
+        return [KeyRecord.model_validate_json(r[0]) for r in rows]
+
+    async def keys_changed_since(self, seq: int) -> tuple[list[KeyRecord], int]:
+        def changed(db: sqlite3.Connection) -> tuple[list[Any], int]:
+            rows = db.execute("SELECT data, seq FROM tokenway_keys WHERE seq > ? ORDER BY seq", (seq,)).fetchall()
+            return rows, max((r[1] for r in rows), default=seq)
+
+        rows, newest = await self._run(changed)
+        return [KeyRecord.model_validate_json(r[0]) for r in rows], newest
+
+    async def insert_usage(self, records: list[UsageRecord]) -> None:
+        marks = ", ".join("?" * len(USAGE_COLUMNS))
+        sql = f"INSERT INTO tokenway_usage ({', '.join(USAGE_COLUMNS)}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"
+        rows = [r.row() for r in records]
+        await self._run(lambda db: db.executemany(sql, rows))
+
+    async def usage_summary(
+        self, group_by: GroupBy, since: float, until: float, key_id: str | None = None, team: str | None = None
+    ) -> list[dict[str, Any]]:
+        group = GROUP_SQL[group_by]
+        where, args = "ts >= ? AND ts < ?", [since, until]
+        if key_id is not None:
+            where, args = where + " AND key_id = ?", [*args, key_id]
+        if team is not None:
+            where, args = where + " AND team = ?", [*args, team]
+        sql = (
+            f"SELECT {group}, count(*), sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), "
+            f"sum(cost_nanos) FROM tokenway_usage WHERE {where} GROUP BY 1 ORDER BY 1"
+        )
+        rows = await self._run(lambda db: db.execute(sql, args).fetchall())
+        return [summary_row(group_by, row) for row in rows]
+
+    async def spent(self, since: float, key_id: str | None = None, team: str | None = None) -> int:
+        column, value = ("key_id", key_id) if key_id is not None else ("team", team)
+        sql = f"SELECT coalesce(sum(cost_nanos), 0) FROM tokenway_usage WHERE {column} = ? AND ts >= ?"
+        row = await self._run(lambda db: db.execute(sql, (value, since)).fetchone())
+        return int(row[0])
+
+
+def summary_row(group_by: str, row: Any) -> dict[str, Any]:
+    """One group of a usage summary, the same shape from SQLite and Postgres."""
+    cost = int(row[5] or 0)
+    return {
+        group_by: row[0], "requests": int(row[1]), "prompt_tokens": int(row[2] or 0),
+        "completion_tokens": int(row[3] or 0), "cached_tokens": int(row[4] or 0),
+        "cost_usd": cost / 1e9, "cost_nanos": cost,
+    }

@@ -1,0 +1,1 @@
+"""Usage: what a request cost, and the ledger that records every request."""

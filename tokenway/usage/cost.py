@@ -1,0 +1,56 @@
+"""Token estimates at admission and the price of a request, in integer nano-dollars."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokenway.config import DeploymentConfig, Price
+from tokenway.prices import list_price
+from tokenway.protocol import Usage
+from tokenway.providers.base import Call
+
+
+def deployment_price(config: DeploymentConfig) -> Price:
+    """The deployment's configured price; without one, the shipped list price of its model."""
+    if "price" in config.model_fields_set:
+        return config.price
+    listed = list_price(config.model)
+    if listed is None:
+        return config.price
+    return Price(input_per_1m=listed[0], output_per_1m=listed[1])
+
+
+def cost_nanos(price: Price, prompt_tokens: int, completion_tokens: int) -> int:
+    """US dollars per 1M tokens times tokens, rounded up to a whole nano-dollar.
+
+    Prices are turned into integers (1e-15 USD per token) first, so the same tokens always cost
+    the same integer: budgets and the ledger add up exactly.
+    """
+    per_in = round(price.input_per_1m * 1_000_000_000)
+    per_out = round(price.output_per_1m * 1_000_000_000)
+    femto = prompt_tokens * per_in + completion_tokens * per_out
+    return -(-femto // 1_000_000)
+
+
+def usage_cost(price: Price, usage: Usage | None) -> int:
+    return 0 if usage is None else cost_nanos(price, usage.prompt_tokens, usage.completion_tokens)
+
+
+def estimate_prompt_tokens(call: Call) -> int:
+    """Characters / 4 plus per-message framing: a cheap estimate, settled to the real count afterwards."""
+    body = call.body
+    if call.kind == "chat":
+        messages = body.get("messages") or []
+        chars = sum(_chars(m.get("content")) for m in messages if isinstance(m, dict))
+        return -(-chars // 4) + 4 * len(messages) + 3
+    prompt = body.get("prompt")
+    chars = len(prompt) if isinstance(prompt, str) else sum(len(p) for p in prompt or [] if isinstance(p, str))
+    return -(-chars // 4) + 1
+
+
+def _chars(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(part.get("text") or "") for part in content if isinstance(part, dict))
+    return 0
