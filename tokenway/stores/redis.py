@@ -1,10 +1,10 @@
 """Counters shared by every gateway process through Redis: each check-and-take is one Lua script.
 
 Scripts read the clock with ``TIME`` on the Redis server, so replicas on hosts with skewed
-clocks still agree on a bucket's level. The client has short socket timeouts of its own (the
-app's shared client may be used for blocking calls): a dead Redis costs at most one timeout,
-then ``CountersUnavailable`` is raised at once for a second, and the caller fails open or
-closed. Multi-key scripts keep all of a request's keys in one slot-free namespace; on Redis
+clocks still agree on a bucket's level. The client has short socket timeouts and a bounded pool
+of its own (the app's shared client may be used for blocking calls): a dead Redis costs at most
+a timeout; after three failures in a row ``CountersUnavailable`` is raised at once for a second,
+and the caller fails open or closed. Multi-key scripts keep all of a request's keys in one slot-free namespace; on Redis
 Cluster give the prefix a hash tag (``{tokenway}:``).
 """
 
@@ -15,6 +15,8 @@ from typing import Any
 
 import redis.asyncio
 import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from tokenway.stores.base import Admission, Bucket, BudgetLine, CountersUnavailable, Slot
 
@@ -91,14 +93,22 @@ _FAILURES = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OS
 
 
 class RedisCounters:
-    def __init__(self, url: str, prefix: str = "tokenway:", timeout_s: float = 0.25, pause_s: float = 1.0) -> None:
-        self._redis = redis.asyncio.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False,
-            health_check_interval=0,
+    def __init__(
+        self, url: str, prefix: str = "tokenway:", timeout_s: float = 1.0, pause_s: float = 1.0,
+        max_connections: int = 64,
+    ) -> None:
+        # A bounded pool: a burst of requests queues for a connection (at most ``timeout_s``) instead of
+        # opening hundreds of sockets at once, which is what makes Redis slow under a burst.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=timeout_s, socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s, health_check_interval=0,
         )
+        # No client-side retries: a retry after a timeout doubles the wait; the caller decides instead.
+        self._redis = redis.asyncio.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
         self._prefix = prefix
         self._pause_s = pause_s
         self._down_until = 0.0
+        self._failures = 0  # in a row: one slow answer under load is not an outage
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._adjust = self._redis.register_script(_ADJUST)
         self._reserve = self._redis.register_script(_RESERVE)
@@ -106,12 +116,7 @@ class RedisCounters:
     async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         if time.monotonic() < self._down_until:
             raise CountersUnavailable("Redis was unreachable a moment ago")
-        try:
-            return await script(keys=[self._prefix + k for k in keys], args=args)
-        except _FAILURES as exc:
-            # Pause before trying again so that a dead Redis costs one timeout per second, not per request.
-            self._down_until = time.monotonic() + self._pause_s
-            raise CountersUnavailable(f"Redis is unreachable: {exc}") from exc
+        return await self._call(script(keys=[self._prefix + k for k in keys], args=args))
 
     async def acquire(self, buckets: list[Bucket], slot: Slot | None) -> Admission:
         keys = [b.key for b in buckets]
@@ -165,10 +170,15 @@ class RedisCounters:
             awaitable.close()
             raise CountersUnavailable("Redis was unreachable a moment ago")
         try:
-            return await awaitable
+            result = await awaitable
         except _FAILURES as exc:
-            self._down_until = time.monotonic() + self._pause_s
-            raise CountersUnavailable(f"Redis is unreachable: {exc}") from exc
+            self._failures += 1
+            if self._failures >= 3:
+                # Pause before trying again so that a dead Redis costs one timeout per second, not per request.
+                self._down_until = time.monotonic() + self._pause_s
+            raise CountersUnavailable(f"Redis is unreachable: {exc!r}") from exc
+        self._failures = 0
+        return result
 
     async def aclose(self) -> None:
         await self._redis.aclose()

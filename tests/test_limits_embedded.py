@@ -1,0 +1,111 @@
+"""Rate limits and concurrency on the embedded (in-memory) counters, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.access_support import chat, config, create_key, gateway
+from tests.fakes import FakeUpstream
+from tokenway.stores.base import Bucket, Slot
+from tokenway.stores.memory import MemoryCounters
+
+
+def test_rpm_limit_answers_429_with_openai_headers(upstream: FakeUpstream, tmp_path: Path) -> None:
+    with gateway(config(upstream), tmp_path) as (base, _):
+        key = create_key(base, rpm=3)["key"]
+        ok = [chat(base, key) for _ in range(3)]
+        limited = chat(base, key)
+    assert [r.status_code for r in ok] == [200, 200, 200]
+    assert ok[0].headers["x-ratelimit-limit-requests"] == "3"
+    assert ok[0].headers["x-ratelimit-remaining-requests"] == "2"
+    assert ok[2].headers["x-ratelimit-remaining-requests"] == "0"
+    assert ok[0].headers["x-ratelimit-reset-requests"] == "20s"  # one request refills in 60/3 s
+    assert limited.status_code == 429
+    assert limited.json()["error"]["type"] == "rate_limit_error"
+    assert 1 <= int(limited.headers["retry-after"]) <= 20
+    assert limited.headers["x-ratelimit-remaining-requests"] == "0"
+    assert len(upstream.seen) == 3
+
+
+def test_tpm_counts_prompt_at_admission_and_completion_after(upstream: FakeUpstream, tmp_path: Path) -> None:
+    with gateway(config(upstream), tmp_path) as (base, _):
+        key = create_key(base, tpm=30)["key"]
+        first = chat(base, key)  # admits on the 8-token estimate, settles the real 7 + 6 = 13
+        second = chat(base, key)
+        third = chat(base, key)
+    assert first.status_code == 200 and first.headers["x-ratelimit-remaining-tokens"] == "22"
+    assert second.status_code == 200
+    assert int(second.headers["x-ratelimit-remaining-tokens"]) <= 30 - 13 - 8 + 1  # first settled at 13
+    assert third.status_code == 429 and "tokens per minute" in third.json()["error"]["message"]
+
+
+def test_a_prompt_larger_than_the_tpm_limit_says_so(upstream: FakeUpstream, tmp_path: Path) -> None:
+    with gateway(config(upstream), tmp_path) as (base, _):
+        key = create_key(base, tpm=20)["key"]
+        r = httpx.post(base + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                       json={"model": "m", "messages": [{"role": "user", "content": "x" * 400}]})
+    assert r.status_code == 429 and r.json()["error"]["code"] == "tokens_exceeded"
+
+
+def test_team_model_and_anonymous_ip_limits(upstream: FakeUpstream, tmp_path: Path) -> None:
+    access = """
+teams: {web: {rpm: 2}}
+models: {other: {rpm: 1}}
+anonymous: {rpm: 2}
+"""
+    with gateway(config(upstream, access), tmp_path) as (base, _):
+        a = create_key(base, team="web")["key"]
+        b = create_key(base, team="web")["key"]
+        team = [chat(base, a).status_code, chat(base, b).status_code, chat(base, a).status_code]
+        solo = create_key(base)["key"]
+        model = [chat(base, solo, model="other").status_code, chat(base, solo, model="other").status_code]
+    assert team == [200, 200, 429]
+    assert model == [200, 429]
+    with gateway(config(upstream, access), tmp_path / "open", master_key=None) as (base, _):
+        anonymous = [chat(base, "whatever").status_code for _ in range(3)]
+    assert anonymous == [200, 200, 429]
+
+
+def test_concurrency_limit_per_key(upstream: FakeUpstream, tmp_path: Path) -> None:
+    upstream.chunk_delay = 0.1  # each stream takes ~0.6 s
+    with gateway(config(upstream), tmp_path) as (base, _):
+        key = create_key(base, max_parallel=2)["key"]
+
+        async def burst() -> list[int]:
+            async with httpx.AsyncClient(timeout=30) as client:
+                body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+                calls = [client.post(base + "/v1/chat/completions", json=body,
+                                     headers={"Authorization": f"Bearer {key}"}) for _ in range(5)]
+                return [r.status_code for r in await asyncio.gather(*calls)]
+
+        codes = asyncio.run(burst())
+        after = chat(base, key).status_code  # slots were released when the streams ended
+    assert sorted(codes) == [200, 200, 429, 429, 429]
+    assert after == 200
+
+
+async def test_memory_buckets_take_all_or_nothing_and_refill() -> None:
+    counters = MemoryCounters()
+    rpm = Bucket("rpm:key:a", 60, 1, "requests", "key")
+    tpm = Bucket("tpm:key:a", 100, 80, "tokens", "key")
+    assert (await counters.acquire([rpm, tpm], None)).denied is None
+    denied = await counters.acquire([rpm, tpm], None)
+    assert denied.denied == 1 and denied.retry_after == pytest.approx((80 - 20) / (100 / 60), rel=0.01)
+    assert denied.remaining[0] == 59  # the refused request took nothing from the first bucket
+    await counters.adjust(tpm, -60)  # a settle that gives tokens back
+    assert (await counters.acquire([rpm, tpm], None)).denied is None
+    slot = Slot("conc:key:a", 1, "r1")
+    assert (await counters.acquire([], slot)).denied is None
+    assert (await counters.acquire([], Slot("conc:key:a", 1, "r2"))).denied == 0
+    await counters.release(slot)
+    assert (await counters.acquire([], Slot("conc:key:a", 1, "r3"))).denied is None
+    assert (await counters.acquire([Bucket("tpm:fast", 600, 600, "tokens", "key")], None)).denied is None
+    five = Bucket("tpm:fast", 600, 5, "tokens", "key")  # refills 10 per second: 5 take 0.5 s
+    await asyncio.sleep(0.3)
+    assert (await counters.acquire([five], None)).denied == 0
+    await asyncio.sleep(0.3)
+    assert (await counters.acquire([five], None)).denied is None

@@ -1,0 +1,85 @@
+"""The Redis counters against a real Redis: atomic under concurrency, and a dead Redis never hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.access_support import REDIS, chat, config, create_key, gateway
+from tests.fakes import FakeUpstream
+from tests.servers import free_port
+from tokenway.stores.base import Bucket, Budget, BudgetLine, Slot
+from tokenway.stores.redis import RedisCounters
+
+
+def _counters() -> RedisCounters:
+    return RedisCounters(REDIS, prefix=f"tw-test-{secrets.token_hex(4)}:")
+
+
+async def test_buckets_are_all_or_nothing_under_concurrency() -> None:
+    counters = _counters()
+    try:
+        rpm = Bucket("rpm:key:a", 50, 1, "requests", "key")
+        tpm = Bucket("tpm:key:a", 10_000, 10, "tokens", "key")
+        results = await asyncio.gather(*(counters.acquire([rpm, tpm], None) for _ in range(200)))
+        assert sum(r.denied is None for r in results) == 50
+        denied = next(r for r in results if r.denied is not None)
+        assert denied.denied == 0 and 0 < denied.retry_after <= 1.3
+        assert 9_500 <= denied.remaining[1] <= 9_550  # the refused requests took no tokens (plus a refill)
+        await counters.adjust(tpm, 500)
+        after = await counters.acquire([tpm], None)
+        assert after.remaining[0] <= 10_000 - 1010 + 100
+    finally:
+        await counters.aclose()
+
+
+async def test_concurrency_slots_and_budget_reservations_are_atomic() -> None:
+    counters = _counters()
+    try:
+        slots = [Slot("conc:key:a", 3, f"r{i}") for i in range(20)]
+        results = await asyncio.gather(*(counters.acquire([], s) for s in slots))
+        held = [s for s, r in zip(slots, results, strict=True) if r.denied is None]
+        assert len(held) == 3
+        await counters.release(held[0])
+        assert (await counters.acquire([], Slot("conc:key:a", 3, "late"))).denied is None
+
+        budget = Budget(amount=1.0, period="day")
+        key = BudgetLine("budget:key:a:d", budget.nanos, 60, "key", budget)
+        team = BudgetLine("budget:team:t:d", budget.nanos // 2, 60, "team", budget)
+        outcomes = await asyncio.gather(*(counters.reserve([key, team], 100_000_000) for _ in range(40)))
+        assert sum(full is None for full, _ in outcomes) == 5  # the team's $0.50 is the tighter one
+        assert {full for full, _ in outcomes if full is not None} == {1}
+        assert await counters.committed(key) == 500_000_000
+        await counters.settle([key, team], -60_000_000)
+        assert await counters.committed(team) == 440_000_000
+    finally:
+        await counters.aclose()
+
+
+def _dead_redis() -> str:
+    return f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+
+
+def test_redis_down_fails_closed_fast_with_a_loud_log(
+    upstream: FakeUpstream, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with gateway(config(upstream), tmp_path, redis_url=_dead_redis()) as (base, _):
+        key = create_key(base, rpm=100)["key"]
+        started = time.monotonic()
+        codes = [chat(base, key).status_code for _ in range(5)]
+        elapsed = time.monotonic() - started
+    assert codes == [503] * 5
+    assert elapsed < 5
+    assert '"event":"limits_store_down"' in capfd.readouterr().out
+    assert upstream.seen == []
+
+
+def test_redis_down_fails_open_when_configured(upstream: FakeUpstream, tmp_path: Path) -> None:
+    with gateway(config(upstream, "on_store_down: open"), tmp_path, redis_url=_dead_redis()) as (base, _):
+        key = create_key(base, rpm=1, budget="1/day")["key"]
+        codes = [chat(base, key).status_code for _ in range(3)]
+    assert codes == [200, 200, 200]
