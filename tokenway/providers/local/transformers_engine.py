@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -202,7 +202,7 @@ class TransformersEngine:
         stop_ids: set[int],
         greedy: bool,
         room: int,
-    ) -> AsyncIterator[TokenPiece]:
+    ) -> AsyncGenerator[TokenPiece, None]:
         manager = self._require_manager()  # again: it may have closed while this request waited
         request_id = f"tw-{next(self._ids)}"
         outputs: asyncio.Queue[Any] = asyncio.Queue()  # bounded by max_tokens: one entry per step
@@ -322,7 +322,8 @@ class TransformersEngine:
         model_window = getattr(config, "max_position_embeddings", None)
         if model_window:
             self.context_window = min(options.context_window, int(model_window))
-        self._model = _load_model(folder, config, options.load_format, device, dtype)
+        model: Any = _load_model(folder, config, options.load_format, device, dtype)
+        self._model = model
         self._eos_ids = frozenset(_eos_ids(config, self._tokenizer))
 
         block_size = 256 if device.type == "cuda" else 32  # 256: what flash's paged decode path needs
@@ -352,7 +353,7 @@ class TransformersEngine:
             pad_token_id=self._tokenizer.pad_token_id,
         )
         hints = WorkloadHints(max_prompt_length=self.context_window, max_generated_length=0, num_requests=options.slots)
-        manager = self._model.init_continuous_batching(
+        manager = model.init_continuous_batching(
             generation_config=generation_config, continuous_batching_config=cb_config, workload_hints=hints
         )
         # Allocates the cache here, so that running out of memory fails start() instead of the thread;
@@ -367,7 +368,7 @@ class TransformersEngine:
             device,
             dtype,
             options.load_format,
-            self._model.config._attn_implementation,
+            model.config._attn_implementation,
             num_blocks * block_size,
             options.slots,
             max_batch_tokens,
@@ -402,6 +403,7 @@ def _resolve_dtype(name: str, device: Any) -> Any:
 def _load_model(folder: Path, config: Any, load_format: str, device: Any, dtype: Any) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
+    model: Any
     # "sdpa": the manager switches it to paged|sdpa, or to flash attention where that is installed.
     if load_format == "dummy":
         # Random weights, initialised directly on the device (seconds for 8B on a GPU).
