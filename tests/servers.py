@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from tokenway.app import create_app
+from tokenway.app import Gateway, create_app
 from tokenway.config import Settings, parse_config
 
 
@@ -25,6 +25,15 @@ def free_port() -> int:
 @contextmanager
 def running_gateway(config_yaml: str, *, master_key: str | None = None, wait_ready: bool = True) -> Iterator[str]:
     """Yield the gateway's base URL (``http://127.0.0.1:PORT``) while it serves ``config_yaml``."""
+    with running_app(config_yaml, master_key=master_key, wait_ready=wait_ready) as (base, _):
+        yield base
+
+
+@contextmanager
+def running_app(
+    config_yaml: str, *, master_key: str | None = None, wait_ready: bool = True
+) -> Iterator[tuple[str, Gateway]]:
+    """Like ``running_gateway``, and also yield the app object itself."""
     port = free_port()
     settings = Settings(host="127.0.0.1", port=port, master_key=master_key)
     app = create_app(settings, parse_config(config_yaml))
@@ -48,7 +57,7 @@ def running_gateway(config_yaml: str, *, master_key: str | None = None, wait_rea
             raise RuntimeError(f"gateway did not come up on {base}")
         time.sleep(0.02)
     try:
-        yield base
+        yield base, app
     finally:
         server.should_exit = True
         thread.join(10)

@@ -25,11 +25,12 @@ from tokenway.config import GatewayConfig, Settings, load_config
 from tokenway.context import RequestContext
 from tokenway.deployments import Deployment, ModelTable
 from tokenway.drain import install_drain_on_sigterm
-from tokenway.errors import MethodNotAllowed
+from tokenway.errors import GatewayError, MethodNotAllowed
 from tokenway.observability.logging import JsonLog
 from tokenway.observability.metrics import Metrics
+from tokenway.observability.tracing import Tracing
 from tokenway.policies.admission import LimitConcurrency
-from tokenway.policies.base import Policy, compose
+from tokenway.policies.base import Handler, Policy, compose
 from tokenway.policies.cache import ResponseCache, open_cache
 from tokenway.policies.resilience import Resilience
 from tokenway.policies.routing import Route
@@ -39,17 +40,25 @@ from tokenway.routing.health import Monitors
 from tokenway.routing.stats import RoutingStats
 
 
-async def call_provider(ctx: RequestContext, call: Call) -> Answer:
-    """The end of the policy list: hand the call to the deployment routing chose."""
-    deployment: Deployment = ctx.target
-    if ctx.deadline is None:
-        ctx.deadline = ctx.started + deployment.config.timeouts.total
-    provider = deployment.provider
-    ctx.upstream_started = time.perf_counter()
-    answer = await (provider.chat(call, ctx) if call.kind == "chat" else provider.completions(call, ctx))
-    if isinstance(answer, Completion):
-        ctx.upstream_done = time.perf_counter()
-    return answer
+def upstream_caller(metrics: Metrics) -> Handler:
+    """The end of the policy list: hand the call to the deployment routing chose (one attempt)."""
+
+    async def call_provider(ctx: RequestContext, call: Call) -> Answer:
+        deployment: Deployment = ctx.target
+        if ctx.deadline is None:
+            ctx.deadline = ctx.started + deployment.config.timeouts.total
+        provider = deployment.provider
+        ctx.upstream_started = time.perf_counter()
+        try:
+            answer = await (provider.chat(call, ctx) if call.kind == "chat" else provider.completions(call, ctx))
+        except GatewayError as error:
+            metrics.upstream_attempt_failed(deployment.name, error)
+            raise
+        if isinstance(answer, Completion):
+            ctx.upstream_done = time.perf_counter()
+        return answer
+
+    return call_provider
 
 
 class Gateway:
@@ -59,9 +68,11 @@ class Gateway:
         self.settings = settings
         self.config = config
         self.log = log or JsonLog(
-            sample=config.logging.sample, requests=config.logging.requests, content=config.logging.content
+            sample=config.logging.sample, requests=config.logging.requests, content=config.logging.content,
+            level=settings.log_level,
         )
         self.metrics = Metrics()
+        self.tracing: Tracing | None = None
         self.ready = False
         self.draining = False
         self.routing = RoutingStats()  # routing decisions by reason (GET /admin/routing)
@@ -135,8 +146,12 @@ class Gateway:
             ]
         self._models = ModelTable(table)
         await self.access.start()
-        handler = compose(self.policies(self._models), call_provider)
-        plane = DataPlane(self.config, handler, self.log, self.metrics, self.is_ready)
+        policies, upstream = self.policies(self._models), upstream_caller(self.metrics)
+        if self.config.observability.tracing.enabled:
+            self.tracing = Tracing(self.config.observability.tracing)
+            policies, upstream = [self.tracing.wrap(p) for p in policies], self.tracing.wrap_upstream(upstream)
+        handler = compose(policies, upstream)
+        plane = DataPlane(self.config, handler, self.log, self.metrics, self.is_ready, self.tracing)
         self._data_routes = plane.routes()
         metrics = self.metrics if self.config.observability.metrics else None
         self._control = control_app(self._models, self.is_ready, int(time.time()), metrics,
@@ -188,6 +203,8 @@ class Gateway:
         if self.redis is not None:
             await self.redis.aclose()
         self.metrics.close()
+        if self.tracing is not None:
+            self.tracing.shutdown()
         self.log.event("stopped")
         await self.log.aclose()
 

@@ -149,9 +149,20 @@ class Logging(_Strict):
     content: bool = False  # log message content (redacted); off by default
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry (needs the ``tracing`` extra). Off by default: no cost on the request path."""
+
+    enabled: bool = False
+    exporter: Literal["otlp", "console", "none"] = "otlp"
+    endpoint: str | None = None  # OTLP/HTTP traces URL; default: the exporter's (OTEL_EXPORTER_OTLP_* env)
+    service_name: str = "tokenway"
+    sample_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0
+
+
 class Observability(_Strict):
     overhead_header: bool = True  # x-tokenway-overhead-ms on every response
     metrics: bool = True  # GET /metrics
+    tracing: TracingConfig = TracingConfig()
 
 
 class GatewayConfig(_Strict):

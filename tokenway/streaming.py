@@ -131,6 +131,7 @@ async def write_stream(
             await writer.rest()
     except GatewayError as error:
         ctx.status, ctx.error_type = error.status, type(error).__name__
+        ctx.extra["failed_mid_stream"] = True
         if not writer.started:
             raise
         await writer.body(sse_error(error))

@@ -30,6 +30,7 @@ from tokenway.context import RequestContext
 from tokenway.errors import GatewayError, InternalError, InvalidRequest, Overloaded, UpstreamError
 from tokenway.observability.logging import JsonLog
 from tokenway.observability.metrics import Metrics
+from tokenway.observability.tracing import Tracing
 from tokenway.policies.base import Handler
 from tokenway.protocol import (
     CHAT_REQUEST,
@@ -50,9 +51,11 @@ class DataPlane:
     """The OpenAI-compatible endpoints over one composed policy handler."""
 
     def __init__(
-        self, config: GatewayConfig, handle: Handler, log: JsonLog, metrics: Metrics, is_ready: Callable[[], bool]
+        self, config: GatewayConfig, handle: Handler, log: JsonLog, metrics: Metrics, is_ready: Callable[[], bool],
+        tracing: Tracing | None = None,
     ) -> None:
         self._config = config
+        self._tracing = tracing
         self._metrics = metrics
         self._overhead_header = config.observability.overhead_header
         self._limits = config.limits
@@ -84,6 +87,19 @@ class DataPlane:
         self, scope: Scope, receive: Receive, send: Send, kind: str, adapter: TypeAdapter[Any], required: tuple[str, ...]
     ) -> None:
         ctx, declared_length = _context(scope, kind)
+        if self._tracing is None:
+            await self._respond(ctx, declared_length, receive, send, adapter, required)
+            return
+        with self._tracing.request_span(ctx) as span:
+            ctx.extra["trace_id"] = self._tracing.trace_id(span)
+            await self._respond(ctx, declared_length, receive, send, adapter, required)
+            self._tracing.finish_request(span, ctx)
+
+    async def _respond(
+        self, ctx: RequestContext, declared_length: int | None, receive: Receive, send: Send,
+        adapter: TypeAdapter[Any], required: tuple[str, ...],
+    ) -> None:
+        kind = ctx.endpoint
         headers = [(b"x-request-id", ctx.request_id.encode())]
         self._metrics.request_started(kind)
         try:
@@ -97,6 +113,8 @@ class DataPlane:
             call = Call("chat" if simple else kind, request)  # type: ignore[arg-type]
             self._check_limits(call)
             ctx.stream = call.stream
+            if self._log.content:
+                ctx.extra["content"] = _content_for_log(call)
             async with cancel_on_disconnect(receive):
                 answer = await self._handle(ctx, call)
                 if simple:
@@ -157,6 +175,13 @@ class DataPlane:
                 raise InvalidRequest(
                     f"'{field}' is {value}; this gateway allows at most {limits.max_tokens}.", param=field
                 )
+
+
+def _content_for_log(call: Call) -> str:
+    """What the client asked, for content logging (opt-in; redacted and truncated by the log)."""
+    if call.kind == "completions":
+        return str(call.body.get("prompt"))[:2000]
+    return " | ".join(f"{m.get('role')}: {m.get('content')}" for m in call.body.get("messages", []))[-2000:]
 
 
 def _overhead_header(ctx: RequestContext) -> tuple[bytes, bytes]:

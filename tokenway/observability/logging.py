@@ -28,6 +28,9 @@ _REDACTIONS = [
 ]
 
 
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
 def redact(text: str) -> str:
     for pattern, replacement in _REDACTIONS:
         text = pattern.sub(replacement, text)
@@ -38,9 +41,11 @@ class JsonLog:
     """Buffered JSON-lines writer. ``start()``/``aclose()`` run the flusher inside the app's lifespan."""
 
     def __init__(
-        self, out: IO[bytes] | None = None, *, sample: float = 1.0, requests: bool = True, content: bool = False
+        self, out: IO[bytes] | None = None, *, sample: float = 1.0, requests: bool = True, content: bool = False,
+        level: str = "info",
     ) -> None:
         self._out = out or sys.stdout.buffer
+        self._min_level = _LEVELS.get(level, 20)
         self._buffer: list[bytes] = []
         self._sample = sample
         self._requests = requests
@@ -57,12 +62,16 @@ class JsonLog:
         self.flush()
 
     def event(self, event: str, level: str = "info", **fields: Any) -> None:
+        if _LEVELS.get(level, 20) < self._min_level:
+            return
         self._write({"ts": _now(), "level": level, "event": event, **fields})
         if self._flusher is None:
             self.flush()  # before start or after shutdown: write through
 
     def request(self, ctx: RequestContext, end: float) -> None:
         failed = ctx.status >= 400
+        if self._min_level > (40 if ctx.status >= 500 else 20):
+            return
         if not self._requests or (not failed and self._sample < 1.0 and random.random() >= self._sample):
             return
         line: dict[str, Any] = {
@@ -82,6 +91,9 @@ class JsonLog:
             "overhead_ms": _ms(ctx.overhead(end)),
             "attempts": ctx.attempts,
         }
+        trace_id = ctx.extra.get("trace_id")
+        if trace_id:
+            line["trace_id"] = trace_id
         queue_wait = ctx.extra.get("queue_wait_s")
         if queue_wait is not None:
             line["queue_ms"] = _ms(queue_wait)

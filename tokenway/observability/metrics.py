@@ -66,8 +66,8 @@ class Metrics:
             multiprocess_mode="livesum",
         )
         self.upstream_errors = Counter(
-            "tokenway_upstream_errors", "Requests that failed because of the backend.", ["deployment", "type"],
-            registry=r,
+            "tokenway_upstream_errors", "Failed backend attempts (before or during the answer), by error class.",
+            ["deployment", "type"], registry=r,
         )
         self.retries = Counter(
             "tokenway_retries", "Extra attempts made on other deployments or later.", ["model"], registry=r,
@@ -86,6 +86,9 @@ class Metrics:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(os.getpid())
+
+    def upstream_attempt_failed(self, deployment: str, error: Exception) -> None:
+        self.upstream_errors.labels(deployment, type(error).__name__).inc()
 
     def add_state_reader(self, reader: StateReader) -> None:
         """Export live state (breakers, queues, worker saturation) read at scrape time."""
@@ -128,8 +131,8 @@ class Metrics:
                 if spend:
                     self.cost.labels(model, ctx.key_alias or "anonymous").inc(spend)
         error = ctx.error_type
-        if error in _UPSTREAM_ERRORS:
-            self.upstream_errors.labels(deployment, error).inc()
+        if error in _UPSTREAM_ERRORS and ctx.extra.get("failed_mid_stream"):
+            self.upstream_errors.labels(deployment, error).inc()  # attempts that failed earlier are counted there
         if ctx.status == 429:
             self.rate_limited.labels(model, "upstream" if error in _UPSTREAM_ERRORS else "gateway").inc()
 

@@ -110,9 +110,9 @@ class OllamaProvider:
         resp: aiohttp.ClientResponse | None = None
         try:
             async with asyncio.timeout(first_byte):
-                resp = await self._http.post(
-                    self._base + path, data=orjson.dumps(body), headers=self._headers, timeout=self._timeout
-                )
+                headers = {**self._headers, **ctx.upstream_headers, "x-request-id": ctx.request_id}
+                resp = await self._http.post(self._base + path, data=orjson.dumps(body), headers=headers,
+                                             timeout=self._timeout)
                 if resp.status != 200:
                     detail = (await resp.read())[:300].decode(errors="replace")
                     if resp.status >= 500 or resp.status == 429:

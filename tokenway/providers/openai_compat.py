@@ -79,9 +79,7 @@ class OpenAICompatProvider:
         if call.stream and self.options.stream_usage and not call.include_usage:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
             strip_usage = True
-        headers = self._headers
-        if ctx.request_id:
-            headers = {**headers, "x-request-id": ctx.request_id}
+        headers = {**self._headers, **ctx.upstream_headers, "x-request-id": ctx.request_id}
         first_byte = min(self.deployment.timeouts.first_token, ctx.remaining() or float("inf"))
         resp: aiohttp.ClientResponse | None = None
         try:
