@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -33,7 +34,7 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 
 
 def options(**overrides: object) -> LocalOptions:
-    fields: dict[str, object] = {
+    fields: dict[str, Any] = {
         "engine": "transformers",
         "model_path": str(TINY),
         "load_format": "dummy",
@@ -45,7 +46,7 @@ def options(**overrides: object) -> LocalOptions:
         "threads": 2,
     }
     fields.update(overrides)
-    return LocalOptions(**fields)
+    return LocalOptions.model_validate(fields)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -56,7 +57,7 @@ async def engine() -> AsyncIterator[TransformersEngine]:
     await engine.aclose()
 
 
-def request(prompt: list[int], max_tokens: int = 8, **params: object) -> GenerationRequest:
+def request(prompt: list[int], max_tokens: int = 8, **params: Any) -> GenerationRequest:
     return GenerationRequest(prompt_tokens=prompt, params=SamplingParams(max_tokens=max_tokens, **params))
 
 

@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -165,7 +165,7 @@ class TransformersEngine:
 
     # -- generation --------------------------------------------------------------------------------
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenPiece]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenPiece, None]:
         """Tokens as the batching thread decodes them; closing this iterator cancels the request.
 
         Raises ``Overloaded`` before the first token when no slot frees up by ``request.deadline``
