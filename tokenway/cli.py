@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from tokenway.config import ConfigError, Settings, load_config
+from tokenway.usage import cli as access_commands
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(serve(args))
     if args.command == "check-config":
         sys.exit(check_config(args.file))
+    if args.command in ("keys", "usage"):
+        sys.exit(access_commands.run(args))
     parser.print_help()
     sys.exit(2)
 
@@ -46,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file and point at the bad line")
     check.add_argument("file", type=Path)
     commands.add_parser("bench", help="load-test an OpenAI-compatible endpoint (tokenway bench --help)")
+    access_commands.add_commands(commands)
     return parser
 
 
