@@ -72,7 +72,7 @@ class RoutingConfig(_Strict):
     prefix_chars: Annotated[int, Field(ge=16)] = 2048
     # prefix: leave the affine worker when its load exceeds the least loaded one's by this much
     # (load = waiting + running + gateway in-flight, KV use weighted in; see balancers.py).
-    affinity_slack: NonNegative = 4.0
+    affinity_slack: NonNegative = 8.0
 
 
 class HealthCheckConfig(_Strict):
