@@ -93,7 +93,7 @@ def test_metrics_parsing_for_vllm_and_sglang() -> None:
 def _engine_yaml(upstream: FakeUpstream) -> str:
     rows = "".join(
         f"      - {{provider: openai, name: {w}, api_base: '{upstream.url(w)}', "
-        f"engine: {{kind: vllm, interval: 0.05, metrics_url: 'http://127.0.0.1:{upstream.port}/{w}/metrics'}}}}\n"
+        f"engine_metrics: {{kind: vllm, interval: 0.05, metrics_url: 'http://127.0.0.1:{upstream.port}/{w}/metrics'}}}}\n"
         for w in ("w1", "w2")
     )
     return f"models:\n  - name: m\n    routing: {{strategy: engine}}\n    deployments:\n{rows}"

@@ -26,6 +26,7 @@ from tokenway.context import RequestContext
 from tokenway.deployments import Deployment, ModelTable
 from tokenway.drain import install_drain_on_sigterm
 from tokenway.errors import GatewayError, MethodNotAllowed
+from tokenway.observability.live_state import LiveState
 from tokenway.observability.logging import JsonLog
 from tokenway.observability.metrics import Metrics
 from tokenway.observability.tracing import Tracing
@@ -88,13 +89,14 @@ class Gateway:
 
     def policies(self, models: ModelTable) -> list[Policy]:
         """The request path, top to bottom. Adding a policy is adding a module and a line here."""
+        self.route = Route(models, self.config, self.routing)
         return [
             self.access.authenticate,  # master key or virtual key (cached key table)
             self.access.record,  # one usage ledger record per authenticated request
             self.access.rate_limits,  # rpm/tpm per key, team, IP, model; concurrency per key
             *([self.cache] if self.cache is not None else []),
             Resilience(models, self.config, self.routing),
-            Route(models, self.config, self.routing),
+            self.route,
             self.access.budgets,  # reserve the worst case at the chosen deployment's price, settle after
             LimitConcurrency(),
         ]
@@ -151,6 +153,7 @@ class Gateway:
             self.tracing = Tracing(self.config.observability.tracing)
             policies, upstream = [self.tracing.wrap(p) for p in policies], self.tracing.wrap_upstream(upstream)
         handler = compose(policies, upstream)
+        self.metrics.add_collector(LiveState(self._models, self.routing, self.route.queue_lengths))
         plane = DataPlane(self.config, handler, self.log, self.metrics, self.is_ready, self.tracing)
         self._data_routes = plane.routes()
         metrics = self.metrics if self.config.observability.metrics else None

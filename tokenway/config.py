@@ -87,7 +87,7 @@ class DeploymentConfig(BaseModel):
     weight: Positive = 1.0
     headers: dict[str, str] = {}
     health_check: HealthCheckConfig | None = None  # active checks; off when absent
-    engine: EngineConfig | None = None  # vLLM/SGLang metrics scraping for engine-aware routing
+    engine_metrics: EngineConfig | None = None  # scrape a vLLM/SGLang worker's /metrics for engine-aware routing
     options: ProviderOptions = ProviderOptions()
 
     @model_validator(mode="after")

@@ -58,13 +58,8 @@ models:
 ${MAX_BATCH_TOKENS:+        max_batch_tokens: $MAX_BATCH_TOKENS}
         timeouts: {first_token: 600, idle: 120, total: 1800}
 EOF
-  if python3 -m tokenway check-config "$config" >"$OUT_DIR/check-config.txt" 2>&1; then
-    python3 -m tokenway serve --config "$config" --port "$PORT" >"$OUT_DIR/server.log" 2>&1 &
-  else
-    echo "gateway: tokenway check-config rejected the config ($(head -c 300 "$OUT_DIR/check-config.txt")); \
-serving it with serve_workaround.py" | tee -a "$OUT_DIR/env.txt"
-    python3 "$HERE/serve_workaround.py" --config "$config" --port "$PORT" >"$OUT_DIR/server.log" 2>&1 &
-  fi
+  python3 -m tokenway check-config "$config" || return 1
+  python3 -m tokenway serve --config "$config" --port "$PORT" >"$OUT_DIR/server.log" 2>&1 &
   local server=$!
   python3 "$HERE/http_load.py" "${common[@]}" --model-name llama-8b-dummy \
     --base-url "http://127.0.0.1:$PORT" --server-pid "$server" --json "$OUT_DIR/gateway.json"

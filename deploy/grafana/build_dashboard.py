@@ -37,6 +37,9 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("in flight", "sum(tokenway_in_flight_requests)"),
         ("queued {{model}}", "sum by (model) (tokenway_queue_length)"),
     ]),
+    ("Queue wait p95", "s", [(
+        "{{model}}", "histogram_quantile(0.95, sum by (le, model) (rate(tokenway_queue_wait_seconds_bucket[5m])))",
+    )]),
     ("Worker KV-cache use", "percentunit", [("{{deployment}}", "max by (deployment) (tokenway_worker_kv_cache_usage_ratio)")]),
     ("Circuit state (0 closed, 1 half-open, 2 open)", "short", [
         ("{{deployment}}", "max by (deployment) (tokenway_deployment_circuit_state)"),
@@ -44,6 +47,7 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("Gateway overhead p99", "s", [(
         "p99", "histogram_quantile(0.99, sum by (le) (rate(tokenway_gateway_overhead_seconds_bucket[5m])))",
     )]),
+    ("Routing decisions", "reqps", [("{{reason}}", "sum by (reason) (rate(tokenway_routing_decisions_total[5m]))")]),
     ("Upstream errors and 429s", "reqps", [
         ("{{type}}", "sum by (type) (rate(tokenway_upstream_errors_total[5m]))"),
         ("429 {{source}}", "sum by (source) (rate(tokenway_rate_limited_total[5m]))"),

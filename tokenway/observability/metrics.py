@@ -10,11 +10,9 @@ never request ids or raw user ids.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from tokenway.context import RequestContext
@@ -25,9 +23,6 @@ ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 
 OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 _UPSTREAM_ERRORS = {"UpstreamError", "UpstreamTimeout", "UpstreamUnavailable", "UpstreamRejected"}
-
-# A live-state reader: returns (metric name, help, label names, [(label values, value)]).
-StateReader = Callable[[], Iterable[tuple[str, str, list[str], list[tuple[list[str], float]]]]]
 
 
 class Metrics:
@@ -75,10 +70,15 @@ class Metrics:
         self.cache_lookups = Counter(
             "tokenway_cache_lookups", "Response cache lookups.", ["model", "result"], registry=r,
         )
+        self.queue_wait = Histogram(
+            "tokenway_queue_wait_seconds", "Time spent in the admission queue waiting for a slot.",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r,
+        )
         self.rate_limited = Counter(
             "tokenway_rate_limited", "Requests refused with 429.", ["model", "source"], registry=r,
         )
-        self._readers: list[StateReader] = []
+        # Live state read at scrape time (breakers, queues, worker load): this process's own view.
+        self._live = CollectorRegistry()
 
     def close(self) -> None:
         """Drop this process's live gauges from the shared files (multiprocess mode)."""
@@ -90,9 +90,9 @@ class Metrics:
     def upstream_attempt_failed(self, deployment: str, error: Exception) -> None:
         self.upstream_errors.labels(deployment, type(error).__name__).inc()
 
-    def add_state_reader(self, reader: StateReader) -> None:
-        """Export live state (breakers, queues, worker saturation) read at scrape time."""
-        self._readers.append(reader)
+    def add_collector(self, collector: Any) -> None:
+        """Export live state read at scrape time; ``collector.collect()`` yields metric families."""
+        self._live.register(collector)
 
     def request_started(self, endpoint: str) -> None:
         self.in_flight.labels(endpoint).inc()
@@ -113,6 +113,9 @@ class Metrics:
         overhead = ctx.overhead(end)
         if overhead is not None:
             self.overhead.labels(ctx.endpoint).observe(overhead)
+        queue_wait = ctx.extra.get("queue_wait_s")
+        if queue_wait is not None:
+            self.queue_wait.labels(model).observe(queue_wait)
         if ctx.attempts > 1:
             self.retries.labels(model).inc(ctx.attempts - 1)
         cache = ctx.extra.get("cache")
@@ -144,30 +147,4 @@ class Metrics:
             text = generate_latest(registry)
         else:
             text = generate_latest(self.registry)
-        return text + self._render_state()
-
-    def _render_state(self) -> bytes:
-        if not self._readers:
-            return b""
-        registry = CollectorRegistry()
-        families = [family for reader in self._readers for family in _families(reader)]
-        registry.register(_Fixed(families))
-        return generate_latest(registry)
-
-
-def _families(reader: StateReader) -> list[GaugeMetricFamily]:
-    out = []
-    for name, help_text, labels, samples in reader():
-        family = GaugeMetricFamily(name, help_text, labels=labels)
-        for values, value in samples:
-            family.add_metric(values, value)
-        out.append(family)
-    return out
-
-
-class _Fixed:
-    def __init__(self, families: list[Any]) -> None:
-        self._families = families
-
-    def collect(self) -> list[Any]:
-        return self._families
+        return text + generate_latest(self._live)

@@ -95,15 +95,22 @@ class Route:
                     model.queue.taken()
                     woken = False
                 self._stats.count("queue.wait")
+                queued_at = time.perf_counter()
                 try:
                     await model.queue.wait(int(ctx.extra.get("priority", 0)), ctx.remaining())
                 except Shed as shed:
                     self._stats.count("shed.queue" if model.queue.enabled else "shed.no_queue")
                     raise shed from None
+                finally:
+                    ctx.extra["queue_wait_s"] = ctx.extra.get("queue_wait_s", 0.0) + time.perf_counter() - queued_at
                 woken = True
         finally:
             if woken:
                 model.queue.taken()
+
+    def queue_lengths(self) -> dict[str, int]:
+        """Calls waiting for a slot, per model (exported as ``tokenway_queue_length``)."""
+        return {name: len(model.queue) for name, model in self._models.items()}
 
     def _routable(self, ctx: RequestContext, model: _Model) -> list[Deployment]:
         """Deployments worth a try now, dropping the least suitable first while any remain."""

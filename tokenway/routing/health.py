@@ -63,8 +63,8 @@ class Monitors:
         for deployment in self._deployments:
             if deployment.config.health_check is not None:
                 self._tasks.append(loop.create_task(check_forever(deployment, deployment.config.health_check, http)))
-            if deployment.config.engine is not None:
-                self._tasks.append(loop.create_task(scrape_forever(deployment, deployment.config.engine, http)))
+            if deployment.config.engine_metrics is not None:
+                self._tasks.append(loop.create_task(scrape_forever(deployment, deployment.config.engine_metrics, http)))
 
     async def aclose(self) -> None:
         for task in self._tasks:
