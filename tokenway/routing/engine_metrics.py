@@ -18,7 +18,7 @@ import aiohttp
 from tokenway.deployments import Deployment, EngineLoad
 from tokenway.routing.options import EngineConfig
 
-_NAMES = {
+_NAMES: dict[str, dict[str, tuple[str, ...]]] = {
     "vllm": {
         "waiting": ("vllm:num_requests_waiting",),
         "running": ("vllm:num_requests_running",),
