@@ -210,6 +210,7 @@ def _content_chars(content: Any) -> int:
 def _context(scope: Scope, endpoint: str) -> tuple[RequestContext, int | None]:
     """The request context from the headers (one pass), and the declared body length."""
     request_id = api_key = cache_control = None
+    priority = 0
     length: int | None = None
     for name, value in scope["headers"]:
         if name == b"authorization":
@@ -222,6 +223,8 @@ def _context(scope: Scope, endpoint: str) -> tuple[RequestContext, int | None]:
             request_id = _safe_request_id(value)
         elif name == b"cache-control":
             cache_control = value.decode("latin-1").lower()
+        elif name == b"x-tokenway-priority":
+            priority = _priority(value)
         elif name == b"content-length":
             try:
                 length = int(value)
@@ -235,7 +238,17 @@ def _context(scope: Scope, endpoint: str) -> tuple[RequestContext, int | None]:
         client_ip=client[0] if client else None,
         cache_control=cache_control,
     )
+    if priority:
+        ctx.extra["priority"] = priority  # the admission queue serves higher first
     return ctx, length
+
+
+def _priority(value: bytes) -> int:
+    # Bounded so one client cannot claim "infinitely urgent"; keys may carry their own later.
+    try:
+        return max(-10, min(10, int(value)))
+    except ValueError:
+        return 0
 
 
 def _safe_request_id(value: bytes) -> str | None:
