@@ -18,6 +18,7 @@ from tokenway import __version__
 from tokenway.access import Access
 from tokenway.api.admin import admin_router
 from tokenway.api.admin_routing import routing_router
+from tokenway.api.admin_status import status_router
 from tokenway.api.control import control_app
 from tokenway.api.openai import DataPlane
 from tokenway.asgi import Receive, Scope, Send, send_error
@@ -101,6 +102,9 @@ class Gateway:
             LimitConcurrency(),
         ]
 
+    def _state(self) -> dict[str, bool]:
+        return {"ready": self.is_ready(), "draining": self.draining}
+
     def is_ready(self) -> bool:
         return self.ready and not self.draining
 
@@ -159,6 +163,9 @@ class Gateway:
         metrics = self.metrics if self.config.observability.metrics else None
         self._control = control_app(self._models, self.is_ready, int(time.time()), metrics,
                                     routers=[routing_router(self._models, self.routing, self.settings.master_key),
+                                             status_router(self.config, self._models, self.routing,
+                                                           self.route.queue_lengths, self._state,
+                                                           self.settings.master_key),
                                              admin_router(self.access, self.settings.master_key)])
         self._starting = asyncio.get_running_loop().create_task(self._start_providers())
         self._monitors = Monitors(self._models.all())

@@ -7,25 +7,17 @@ scraped queue and KV use, picks and failures. Routing decisions counted by reaso
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
+from tokenway.api.guards import require_master_key
 from tokenway.deployments import ModelTable
-from tokenway.errors import AuthenticationFailed
 from tokenway.routing.stats import RoutingStats
 
 
 def routing_router(models: ModelTable, stats: RoutingStats, master_key: str | None) -> APIRouter:
-    def authorize(request: Request) -> None:
-        if not master_key:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), master_key.encode()):
-            raise AuthenticationFailed("The admin endpoints need the master key as a Bearer token.")
-
-    router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(authorize)])
+    router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_master_key(master_key))])
 
     @router.get("/deployments", summary="Every deployment's load, breaker and health")
     async def deployments() -> dict[str, Any]:

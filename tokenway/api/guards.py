@@ -1,0 +1,36 @@
+"""The one check in front of every admin endpoint: the master key, as Bearer or api-key header."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Header
+
+from tokenway.errors import AuthenticationFailed, PermissionDenied
+
+
+def presented_key(authorization: str | None, api_key: str | None) -> str | None:
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return api_key.strip() if api_key else None
+
+
+def require_master_key(master_key: str | None) -> Callable[..., Awaitable[None]]:
+    """A FastAPI dependency; with no master key configured the admin API is as open as the gateway."""
+
+    async def require_master(
+        authorization: Annotated[str | None, Header()] = None, api_key: Annotated[str | None, Header()] = None
+    ) -> None:
+        if master_key is None:
+            return  # an open gateway (loopback only, unless --allow-open) has an open admin API too
+        presented = presented_key(authorization, api_key)
+        if not presented:
+            raise AuthenticationFailed("The admin API needs the master key (Authorization: Bearer <master key>).")
+        if not hmac.compare_digest(presented.encode(), master_key.encode()):
+            raise PermissionDenied("This key may not use the admin API; it needs the master key.")
+
+    return require_master
