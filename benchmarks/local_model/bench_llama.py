@@ -69,9 +69,13 @@ async def main(args: argparse.Namespace) -> None:
         together.append(sum(tokens for _, tokens in results) / (time.perf_counter() - started))
         print(f"round {round_ + 1}: TTFT {ttft * 1000:.0f} ms, alone {alone[-1]:.0f} tok/s, "
               f"{args.concurrency} concurrent {together[-1]:.0f} tok/s")
-    best_alone, best_together = statistics.median(alone), statistics.median(together)
-    print(f"median: TTFT {statistics.median(ttfts) * 1000:.0f} ms, alone {best_alone:.0f} tok/s, "
-          f"{args.concurrency} concurrent {best_together:.0f} tok/s ({best_together / best_alone:.2f}x)")
+    # On a shared box other processes steal cores mid-round; the best round is the closest to
+    # what the hardware does, the median to what a busy box gives.
+    for label, pick in (("median", statistics.median), ("best", max)):
+        rate_alone, rate_together = pick(alone), pick(together)
+        ttft_ms = (statistics.median(ttfts) if pick is statistics.median else min(ttfts)) * 1000
+        print(f"{label}: TTFT {ttft_ms:.0f} ms, alone {rate_alone:.0f} tok/s, {args.concurrency} concurrent "
+              f"{rate_together:.0f} tok/s ({rate_together / rate_alone:.2f}x)")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"RSS now {rss_mb():.0f} MB, peak {peak:.0f} MB")
     await provider.aclose()

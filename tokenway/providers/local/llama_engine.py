@@ -1,8 +1,8 @@
 """The llama.cpp engine: a GGUF model on CPU, many requests decoded together in one batch.
 
 Loading, tokenizing and the chat template live here; the batching decode loop lives in
-``llama_scheduler`` on its own thread. ``generate`` bridges that thread to asyncio: the loop
-thread hands each token to the request's ``asyncio.Queue`` with ``call_soon_threadsafe``.
+``llama_scheduler`` on its own thread. ``generate`` bridges that thread to asyncio: the decode
+thread hands the tokens of each step to the requests' ``asyncio.Queue`` with ``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -210,7 +209,7 @@ class LlamaEngine:
             raise Overloaded("The local model is not loaded (starting or shut down).", retry_after=1.0)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[TokenPiece | BaseException] = asyncio.Queue()
-        seq = scheduler.submit(request, partial(loop.call_soon_threadsafe, queue.put_nowait))
+        seq = scheduler.submit(request, loop, queue.put_nowait)
         try:
             while True:
                 item = await queue.get()

@@ -13,8 +13,8 @@ with one shared pool of cells the placement, and with it the float rounding of a
 depends on the other requests, and identical prompts in one batch come out different. It also
 means an admitted request can never run out of cells.
 
-Results reach the event loop through the ``emit`` callable each request brings
-(``loop.call_soon_threadsafe``); nothing here touches asyncio.
+Results reach the event loop of each request with one ``loop.call_soon_threadsafe`` per step
+(not per token): every wake-up of the event loop thread takes a core from the decode threads.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import ctypes
 import logging
 import threading
 import time
+from asyncio import AbstractEventLoop
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +36,8 @@ from tokenway.providers.local.engine import EngineLoad, GenerationRequest, Sampl
 
 log = logging.getLogger("tokenway.local.llama")
 
-Emit = Callable[[TokenPiece | BaseException], None]
+Item = TokenPiece | BaseException
+Put = Callable[[Item], None]
 
 # How long a client that found the queue full should wait before trying again (seconds).
 RETRY_AFTER_S = 1.0
@@ -46,15 +48,16 @@ class Sequence:
     except ``cancelled``, which the consumer sets."""
 
     __slots__ = (
-        "cancelled", "deadline", "decoder", "emit", "generated", "n_fed", "n_past", "params",
+        "cancelled", "deadline", "decoder", "generated", "loop", "n_fed", "n_past", "params", "put",
         "sampler", "seq_id", "tokens",
     )
 
-    def __init__(self, request: GenerationRequest, emit: Emit) -> None:
+    def __init__(self, request: GenerationRequest, loop: AbstractEventLoop, put: Put) -> None:
         self.params: SamplingParams = request.params
         self.tokens: list[int] = list(request.prompt_tokens)
         self.deadline = request.deadline
-        self.emit = emit
+        self.loop = loop  # the consumer's event loop, and how to hand it an item (on that loop)
+        self.put = put
         self.n_past = 0  # tokens of ``tokens`` already in the KV cache
         self.n_fed = 0  # tokens added to the batch being decoded
         self.seq_id = -1
@@ -85,6 +88,7 @@ class BatchScheduler:
         self._running: list[Sequence] = []
         self._free_ids = list(range(slots - 1, -1, -1))
         self._pieces: dict[int, bytes] = {}
+        self._outbox: list[tuple[Sequence, Item]] = []
         self._stopping = False
         self._broken: GatewayError | None = None
         self._thread = threading.Thread(target=self._run, name="tokenway-llama-decode", daemon=True)
@@ -108,9 +112,12 @@ class BatchScheduler:
                 kv_total=self._slots * self._context_window,
             )
 
-    def submit(self, request: GenerationRequest, emit: Emit) -> Sequence:
-        """Queue a request; raises ``Overloaded`` when every slot and queue place is taken."""
-        seq = Sequence(request, emit)
+    def submit(self, request: GenerationRequest, loop: AbstractEventLoop, put: Put) -> Sequence:
+        """Queue a request; raises ``Overloaded`` when every slot and queue place is taken.
+
+        ``put`` receives its token pieces, then an exception if it fails; it is called on ``loop``.
+        """
+        seq = Sequence(request, loop, put)
         with self._cond:
             if self._broken is not None:
                 raise self._broken
@@ -145,9 +152,12 @@ class BatchScheduler:
                     if self._stopping:
                         break
                     if not self._running:
+                        self._flush()  # expiry errors, before sleeping
                         self._cond.wait(self._next_deadline_in())
                         continue
+                self._flush()
                 self._step()
+                self._flush()
             self._fail_all(Overloaded("The local model is shutting down.", retry_after=RETRY_AFTER_S))
         except Exception as exc:
             log.exception("the llama decode loop failed")
@@ -164,6 +174,7 @@ class BatchScheduler:
             self._emit(seq, error)
             if seq.seq_id >= 0:
                 self._release(seq)
+        self._flush()
 
     def _expire_waiting(self) -> None:
         now = time.monotonic()
@@ -206,12 +217,16 @@ class BatchScheduler:
         batch = self._batch
         n = 0
         outputs: list[tuple[Sequence, int]] = []
-        # Decoding sequences first (one token each), so prefill chunks never delay them.
-        decoding = [s for s in self._running if len(s.tokens) - s.n_past == 1]
-        prefilling = [s for s in self._running if len(s.tokens) - s.n_past > 1]
-        for seq in decoding + prefilling:
+        # Every decoding sequence gets its one token; prefill chunks share what is left, so they
+        # never delay decoding. Sequences go in id order: llama.cpp decodes a batch whose
+        # per-sequence KV streams come in order ~30% faster than the same batch shuffled.
+        decoding = sum(1 for s in self._running if len(s.tokens) - s.n_past == 1)
+        prefill_budget = self._batch_tokens - decoding
+        for seq in sorted(self._running, key=_seq_id):
             pending = len(seq.tokens) - seq.n_past
-            take = min(pending, self._batch_tokens - n)
+            take = 1 if pending == 1 else min(pending, prefill_budget)
+            if pending > 1:
+                prefill_budget -= take
             seq.n_fed = take
             for pos in range(seq.n_past, seq.n_past + take):
                 batch.token[n] = seq.tokens[pos]
@@ -245,11 +260,23 @@ class BatchScheduler:
         self._release(seq)
         self._emit(seq, last)
 
-    def _emit(self, seq: Sequence, item: TokenPiece | BaseException) -> None:
-        try:
-            seq.emit(item)
-        except RuntimeError:  # the consumer's event loop is closed: nobody is listening
-            seq.cancelled = True
+    def _emit(self, seq: Sequence, item: Item) -> None:
+        self._outbox.append((seq, item))
+
+    def _flush(self) -> None:
+        """Hand this step's items to their event loops: one wake-up per loop."""
+        if not self._outbox:
+            return
+        by_loop: dict[AbstractEventLoop, list[tuple[Sequence, Item]]] = {}
+        for seq, item in self._outbox:
+            by_loop.setdefault(seq.loop, []).append((seq, item))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the consumer's event loop is closed: nobody is listening
+                for seq, _ in items:
+                    seq.cancelled = True
 
     def _release(self, seq: Sequence) -> None:
         llama.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
@@ -291,3 +318,12 @@ class BatchScheduler:
         seed = llama.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
         llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_dist(seed))
         return chain
+
+
+def _seq_id(seq: Sequence) -> int:
+    return seq.seq_id
+
+
+def _deliver(items: list[tuple[Sequence, Item]]) -> None:
+    for seq, item in items:
+        seq.put(item)
