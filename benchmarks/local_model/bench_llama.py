@@ -49,9 +49,11 @@ async def one(provider: LocalProvider, max_tokens: int, seed: int) -> tuple[floa
 
 
 async def main(args: argparse.Namespace) -> None:
-    options = {"slots": max(args.concurrency, 1), "context_window": args.context_window}
+    options: dict[str, Any] = {"slots": max(args.concurrency, 1), "context_window": args.context_window}
     if args.threads:
         options["threads"] = args.threads
+    if args.model_path:
+        options["model_path"] = args.model_path
     deployment = DeploymentConfig.model_validate({"provider": "local", "model": "local", **options})
     provider = LocalProvider(deployment, deployment.options, resources=None)  # type: ignore[arg-type]
     started = time.perf_counter()
@@ -88,4 +90,5 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--context-window", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--model-path", help="a GGUF file (default: the bundled SmolLM2 Q4_1)")
     asyncio.run(main(parser.parse_args()))
