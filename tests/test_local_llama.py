@@ -119,7 +119,7 @@ async def test_eight_concurrent_requests_finish_and_beat_serial(provider: LocalP
 
 
 async def test_closing_a_stream_frees_its_slot(provider: LocalProvider) -> None:
-    stream = await provider.chat(chat(max_tokens=400, stream=True), ctx())
+    stream = await provider.chat(chat(max_tokens=400, stream=True, ignore_eos=True), ctx())
     assert isinstance(stream, Stream)
     await anext(stream)
     await anext(stream)
@@ -171,7 +171,7 @@ async def test_full_queue_and_queue_deadline_are_503() -> None:
     small = make_provider(slots=1, queue_size=1, queue_timeout_s=0.3, warmup=False)
     await small.start()
     try:
-        holder = await small.chat(chat(max_tokens=400, stream=True), ctx())
+        holder = await small.chat(chat(max_tokens=400, stream=True, ignore_eos=True), ctx())
         waiter = asyncio.create_task(answer(small, chat(max_tokens=2)))
         await asyncio.sleep(0.05)
         with pytest.raises(Overloaded) as info:  # the slot and the one queue place are taken

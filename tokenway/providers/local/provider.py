@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, ClassVar
 
 import orjson
@@ -132,7 +132,7 @@ class LocalProvider:
 
     async def _choice(
         self, index: int, request: GenerationRequest, how: Plan, usage: Usage
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Text deltas of one choice with stop strings applied; counts its tokens in ``usage``."""
         matcher = StopMatcher(how.stops)
         pieces = self.engine.generate(request)
@@ -149,14 +149,17 @@ class LocalProvider:
                 if text:
                     yield index, text, None
         finally:
-            await pieces.aclose()  # type: ignore[attr-defined]  # frees the slot when we stop early
+            # Closing the engine's iterator frees the slot when we stop early (stop string, client gone).
+            aclose = getattr(pieces, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
-async def _merge(sources: list[AsyncIterator[Event]]) -> AsyncIterator[Event]:
+async def _merge(sources: list[AsyncGenerator[Event, None]]) -> AsyncGenerator[Event, None]:
     """Events of several choices as they come; closing this cancels the choices still running."""
     queue: asyncio.Queue[Event | BaseException | None] = asyncio.Queue()
 
-    async def pump(source: AsyncIterator[Event]) -> None:
+    async def pump(source: AsyncGenerator[Event, None]) -> None:
         try:
             async for event in source:
                 queue.put_nowait(event)
@@ -178,7 +181,7 @@ async def _merge(sources: list[AsyncIterator[Event]]) -> AsyncIterator[Event]:
 
 
 async def _complete(
-    events: AsyncIterator[Event], choices: int, *, chat: bool, model: str, usage: Usage
+    events: AsyncGenerator[Event, None], choices: int, *, chat: bool, model: str, usage: Usage
 ) -> Completion:
     texts = [""] * choices
     finish: list[str | None] = [None] * choices
@@ -187,7 +190,7 @@ async def _complete(
             texts[index] += text
             finish[index] = reason or finish[index]
     finally:
-        await events.aclose()  # type: ignore[attr-defined]  # cancelled request: free the slots now
+        await events.aclose()  # cancelled request: free the slots now
     if chat:
         body = chat_completion(
             id=new_id("chatcmpl"), model=model, usage=usage,
@@ -202,7 +205,7 @@ async def _complete(
 
 
 async def _chat_sse(
-    stream: Stream, first: Event, events: AsyncIterator[Event], *, choices: int, model: str, usage: Usage,
+    stream: Stream, first: Event, events: AsyncGenerator[Event, None], *, choices: int, model: str, usage: Usage,
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
     chunk_id, created = new_id("chatcmpl"), int(time.time())
@@ -231,11 +234,11 @@ async def _chat_sse(
         yield SSE_DONE
     finally:
         stream.usage = usage  # also when the client left early: what was generated is counted
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
 
 
 async def _text_sse(
-    stream: Stream, first: Event, events: AsyncIterator[Event], *, choices: int, model: str, usage: Usage,
+    stream: Stream, first: Event, events: AsyncGenerator[Event, None], *, choices: int, model: str, usage: Usage,
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
     chunk_id, created = new_id("cmpl"), int(time.time())
@@ -252,7 +255,7 @@ async def _text_sse(
         yield SSE_DONE
     finally:
         stream.usage = usage
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
 
 
 def _text_message(message: dict[str, Any], index: int) -> dict[str, Any]:
