@@ -147,8 +147,8 @@ class BatchScheduler:
         try:
             while True:
                 with self._cond:
+                    self._admit()  # before expiring: a request that can have a slot now gets it
                     self._expire_waiting()
-                    self._admit()
                     if self._stopping:
                         break
                     if not self._running:
