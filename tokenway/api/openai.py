@@ -51,7 +51,7 @@ class DataPlane:
     """The OpenAI-compatible endpoints over one composed policy handler."""
 
     def __init__(
-        self, config: GatewayConfig, handle: Handler, log: JsonLog, metrics: Metrics, is_ready: Callable[[], bool],
+        self, config: GatewayConfig, handle: Handler, log: JsonLog, metrics: Metrics | None, is_ready: Callable[[], bool],
         tracing: Tracing | None = None,
     ) -> None:
         self._config = config
@@ -101,7 +101,8 @@ class DataPlane:
     ) -> None:
         kind = ctx.endpoint
         headers = [(b"x-request-id", ctx.request_id.encode())]
-        self._metrics.request_started(kind)
+        if self._metrics is not None:
+            self._metrics.request_started(kind)
         try:
             if not self._is_ready():
                 raise Overloaded("The gateway is starting up (loading models); retry shortly.", retry_after=2)
@@ -139,7 +140,8 @@ class DataPlane:
             if ctx.finalizers:
                 await _run_finalizers(ctx)
             end = time.perf_counter()
-            self._metrics.request_finished(ctx, end)
+            if self._metrics is not None:
+                self._metrics.request_finished(ctx, end)
             self._log.request(ctx, end)
 
     def _stream_limits(self, ctx: RequestContext) -> StreamLimits:

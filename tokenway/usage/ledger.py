@@ -14,7 +14,6 @@ import contextlib
 import fcntl
 import os
 import secrets
-from dataclasses import asdict
 from pathlib import Path
 
 import orjson
@@ -32,7 +31,8 @@ class _WalFile:
         fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     def append(self, record: UsageRecord) -> None:
-        os.write(self.fd, orjson.dumps(asdict(record)) + b"\n")
+        # One write per record: what the kernel has survives a crash of this process.
+        os.write(self.fd, orjson.dumps(record) + b"\n")
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
