@@ -51,6 +51,7 @@ class JsonLog:
         self._requests = requests
         self.content = content
         self._flusher: asyncio.Task[None] | None = None
+        self._second, self._second_text = -1, ""  # strftime once a second, not once a line
 
     def start(self) -> None:
         self._flusher = asyncio.get_running_loop().create_task(self._flush_periodically())
@@ -64,7 +65,7 @@ class JsonLog:
     def event(self, event: str, level: str = "info", **fields: Any) -> None:
         if _LEVELS.get(level, 20) < self._min_level:
             return
-        self._write({"ts": _now(), "level": level, "event": event, **fields})
+        self._write({"ts": self._now(), "level": level, "event": event, **fields})
         if self._flusher is None:
             self.flush()  # before start or after shutdown: write through
 
@@ -75,7 +76,7 @@ class JsonLog:
         if not self._requests or (not failed and self._sample < 1.0 and random.random() >= self._sample):
             return
         line: dict[str, Any] = {
-            "ts": _now(),
+            "ts": self._now(),
             "level": "error" if ctx.status >= 500 else "info",
             "event": "request",
             "request_id": ctx.request_id,
@@ -109,6 +110,13 @@ class JsonLog:
             line["content"] = redact(str(ctx.extra["content"]))
         self._write(line)
 
+    def _now(self) -> str:
+        t = time.time()
+        second = int(t)
+        if second != self._second:
+            self._second, self._second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._second_text}.{int((t - second) * 1000):03d}Z"
+
     def _write(self, line: dict[str, Any]) -> None:
         self._buffer.append(orjson.dumps(line, default=str) + b"\n")
 
@@ -139,6 +147,3 @@ def _upstream_ttft(ctx: RequestContext) -> float | None:
     return None if first is None else first - ctx.upstream_started
 
 
-def _now() -> str:
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"

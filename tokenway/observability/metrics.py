@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from tokenway.context import RequestContext
+from tokenway.protocol import Usage
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2, 5, 10, 30, 60)
@@ -79,6 +80,8 @@ class Metrics:
         )
         # Live state read at scrape time (breakers, queues, worker load): this process's own view.
         self._live = CollectorRegistry()
+        self._by_labels: dict[tuple[str, str, str, bool], _Series] = {}
+        self._in_flight_children: dict[str, Any] = {}
 
     def close(self) -> None:
         """Drop this process's live gauges from the shared files (multiprocess mode)."""
@@ -95,49 +98,74 @@ class Metrics:
         self._live.register(collector)
 
     def request_started(self, endpoint: str) -> None:
-        self.in_flight.labels(endpoint).inc()
+        self._in_flight(endpoint).inc()
 
     def request_finished(self, ctx: RequestContext, end: float) -> None:
-        model = ctx.model or "none"
-        deployment = ctx.deployment or "none"
-        stream = "true" if ctx.stream else "false"
-        self.in_flight.labels(ctx.endpoint).dec()
-        self.requests.labels(model, deployment, ctx.endpoint, str(ctx.status), stream).inc()
-        self.duration.labels(model, stream).observe(end - ctx.started)
+        series = self._series(ctx.model or "none", ctx.deployment or "none", ctx.endpoint, ctx.stream)
+        self._in_flight(ctx.endpoint).dec()
+        series.requests(ctx.status).inc()
+        series.duration.observe(end - ctx.started)
         if ctx.first_token_at is not None:
-            self.ttft.labels(model, deployment).observe(ctx.first_token_at - ctx.started)
-        if ctx.chunk_gaps:
-            itl = self.itl.labels(model, deployment)
-            for gap in ctx.chunk_gaps:
-                itl.observe(gap)
+            series.ttft.observe(ctx.first_token_at - ctx.started)
+        for gap in ctx.chunk_gaps:
+            series.itl.observe(gap)
         overhead = ctx.overhead(end)
         if overhead is not None:
-            self.overhead.labels(ctx.endpoint).observe(overhead)
-        queue_wait = ctx.extra.get("queue_wait_s")
-        if queue_wait is not None:
-            self.queue_wait.labels(model).observe(queue_wait)
-        if ctx.attempts > 1:
-            self.retries.labels(model).inc(ctx.attempts - 1)
-        cache = ctx.extra.get("cache")
-        if cache:
-            self.cache_lookups.labels(model, cache).inc()
+            series.overhead.observe(overhead)
+        extra = ctx.extra
+        if extra:
+            self._occasional(ctx, series)
         usage = ctx.usage
-        if usage is not None and cache != "hit":
-            self.tokens.labels(model, deployment, "prompt").inc(usage.prompt_tokens)
-            self.tokens.labels(model, deployment, "completion").inc(usage.completion_tokens)
+        if usage is not None and extra.get("cache") != "hit":
+            series.prompt_tokens.inc(usage.prompt_tokens)
+            series.completion_tokens.inc(usage.completion_tokens)
             if usage.cached_tokens:
-                self.tokens.labels(model, deployment, "cached").inc(usage.cached_tokens)
-            target = ctx.target
-            if target is not None:
-                price = target.config.price
-                spend = (usage.prompt_tokens * price.input_per_1m + usage.completion_tokens * price.output_per_1m) / 1e6
-                if spend:
-                    self.cost.labels(model, ctx.key_alias or "anonymous").inc(spend)
-        error = ctx.error_type
-        if error in _UPSTREAM_ERRORS and ctx.extra.get("failed_mid_stream"):
-            self.upstream_errors.labels(deployment, error).inc()  # attempts that failed earlier are counted there
+                series.cached_tokens.inc(usage.cached_tokens)
+            spend = self._spend(ctx, usage)
+            if spend:
+                self.cost.labels(series.model, ctx.key_alias or "anonymous").inc(spend)
         if ctx.status == 429:
-            self.rate_limited.labels(model, "upstream" if error in _UPSTREAM_ERRORS else "gateway").inc()
+            upstream = ctx.error_type in _UPSTREAM_ERRORS
+            self.rate_limited.labels(series.model, "upstream" if upstream else "gateway").inc()
+
+    def _occasional(self, ctx: RequestContext, series: _Series) -> None:
+        """What only some requests have: queueing, retries, a cache verdict, a mid-stream failure."""
+        extra = ctx.extra
+        queue_wait = extra.get("queue_wait_s")
+        if queue_wait is not None:
+            self.queue_wait.labels(series.model).observe(queue_wait)
+        if ctx.attempts > 1:
+            self.retries.labels(series.model).inc(ctx.attempts - 1)
+        cache = extra.get("cache")
+        if cache:
+            self.cache_lookups.labels(series.model, cache).inc()
+        if ctx.error_type in _UPSTREAM_ERRORS and extra.get("failed_mid_stream"):
+            # attempts that failed before the answer started are counted by upstream_attempt_failed
+            self.upstream_errors.labels(series.deployment, ctx.error_type).inc()
+
+    @staticmethod
+    def _spend(ctx: RequestContext, usage: Usage) -> float:
+        nanos = ctx.extra.get("cost_nanos")  # what the ledger charged (shipped price table included)
+        if nanos is not None:
+            return float(nanos) / 1e9
+        if ctx.target is None:
+            return 0.0
+        price = ctx.target.config.price
+        return (usage.prompt_tokens * price.input_per_1m + usage.completion_tokens * price.output_per_1m) / 1e6
+
+    def _in_flight(self, endpoint: str) -> Any:
+        child = self._in_flight_children.get(endpoint)
+        if child is None:
+            child = self._in_flight_children[endpoint] = self.in_flight.labels(endpoint)
+        return child
+
+    def _series(self, model: str, deployment: str, endpoint: str, stream: bool) -> _Series:
+        # prometheus-client's labels() costs about a microsecond per call; resolve each label set once.
+        key = (model, deployment, endpoint, stream)
+        series = self._by_labels.get(key)
+        if series is None:
+            series = self._by_labels[key] = _Series(self, model, deployment, endpoint, stream)
+        return series
 
     def render(self) -> bytes:
         """The exposition text: this process's registry, or every worker's when multiprocess."""
@@ -148,3 +176,44 @@ class Metrics:
         else:
             text = generate_latest(self.registry)
         return text + generate_latest(self._live)
+
+
+class _Series:
+    """The labelled children one kind of request updates, resolved once per label set."""
+
+    __slots__ = (
+        "_metrics",
+        "_requests",
+        "cached_tokens",
+        "completion_tokens",
+        "deployment",
+        "duration",
+        "endpoint",
+        "itl",
+        "model",
+        "overhead",
+        "prompt_tokens",
+        "stream",
+        "ttft",
+    )
+
+    def __init__(self, metrics: Metrics, model: str, deployment: str, endpoint: str, stream: bool) -> None:
+        self._metrics = metrics
+        self.model, self.deployment, self.endpoint = model, deployment, endpoint
+        self.stream = "true" if stream else "false"
+        self._requests: dict[int, Any] = {}
+        self.duration = metrics.duration.labels(model, self.stream)
+        self.ttft = metrics.ttft.labels(model, deployment)
+        self.itl = metrics.itl.labels(model, deployment)
+        self.overhead = metrics.overhead.labels(endpoint)
+        self.prompt_tokens = metrics.tokens.labels(model, deployment, "prompt")
+        self.completion_tokens = metrics.tokens.labels(model, deployment, "completion")
+        self.cached_tokens = metrics.tokens.labels(model, deployment, "cached")
+
+    def requests(self, status: int) -> Any:
+        child = self._requests.get(status)
+        if child is None:
+            child = self._requests[status] = self._metrics.requests.labels(
+                self.model, self.deployment, self.endpoint, str(status), self.stream
+            )
+        return child

@@ -27,6 +27,7 @@ class RecordUsage:
         cost = ctx.extra.get("cost_nanos")  # what the budget settled, when a budget applied
         if cost is None:
             cost = usage_cost(deployment_price(ctx.target.config), usage) if ctx.target is not None else 0
+            ctx.extra["cost_nanos"] = cost  # the metrics count the same spend as the ledger
         self._ledger.record(UsageRecord(
             id=secrets.token_hex(12),
             request_id=ctx.request_id,
