@@ -30,7 +30,7 @@ async def test_buckets_are_all_or_nothing_under_concurrency() -> None:
         denied = next(r for r in results if r.denied is not None)
         assert denied.denied == 0 and 0 < denied.retry_after <= 1.3
         assert 9_500 <= denied.remaining[1] <= 9_550  # the refused requests took no tokens (plus a refill)
-        await counters.adjust(tpm, 500)
+        await counters.finish(None, [(tpm, 500)])
         after = await counters.acquire([tpm], None)
         assert after.remaining[0] <= 10_000 - 1010 + 100
     finally:
@@ -44,7 +44,7 @@ async def test_concurrency_slots_and_budget_reservations_are_atomic() -> None:
         results = await asyncio.gather(*(counters.acquire([], s) for s in slots))
         held = [s for s, r in zip(slots, results, strict=True) if r.denied is None]
         assert len(held) == 3
-        await counters.release(held[0])
+        await counters.finish(held[0], [])
         assert (await counters.acquire([], Slot("conc:key:a", 3, "late"))).denied is None
 
         budget = Budget(amount=1.0, period="day")

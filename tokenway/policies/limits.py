@@ -98,15 +98,11 @@ class RateLimits:
         return await next(ctx, call)
 
     async def _settle(self, ctx: RequestContext, buckets: list[Bucket], estimate: int, slot: Slot | None) -> None:
+        usage = ctx.usage
+        delta = usage.prompt_tokens + usage.completion_tokens - estimate if usage is not None else 0
+        adjustments = [(bucket, delta) for bucket in buckets if bucket.kind == "tokens"] if delta else []
         try:
-            if slot is not None:
-                await self._counters.release(slot)
-            usage = ctx.usage
-            if usage is not None:
-                delta = usage.prompt_tokens + usage.completion_tokens - estimate
-                for bucket in buckets:
-                    if bucket.kind == "tokens" and delta:
-                        await self._counters.adjust(bucket, delta)
+            await self._counters.finish(slot, adjustments)
         except CountersUnavailable as exc:
             self._guard.failures += 1
             ctx.extra["limits_settle_error"] = str(exc)

@@ -205,10 +205,9 @@ class Counters(Protocol):
 
     async def acquire(self, buckets: list[Bucket], slot: Slot | None) -> Admission: ...
 
-    async def adjust(self, bucket: Bucket, delta: int) -> None:
-        """Take ``delta`` more tokens (or give back when negative) after the fact; may go into debt."""
-
-    async def release(self, slot: Slot) -> None: ...
+    async def finish(self, slot: Slot | None, adjustments: list[tuple[Bucket, int]]) -> None:
+        """A request is over, in one round trip: free its slot, and take ``delta`` more tokens from each
+        bucket (give back when negative) now that the real count is known; a bucket may go into debt."""
 
     async def reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
         """Reserve ``amount`` on every line or on none: (index of the line that is full, its committed)."""

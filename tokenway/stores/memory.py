@@ -44,15 +44,15 @@ class MemoryCounters:
             self._buckets[bucket.key] = (levels[i], now)
         return _admission(buckets, levels, None, 0.0)
 
-    async def adjust(self, bucket: Bucket, delta: int) -> None:
+    async def finish(self, slot: Slot | None, adjustments: list[tuple[Bucket, int]]) -> None:
+        if slot is not None:
+            held = self._slots.get(slot.key)
+            if held is not None:
+                held.pop(slot.member, None)
         now = time.monotonic()
-        level = max(self._level(bucket, now) - delta, -float(bucket.capacity))
-        self._buckets[bucket.key] = (level, now)
-
-    async def release(self, slot: Slot) -> None:
-        held = self._slots.get(slot.key)
-        if held is not None:
-            held.pop(slot.member, None)
+        for bucket, delta in adjustments:
+            level = max(self._level(bucket, now) - delta, -float(bucket.capacity))
+            self._buckets[bucket.key] = (level, now)
 
     async def reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
         for i, line in enumerate(lines):

@@ -136,11 +136,15 @@ class RedisCounters:
             reset_s=[int(v) / 1000.0 for v in levels[1::2]],
         )
 
-    async def adjust(self, bucket: Bucket, delta: int) -> None:
-        await self._run(self._adjust, [bucket.key], [bucket.capacity, delta])
-
-    async def release(self, slot: Slot) -> None:
-        await self._call(self._redis.zrem(self._prefix + slot.key, slot.member))
+    async def finish(self, slot: Slot | None, adjustments: list[tuple[Bucket, int]]) -> None:
+        if slot is None and not adjustments:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:  # one round trip for all of it
+            if slot is not None:
+                pipe.zrem(self._prefix + slot.key, slot.member)
+            for bucket, delta in adjustments:
+                await self._adjust(keys=[self._prefix + bucket.key], args=[bucket.capacity, delta], client=pipe)  # queued
+            await self._call(pipe.execute())
 
     async def reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
         args: list[Any] = [amount]
