@@ -127,7 +127,9 @@ class FakeUpstream:
             return web.json_response(_completion(body, text_mode))
         return await self._stream(request, scenario, body, text_mode)
 
-    async def _stream(self, request: web.Request, scenario: str, body: dict[str, Any], text_mode: bool) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, scenario: str, body: dict[str, Any], text_mode: bool
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         try:
@@ -149,7 +151,8 @@ class FakeUpstream:
                 await asyncio.sleep(self.chunk_delay)
             if (body.get("stream_options") or {}).get("include_usage"):
                 usage = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "upstream-model",
-                         "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": len(WORDS), "total_tokens": 7 + len(WORDS)}}
+                         "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": len(WORDS),
+                                                  "total_tokens": 7 + len(WORDS)}}
                 await response.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
             await response.write(b"data: [DONE]\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
@@ -167,8 +170,10 @@ class FakeUpstream:
         kind = request.match_info["kind"]
         key = "message" if kind == "chat" else "response"
         def piece(word: str) -> dict[str, Any]:
-            return {"model": body["model"], "done": False, key: {"role": "assistant", "content": word} if key == "message" else word}
-        final = {"model": body["model"], "done": True, "done_reason": "stop", "prompt_eval_count": 9, "eval_count": len(WORDS)}
+            return {"model": body["model"], "done": False,
+                    key: {"role": "assistant", "content": word} if key == "message" else word}
+        final = {"model": body["model"], "done": True, "done_reason": "stop", "prompt_eval_count": 9,
+                 "eval_count": len(WORDS)}
         if not body.get("stream", True):
             whole = "".join(WORDS)
             final[key] = {"role": "assistant", "content": whole} if key == "message" else whole

@@ -76,7 +76,9 @@ def test_sdk_raises_the_right_exception_classes(upstream: FakeUpstream) -> None:
     ("badjson", 502, "upstream_error"),
     ("status400", 400, None),
 ])
-def test_upstream_failures_map_to_statuses(upstream: FakeUpstream, scenario: str, status: int, code: str | None) -> None:
+def test_upstream_failures_map_to_statuses(
+    upstream: FakeUpstream, scenario: str, status: int, code: str | None
+) -> None:
     with running_gateway(config(upstream, scenario)) as base:
         r = post(base, {"model": "m", "messages": MESSAGES})
     assert r.status_code == status
@@ -126,7 +128,10 @@ def test_concurrency_limit_sheds_with_retry_after(upstream: FakeUpstream) -> Non
 def test_invalid_config_points_at_the_line(tmp_path: object) -> None:
     from tokenway.config import ConfigError, parse_config
 
-    text = "models:\n  - name: m\n    deployments:\n      - provider: openai\n        api_base: http://x\n        weight: -2\n"
+    text = (
+        "models:\n  - name: m\n    deployments:\n      - provider: openai\n        api_base: http://x\n"
+        "        weight: -2\n"
+    )
     with pytest.raises(ConfigError, match=r"<config>:6: models\[0\]\.deployments\[0\]\.weight"):
         parse_config(text)
     with pytest.raises(ConfigError, match=r"unknown provider 'nope'"):

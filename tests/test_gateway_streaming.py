@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -30,12 +31,16 @@ def test_heartbeats_while_the_first_token_is_slow(upstream: FakeUpstream) -> Non
     assert status == 200
     assert lines.count(": keep-alive") >= 3
     assert lines[-1] == "data: [DONE]"
-    assert all(not line.startswith(": ") for line in lines[lines.index(next(x for x in lines if x.startswith("data:"))):])
+    assert all(
+        not line.startswith(": ") for line in lines[lines.index(next(x for x in lines if x.startswith("data:"))):]
+    )
 
 
 def test_first_token_timeout_after_heartbeats_is_an_error_event(upstream: FakeUpstream) -> None:
     upstream.first_delay = 2
-    yaml = config(upstream, "slowfirst", extra="streaming: {heartbeat_s: 0.1}", deployment="timeouts: {first_token: 0.5}")
+    yaml = config(
+        upstream, "slowfirst", extra="streaming: {heartbeat_s: 0.1}", deployment="timeouts: {first_token: 0.5}"
+    )
     with running_gateway(yaml) as base:
         started = time.perf_counter()
         status, lines = read_stream(base)
@@ -96,6 +101,6 @@ def test_chunks_are_not_merged(upstream: FakeUpstream) -> None:
             for line in r.iter_lines():
                 if line.startswith("data: {"):
                     arrivals.append(time.perf_counter())
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert len(arrivals) == len(WORDS)
     assert min(gaps) > 0.05

@@ -36,7 +36,9 @@ def test_counters_and_histograms_after_traffic(upstream: FakeUpstream) -> None:
     yaml = config(upstream, "slowfirst", deployment="price: {input_per_1m: 1000, output_per_1m: 2000}")
     with running_gateway(yaml) as base:
         for _ in range(3):
-            assert httpx.post(base + "/v1/chat/completions", json={"model": "m", "messages": MESSAGES}).status_code == 200
+            assert httpx.post(
+                base + "/v1/chat/completions", json={"model": "m", "messages": MESSAGES}
+            ).status_code == 200
         for _ in range(2):
             r = httpx.post(base + "/v1/chat/completions", json={"model": "m", "messages": MESSAGES, "stream": True})
             assert r.status_code == 200

@@ -138,7 +138,9 @@ class Gateway:
     async def startup(self) -> None:
         self.log.start()
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
-        self._http = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
+        self._http = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+        )
         if self.settings.redis_url:
             import redis.asyncio
 

@@ -92,7 +92,9 @@ def serve(args: argparse.Namespace) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="tokenway-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     models = ", ".join(m.name for m in config.models)
-    print(f"tokenway: serving {models} on http://{args.host}:{args.port}/v1 ({args.workers} worker(s))", file=sys.stderr)
+    print(
+        f"tokenway: serving {models} on http://{args.host}:{args.port}/v1 ({args.workers} worker(s))", file=sys.stderr
+    )
     uvicorn.run(
         "tokenway.app:create_app",
         factory=True,
@@ -106,7 +108,7 @@ def serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         backlog=4096,
         timeout_keep_alive=75,
-        timeout_graceful_shutdown=Settings().shutdown_grace_s,  # drain: tokenway/drain.py
+        timeout_graceful_shutdown=Settings().shutdown_grace_s,  # type: ignore[arg-type]  # drain: tokenway/drain.py
     )
     if metrics_dir:
         shutil.rmtree(metrics_dir, ignore_errors=True)

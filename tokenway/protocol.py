@@ -104,7 +104,9 @@ def parse_body(adapter: TypeAdapter[Any], body: bytes, required: tuple[str, ...]
         raise _as_invalid_request(exc) from None
     for name in required:
         if name not in request:
-            raise InvalidRequest(f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter")
+            raise InvalidRequest(
+                f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter"
+            )
     return request
 
 
@@ -122,12 +124,17 @@ def _as_invalid_request(exc: ValidationError) -> InvalidRequest:
         return InvalidRequest("The request body must be a JSON object.", code="invalid_type")
     given = first.get("input")
     shown = orjson.dumps(given)[:80].decode(errors="replace") if not isinstance(given, dict) else "an object"
-    return InvalidRequest(f"Invalid value for '{param}': {first['msg']} (got {shown}).", param=param, code="invalid_value")
+    return InvalidRequest(
+        f"Invalid value for '{param}': {first['msg']} (got {shown}).", param=param, code="invalid_value"
+    )
 
 
 def _is_union_tag(part: object) -> bool:
     # pydantic names the union member it tried ("str", "list[str]", "constrained-float"...).
-    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "none", "constrained-float", "constrained-int", "function-after"))
+    return isinstance(part, str) and (
+        "[" in part
+        or part in ("str", "int", "float", "bool", "none", "constrained-float", "constrained-int", "function-after")
+    )
 
 
 def _dotted(loc: list[str]) -> str:

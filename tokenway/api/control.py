@@ -60,7 +60,9 @@ def control_app(
     async def list_models() -> dict[str, Any]:
         return {
             "object": "list",
-            "data": [{"id": name, "object": "model", "created": created, "owned_by": "tokenway"} for name in models.names()],
+            "data": [
+                {"id": name, "object": "model", "created": created, "owned_by": "tokenway"} for name in models.names()
+            ],
         }
 
     @app.get("/v1/models/{model}", tags=["openai"], summary="Describe one model")
@@ -92,7 +94,9 @@ def control_app(
 
 def _envelope(error: GatewayError, status: int | None = None) -> Response:
     headers = {k.decode(): v.decode() for k, v in error.headers()}
-    return Response(error.envelope(), status_code=status or error.status, media_type="application/json", headers=headers)
+    return Response(
+        error.envelope(), status_code=status or error.status, media_type="application/json", headers=headers
+    )
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -51,8 +51,8 @@ class DataPlane:
     """The OpenAI-compatible endpoints over one composed policy handler."""
 
     def __init__(
-        self, config: GatewayConfig, handle: Handler, log: JsonLog, metrics: Metrics | None, is_ready: Callable[[], bool],
-        tracing: Tracing | None = None,
+        self, config: GatewayConfig, handle: Handler, log: JsonLog, metrics: Metrics | None,
+        is_ready: Callable[[], bool], tracing: Tracing | None = None,
     ) -> None:
         self._config = config
         self._tracing = tracing
@@ -84,7 +84,8 @@ class DataPlane:
         await self._serve(scope, receive, send, "simple", SIMPLE_CHAT_REQUEST, ("messages",))
 
     async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, kind: str, adapter: TypeAdapter[Any], required: tuple[str, ...]
+        self, scope: Scope, receive: Receive, send: Send, kind: str, adapter: TypeAdapter[Any],
+        required: tuple[str, ...],
     ) -> None:
         ctx, declared_length = _context(scope, kind)
         if self._tracing is None:
@@ -163,7 +164,7 @@ class DataPlane:
             chars = sum(_content_chars(m.get("content")) for m in messages)
             param = "messages"
         else:
-            prompt = body.get("prompt")
+            prompt: Any = body.get("prompt")
             chars = len(prompt) if isinstance(prompt, str) else sum(len(p) for p in prompt if isinstance(p, str))
             param = "prompt"
         if chars > limits.max_total_chars:

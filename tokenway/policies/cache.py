@@ -31,6 +31,8 @@ from tokenway.protocol import Usage
 from tokenway.providers.base import Answer, Call, Completion, Stream
 
 if TYPE_CHECKING:  # numpy and the model are imported only when a model opts in to semantic caching
+    import numpy as np
+
     from tokenway.cache.semantic import Match, SemanticCache
 
 
@@ -72,7 +74,7 @@ class _Lookup:
     key: str
     text: str | None = None  # the question, when the semantic cache takes part
     scope: str | None = None  # its semantic scope
-    vector: object = None  # its embedding, computed once for the lookup and reused to store
+    vector: np.ndarray | None = None  # its embedding, computed once for the lookup and reused to store
 
 
 class ResponseCache:

@@ -175,7 +175,9 @@ def _json_args(arguments: Any) -> Any:
 
 
 def _usage(line: dict[str, Any]) -> Usage:
-    return Usage(prompt_tokens=int(line.get("prompt_eval_count") or 0), completion_tokens=int(line.get("eval_count") or 0))
+    return Usage(
+        prompt_tokens=int(line.get("prompt_eval_count") or 0), completion_tokens=int(line.get("eval_count") or 0)
+    )
 
 
 def _finish_reason(line: dict[str, Any], tool_calls: bool = False) -> str:

@@ -143,7 +143,8 @@ class RedisCounters:
             if slot is not None:
                 pipe.zrem(self._prefix + slot.key, slot.member)
             for bucket, delta in adjustments:
-                await self._adjust(keys=[self._prefix + bucket.key], args=[bucket.capacity, delta], client=pipe)  # queued
+                # queued
+                await self._adjust(keys=[self._prefix + bucket.key], args=[bucket.capacity, delta], client=pipe)
             await self._call(pipe.execute())
 
     async def reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:

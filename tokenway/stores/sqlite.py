@@ -103,6 +103,7 @@ class SqliteDatabase:
         self, group_by: GroupBy, since: float, until: float, key_id: str | None = None, team: str | None = None
     ) -> list[dict[str, Any]]:
         group = GROUP_SQL[group_by]
+        args: list[float | str]
         where, args = "ts >= ? AND ts < ?", [since, until]
         if key_id is not None:
             where, args = where + " AND key_id = ?", [*args, key_id]

@@ -96,11 +96,11 @@ async def _run(args: argparse.Namespace, settings: Any) -> int:
             _table([r.public() for r in await db.list_keys()],
                    ["id", "name", "owner", "team", "models", "rpm", "tpm", "budget", "revoked"])
         else:
-            record = await db.get_key(args.id)
-            if record is None:
+            existing = await db.get_key(args.id)
+            if existing is None:
                 raise LookupError(f"No key with id {args.id!r}; see `tokenway keys list`.")
             changes = {"revoked": True} if args.action == "revoke" else _fields(args)
-            updated = KeyRecord.model_validate({**record.model_dump(), **changes})
+            updated = KeyRecord.model_validate({**existing.model_dump(), **changes})
             await db.put_key(updated)
             print(json.dumps(updated.public(), indent=2))
     finally:
