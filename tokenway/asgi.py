@@ -70,7 +70,7 @@ async def send_error(send: Send, error: GatewayError, headers: list[tuple[bytes,
     await send_bytes(send, error.status, error.envelope(), [*headers, *error.headers()])
 
 
-class cancel_on_disconnect:  # noqa: N801 - used like a function: ``async with cancel_on_disconnect(receive)``
+class cancel_on_disconnect:
     """Cancel the enclosed work the moment the client hangs up; raise ``ClientDisconnected`` then.
 
     Enter only after the request body has been read: from then on ``receive()`` returns only

@@ -120,7 +120,7 @@ def _as_invalid_request(exc: ValidationError) -> InvalidRequest:
         )
     loc = [str(p) for p in first["loc"] if not _is_union_tag(p)]
     param = _dotted(loc) or None
-    if first["type"] == "model_type" or first["type"] == "dict_type" and not loc:
+    if first["type"] == "model_type" or (first["type"] == "dict_type" and not loc):
         return InvalidRequest("The request body must be a JSON object.", code="invalid_type")
     given = first.get("input")
     shown = orjson.dumps(given)[:80].decode(errors="replace") if not isinstance(given, dict) else "an object"
