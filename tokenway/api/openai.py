@@ -7,7 +7,6 @@ happens, the client gets OpenAI's error envelope and the log gets one line.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -28,6 +27,7 @@ from tokenway.asgi import (
 from tokenway.config import GatewayConfig
 from tokenway.context import RequestContext
 from tokenway.errors import GatewayError, InternalError, InvalidRequest, Overloaded, UpstreamError
+from tokenway.ids import IdGenerator
 from tokenway.observability.logging import JsonLog
 from tokenway.observability.metrics import Metrics
 from tokenway.observability.tracing import Tracing
@@ -56,6 +56,7 @@ class DataPlane:
     ) -> None:
         self._config = config
         self._tracing = tracing
+        self._new_request_id = IdGenerator("req_")
         self._metrics = metrics
         self._overhead_header = config.observability.overhead_header
         self._limits = config.limits
@@ -87,7 +88,7 @@ class DataPlane:
         self, scope: Scope, receive: Receive, send: Send, kind: str, adapter: TypeAdapter[Any],
         required: tuple[str, ...],
     ) -> None:
-        ctx, declared_length = _context(scope, kind)
+        ctx, declared_length = _context(scope, kind, self._new_request_id)
         if self._tracing is None:
             await self._respond(ctx, declared_length, receive, send, adapter, required)
             return
@@ -210,7 +211,7 @@ def _content_chars(content: Any) -> int:
     return 0
 
 
-def _context(scope: Scope, endpoint: str) -> tuple[RequestContext, int | None]:
+def _context(scope: Scope, endpoint: str, new_id: IdGenerator) -> tuple[RequestContext, int | None]:
     """The request context from the headers (one pass), and the declared body length."""
     request_id = api_key = cache_control = None
     priority = 0
@@ -235,7 +236,7 @@ def _context(scope: Scope, endpoint: str) -> tuple[RequestContext, int | None]:
                 length = None
     client = scope.get("client")
     ctx = RequestContext(
-        request_id=request_id or "req_" + secrets.token_hex(12),
+        request_id=request_id or new_id(),
         endpoint=endpoint,
         api_key=api_key,
         client_ip=client[0] if client else None,

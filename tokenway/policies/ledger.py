@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 
 from tokenway.context import RequestContext
+from tokenway.ids import IdGenerator
 from tokenway.policies.base import Handler
 from tokenway.providers.base import Answer, Call
 from tokenway.stores.base import KeyRecord, UsageRecord
@@ -16,6 +16,7 @@ from tokenway.usage.ledger import Ledger
 class RecordUsage:
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
+        self._new_id = IdGenerator("u_")
 
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
         ctx.defer(self._record)
@@ -29,7 +30,7 @@ class RecordUsage:
             cost = usage_cost(deployment_price(ctx.target.config), usage) if ctx.target is not None else 0
             ctx.extra["cost_nanos"] = cost  # the metrics count the same spend as the ledger
         self._ledger.record(UsageRecord(
-            id=secrets.token_hex(12),
+            id=self._new_id(),
             request_id=ctx.request_id,
             ts=time.time(),
             key_id=key.id if key is not None else None,

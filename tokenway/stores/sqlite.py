@@ -31,6 +31,8 @@ CREATE INDEX IF NOT EXISTS tokenway_usage_team_ts ON tokenway_usage (team, ts);
 CREATE INDEX IF NOT EXISTS tokenway_usage_ts ON tokenway_usage (ts);
 """
 
+_ROWS_PER_INSERT = 500  # 13 columns each: well under SQLite's 32766 bound parameters per statement
+
 GROUP_SQL = {"key": "key_id", "team": "team", "model": "model", "day": "date(ts, 'unixepoch')"}
 
 
@@ -94,10 +96,19 @@ class SqliteDatabase:
         return [KeyRecord.model_validate_json(r[0]) for r in rows], newest
 
     async def insert_usage(self, records: list[UsageRecord]) -> None:
-        marks = ", ".join("?" * len(USAGE_COLUMNS))
-        sql = f"INSERT INTO tokenway_usage ({', '.join(USAGE_COLUMNS)}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"
-        rows = [r.row() for r in records]
-        await self._run(lambda db: db.executemany(sql, rows))
+        # Many rows per statement, not executemany: the driver releases and retakes the GIL around
+        # every statement, and one per row made this thread slow the event loop down measurably.
+        row_marks = "(" + ", ".join("?" * len(USAGE_COLUMNS)) + ")"
+        columns = ", ".join(USAGE_COLUMNS)
+        chunks = [records[i:i + _ROWS_PER_INSERT] for i in range(0, len(records), _ROWS_PER_INSERT)]
+
+        def insert(db: sqlite3.Connection) -> None:
+            for chunk in chunks:
+                values = ", ".join([row_marks] * len(chunk))
+                params = [value for record in chunk for value in record.row()]
+                db.execute(f"INSERT INTO tokenway_usage ({columns}) VALUES {values} ON CONFLICT (id) DO NOTHING", params)
+
+        await self._run(insert)
 
     async def usage_summary(
         self, group_by: GroupBy, since: float, until: float, key_id: str | None = None, team: str | None = None
