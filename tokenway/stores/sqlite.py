@@ -106,7 +106,8 @@ class SqliteDatabase:
             for chunk in chunks:
                 values = ", ".join([row_marks] * len(chunk))
                 params = [value for record in chunk for value in record.row()]
-                db.execute(f"INSERT INTO tokenway_usage ({columns}) VALUES {values} ON CONFLICT (id) DO NOTHING", params)
+                sql = f"INSERT INTO tokenway_usage ({columns}) VALUES {values} ON CONFLICT (id) DO NOTHING"
+                db.execute(sql, params)
 
         await self._run(insert)
 
