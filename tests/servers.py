@@ -63,6 +63,19 @@ def running_app(
         thread.join(10)
 
 
+def wait_until_ready(base: str, timeout: float = 30.0) -> None:
+    """Poll ``/ready`` until it answers 200 (for gateways started as separate processes)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(base + "/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{base} did not become ready within {timeout:.0f}s")
+
+
 def write_config(tmp: Path, text: str) -> Path:
     path = tmp / "tokenway.yaml"
     path.write_text(text)

@@ -6,13 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from tests.fakes import FakeUpstream
-from tests.servers import free_port
+from tests.servers import free_port, wait_until_ready
 from tests.test_gateway_openai import config
 
 
@@ -48,13 +47,7 @@ def test_serve_with_two_workers_from_env_vars(tmp_path: Path, upstream: FakeUpst
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                if httpx.get(base + "/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_until_ready(base)
         auth = {"authorization": "Bearer sk-test"}
         for _ in range(6):
             r = httpx.post(base + "/v1/chat/completions", headers=auth,

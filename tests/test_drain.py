@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from tests.fakes import FakeUpstream
-from tests.servers import free_port
+from tests.servers import free_port, wait_until_ready
 from tests.test_gateway_openai import config
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -40,13 +40,7 @@ def test_sigterm_drains_then_exits(tmp_path: Path, upstream: FakeUpstream) -> No
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                if httpx.get(base + "/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
+        wait_until_ready(base)
         arrivals: list[float] = []
         with ThreadPoolExecutor(1) as pool:
             inflight = pool.submit(stream_lines, base, arrivals)

@@ -74,7 +74,7 @@ def test_admin_api_needs_the_master_key(upstream: FakeUpstream, tmp_path: Path) 
         secret = create_key(base)["key"]
         as_key = httpx.get(base + "/admin/keys", headers={"Authorization": f"Bearer {secret}"})
         anonymous = httpx.post(base + "/admin/keys", json={})
-    assert as_key.status_code == 403 and anonymous.status_code == 403
+    assert as_key.status_code == 403 and anonymous.status_code == 401  # wrong key: 403; no key: 401
     assert as_key.json()["error"]["type"] == "permission_error"
 
 

@@ -7,13 +7,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from tests.fakes import WORDS, FakeUpstream
-from tests.servers import free_port, running_gateway
+from tests.servers import free_port, running_gateway, wait_until_ready
 from tests.test_gateway_openai import MESSAGES, config
 
 
@@ -86,13 +85,7 @@ def test_metrics_add_up_across_worker_processes(tmp_path: Path, upstream: FakeUp
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                if httpx.get(base + "/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_until_ready(base)
         pids = set()
         for _ in range(20):
             # a new connection each time, so both workers get some of them

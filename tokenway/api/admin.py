@@ -6,7 +6,6 @@ A key's secret is shown once, in the answer to its creation; afterwards only its
 
 from __future__ import annotations
 
-import hmac
 import time
 from typing import Annotated, Any
 
@@ -14,7 +13,8 @@ from fastapi import APIRouter, Depends, Header, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokenway.access import Access, key_record, new_key
-from tokenway.errors import AuthenticationFailed, NotFound, PermissionDenied
+from tokenway.api.guards import presented_key, require_master_key
+from tokenway.errors import AuthenticationFailed, NotFound
 from tokenway.policies.budget import budget_lines
 from tokenway.stores.base import NANOS_PER_DOLLAR, Budget, GroupBy, KeyRecord
 
@@ -43,25 +43,8 @@ class KeyFields(BaseModel):
         return out
 
 
-def _presented(authorization: str | None, api_key: str | None) -> str | None:
-    if authorization:
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    return api_key.strip() if api_key else None
-
-
 def admin_router(access: Access, master_key: str | None) -> APIRouter:
-    async def require_master(
-        authorization: Annotated[str | None, Header()] = None, api_key: Annotated[str | None, Header()] = None
-    ) -> None:
-        if master_key is None:
-            return  # an open gateway (loopback only, unless --allow-open) has an open admin API too
-        presented = _presented(authorization, api_key)
-        if not presented or not hmac.compare_digest(presented.encode(), master_key.encode()):
-            raise PermissionDenied("The admin API needs the master key (Authorization: Bearer <master key>).")
-
-    admin = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_master)])
+    admin = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_master_key(master_key))])
     router = APIRouter()
 
     async def get_or_404(key_id: str) -> KeyRecord:
@@ -118,7 +101,7 @@ def admin_router(access: Access, master_key: str | None) -> APIRouter:
         authorization: Annotated[str | None, Header()] = None, api_key: Annotated[str | None, Header()] = None,
         since: Annotated[float | None, Query()] = None, until: Annotated[float | None, Query()] = None,
     ) -> dict[str, Any]:
-        presented = _presented(authorization, api_key)
+        presented = presented_key(authorization, api_key)
         record = access.keys.lookup(presented) if presented else None
         if record is None or record.revoked:
             raise AuthenticationFailed("GET /v1/usage needs a valid virtual key (Authorization: Bearer <key>).")
