@@ -123,7 +123,7 @@ class Metrics:
                 series.cached_tokens.inc(usage.cached_tokens)
             spend = self._spend(ctx, usage)
             if spend:
-                self.cost.labels(series.model, ctx.key_alias or "anonymous").inc(spend)
+                series.cost(ctx.key_alias or "anonymous").inc(spend)
         if ctx.status == 429:
             upstream = ctx.error_type in _UPSTREAM_ERRORS
             self.rate_limited.labels(series.model, "upstream" if upstream else "gateway").inc()
@@ -182,6 +182,7 @@ class _Series:
     """The labelled children one kind of request updates, resolved once per label set."""
 
     __slots__ = (
+        "_cost",
         "_metrics",
         "_requests",
         "cached_tokens",
@@ -202,6 +203,7 @@ class _Series:
         self.model, self.deployment, self.endpoint = model, deployment, endpoint
         self.stream = "true" if stream else "false"
         self._requests: dict[int, Any] = {}
+        self._cost: dict[str, Any] = {}
         self.duration = metrics.duration.labels(model, self.stream)
         self.ttft = metrics.ttft.labels(model, deployment)
         self.itl = metrics.itl.labels(model, deployment)
@@ -209,6 +211,12 @@ class _Series:
         self.prompt_tokens = metrics.tokens.labels(model, deployment, "prompt")
         self.completion_tokens = metrics.tokens.labels(model, deployment, "completion")
         self.cached_tokens = metrics.tokens.labels(model, deployment, "cached")
+
+    def cost(self, key_alias: str) -> Any:
+        child = self._cost.get(key_alias)
+        if child is None:
+            child = self._cost[key_alias] = self._metrics.cost.labels(self.model, key_alias)
+        return child
 
     def requests(self, status: int) -> Any:
         child = self._requests.get(status)
