@@ -138,8 +138,11 @@ class Gateway:
     async def startup(self) -> None:
         self.log.start()
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+        # No cookie jar: a backend's cookies must never leak from one tenant's call into another's
+        # (and the jar's per-request bookkeeping is pure overhead for an API gateway).
         self._http = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         if self.settings.redis_url:
             import redis.asyncio

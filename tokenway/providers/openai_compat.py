@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from tokenway.config import DeploymentConfig
 from tokenway.context import RequestContext
@@ -45,6 +46,8 @@ class OpenAICompatProvider:
         self.options = options
         self._http = resources.http
         self._base = deployment.api_base.rstrip("/")
+        # Parsed once: aiohttp would otherwise parse the URL string on every call.
+        self._urls = {path: URL(self._base + path) for path in ("/chat/completions", "/completions")}
         headers = {"content-type": "application/json", **deployment.headers}
         key = deployment.api_key()
         if key:
@@ -86,14 +89,14 @@ class OpenAICompatProvider:
             if call.stream:
                 # Only the wait for the response head is bounded here; the stream writer bounds the rest.
                 async with asyncio.timeout(first_byte):
-                    resp = await self._http.post(self._base + path, data=orjson.dumps(body), headers=headers,
+                    resp = await self._http.post(self._urls[path], data=orjson.dumps(body), headers=headers,
                                                  timeout=self._timeout)
                     if resp.status != 200:
                         raise await _status_error(resp)
             else:
                 # aiohttp's own timer bounds the whole exchange, body included: no second timer.
                 timeout = aiohttp.ClientTimeout(total=first_byte, sock_connect=self._timeout.sock_connect)
-                resp = await self._http.post(self._base + path, data=orjson.dumps(body), headers=headers,
+                resp = await self._http.post(self._urls[path], data=orjson.dumps(body), headers=headers,
                                              timeout=timeout)
                 if resp.status != 200:
                     raise await _status_error(resp)
