@@ -8,6 +8,7 @@ say "not yet" while a local model loads; the data plane answers 503 until then.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from typing import Any
@@ -136,6 +137,12 @@ class Gateway:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def startup(self) -> None:
+        if self.settings.gc_threshold:
+            # The request path makes many short-lived objects; at Python's default (a young-generation
+            # collection every 700 allocations) the collector ran every few requests and cost ~30% of
+            # throughput. Freeze what start-up built so collections never scan it, and collect less often.
+            gc.freeze()
+            gc.set_threshold(self.settings.gc_threshold, 20, 20)
         self.log.start()
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
         # No cookie jar: a backend's cookies must never leak from one tenant's call into another's

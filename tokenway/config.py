@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0: shared counters and cache across replicas
     database_url: str | None = None  # e.g. postgresql://127.0.0.1/test: keys and usage ledger across replicas
     data_dir: Path = Path("tokenway-data")  # embedded default: SQLite files and the usage write-ahead log
+    gc_threshold: int = 20_000  # allocations between young-generation collections; 0 keeps Python's default
     allow_open: bool = False  # serve without auth on a non-loopback address
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     drain_delay_s: float = 3.0  # on SIGTERM: /ready false and new calls refused this long before listeners close
