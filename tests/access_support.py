@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +17,7 @@ import httpx
 import uvicorn
 
 from tests.fakes import FakeUpstream
-from tests.servers import free_port
+from tests.servers import free_port, wait_until_ready
 from tokenway.app import Gateway, create_app
 from tokenway.config import Settings, parse_config
 
@@ -69,7 +68,7 @@ def gateway(
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    _wait_ready(base, thread.is_alive)
+    wait_until_ready(base, 60, thread.is_alive)
     try:
         yield base, app
     finally:
@@ -92,7 +91,7 @@ def gateway_process(config_path: Path, data_dir: Path, **env: str) -> Iterator[s
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(base, lambda: proc.poll() is None)
+        wait_until_ready(base, 60, lambda: proc.poll() is None)
         yield base
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -100,18 +99,6 @@ def gateway_process(config_path: Path, data_dir: Path, **env: str) -> Iterator[s
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-def _wait_ready(base: str, alive: Any) -> None:
-    deadline = time.time() + 60
-    while time.time() < deadline and alive():
-        try:
-            if httpx.get(base + "/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"gateway did not come up on {base}")
 
 
 def create_key(base: str, **fields: Any) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -63,10 +63,10 @@ def running_app(
         thread.join(10)
 
 
-def wait_until_ready(base: str, timeout: float = 30.0) -> None:
-    """Poll ``/ready`` until it answers 200 (for gateways started as separate processes)."""
+def wait_until_ready(base: str, timeout: float = 30.0, alive: Callable[[], bool] = lambda: True) -> None:
+    """Poll ``/ready`` until it answers 200; give up early once ``alive()`` says the server died."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
+    while time.time() < deadline and alive():
         try:
             if httpx.get(base + "/ready", timeout=1).status_code == 200:
                 return
