@@ -7,6 +7,7 @@ import secrets
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.access_support import REDIS, chat, config, create_key, gateway
@@ -72,7 +73,9 @@ def test_redis_down_fails_closed_fast_with_a_loud_log(
         started = time.monotonic()
         codes = [chat(base, key).status_code for _ in range(5)]
         elapsed = time.monotonic() - started
+        metrics = httpx.get(base + "/metrics").text
     assert codes == [503] * 5
+    assert "tokenway_limits_store_failures_total 5.0" in metrics
     assert elapsed < 5
     assert '"event":"limits_store_down"' in capfd.readouterr().out
     assert upstream.seen == []

@@ -21,11 +21,13 @@ class LiveState:
     """A prometheus-client collector over the app's deployments, queues and routing counters."""
 
     def __init__(
-        self, models: ModelTable, routing: RoutingStats, queue_lengths: Callable[[], dict[str, int]]
+        self, models: ModelTable, routing: RoutingStats, queue_lengths: Callable[[], dict[str, int]],
+        store_failures: Callable[[], int],
     ) -> None:
         self._models = models
         self._routing = routing
         self._queue_lengths = queue_lengths
+        self._store_failures = store_failures
 
     def collect(self) -> Iterable[Metric]:
         in_flight = GaugeMetricFamily("tokenway_deployment_in_flight", "Calls in flight per deployment.",
@@ -58,4 +60,8 @@ class LiveState:
                                         labels=["reason"])
         for reason, count in self._routing.snapshot().items():
             decisions.add_metric([reason], count)
-        return [in_flight, circuit, healthy, waiting, running, kv_usage, queue, decisions]
+        store = CounterMetricFamily(
+            "tokenway_limits_store_failures", "Rate-limit/budget store calls that failed (Redis down or slow).",
+        )
+        store.add_metric([], self._store_failures())
+        return [in_flight, circuit, healthy, waiting, running, kv_usage, queue, decisions, store]
