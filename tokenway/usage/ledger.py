@@ -56,6 +56,7 @@ class Ledger:
         # Batches whose database write failed, each with the write-ahead file that still holds it.
         self._pending: list[tuple[list[UsageRecord], _WalFile]] = []
         self._wake = asyncio.Event()
+        self._flushing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -73,6 +74,12 @@ class Ledger:
 
     async def flush(self) -> None:
         """Write everything queued so far to the database (also called at shutdown)."""
+        # One flush at a time: the periodic writer and an on-demand flush (``/admin/usage``) would
+        # otherwise both write the oldest pending batch, and both try to retire it.
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         if self._queue:
             assert self._wal is not None
             batch, wal = self._queue, self._wal
