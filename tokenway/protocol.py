@@ -210,12 +210,12 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def chat_completion(
-    *, id: str, model: str, choices: list[dict[str, Any]], usage: Usage | None, created: int | None = None
+def _completion(
+    kind: str, id: str, model: str, choices: list[dict[str, Any]], usage: Usage | None, created: int | None
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": id,
-        "object": "chat.completion",
+        "object": kind,
         "created": created or int(time.time()),
         "model": model,
         "choices": choices,
@@ -223,6 +223,12 @@ def chat_completion(
     if usage is not None:
         body["usage"] = usage.as_dict()
     return body
+
+
+def chat_completion(
+    *, id: str, model: str, choices: list[dict[str, Any]], usage: Usage | None, created: int | None = None
+) -> dict[str, Any]:
+    return _completion("chat.completion", id, model, choices, usage, created)
 
 
 def chat_choice(index: int, content: str, finish_reason: str | None) -> dict[str, Any]:
@@ -252,16 +258,7 @@ def chat_chunk(
 def text_completion(
     *, id: str, model: str, choices: list[dict[str, Any]], usage: Usage | None, created: int | None = None
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": id,
-        "object": "text_completion",
-        "created": created or int(time.time()),
-        "model": model,
-        "choices": choices,
-    }
-    if usage is not None:
-        body["usage"] = usage.as_dict()
-    return body
+    return _completion("text_completion", id, model, choices, usage, created)
 
 
 def text_choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:

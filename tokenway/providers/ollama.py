@@ -31,6 +31,7 @@ from tokenway.protocol import (
     text_completion,
 )
 from tokenway.providers.base import Answer, Call, Completion, ProviderOptions, ProviderResources, Stream
+from tokenway.providers.http import close_response, connect_timeout
 
 # OpenAI request field -> Ollama option name
 _OPTIONS = {
@@ -59,8 +60,7 @@ class OllamaProvider:
         self._http = resources.http
         self._base = (deployment.api_base or "http://127.0.0.1:11434").rstrip("/")
         self._headers = {"content-type": "application/json", **deployment.headers}
-        timeouts = deployment.timeouts
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, connect=timeouts.connect)
+        self._timeout = connect_timeout(deployment)
 
     async def start(self) -> None:
         return None
@@ -120,24 +120,19 @@ class OllamaProvider:
                     raise UpstreamRejected(f"Ollama answered {resp.status}: {detail}", status=resp.status)
                 raw = b"" if call.stream else await resp.read()
         except TimeoutError:
-            _close(resp)
+            close_response(resp)
             raise UpstreamTimeout(f"Ollama at {self._base} sent nothing within {first_byte:.3g}s.") from None
         except aiohttp.ClientConnectionError as exc:
-            _close(resp)
+            close_response(resp)
             raise UpstreamUnavailable(f"Could not reach Ollama at {self._base}: {exc}.") from None
         except BaseException:
-            _close(resp)
+            close_response(resp)
             raise
         translate = _ChatTranslator(call) if call.kind == "chat" else _TextTranslator(call)
         if not call.stream:
             resp.release()
             return translate.completion(raw)
         return Stream(lambda stream: translate.relay(resp, stream))
-
-
-def _close(resp: aiohttp.ClientResponse | None) -> None:
-    if resp is not None:
-        resp.close()
 
 
 def _message(message: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from tokenway.errors import (
 )
 from tokenway.protocol import Usage, iter_sse_data
 from tokenway.providers.base import Answer, Call, Completion, ProviderOptions, ProviderResources, Stream
+from tokenway.providers.http import close_response, connect_timeout
 
 
 class OpenAICompatOptions(ProviderOptions):
@@ -53,10 +54,7 @@ class OpenAICompatProvider:
         if key:
             headers["authorization"] = f"Bearer {key}"
         self._headers = headers
-        timeouts = deployment.timeouts
-        # Connect and first-byte limits live here; the idle and total limits of a stream are
-        # enforced by the gateway's stream writer, which sees every chunk anyway.
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, connect=timeouts.connect)
+        self._timeout = connect_timeout(deployment)
 
     async def start(self) -> None:
         return None
@@ -102,27 +100,22 @@ class OpenAICompatProvider:
                     raise await _status_error(resp)
                 raw = await resp.read()
         except TimeoutError:
-            _close(resp)
+            close_response(resp)
             raise UpstreamTimeout(
                 f"The backend {self.deployment.name} sent nothing within {first_byte:.3g}s.", retry_after=1
             ) from None
         except aiohttp.ClientConnectionError as exc:
-            _close(resp)
+            close_response(resp)
             raise UpstreamUnavailable(f"Could not reach the backend {self.deployment.name}: {exc}.") from None
         except aiohttp.ClientError as exc:
-            _close(resp)
+            close_response(resp)
             raise UpstreamError(f"The backend {self.deployment.name} failed: {exc}.") from None
         except BaseException:
-            _close(resp)
+            close_response(resp)
             raise
         if not call.stream:
             return _completion(raw, self.deployment.name or "")
         return Stream(lambda stream: _relay(resp, stream, strip_usage, self.deployment.name or ""))
-
-
-def _close(resp: aiohttp.ClientResponse | None) -> None:
-    if resp is not None:
-        resp.close()
 
 
 async def _status_error(resp: aiohttp.ClientResponse) -> GatewayError:
