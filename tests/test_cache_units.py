@@ -167,3 +167,37 @@ async def test_the_backend_call_stops_when_every_caller_left() -> None:
     assert backend.cancelled == 1
     answer = await cache(ctx(), Call("chat", BODY), backend)  # a fresh call starts a fresh flight
     assert isinstance(answer, Completion) and backend.calls == 2
+
+
+async def test_a_reader_that_stops_at_done_still_pays_and_the_answer_is_stored() -> None:
+    # The SSE writer stops reading at [DONE] and closes the stream; the backend's end of stream
+    # may come later. The leader's usage must already be known, and the flight must finish and store.
+    cache, backend = policy(), Backend(stream=True)
+    end_of_stream = asyncio.Event()
+
+    async def lagging(c: RequestContext, call: Call) -> Completion | Stream:
+        inner = await backend(c, call)
+        assert isinstance(inner, Stream)
+
+        async def blocks(s: Stream) -> AsyncIterator[bytes]:
+            async for block in inner:
+                s.usage = inner.usage
+                yield block
+            await end_of_stream.wait()
+
+        return Stream(blocks)
+
+    body = {**BODY, "stream": True}
+    answer = await cache(ctx(), Call("chat", body), lagging)
+    assert isinstance(answer, Stream)
+    async for block in answer:
+        if block.endswith(b"data: [DONE]\n\n"):
+            break
+    assert answer.usage == Usage(1, 2)
+    await answer.aclose()
+    end_of_stream.set()
+    await asyncio.sleep(0.01)
+    again = ctx()
+    replay = await cache(again, Call("chat", body), lagging)
+    assert b'"content":"ab"' in await read(replay)
+    assert again.extra["cache"] == "hit" and backend.calls == 1

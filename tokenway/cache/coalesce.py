@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from tokenway.protocol import Usage
+from tokenway.protocol import SSE_DONE, Usage
 from tokenway.providers.base import Answer, Completion, Stream
 
 # Called once the flight finished cleanly: (the answer, the stream blocks if it streamed).
@@ -37,6 +37,11 @@ class Flight:
         self.subscribers = 0
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def answered(self) -> bool:
+        """The whole answer is here (its [DONE] arrived); only the backend's end of stream is pending."""
+        return bool(self.blocks) and self.blocks[-1].endswith(SSE_DONE)
 
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
@@ -85,6 +90,8 @@ class Coalescer:
                 flight._notify()
                 async for block in stream:
                     flight.blocks.append(block)
+                    # Usage arrives before [DONE], and the writer stops reading at [DONE].
+                    flight.usage = stream.usage
                     flight._notify()
                 flight.usage = stream.usage
             else:
@@ -136,6 +143,8 @@ class Coalescer:
                 upto = len(flight.blocks)
                 block = flight.blocks[sent] if upto == sent + 1 else b"".join(flight.blocks[sent:upto])
                 sent = upto
+                if leader:
+                    stream.usage = flight.usage
                 yield block
                 continue
             if flight.done:
@@ -147,8 +156,9 @@ class Coalescer:
 
     def _leave(self, flight: Flight) -> None:
         flight.subscribers -= 1
-        if flight.subscribers <= 0 and not flight.done and flight._task is not None:
+        if flight.subscribers <= 0 and not flight.done and not flight.answered and flight._task is not None:
             # Nobody is listening any more: stop the backend call, as a hang-up would without us.
+            # A flight that has its whole answer is left to finish, so that it is stored.
             flight._task.cancel()
             if self._flights.get(flight.key) is flight:
                 del self._flights[flight.key]

@@ -169,6 +169,8 @@ async def _relay(
                 done = True
             if block:
                 yield block
+            if done:
+                return  # nothing follows [DONE]; a backend that holds the stream open must not hold us
     except aiohttp.ClientError as exc:
         raise UpstreamError(f"The backend {deployment} broke off the stream: {exc}.") from None
     finally:
