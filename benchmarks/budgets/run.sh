@@ -3,16 +3,21 @@
 # Same build, same upstream (the fixed-reply nginx of ../shared/bench on 127.0.0.1:9201), wrk c=64:
 #   master   master key: no key lookup, no limits, no budget (the usage ledger still records)
 #   embedded virtual key with rpm, tpm and a $/day budget; in-memory counters, SQLite
-#   redis    the same key; counters in Redis (two Lua calls and three settles per request)
-# Needs Debian's nginx and wrk. Env: SECONDS_EACH (default 10).
+#   redis    the same key; counters in Redis (four Lua calls per request on one pipelined connection)
+# Two gateways run side by side (memory and Redis counters); the three variants are measured in turn,
+# ROUNDS times, so that the box's drift hits all three alike. Compare within a round.
+# Needs Debian's nginx and wrk. Env: SECONDS_EACH (default 10), ROUNDS (default 3), PIN (0).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(cd "$here/../.." && pwd); shared=$root/../shared/bench
-secs=${SECONDS_EACH:-10}; port=${PORT:-8301}
-run=$(mktemp -d); pid=
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; kill "$(cat "$run/nginx.pid" 2>/dev/null)" 2>/dev/null; rm -rf "$run"; }
+secs=${SECONDS_EACH:-10}; rounds=${ROUNDS:-3}; port=${PORT:-8301}
+run=$(mktemp -d); pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null; kill "$(cat "$run/nginx.pid" 2>/dev/null)" 2>/dev/null; rm -rf "$run"; }
 trap cleanup EXIT
 sed -e "s|/tmp/mockup/|$run/|g" -e "s|127.0.0.1:9101|127.0.0.1:9201|" "$shared/mock-upstream.nginx.conf" > "$run/nginx.conf"
-nginx -c "$run/nginx.conf" -p "$run/"
+# PIN=1: the gateways on core 0, nginx and wrk on core 1 (less noise from sharing a core with the load).
+gateway_cpu=(); load_cpu=()
+if [ "${PIN:-0}" = 1 ]; then gateway_cpu=(taskset -c 0); load_cpu=(taskset -c 1); fi
+"${load_cpu[@]}" nginx -c "$run/nginx.conf" -p "$run/"
 cat > "$run/tokenway.yaml" <<YAML
 models:
   - name: mock-json
@@ -21,27 +26,41 @@ models:
 logging: {requests: false}
 access: {redis_prefix: "tw-bench-$$:"}
 YAML
-start() { # extra env...
-  env TOKENWAY_MASTER_KEY=sk-bench TOKENWAY_DATA_DIR="$run/data" "$@" \
-    "$root/.venv/bin/tokenway" serve --config "$run/tokenway.yaml" --port "$port" --log-level warning >"$run/gw.log" 2>&1 &
-  pid=$!
+start() { # port data-dir extra env...
+  local port=$1 data=$2; shift 2
+  "${gateway_cpu[@]}" env TOKENWAY_MASTER_KEY=sk-bench TOKENWAY_DATA_DIR="$data" "$@" \
+    "$root/.venv/bin/tokenway" serve --config "$run/tokenway.yaml" --port "$port" --log-level warning >"$data.log" 2>&1 &
+  pids+=($!)
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/ready" >/dev/null && return; sleep 0.1; done
-  echo "gateway did not start"; cat "$run/gw.log"; exit 1
+  echo "gateway did not start"; cat "$data.log"; exit 1
 }
-stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
-measure() { # name key
-  BENCH_KEY=$2 BENCH_MODEL=mock-json BENCH_STREAM=false wrk -t1 -c64 -d"${secs}s" -s "$shared/post.lua" \
-    "http://127.0.0.1:$port/v1/chat/completions" >/dev/null  # warm-up
-  local out; out=$(BENCH_KEY=$2 BENCH_MODEL=mock-json BENCH_STREAM=false wrk -t1 -c64 -d"${secs}s" --latency \
-    -s "$shared/post.lua" "http://127.0.0.1:$port/v1/chat/completions")
-  printf '%-9s rps=%-9s p50=%-8s p99=%-8s non2xx=%s\n' "$1" "$(awk '/Requests\/sec/{print $2}' <<<"$out")" \
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }  # user + system time of a process, all threads
+measure() { # name port key gateway-pid
+  local url="http://127.0.0.1:$2/v1/chat/completions" out before after redis_before redis_after requests
+  BENCH_KEY=$3 BENCH_MODEL=mock-json BENCH_STREAM=false "${load_cpu[@]}" wrk -t1 -c64 -d2s -s "$shared/post.lua" "$url" >/dev/null  # warm-up
+  before=$(cpu_ticks "$4"); redis_before=$(cpu_ticks "$redis_pid")
+  out=$(BENCH_KEY=$3 BENCH_MODEL=mock-json BENCH_STREAM=false "${load_cpu[@]}" wrk -t1 -c64 -d"${secs}s" --latency -s "$shared/post.lua" "$url")
+  after=$(cpu_ticks "$4"); redis_after=$(cpu_ticks "$redis_pid")
+  requests=$(awk '/requests in/{print $1}' <<<"$out")
+  # CPU per request is what the box's noise moves least: req/s also depends on what else got the cores.
+  printf '%-9s rps=%-9s p50=%-8s p99=%-8s non2xx=%s gateway_cpu_us=%s redis_cpu_us=%s\n' "$1" \
+    "$(awk '/Requests\/sec/{print $2}' <<<"$out")" \
     "$(awk '$1=="50%"{print $2}' <<<"$out")" "$(awk '$1=="99%"{print $2}' <<<"$out")" \
-    "$(awk '/Non-2xx/{print $5}' <<<"$out" | grep . || echo 0)"
+    "$(awk '/Non-2xx/{print $5}' <<<"$out" | grep . || echo 0)" \
+    "$(( (after - before) * 1000000 / ticks / requests ))" "$(( (redis_after - redis_before) * 1000000 / ticks / requests ))"
 }
-newkey() {
-  curl -sf -X POST "http://127.0.0.1:$port/admin/keys" -H "Authorization: Bearer sk-bench" \
+newkey() { # port
+  curl -sf -X POST "http://127.0.0.1:$1/admin/keys" -H "Authorization: Bearer sk-bench" \
     -H 'content-type: application/json' \
     -d '{"rpm": 100000000, "tpm": 1000000000, "budget": "1000000/day", "team": "bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'
 }
-start; measure master sk-bench; key=$(newkey); measure embedded "$key"; stop
-start TOKENWAY_REDIS_URL=redis://127.0.0.1:6379/0; key=$(newkey); measure redis "$key"; stop
+ticks=$(getconf CLK_TCK); redis_pid=$(pgrep -o redis-server)
+start "$port" "$run/memory"; memory_pid=${pids[-1]}
+start "$((port + 1))" "$run/redis" TOKENWAY_REDIS_URL=redis://127.0.0.1:6379/0; redis_gateway_pid=${pids[-1]}
+memory_key=$(newkey "$port"); redis_key=$(newkey "$((port + 1))")
+for round in $(seq "$rounds"); do
+  echo "round $round"
+  measure master "$port" sk-bench "$memory_pid"
+  measure embedded "$port" "$memory_key" "$memory_pid"
+  measure redis "$((port + 1))" "$redis_key" "$redis_gateway_pid"
+done

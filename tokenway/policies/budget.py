@@ -11,6 +11,8 @@ cost and the rest is given back. A budgeted request that names no ``max_tokens``
 
 from __future__ import annotations
 
+import time
+
 from tokenway.context import RequestContext
 from tokenway.errors import RateLimited
 from tokenway.policies.base import Handler
@@ -47,10 +49,22 @@ class Budgets:
         self._counters = counters
         self._access = access
         self._guard = guard
+        # key id -> (the record they were made for, UTC day number, lines): names are rebuilt only
+        # when the key changes or a new day (a new counter) begins.
+        self._lines: dict[str, tuple[KeyRecord, int, list[BudgetLine]]] = {}
+
+    def lines(self, key: KeyRecord) -> list[BudgetLine]:
+        day = int(time.time() // 86400)
+        cached = self._lines.get(key.id)
+        if cached is not None and cached[0] is key and cached[1] == day:
+            return cached[2]
+        lines = budget_lines(key, self._access)
+        self._lines[key.id] = (key, day, lines)
+        return lines
 
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
         key: KeyRecord | None = ctx.extra.get("key")
-        lines = budget_lines(key, self._access) if key is not None else []
+        lines = self.lines(key) if key is not None else []
         if not lines:
             return await next(ctx, call)
         price = deployment_price(ctx.target.config)

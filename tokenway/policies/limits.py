@@ -19,7 +19,7 @@ from tokenway.policies.base import Handler
 from tokenway.providers.base import Answer, Call
 from tokenway.stores.base import Admission, Bucket, Counters, CountersUnavailable, KeyRecord, Slot
 from tokenway.usage.cost import estimate_prompt_tokens
-from tokenway.usage.options import AccessConfig, RateLimit
+from tokenway.usage.options import AccessConfig
 
 
 class StoreGuard:
@@ -58,16 +58,17 @@ class RateLimits:
         out: list[Bucket] = []
         key: KeyRecord | None = ctx.extra.get("key")
         if key is not None:
-            _add(out, "key", key.id, RateLimit(rpm=key.rpm, tpm=key.tpm), prompt_tokens)
+            _add(out, "key", key.id, key.rpm, key.tpm, prompt_tokens)
             team = self._access.teams.get(key.team or "")
             if team is not None:
-                _add(out, "team", key.team or "", team, prompt_tokens)
+                _add(out, "team", key.team or "", team.rpm, team.tpm, prompt_tokens)
         elif ctx.key_alias is None and ctx.client_ip:  # anonymous: the caller is its address
-            _add(out, "ip", ctx.client_ip, self._access.anonymous, prompt_tokens)
+            anonymous = self._access.anonymous
+            _add(out, "ip", ctx.client_ip, anonymous.rpm, anonymous.tpm, prompt_tokens)
         model = call.body.get("model") or ""
         limit = self._access.models.get(model)
         if limit is not None:
-            _add(out, "model", model, limit, prompt_tokens)
+            _add(out, "model", model, limit.rpm, limit.tpm, prompt_tokens)
         return out
 
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
@@ -108,11 +109,11 @@ class RateLimits:
             ctx.extra["limits_settle_error"] = str(exc)
 
 
-def _add(out: list[Bucket], scope: str, name: str, limit: RateLimit, prompt_tokens: int) -> None:
-    if limit.rpm:
-        out.append(Bucket(f"rpm:{scope}:{name}", limit.rpm, 1, "requests", scope))
-    if limit.tpm:
-        out.append(Bucket(f"tpm:{scope}:{name}", limit.tpm, prompt_tokens, "tokens", scope))
+def _add(out: list[Bucket], scope: str, name: str, rpm: int | None, tpm: int | None, prompt_tokens: int) -> None:
+    if rpm:
+        out.append(Bucket("rpm:" + scope + ":" + name, rpm, 1, "requests", scope))
+    if tpm:
+        out.append(Bucket("tpm:" + scope + ":" + name, tpm, prompt_tokens, "tokens", scope))
 
 
 def _duration(seconds: float) -> str:
@@ -124,19 +125,27 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
+_HEADER_NAMES = {
+    kind: (f"x-ratelimit-limit-{kind}".encode(), f"x-ratelimit-remaining-{kind}".encode(),
+           f"x-ratelimit-reset-{kind}".encode())
+    for kind in ("requests", "tokens")
+}
+
+
 def _headers(buckets: list[Bucket], admission: Admission) -> list[tuple[bytes, bytes]]:
+    """OpenAI's headers for the tightest bucket (least left, as a share of its capacity) of each kind."""
+    tightest: dict[str, int] = {}
+    for i, bucket in enumerate(buckets):
+        j = tightest.get(bucket.kind)
+        if j is None or admission.remaining[i] * buckets[j].capacity < admission.remaining[j] * bucket.capacity:
+            tightest[bucket.kind] = i
     out: list[tuple[bytes, bytes]] = []
-    for kind in ("requests", "tokens"):
-        ranked = [
-            (admission.remaining[i] / b.capacity, i) for i, b in enumerate(buckets) if b.kind == kind
-        ]
-        if not ranked:
-            continue
-        _, i = min(ranked)
+    for kind, i in tightest.items():
+        limit, remaining, reset = _HEADER_NAMES[kind]
         out += [
-            (f"x-ratelimit-limit-{kind}".encode(), str(buckets[i].capacity).encode()),
-            (f"x-ratelimit-remaining-{kind}".encode(), str(admission.remaining[i]).encode()),
-            (f"x-ratelimit-reset-{kind}".encode(), _duration(admission.reset_s[i]).encode()),
+            (limit, b"%d" % buckets[i].capacity),
+            (remaining, b"%d" % admission.remaining[i]),
+            (reset, _duration(admission.reset_s[i]).encode()),
         ]
     return out
 

@@ -8,6 +8,7 @@ sum of served costs and what a budget counted.
 from __future__ import annotations
 
 import calendar
+import functools
 import hashlib
 import re
 import time
@@ -50,12 +51,11 @@ class Budget(BaseModel):
         """The current period's name, part of the counter's key: a new period starts a new counter."""
         if self.period == "total":
             return "total"
-        moment = time.gmtime(now if now is not None else time.time())
-        return time.strftime("d%Y-%m-%d" if self.period == "day" else "m%Y-%m", moment)
+        return _period_label(self.period, int((now if now is not None else time.time()) // 86400))
 
     def ttl_s(self) -> int:
         """How long the counter must outlive its period (0: forever)."""
-        return {"day": 2 * 86400, "month": 32 * 86400, "total": 0}[self.period]
+        return _COUNTER_TTL_S[self.period]
 
     def period_start(self, now: float | None = None) -> float:
         moment = time.gmtime(now if now is not None else time.time())
@@ -63,6 +63,15 @@ class Budget(BaseModel):
             return 0.0
         day = 1 if self.period == "month" else moment.tm_mday
         return float(calendar.timegm((moment.tm_year, moment.tm_mon, day, 0, 0, 0)))
+
+
+_COUNTER_TTL_S = {"day": 2 * 86400, "month": 32 * 86400, "total": 0}
+
+
+@functools.lru_cache(maxsize=16)
+def _period_label(period: Period, day: int) -> str:
+    # Memoised: every budgeted request names its counter, and formatting a date costs more than the rest.
+    return time.strftime("d%Y-%m-%d" if period == "day" else "m%Y-%m", time.gmtime(day * 86400))
 
 
 class KeyRecord(BaseModel):

@@ -6,7 +6,6 @@ check-and-take is atomic by construction (no lock needed, no interleaving possib
 
 from __future__ import annotations
 
-import math
 import time
 
 from tokenway.stores.base import Admission, Bucket, BudgetLine, Slot
@@ -20,18 +19,18 @@ class MemoryCounters:
 
     def _level(self, bucket: Bucket, now: float) -> float:
         state = self._buckets.get(bucket.key)
+        capacity = bucket.capacity
         if state is None:
-            return float(bucket.capacity)
-        tokens, then = state
-        return min(float(bucket.capacity), tokens + (now - then) * bucket.capacity / 60.0)
+            return capacity
+        level = state[0] + (now - state[1]) * capacity / 60.0
+        return capacity if level > capacity else level
 
     async def acquire(self, buckets: list[Bucket], slot: Slot | None) -> Admission:
         now = time.monotonic()
         levels = [self._level(b, now) for b in buckets]
-        for i, (bucket, level) in enumerate(zip(buckets, levels, strict=True)):
-            if level < bucket.cost:
-                rate = bucket.capacity / 60.0
-                return _admission(buckets, levels, i, (bucket.cost - level) / rate)
+        for i, bucket in enumerate(buckets):
+            if levels[i] < bucket.cost:
+                return _admission(buckets, levels, i, (bucket.cost - levels[i]) * 60.0 / bucket.capacity)
         if slot is not None:
             held = self._slots.setdefault(slot.key, {})
             for member in [m for m, expiry in held.items() if expiry <= now]:
@@ -78,6 +77,6 @@ class MemoryCounters:
 
 
 def _admission(buckets: list[Bucket], levels: list[float], denied: int | None, retry: float) -> Admission:
-    remaining = [max(0, math.floor(level)) for level in levels]
-    reset = [max(0.0, (b.capacity - level) * 60.0 / b.capacity) for b, level in zip(buckets, levels, strict=True)]
+    remaining = [int(level) if level > 0 else 0 for level in levels]
+    reset = [(b.capacity - level) * 60.0 / b.capacity for b, level in zip(buckets, levels, strict=True)]
     return Admission(denied=denied, retry_after=retry, remaining=remaining, reset_s=reset)

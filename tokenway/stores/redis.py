@@ -1,11 +1,12 @@
 """Counters shared by every gateway process through Redis: each check-and-take is one Lua script.
 
 Scripts read the clock with ``TIME`` on the Redis server, so replicas on hosts with skewed
-clocks still agree on a bucket's level. The client has short socket timeouts and a bounded pool
-of its own (the app's shared client may be used for blocking calls): a dead Redis costs at most
-a timeout; after three failures in a row ``CountersUnavailable`` is raised at once for a second,
-and the caller fails open or closed. Multi-key scripts keep all of a request's keys in one slot-free namespace; on Redis
-Cluster give the prefix a hash tag (``{tokenway}:``).
+clocks still agree on a bucket's level. A request makes at most four calls (take, reserve,
+settle the limits, settle the budget), each one script, all on one pipelined connection of
+their own (``redis_pipe``). A dead Redis costs at most a timeout; after three failures in a row
+``CountersUnavailable`` is raised at once for a second, and the caller fails open or closed.
+The counters need one Redis endpoint (a single node, or a managed primary behind one address):
+the connection does not follow Redis Cluster's MOVED redirects.
 """
 
 from __future__ import annotations
@@ -13,16 +14,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import redis.asyncio
-import redis.exceptions
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from tokenway.stores.base import Admission, Bucket, BudgetLine, CountersUnavailable, Slot
+from tokenway.stores.redis_pipe import PipelinedRedis, Script
 
 # KEYS: n bucket keys, then the slot key if any. ARGV: n, (capacity, cost) * n, slot limit, member, ttl ms.
 # Returns {denied (0: none, 1-based index), retry ms, (remaining, ms until full) * n}.
-_ACQUIRE = """
+_ACQUIRE = Script("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = tonumber(ARGV[1])
@@ -58,24 +55,30 @@ for i = 1, n do
   out[#out + 1] = math.ceil((cap - levels[i]) * 60000.0 / cap)
 end
 return out
-"""
+""")
 
-# KEYS: bucket. ARGV: capacity, delta. Tokens spent after the fact; the debt is bounded by one minute.
-_ADJUST = """
+# A request is over. KEYS: n token buckets, then its slot key if any. ARGV: n, (capacity, delta) * n,
+# slot member. Tokens spent after the fact go into the bucket even below zero; the debt is bounded by
+# one minute's capacity.
+_FINISH = Script("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cap, delta = tonumber(ARGV[1]), tonumber(ARGV[2])
-local s = redis.call('HMGET', KEYS[1], 't', 'ts')
-local level = cap
-if s[1] then level = math.min(cap, tonumber(s[1]) + (now - tonumber(s[2])) * cap / 60000.0) end
-level = math.max(level - delta, -cap)
-redis.call('HSET', KEYS[1], 't', tostring(level), 'ts', now)
-redis.call('PEXPIRE', KEYS[1], 60000 * 3)
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  local cap, delta = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local s = redis.call('HMGET', KEYS[i], 't', 'ts')
+  local level = cap
+  if s[1] then level = math.min(cap, tonumber(s[1]) + (now - tonumber(s[2])) * cap / 60000.0) end
+  level = math.max(level - delta, -cap)
+  redis.call('HSET', KEYS[i], 't', tostring(level), 'ts', now)
+  redis.call('PEXPIRE', KEYS[i], 60000 * 3)
+end
+if #KEYS > n then redis.call('ZREM', KEYS[n + 1], ARGV[2 * n + 2]) end
 return 1
-"""
+""")
 
 # KEYS: budget counters. ARGV: amount, (limit, ttl s) per key. All or nothing.
-_RESERVE = """
+_RESERVE = Script("""
 local amount = tonumber(ARGV[1])
 for i = 1, #KEYS do
   local used = tonumber(redis.call('GET', KEYS[i]) or '0')
@@ -87,36 +90,27 @@ for i = 1, #KEYS do
   if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) end
 end
 return {0, 0}
-"""
+""")
 
-_FAILURES = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+# KEYS: budget counters. ARGV: delta (actual cost minus the reservation).
+_SETTLE = Script("""
+for i = 1, #KEYS do redis.call('INCRBY', KEYS[i], ARGV[1]) end
+return 1
+""")
+
+_FAILURES = (OSError,)  # ConnectionError and TimeoutError included
 
 
 class RedisCounters:
-    def __init__(
-        self, url: str, prefix: str = "tokenway:", timeout_s: float = 1.0, pause_s: float = 1.0,
-        max_connections: int = 64,
-    ) -> None:
-        # A bounded pool: a burst of requests queues for a connection (at most ``timeout_s``) instead of
-        # opening hundreds of sockets at once, which is what makes Redis slow under a burst.
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=timeout_s, socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s, health_check_interval=0,
-        )
-        # No client-side retries: a retry after a timeout doubles the wait; the caller decides instead.
-        self._redis = redis.asyncio.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+    def __init__(self, url: str, prefix: str = "tokenway:", timeout_s: float = 1.0, pause_s: float = 1.0) -> None:
+        self._redis = PipelinedRedis(url, timeout_s=timeout_s)
         self._prefix = prefix
         self._pause_s = pause_s
         self._down_until = 0.0
         self._failures = 0  # in a row: one slow answer under load is not an outage
-        self._acquire = self._redis.register_script(_ACQUIRE)
-        self._adjust = self._redis.register_script(_ADJUST)
-        self._reserve = self._redis.register_script(_RESERVE)
 
-    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        if time.monotonic() < self._down_until:
-            raise CountersUnavailable("Redis was unreachable a moment ago")
-        return await self._call(script(keys=[self._prefix + k for k in keys], args=args))
+    async def _run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        return await self._call(self._redis.eval(script, [self._prefix + k for k in keys], args))
 
     async def acquire(self, buckets: list[Bucket], slot: Slot | None) -> Admission:
         keys = [b.key for b in buckets]
@@ -126,7 +120,7 @@ class RedisCounters:
         if slot is not None:
             keys.append(slot.key)
             args += [slot.limit, slot.member, slot.ttl_s * 1000]
-        raw = await self._run(self._acquire, keys, args)
+        raw = await self._run(_ACQUIRE, keys, args)
         denied = int(raw[0])
         levels = raw[2:]
         return Admission(
@@ -139,36 +133,34 @@ class RedisCounters:
     async def finish(self, slot: Slot | None, adjustments: list[tuple[Bucket, int]]) -> None:
         if slot is None and not adjustments:
             return
-        async with self._redis.pipeline(transaction=False) as pipe:  # one round trip for all of it
-            if slot is not None:
-                pipe.zrem(self._prefix + slot.key, slot.member)
-            for bucket, delta in adjustments:
-                # queued
-                await self._adjust(keys=[self._prefix + bucket.key], args=[bucket.capacity, delta], client=pipe)
-            await self._call(pipe.execute())
+        keys = [bucket.key for bucket, _ in adjustments]
+        args: list[Any] = [len(adjustments)]
+        for bucket, delta in adjustments:
+            args += [bucket.capacity, delta]
+        if slot is not None:
+            keys.append(slot.key)
+            args.append(slot.member)
+        await self._run(_FINISH, keys, args)
 
     async def reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
         args: list[Any] = [amount]
         for line in lines:
             args += [line.limit, line.ttl_s]
-        index, used = await self._run(self._reserve, [line.key for line in lines], args)
+        index, used = await self._run(_RESERVE, [line.key for line in lines], args)
         return (int(index) - 1 if index else None), int(used)
 
     async def settle(self, lines: list[BudgetLine], delta: int) -> None:
-        if delta == 0:
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for line in lines:
-                pipe.incrby(self._prefix + line.key, delta)
-            await self._call(pipe.execute())
+        if delta != 0:
+            await self._run(_SETTLE, [line.key for line in lines], [delta])
 
     async def committed(self, line: BudgetLine) -> int:
-        value = await self._call(self._redis.get(self._prefix + line.key))
+        value = await self._call(self._redis.call("GET", self._prefix + line.key))
         return int(value or 0)
 
     async def seed(self, line: BudgetLine, amount: int) -> None:
         # Redis keeps its own counters; the ledger only seeds a counter Redis has lost (e.g. after a flush).
-        await self._call(self._redis.set(self._prefix + line.key, amount, nx=True, ex=line.ttl_s or None))
+        expiry = ("EX", line.ttl_s) if line.ttl_s else ()
+        await self._call(self._redis.call("SET", self._prefix + line.key, amount, "NX", *expiry))
 
     async def _call(self, awaitable: Any) -> Any:
         if time.monotonic() < self._down_until:
