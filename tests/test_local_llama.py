@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,7 +28,13 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 QUESTION = [{"role": "user", "content": "Write a short poem about the sea."}]
 
 
+# The engine's converted copy of the bundled model, kept outside the repository and reused across runs
+# (it is named by the source file's hash).
+CONVERTED_MODELS = Path(tempfile.gettempdir()) / "tokenway-test-models"
+
+
 def make_provider(**options: Any) -> LocalProvider:
+    options.setdefault("requantize_dir", str(CONVERTED_MODELS))
     deployment = DeploymentConfig.model_validate({"provider": "local", "model": "local", **options})
     return LocalProvider(deployment, deployment.options, resources=None)  # type: ignore[arg-type]
 
@@ -150,6 +158,12 @@ async def test_n_choices_and_text_completion_stream(provider: LocalProvider) -> 
     chunks, raw = await read_stream(stream)
     assert raw.endswith(SSE_DONE) and all(c["object"] == "text_completion" for c in chunks)
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+async def test_a_bias_on_a_token_the_model_lacks_and_a_negative_seed_are_harmless(provider: LocalProvider) -> None:
+    body = await answer(provider, chat(max_tokens=3, seed=-1, logit_bias={"50256": -100}))
+    assert body["usage"]["completion_tokens"] == 3
+    assert (await answer(provider, chat(max_tokens=2)))["usage"]["completion_tokens"] == 2  # the engine still works
 
 
 async def test_unsupported_parameters_are_named_in_a_header(provider: LocalProvider) -> None:

@@ -104,6 +104,21 @@ async def test_greedy_is_deterministic_alone_and_in_a_batch(engine: Transformers
     assert first == second == [p.token_id for p in batched[0]]
 
 
+async def test_all_greedy_steps_take_the_argmax_with_the_same_tokens(engine: TransformersEngine) -> None:
+    assert engine._manager is not None
+    runner = engine._manager.batch_processor.model_runner
+    prompt = engine.text_prompt("Once upon a time")
+    greedy = request(prompt, max_tokens=12, temperature=0.0, ignore_eos=True)
+    alone = [p.token_id for p in await collect(engine, greedy)]
+    assert runner.do_sample is False  # its steps had only greedy rows
+    # Beside a sampled request the steps sample, the greedy row through top-p 0: the same tokens.
+    sampled = request(prompt, max_tokens=12, temperature=1.0, ignore_eos=True)
+    mixed = await asyncio.gather(collect(engine, greedy), collect(engine, sampled))
+    assert [p.token_id for p in mixed[0]] == alone
+    await collect(engine, sampled)
+    assert runner.do_sample is True
+
+
 async def test_requests_beyond_the_slots_queue_and_all_finish(engine: TransformersEngine) -> None:
     prompts = [engine.text_prompt(f"Request number {i} says hello") for i in range(SLOTS + QUEUE)]
     seen: list[EngineLoad] = []

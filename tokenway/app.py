@@ -156,7 +156,7 @@ class Gateway:
 
             self.redis = redis.asyncio.from_url(self.settings.redis_url)
         self.cache = await open_cache(self.config, self.redis)
-        resources = ProviderResources(http=self._http)
+        resources = ProviderResources(http=self._http, data_dir=self.settings.data_dir)
         table: dict[str, list[Deployment]] = {}
         for model in self.config.models:
             table[model.name] = [

@@ -9,7 +9,9 @@
 #   benchmarks/gpu/run_gpu_bench.sh [OUT_DIR]
 #
 # Knobs (env): PHASES, REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS, CONTEXT_WINDOW, MAX_BATCH_TOKENS,
-# PRESET (llama-8b | tiny), DEVICE, DTYPE, RAW_ARGS, PORT. A CPU smoke run of the whole pipeline:
+# PRESET (llama-8b | tiny), DEVICE, DTYPE, RAW_ARGS, PORT, PYSPY_S (seconds of py-spy on the server
+# during the gateway phase, from PYSPY_AFTER_S after it is ready; needs py-spy on PATH; off when
+# unset: it samples without stopping the process, but costs a core). A CPU smoke run of the whole pipeline:
 #   PRESET=tiny DEVICE=cpu DTYPE=float32 REQUESTS=16 INPUT_TOKENS=64 OUTPUT_TOKENS=16 \
 #   CONTEXT_WINDOW=128 RAW_ARGS="--num-blocks 128" benchmarks/gpu/run_gpu_bench.sh /tmp/smoke
 set -uo pipefail
@@ -61,13 +63,32 @@ EOF
   python3 -m tokenway check-config "$config" || return 1
   python3 -m tokenway serve --config "$config" --port "$PORT" >"$OUT_DIR/server.log" 2>&1 &
   local server=$!
+  local profiler=
+  if [ -n "${PYSPY_S:-}" ]; then
+    profile_server "$server" &
+    profiler=$!
+  fi
   python3 "$HERE/http_load.py" "${common[@]}" --model-name llama-8b-dummy \
     --base-url "http://127.0.0.1:$PORT" --server-pid "$server" --json "$OUT_DIR/gateway.json"
   local status=$?
+  [ -n "$profiler" ] && wait "$profiler"
   kill "$server" 2>/dev/null
   wait "$server" 2>/dev/null
   tail -n 5 "$OUT_DIR/server.log" | cut -c1-400
   return $status
+}
+
+# Samples of every thread of the server, idle ones included (a thread waiting for the GIL counts as
+# idle: idle samples in pure-Python frames of the batching thread are time lost to the event loop).
+profile_server() {
+  local ready="import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)"
+  until python3 -c "$ready" "http://127.0.0.1:$PORT/ready" 2>/dev/null; do
+    kill -0 "$1" 2>/dev/null || return 0
+    sleep 1
+  done
+  sleep "${PYSPY_AFTER_S:-30}"
+  py-spy record --pid "$1" --duration "$PYSPY_S" --rate 200 --threads --idle --nonblocking --format raw \
+    --output "$OUT_DIR/gateway-pyspy.txt" >"$OUT_DIR/pyspy.log" 2>&1 || tail -n 3 "$OUT_DIR/pyspy.log"
 }
 
 for phase in $PHASES; do

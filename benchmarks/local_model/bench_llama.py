@@ -52,13 +52,19 @@ async def main(args: argparse.Namespace) -> None:
     options: dict[str, Any] = {"slots": max(args.concurrency, 1), "context_window": args.context_window}
     if args.threads:
         options["threads"] = args.threads
+    if args.batch_tokens:
+        options["max_batch_tokens"] = args.batch_tokens
     if args.model_path:
         options["model_path"] = args.model_path
+    options["requantize"] = args.requantize
+    if args.requantize_dir:
+        options["requantize_dir"] = args.requantize_dir
     deployment = DeploymentConfig.model_validate({"provider": "local", "model": "local", **options})
     provider = LocalProvider(deployment, deployment.options, resources=None)  # type: ignore[arg-type]
     started = time.perf_counter()
     await provider.start()
-    print(f"start (load + warm-up): {time.perf_counter() - started:.2f}s   RSS after start: {rss_mb():.0f} MB")
+    print(f"{provider.engine.model_path}: start (load + warm-up): {time.perf_counter() - started:.2f}s   "  # type: ignore[attr-defined]
+          f"RSS after start: {rss_mb():.0f} MB")
     alone, ttfts, together = [], [], []
     for round_ in range(args.rounds):
         ttft, tokens = await one(provider, 16, seed=round_)
@@ -90,5 +96,9 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--context-window", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--batch-tokens", type=int, default=0, help="tokens per decode step (default: the engine's)")
     parser.add_argument("--model-path", help="a GGUF file (default: the bundled SmolLM2 Q4_1)")
+    parser.add_argument("--requantize", choices=("q4_0", "off"), default="q4_0",
+                        help="serve the bundled model from a copy in this format (the default) or as shipped")
+    parser.add_argument("--requantize-dir", help="where that copy is kept (default: <data_dir>/models)")
     asyncio.run(main(parser.parse_args()))

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict
 from tokenway.protocol import Usage
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import aiohttp
 
     from tokenway.config import DeploymentConfig
@@ -103,6 +105,7 @@ class ProviderResources:
     """What the app shares with every provider it builds (owned by the app's lifespan)."""
 
     http: aiohttp.ClientSession
+    data_dir: Path  # the app's data directory (e.g. the local engine keeps converted model files there)
 
 
 class ProviderOptions(BaseModel):

@@ -18,12 +18,14 @@ from typing import Any
 
 import llama_cpp as llama
 
+from tokenway.config import Settings
 from tokenway.errors import Overloaded
 from tokenway.providers.local.chat_template import ChatTemplate
 from tokenway.providers.local.engine import EngineLoad, GenerationRequest, SamplingParams, TokenPiece
 from tokenway.providers.local.llama_scheduler import BatchScheduler
 from tokenway.providers.local.model_files import resolve_gguf
 from tokenway.providers.local.options import LocalOptions
+from tokenway.providers.local.requantize import converted_copy
 
 log = logging.getLogger("tokenway.local.llama")
 
@@ -46,6 +48,11 @@ def _forward_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> 
 _LOG_CALLBACK = llama.llama_log_callback(_forward_llama_log)
 
 
+def _init_llama() -> None:
+    llama.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+    llama.llama_backend_init()
+
+
 class LlamaEngine:
     """``Engine`` over llama-cpp-python's low-level API (one context, one sequence per request)."""
 
@@ -66,16 +73,33 @@ class LlamaEngine:
     # ---- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.model_path = resolve_gguf(self.options.model_path)
+        source = resolve_gguf(self.options.model_path)
+        self.model_path = source
+        if self.options.model_path is None and self.options.requantize != "off":
+            self.model_path = await asyncio.to_thread(self._converted, source, self.options.requantize)
         await asyncio.to_thread(self._load)
         if self.options.warmup:
             await self._warm_up()
 
+    def _converted(self, source: Path, file_type: str) -> Path:
+        """The bundled model in a format llama.cpp batches well, or ``source`` if that fails."""
+        _init_llama()  # the quantizer logs too
+        directory = self.options.requantize_dir
+        where = Path(directory).expanduser() if directory else Settings().data_dir / "models"
+        try:
+            return converted_copy(source, where, file_type)
+        except (OSError, RuntimeError) as exc:
+            log.warning("serving %s as shipped: no %s copy (%s). Batched decoding will be ~2x slower; "
+                        "make %s writable, or set requantize: off to silence this.", source, file_type, exc, where)
+            return source
+
     def _load(self) -> None:
         started = time.perf_counter()
-        llama.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
-        llama.llama_backend_init()
+        _init_llama()
         model_params = llama.llama_model_default_params()
+        # Read the weights into memory rather than mapping the file: tensors repacked at load are
+        # copied out of the mapping, and its pages, read once, would stay resident as well (+57 MB).
+        model_params.load_mode = llama.LLAMA_LOAD_MODE_NONE
         self._model = llama.llama_model_load_from_file(str(self.model_path).encode(), model_params)
         if not self._model:
             raise RuntimeError(f"llama.cpp could not load {self.model_path}: is it a valid GGUF file?")

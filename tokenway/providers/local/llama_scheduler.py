@@ -4,7 +4,7 @@ Every sequence (one request) holds its tokens so far (prompt, then generated) an
 them are already in the KV cache; the input still to feed is ``tokens[n_past:]``. Each step
 builds one ``llama_batch`` with a token for every decoding sequence and prefill chunks of newly
 admitted ones, decodes it once, and samples the next token of each sequence whose input is all
-fed, with that sequence's own sampler chain. Requests are admitted as others finish.
+fed, with that sequence's own ``TokenSampler``. Requests are admitted as others finish.
 
 Each slot owns ``context_window`` cells of the KV cache (llama.cpp's per-sequence streams, not
 the unified cache). That costs memory for the worst case, but every sequence then sees the same
@@ -30,9 +30,11 @@ from collections.abc import Callable
 from typing import Any
 
 import llama_cpp as llama
+import numpy as np
 
 from tokenway.errors import GatewayError, Overloaded, UpstreamError
 from tokenway.providers.local.engine import EngineLoad, GenerationRequest, SamplingParams, TokenPiece
+from tokenway.providers.local.token_sampler import TokenSampler
 
 log = logging.getLogger("tokenway.local.llama")
 
@@ -52,7 +54,7 @@ class Sequence:
         "sampler", "seq_id", "tokens",
     )
 
-    def __init__(self, request: GenerationRequest, loop: AbstractEventLoop, put: Put) -> None:
+    def __init__(self, request: GenerationRequest, loop: AbstractEventLoop, put: Put, n_vocab: int) -> None:
         self.params: SamplingParams = request.params
         self.tokens: list[int] = list(request.prompt_tokens)
         self.deadline = request.deadline
@@ -61,7 +63,7 @@ class Sequence:
         self.n_past = 0  # tokens of ``tokens`` already in the KV cache
         self.n_fed = 0  # tokens added to the batch being decoded
         self.seq_id = -1
-        self.sampler: Any = None
+        self.sampler = TokenSampler(request.params, n_vocab)
         self.generated = 0
         self.cancelled = False
         # Token pieces can split a UTF-8 character; text is released once it is whole.
@@ -117,7 +119,7 @@ class BatchScheduler:
 
         ``put`` receives its token pieces, then an exception if it fails; it is called on ``loop``.
         """
-        seq = Sequence(request, loop, put)
+        seq = Sequence(request, loop, put, self._n_vocab)
         with self._cond:
             if self._broken is not None:
                 raise self._broken
@@ -194,7 +196,6 @@ class BatchScheduler:
         while self._waiting and self._free_ids:
             seq = self._waiting.popleft()
             seq.seq_id = self._free_ids.pop()
-            seq.sampler = self._new_sampler(seq.params)
             self._running.append(seq)
 
     def _step(self) -> None:
@@ -209,8 +210,8 @@ class BatchScheduler:
         for seq in self._running:
             seq.n_past += seq.n_fed
         for seq, index in outputs:
-            token = llama.llama_sampler_sample(seq.sampler, self._ctx, index)
-            self._accept(seq, token)
+            logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
+            self._accept(seq, seq.sampler.sample(logits))
 
     def _fill_batch(self) -> list[tuple[Sequence, int]]:
         """Put this step's tokens in the batch; returns the sequences to sample, by batch index."""
@@ -280,8 +281,6 @@ class BatchScheduler:
 
     def _release(self, seq: Sequence) -> None:
         llama.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
-        llama.llama_sampler_free(seq.sampler)
-        seq.sampler = None
         with self._cond:
             self._free_ids.append(seq.seq_id)
             self._running.remove(seq)
@@ -297,27 +296,6 @@ class BatchScheduler:
                 n = llama.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
             piece = self._pieces[token] = buf.raw[:n]
         return piece
-
-    def _new_sampler(self, params: SamplingParams) -> Any:
-        chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
-        if params.logit_bias:
-            biases = (llama.llama_logit_bias * len(params.logit_bias))(
-                *(llama.llama_logit_bias(token, bias) for token, bias in params.logit_bias.items())
-            )
-            llama.llama_sampler_chain_add(
-                chain, llama.llama_sampler_init_logit_bias(self._n_vocab, len(biases), biases)
-            )
-        if params.temperature <= 0.0:
-            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())
-            return chain
-        if params.top_k > 0:
-            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_top_k(params.top_k))
-        if params.top_p < 1.0:
-            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_top_p(params.top_p, 1))
-        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_temp(params.temperature))
-        seed = llama.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
-        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_dist(seed))
-        return chain
 
 
 def _seq_id(seq: Sequence) -> int:

@@ -20,6 +20,10 @@ class LocalOptions(ProviderOptions):
     queue_timeout_s: Annotated[float, Field(gt=0)] = 30.0  # longest wait for a slot; beyond: 503
     threads: Annotated[int, Field(ge=1)] | None = None  # CPU threads (default: all cores)
     warmup: bool = True
+    # llama, bundled model only: serve a copy converted to this weight format, which llama.cpp
+    # batches ~2x better on CPU (made once, on first start; see requantize.py). "off": as shipped.
+    requantize: Literal["q4_0", "off"] = "q4_0"
+    requantize_dir: str | None = None  # where that copy is kept (default: <data_dir>/models)
     # transformers engine only
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

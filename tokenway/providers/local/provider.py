@@ -73,6 +73,8 @@ class LocalProvider:
         self, deployment: DeploymentConfig, options: LocalOptions, resources: ProviderResources
     ) -> None:
         self.deployment = deployment
+        if options.requantize_dir is None and resources is not None:  # the app's data dir, not the env's
+            options = options.model_copy(update={"requantize_dir": str(resources.data_dir / "models")})
         self.options = options
         self.engine = load_engine(options)
         self._features: frozenset[str] = getattr(self.engine, "sampling_features", frozenset())

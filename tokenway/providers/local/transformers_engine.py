@@ -15,8 +15,8 @@ The manager's own default on CPU would take about 6.5 GB.
 
 Sampling: temperature and top_p are applied per request (transformers' per-request logits
 processors). Greedy decoding (temperature 0) is top_p 0, which keeps exactly the most likely
-token. A per-request ``seed`` cannot be honoured inside a shared batch; greedy output is
-deterministic regardless.
+token; a step whose requests are all greedy takes an argmax instead (``greedy_steps``). A per-request
+``seed`` cannot be honoured inside a shared batch; greedy output is deterministic regardless.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tokenway.errors import InvalidRequest, Overloaded, UpstreamError
+from tokenway.providers.local import greedy_steps
 from tokenway.providers.local.engine import EngineLoad, GenerationRequest, SamplingParams, TokenPiece
+from tokenway.providers.local.greedy_steps import GREEDY_TOP_P
 from tokenway.providers.local.options import LocalOptions
 
 if TYPE_CHECKING:
@@ -48,7 +50,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # add and a cancel that straddle that drain leave a live request): such a request is cancelled
 # again on its first output. After this, nothing more can arrive.
 CANCEL_GRACE_S = 60.0
-GREEDY_TOP_P = 0.0  # keeps only the most likely token: the top-p warper always keeps at least one
 RETRY_AFTER_S = 1.0
 # transformers' FIFO scheduler admits no new prefill once fewer than 15% of the blocks are free.
 SCHEDULER_SAFETY_MARGIN = 0.15
@@ -359,11 +360,12 @@ class TransformersEngine:
         # Allocates the cache here, so that running out of memory fails start() instead of the thread;
         # on GPU it also captures CUDA graphs when the attention implementation uses them.
         manager.warmup()
+        argmax = greedy_steps.install(manager)
         manager.start()
         self._manager = manager
         log.info(
             "transformers engine ready: %s on %s (%s, %s), attention %s, KV cache %d tokens, "
-            "%d slots, %d tokens per batch",
+            "%d slots, %d tokens per batch, all-greedy steps by argmax: %s",
             folder,
             device,
             dtype,
@@ -372,6 +374,7 @@ class TransformersEngine:
             num_blocks * block_size,
             options.slots,
             max_batch_tokens,
+            "yes" if argmax else "no (graphed or compiled steps)",
         )
 
 
