@@ -7,19 +7,16 @@ import secrets
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from tests.fakes import FakeUpstream
-from tests.servers import free_port, wait_until_ready
-from tokenway.app import Gateway, create_app
-from tokenway.config import Settings, parse_config
+from tests.servers import free_port, running_app, wait_until_ready
+from tokenway.app import Gateway
 
 MASTER = "sk-master-test"
 PG = "postgresql://127.0.0.1:5432/test"
@@ -56,24 +53,8 @@ def gateway(
     config_yaml: str, tmp: Path, master_key: str | None = MASTER, **settings: Any
 ) -> Iterator[tuple[str, Gateway]]:
     """A real uvicorn server in a thread; yields its base URL and the app."""
-    port = free_port()
-    app = create_app(
-        Settings(host="127.0.0.1", port=port, master_key=master_key, data_dir=tmp, **settings),
-        parse_config(config_yaml),
-    )
-    server = uvicorn.Server(uvicorn.Config(
-        app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", lifespan="on",
-        log_level="warning", access_log=False,
-    ))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    wait_until_ready(base, 60, thread.is_alive)
-    try:
-        yield base, app
-    finally:
-        server.should_exit = True
-        thread.join(15)
+    with running_app(config_yaml, master_key=master_key, data_dir=tmp, **settings) as served:
+        yield served
 
 
 @contextmanager

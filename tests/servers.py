@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -31,12 +32,13 @@ def running_gateway(config_yaml: str, *, master_key: str | None = None, wait_rea
 
 @contextmanager
 def running_app(
-    config_yaml: str, *, master_key: str | None = None, wait_ready: bool = True
+    config_yaml: str, *, master_key: str | None = None, wait_ready: bool = True, **settings: Any
 ) -> Iterator[tuple[str, Gateway]]:
-    """Like ``running_gateway``, and also yield the app object itself."""
+    """Like ``running_gateway``, and also yield the app object itself; ``settings`` are more ``Settings``."""
     port = free_port()
-    settings = Settings(host="127.0.0.1", port=port, master_key=master_key)
-    app = create_app(settings, parse_config(config_yaml))
+    app = create_app(
+        Settings(host="127.0.0.1", port=port, master_key=master_key, **settings), parse_config(config_yaml)
+    )
     server = uvicorn.Server(uvicorn.Config(
         app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", lifespan="on",
         log_level="warning", access_log=False,
@@ -60,7 +62,7 @@ def running_app(
         yield base, app
     finally:
         server.should_exit = True
-        thread.join(10)
+        thread.join(15)
 
 
 def wait_until_ready(base: str, timeout: float = 30.0, alive: Callable[[], bool] = lambda: True) -> None:

@@ -30,7 +30,8 @@ def _record(i: int, cost: int = 1000) -> UsageRecord:
 
 
 def test_records_survive_a_crash_and_are_replayed_once(tmp_path: Path) -> None:
-    # A process records three requests and dies before any flush (os._exit: no shutdown runs).
+    # A process records three requests and dies before any flush (os._exit: no shutdown runs). The
+    # lines reach the file at the end of the event loop's turn, so it dies one turn later.
     script = textwrap.dedent(f"""
         import asyncio, os
         from pathlib import Path
@@ -46,6 +47,7 @@ def test_records_survive_a_crash_and_are_replayed_once(tmp_path: Path) -> None:
             await ledger.start()
             for i in range(3):
                 ledger.record(_record(i))
+            await asyncio.sleep(0)
             os._exit(9)
 
         asyncio.run(main())
