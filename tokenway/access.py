@@ -65,6 +65,10 @@ class Access:
         self.rate_limits = RateLimits(self.counters, access, self.guard)
         self.budgets = Budgets(self.counters, access, self.guard)
 
+    def store_failures(self) -> int:
+        """Counter store calls that failed: on requests (the guard's count) and in settles sent after them."""
+        return self.guard.failures + self.counters.settle_failures
+
     async def start(self) -> None:
         await self.db.start()
         await self.ledger.start()  # replays write-ahead files of dead processes before anything is read

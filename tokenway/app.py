@@ -170,7 +170,7 @@ class Gateway:
             policies, upstream = [self.tracing.wrap(p) for p in policies], self.tracing.wrap_upstream(upstream)
         handler = compose(policies, upstream)
         self.metrics.add_collector(
-            LiveState(self._models, self.routing, self.route.queue_lengths, lambda: self.access.guard.failures)
+            LiveState(self._models, self.routing, self.route.queue_lengths, self.access.store_failures)
         )
         metrics = self.metrics if self.config.observability.metrics else None
         plane = DataPlane(self.config, handler, self.log, metrics, self.is_ready, self.tracing)

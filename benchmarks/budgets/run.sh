@@ -13,28 +13,18 @@ secs=${SECONDS_EACH:-10}; rounds=${ROUNDS:-3}; port=${PORT:-8301}
 run=$(mktemp -d); pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null; kill "$(cat "$run/nginx.pid" 2>/dev/null)" 2>/dev/null; rm -rf "$run"; }
 trap cleanup EXIT
-sed -e "s|/tmp/mockup/|$run/|g" -e "s|127.0.0.1:9101|127.0.0.1:9201|" "$shared/mock-upstream.nginx.conf" > "$run/nginx.conf"
+upstream_port=9201; source "$here/common.sh"
 # PIN=1: the gateways on core 0, nginx and wrk on core 1 (less noise from sharing a core with the load).
 gateway_cpu=(); load_cpu=()
 if [ "${PIN:-0}" = 1 ]; then gateway_cpu=(taskset -c 0); load_cpu=(taskset -c 1); fi
 "${load_cpu[@]}" nginx -c "$run/nginx.conf" -p "$run/"
-cat > "$run/tokenway.yaml" <<YAML
-models:
-  - name: mock-json
-    deployments:
-      - {provider: openai, api_base: "http://127.0.0.1:9201/json/v1", model: mock, price: {input_per_1m: 0.15, output_per_1m: 0.6}}
-logging: {requests: false}
-access: {redis_prefix: "tw-bench-$$:"}
-YAML
 start() { # port data-dir extra env...
   local port=$1 data=$2; shift 2
   "${gateway_cpu[@]}" env TOKENWAY_MASTER_KEY=sk-bench TOKENWAY_DATA_DIR="$data" "$@" \
     "$root/.venv/bin/tokenway" serve --config "$run/tokenway.yaml" --port "$port" --log-level warning >"$data.log" 2>&1 &
   pids+=($!)
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/ready" >/dev/null && return; sleep 0.1; done
-  echo "gateway did not start"; cat "$data.log"; exit 1
+  wait_ready "$port" "$data.log"
 }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }  # user + system time of a process, all threads
 measure() { # name port key gateway-pid
   local url="http://127.0.0.1:$2/v1/chat/completions" out before after redis_before redis_after requests
   BENCH_KEY=$3 BENCH_MODEL=mock-json BENCH_STREAM=false "${load_cpu[@]}" wrk -t1 -c64 -d2s -s "$shared/post.lua" "$url" >/dev/null  # warm-up
@@ -49,12 +39,6 @@ measure() { # name port key gateway-pid
     "$(awk '/Non-2xx/{print $5}' <<<"$out" | grep . || echo 0)" \
     "$(( (after - before) * 1000000 / ticks / requests ))" "$(( (redis_after - redis_before) * 1000000 / ticks / requests ))"
 }
-newkey() { # port
-  curl -sf -X POST "http://127.0.0.1:$1/admin/keys" -H "Authorization: Bearer sk-bench" \
-    -H 'content-type: application/json' \
-    -d '{"rpm": 100000000, "tpm": 1000000000, "budget": "1000000/day", "team": "bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'
-}
-ticks=$(getconf CLK_TCK); redis_pid=$(pgrep -o redis-server)
 start "$port" "$run/memory"; memory_pid=${pids[-1]}
 start "$((port + 1))" "$run/redis" TOKENWAY_REDIS_URL=redis://127.0.0.1:6379/0; redis_gateway_pid=${pids[-1]}
 memory_key=$(newkey "$port"); redis_key=$(newkey "$((port + 1))")

@@ -53,15 +53,15 @@ class RateLimits:
         self._counters = counters
         self._access = access
         self._guard = guard
+        self._plans: dict[str, tuple[KeyRecord, list[Bucket]]] = {}
 
     def buckets(self, ctx: RequestContext, call: Call, prompt_tokens: int) -> list[Bucket]:
         out: list[Bucket] = []
         key: KeyRecord | None = ctx.extra.get("key")
         if key is not None:
-            _add(out, "key", key.id, key.rpm, key.tpm, prompt_tokens)
-            team = self._access.teams.get(key.team or "")
-            if team is not None:
-                _add(out, "team", key.team or "", team.rpm, team.tpm, prompt_tokens)
+            for bucket in self._key_plan(key):  # requests cost 1; tokens cost this request's prompt
+                out.append(bucket if bucket.kind == "requests" else
+                           Bucket(bucket.key, bucket.capacity, prompt_tokens, "tokens", bucket.scope))
         elif ctx.key_alias is None and ctx.client_ip:  # anonymous: the caller is its address
             anonymous = self._access.anonymous
             _add(out, "ip", ctx.client_ip, anonymous.rpm, anonymous.tpm, prompt_tokens)
@@ -70,6 +70,19 @@ class RateLimits:
         if limit is not None:
             _add(out, "model", model, limit.rpm, limit.tpm, prompt_tokens)
         return out
+
+    def _key_plan(self, key: KeyRecord) -> list[Bucket]:
+        """The key's and its team's buckets, built once per key record (a changed key is a new record)."""
+        cached = self._plans.get(key.id)
+        if cached is not None and cached[0] is key:
+            return cached[1]
+        plan: list[Bucket] = []
+        _add(plan, "key", key.id, key.rpm, key.tpm, 0)
+        team = self._access.teams.get(key.team or "")
+        if team is not None:
+            _add(plan, "team", key.team or "", team.rpm, team.tpm, 0)
+        self._plans[key.id] = (key, plan)
+        return plan
 
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
         prompt_tokens = estimate_prompt_tokens(call)
@@ -134,19 +147,17 @@ _HEADER_NAMES = {
 
 def _headers(buckets: list[Bucket], admission: Admission) -> list[tuple[bytes, bytes]]:
     """OpenAI's headers for the tightest bucket (least left, as a share of its capacity) of each kind."""
+    remaining = admission.remaining
     tightest: dict[str, int] = {}
     for i, bucket in enumerate(buckets):
         j = tightest.get(bucket.kind)
-        if j is None or admission.remaining[i] * buckets[j].capacity < admission.remaining[j] * bucket.capacity:
+        if j is None or remaining[i] * buckets[j].capacity < remaining[j] * bucket.capacity:
             tightest[bucket.kind] = i
     out: list[tuple[bytes, bytes]] = []
     for kind, i in tightest.items():
-        limit, remaining, reset = _HEADER_NAMES[kind]
-        out += [
-            (limit, b"%d" % buckets[i].capacity),
-            (remaining, b"%d" % admission.remaining[i]),
-            (reset, _duration(admission.reset_s[i]).encode()),
-        ]
+        limit, left, reset = _HEADER_NAMES[kind]
+        out += ((limit, b"%d" % buckets[i].capacity), (left, b"%d" % remaining[i]),
+                (reset, _duration(admission.reset_s[i]).encode()))
     return out
 
 

@@ -34,6 +34,7 @@ class Call:
 
     kind: CallKind
     body: dict[str, Any]
+    prompt_estimate: int | None = None  # memo of usage.cost.estimate_prompt_tokens (limits and budgets both ask)
 
     @property
     def stream(self) -> bool:

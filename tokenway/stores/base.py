@@ -212,11 +212,14 @@ class BudgetLine:
 class Counters(Protocol):
     """Rate limits, concurrency slots and budget reservations; every check-and-take is one atomic op."""
 
+    settle_failures: int  # settles that failed after their request had ended (a store may send them late)
+
     async def acquire(self, buckets: list[Bucket], slot: Slot | None) -> Admission: ...
 
     async def finish(self, slot: Slot | None, adjustments: list[tuple[Bucket, int]]) -> None:
-        """A request is over, in one round trip: free its slot, and take ``delta`` more tokens from each
-        bucket (give back when negative) now that the real count is known; a bucket may go into debt."""
+        """A request is over: free its slot, and take ``delta`` more tokens from each bucket (give back
+        when negative) now that the real count is known; a bucket may go into debt. A shared store
+        may apply it a moment later, merged with other requests' settles."""
 
     async def reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
         """Reserve ``amount`` on every line or on none: (index of the line that is full, its committed)."""

@@ -16,6 +16,7 @@ class MemoryCounters:
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, monotonic time)
         self._slots: dict[str, dict[str, float]] = {}  # key -> member -> lease expiry
         self._budgets: dict[str, int] = {}
+        self.settle_failures = 0  # settles apply at once and cannot fail
 
     def _level(self, bucket: Bucket, now: float) -> float:
         state = self._buckets.get(bucket.key)
@@ -27,10 +28,23 @@ class MemoryCounters:
 
     async def acquire(self, buckets: list[Bucket], slot: Slot | None) -> Admission:
         now = time.monotonic()
-        levels = [self._level(b, now) for b in buckets]
-        for i, bucket in enumerate(buckets):
-            if levels[i] < bucket.cost:
-                return _admission(buckets, levels, i, (bucket.cost - levels[i]) * 60.0 / bucket.capacity)
+        states = self._buckets
+        levels = []
+        denied: int | None = None
+        for i, bucket in enumerate(buckets):  # the refill of _level, inlined: this runs on every request
+            capacity = bucket.capacity
+            state = states.get(bucket.key)
+            level: float = capacity
+            if state is not None:
+                level = state[0] + (now - state[1]) * capacity / 60.0
+                if level > capacity:
+                    level = capacity
+            levels.append(level)
+            if denied is None and level < bucket.cost:
+                denied = i
+        if denied is not None:
+            bucket = buckets[denied]
+            return _admission(buckets, levels, denied, (bucket.cost - levels[denied]) * 60.0 / bucket.capacity)
         if slot is not None:
             held = self._slots.setdefault(slot.key, {})
             for member in [m for m, expiry in held.items() if expiry <= now]:
@@ -40,7 +54,7 @@ class MemoryCounters:
             held[slot.member] = now + slot.ttl_s
         for i, bucket in enumerate(buckets):
             levels[i] -= bucket.cost
-            self._buckets[bucket.key] = (levels[i], now)
+            states[bucket.key] = (levels[i], now)
         return _admission(buckets, levels, None, 0.0)
 
     async def finish(self, slot: Slot | None, adjustments: list[tuple[Bucket, int]]) -> None:
@@ -77,6 +91,9 @@ class MemoryCounters:
 
 
 def _admission(buckets: list[Bucket], levels: list[float], denied: int | None, retry: float) -> Admission:
-    remaining = [int(level) if level > 0 else 0 for level in levels]
-    reset = [(b.capacity - level) * 60.0 / b.capacity for b, level in zip(buckets, levels, strict=True)]
+    remaining = []
+    reset = []
+    for bucket, level in zip(buckets, levels, strict=True):
+        remaining.append(int(level) if level > 0 else 0)
+        reset.append((bucket.capacity - level) * 60.0 / bucket.capacity)
     return Admission(denied=denied, retry_after=retry, remaining=remaining, reset_s=reset)

@@ -1,16 +1,19 @@
 """Counters shared by every gateway process through Redis: each check-and-take is one Lua script.
 
 Scripts read the clock with ``TIME`` on the Redis server, so replicas on hosts with skewed
-clocks still agree on a bucket's level. A request makes at most four calls (take, reserve,
-settle the limits, settle the budget), each one script, all on one pipelined connection of
-their own (``redis_pipe``). A dead Redis costs at most a timeout; after three failures in a row
-``CountersUnavailable`` is raised at once for a second, and the caller fails open or closed.
+clocks still agree on a bucket's level. A request makes at most two calls of its own (take
+from the buckets, reserve the budget), each one script, on one pipelined connection
+(``redis_pipe``); what requests give back when they end is merged per counter and sent as one
+script per event-loop turn, which no request waits for. A dead Redis costs at most a timeout;
+after three failures in a row ``CountersUnavailable`` is raised at once for a second, and the
+caller fails open or closed.
 The counters need one Redis endpoint (a single node, or a managed primary behind one address):
 the connection does not follow Redis Cluster's MOVED redirects.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -57,26 +60,6 @@ end
 return out
 """)
 
-# A request is over. KEYS: n token buckets, then its slot key if any. ARGV: n, (capacity, delta) * n,
-# slot member. Tokens spent after the fact go into the bucket even below zero; the debt is bounded by
-# one minute's capacity.
-_FINISH = Script("""
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = tonumber(ARGV[1])
-for i = 1, n do
-  local cap, delta = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  local s = redis.call('HMGET', KEYS[i], 't', 'ts')
-  local level = cap
-  if s[1] then level = math.min(cap, tonumber(s[1]) + (now - tonumber(s[2])) * cap / 60000.0) end
-  level = math.max(level - delta, -cap)
-  redis.call('HSET', KEYS[i], 't', tostring(level), 'ts', now)
-  redis.call('PEXPIRE', KEYS[i], 60000 * 3)
-end
-if #KEYS > n then redis.call('ZREM', KEYS[n + 1], ARGV[2 * n + 2]) end
-return 1
-""")
-
 # KEYS: budget counters. ARGV: amount, (limit, ttl s) per key. All or nothing.
 _RESERVE = Script("""
 local amount = tonumber(ARGV[1])
@@ -92,9 +75,27 @@ end
 return {0, 0}
 """)
 
-# KEYS: budget counters. ARGV: delta (actual cost minus the reservation).
+# Requests are over: everything finished during one event-loop turn, merged per counter.
+# KEYS: n token buckets, m slot keys, then budget counters. ARGV: n, m, (capacity, delta) * n,
+# slot member * m, delta per budget counter. Tokens spent after the fact go into the bucket even
+# below zero; the debt is bounded by one minute's capacity.
 _SETTLE = Script("""
-for i = 1, #KEYS do redis.call('INCRBY', KEYS[i], ARGV[1]) end
+local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
+if n > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  for i = 1, n do
+    local cap, delta = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
+    local s = redis.call('HMGET', KEYS[i], 't', 'ts')
+    local level = cap
+    if s[1] then level = math.min(cap, tonumber(s[1]) + (now - tonumber(s[2])) * cap / 60000.0) end
+    level = math.max(level - delta, -cap)
+    redis.call('HSET', KEYS[i], 't', tostring(level), 'ts', now)
+    redis.call('PEXPIRE', KEYS[i], 60000 * 3)
+  end
+end
+for j = 1, m do redis.call('ZREM', KEYS[n + j], ARGV[2 + 2 * n + j]) end
+for k = n + m + 1, #KEYS do redis.call('INCRBY', KEYS[k], ARGV[2 + n + k]) end
 return 1
 """)
 
@@ -108,6 +109,10 @@ class RedisCounters:
         self._pause_s = pause_s
         self._down_until = 0.0
         self._failures = 0  # in a row: one slow answer under load is not an outage
+        self._settling = _Settlements()
+        self._settle_scheduled = False
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self.settle_failures = 0  # settles are sent after their requests ended: counted, not raised
 
     async def _run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         return await self._call(self._redis.eval(script, [self._prefix + k for k in keys], args))
@@ -131,16 +136,13 @@ class RedisCounters:
         )
 
     async def finish(self, slot: Slot | None, adjustments: list[tuple[Bucket, int]]) -> None:
-        if slot is None and not adjustments:
-            return
-        keys = [bucket.key for bucket, _ in adjustments]
-        args: list[Any] = [len(adjustments)]
-        for bucket, delta in adjustments:
-            args += [bucket.capacity, delta]
         if slot is not None:
-            keys.append(slot.key)
-            args.append(slot.member)
-        await self._run(_FINISH, keys, args)
+            self._settling.slots.append((slot.key, slot.member))
+        for bucket, delta in adjustments:
+            entry = self._settling.tokens.get(bucket.key)
+            self._settling.tokens[bucket.key] = (bucket.capacity, delta + (entry[1] if entry else 0))
+        if slot is not None or adjustments:
+            self._settle_soon()
 
     async def reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
         args: list[Any] = [amount]
@@ -151,7 +153,38 @@ class RedisCounters:
 
     async def settle(self, lines: list[BudgetLine], delta: int) -> None:
         if delta != 0:
-            await self._run(_SETTLE, [line.key for line in lines], [delta])
+            budgets = self._settling.budgets
+            for line in lines:
+                budgets[line.key] = budgets.get(line.key, 0) + delta
+            self._settle_soon()
+
+    def _settle_soon(self) -> None:
+        # Settling answers nobody: whatever ends during this loop turn goes out as one script call
+        # (merged per counter) a turn or two later, and no request waits for it. Settles mostly give
+        # back (reservations are the worst case), so landing a moment late errs on the strict side.
+        if not self._settle_scheduled:
+            self._settle_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_settlements)
+
+    def _send_settlements(self) -> None:
+        self._settle_scheduled = False
+        batch, self._settling = self._settling, _Settlements()
+        if batch:
+            task = asyncio.ensure_future(self._settle_batch(batch))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _settle_batch(self, batch: _Settlements) -> None:
+        keys = [*batch.tokens, *(key for key, _ in batch.slots), *batch.budgets]
+        args: list[Any] = [len(batch.tokens), len(batch.slots)]
+        for capacity, delta in batch.tokens.values():
+            args += (capacity, delta)
+        args += [member for _, member in batch.slots]
+        args += batch.budgets.values()
+        try:
+            await self._run(_SETTLE, keys, args)
+        except CountersUnavailable:
+            self.settle_failures += 1
 
     async def committed(self, line: BudgetLine) -> int:
         value = await self._call(self._redis.call("GET", self._prefix + line.key))
@@ -177,5 +210,26 @@ class RedisCounters:
         self._failures = 0
         return result
 
+    async def flush(self) -> None:
+        """Send the settles not sent yet and wait until Redis has applied every settle sent so far."""
+        self._send_settlements()
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+
     async def aclose(self) -> None:
+        await self.flush()  # what ended last is settled before the connection goes
         await self._redis.aclose()
+
+
+class _Settlements:
+    """Settles not yet sent, merged per counter."""
+
+    __slots__ = ("budgets", "slots", "tokens")
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, tuple[int, int]] = {}  # bucket key -> (capacity, tokens to take)
+        self.slots: list[tuple[str, str]] = []  # (slot key, member) to free
+        self.budgets: dict[str, int] = {}  # budget counter -> nano-dollars to add
+
+    def __bool__(self) -> bool:
+        return bool(self.tokens or self.slots or self.budgets)

@@ -38,14 +38,17 @@ def usage_cost(price: Price, usage: Usage | None) -> int:
 
 def estimate_prompt_tokens(call: Call) -> int:
     """Characters / 4 plus per-message framing: a cheap estimate, settled to the real count afterwards."""
-    body = call.body
-    if call.kind == "chat":
-        messages = body.get("messages") or []
-        chars = sum(_chars(m.get("content")) for m in messages if isinstance(m, dict))
-        return -(-chars // 4) + 4 * len(messages) + 3
-    prompt = body.get("prompt")
-    chars = len(prompt) if isinstance(prompt, str) else sum(len(p) for p in prompt or [] if isinstance(p, str))
-    return -(-chars // 4) + 1
+    if call.prompt_estimate is None:
+        body = call.body
+        if call.kind == "chat":
+            messages = body.get("messages") or []
+            chars = sum(_chars(m.get("content")) for m in messages if isinstance(m, dict))
+            call.prompt_estimate = -(-chars // 4) + 4 * len(messages) + 3
+        else:
+            prompt = body.get("prompt")
+            chars = len(prompt) if isinstance(prompt, str) else sum(len(p) for p in prompt or [] if isinstance(p, str))
+            call.prompt_estimate = -(-chars // 4) + 1
+    return call.prompt_estimate
 
 
 def _chars(content: Any) -> int:

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Cost of keys + rate limits + budget reservation, counted in CPU instructions per request.
+# Throughput on a shared 2-core box moves by ±30% between windows (see RESULTS.md); the number of
+# instructions a process executes per request does not. Each gateway runs under valgrind's
+# callgrind, which counts every instruction of the process (all threads); wrk sends the same
+# requests as run.sh (c=64, the fixed-reply nginx upstream), counters are zeroed after a warm-up
+# and read after the measured window, and the count is divided by the requests wrk completed.
+#   master   master key: no key lookup, no limits, no budget (the usage ledger still records)
+#   embedded virtual key with rpm, tpm and a $/day budget; in-memory counters, SQLite
+#   master-r master key on the gateway that keeps its counters in Redis (that gateway's baseline)
+#   redis    the same key; counters in Redis (redis-server's own CPU is reported beside it)
+# Needs Debian's nginx, wrk and valgrind. Env: SECONDS_EACH (default 20), ROUNDS (default 2).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd); root=$(cd "$here/../.." && pwd); shared=$root/../shared/bench
+secs=${SECONDS_EACH:-20}; rounds=${ROUNDS:-2}; port=${PORT:-8311}
+run=$(mktemp -d); pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null; kill "$(cat "$run/nginx.pid" 2>/dev/null)" 2>/dev/null; rm -rf "$run"; }
+trap cleanup EXIT
+upstream_port=9211; source "$here/common.sh"
+nginx -c "$run/nginx.conf" -p "$run/"
+start() { # port data-dir extra env...
+  local port=$1 data=$2; shift 2
+  env TOKENWAY_MASTER_KEY=sk-bench TOKENWAY_DATA_DIR="$data" "$@" \
+    valgrind --tool=callgrind --callgrind-out-file="$data.cg" --dump-instr=no --collect-jumps=no \
+    "$root/.venv/bin/python" -m tokenway serve --config "$run/tokenway.yaml" --port "$port" --log-level warning \
+    >"$data.log" 2>&1 &
+  pids+=($!)
+  wait_ready "$port" "$data.log"
+}
+instructions() { # callgrind-out-file: the Ir total of the newest dump
+  awk '/^(summary|totals):/{print $2}' "$(ls -t "$1".* | head -1)" | tail -1
+}
+measure() { # name port key gateway-pid data-dir
+  local url="http://127.0.0.1:$2/v1/chat/completions" out requests ir redis_before redis_after
+  BENCH_KEY=$3 BENCH_MODEL=mock-json BENCH_STREAM=false wrk -t1 -c64 -d5s --timeout 60s -s "$shared/post.lua" "$url" >/dev/null
+  callgrind_control -z "$4" >/dev/null 2>&1
+  redis_before=$(cpu_ticks "$redis_pid")
+  out=$(BENCH_KEY=$3 BENCH_MODEL=mock-json BENCH_STREAM=false wrk -t1 -c64 -d"${secs}s" --timeout 60s -s "$shared/post.lua" "$url")
+  redis_after=$(cpu_ticks "$redis_pid")
+  callgrind_control -d "$4" >/dev/null 2>&1
+  requests=$(awk '/requests in/{print $1}' <<<"$out")
+  ir=$(instructions "$5.cg")
+  printf '%-9s requests=%-6s non2xx=%-4s instructions_per_request=%-9s redis_cpu_us_per_request=%s\n' "$1" "$requests" \
+    "$(awk '/Non-2xx/{print $5}' <<<"$out" | grep . || echo 0)" "$(( ir / requests ))" \
+    "$(( (redis_after - redis_before) * 1000000 / ticks / requests ))"
+}
+start "$port" "$run/memory"; memory_pid=${pids[-1]}
+start "$((port + 1))" "$run/redis" TOKENWAY_REDIS_URL=redis://127.0.0.1:6379/0; redis_gateway_pid=${pids[-1]}
+memory_key=$(newkey "$port"); redis_key=$(newkey "$((port + 1))")
+for round in $(seq "$rounds"); do
+  echo "round $round"
+  measure master "$port" sk-bench "$memory_pid" "$run/memory"
+  measure embedded "$port" "$memory_key" "$memory_pid" "$run/memory"
+  measure master-r "$((port + 1))" sk-bench "$redis_gateway_pid" "$run/redis"
+  measure redis "$((port + 1))" "$redis_key" "$redis_gateway_pid" "$run/redis"
+done
