@@ -96,12 +96,12 @@ async def test_memory_buckets_take_all_or_nothing_and_refill() -> None:
     denied = await counters.acquire([rpm, tpm], None)
     assert denied.denied == 1 and denied.retry_after == pytest.approx((80 - 20) / (100 / 60), rel=0.01)
     assert denied.remaining[0] == 59  # the refused request took nothing from the first bucket
-    await counters.finish(None, [(tpm, -60)])  # a settle that gives tokens back
+    counters.finish(None, [(tpm, -60)])  # a settle that gives tokens back
     assert (await counters.acquire([rpm, tpm], None)).denied is None
     slot = Slot("conc:key:a", 1, "r1")
     assert (await counters.acquire([], slot)).denied is None
     assert (await counters.acquire([], Slot("conc:key:a", 1, "r2"))).denied == 0
-    await counters.finish(slot, [])
+    counters.finish(slot, [])
     assert (await counters.acquire([], Slot("conc:key:a", 1, "r3"))).denied is None
     assert (await counters.acquire([Bucket("tpm:fast", 600, 600, "tokens", "key")], None)).denied is None
     five = Bucket("tpm:fast", 600, 5, "tokens", "key")  # refills 10 per second: 5 take 0.5 s

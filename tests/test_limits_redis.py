@@ -31,7 +31,7 @@ async def test_buckets_are_all_or_nothing_under_concurrency() -> None:
         denied = next(r for r in results if r.denied is not None)
         assert denied.denied == 0 and 0 < denied.retry_after <= 1.3
         assert 9_500 <= denied.remaining[1] <= 9_550  # the refused requests took no tokens (plus a refill)
-        await counters.finish(None, [(tpm, 500)])
+        counters.finish(None, [(tpm, 500)])
         await counters.flush()
         after = await counters.acquire([tpm], None)
         assert after.remaining[0] <= 10_000 - 1010 + 100
@@ -46,7 +46,7 @@ async def test_concurrency_slots_and_budget_reservations_are_atomic() -> None:
         results = await asyncio.gather(*(counters.acquire([], s) for s in slots))
         held = [s for s, r in zip(slots, results, strict=True) if r.denied is None]
         assert len(held) == 3
-        await counters.finish(held[0], [])
+        counters.finish(held[0], [])
         await counters.flush()
         assert (await counters.acquire([], Slot("conc:key:a", 3, "late"))).denied is None
 
@@ -57,7 +57,7 @@ async def test_concurrency_slots_and_budget_reservations_are_atomic() -> None:
         assert sum(full is None for full, _ in outcomes) == 5  # the team's $0.50 is the tighter one
         assert {full for full, _ in outcomes if full is not None} == {1}
         assert await counters.committed(key) == 500_000_000
-        await counters.settle([key, team], -60_000_000)
+        counters.settle([key, team], -60_000_000)
         await counters.flush()
         assert await counters.committed(team) == 440_000_000
     finally:
@@ -74,8 +74,8 @@ async def test_settles_of_one_loop_turn_are_merged_and_applied_exactly() -> None
         await asyncio.gather(*(counters.acquire([tpm], slot) for slot in slots))
         assert (await counters.reserve([line], 30 * 1_000_000))[0] is None
         for slot in slots:  # thirty requests end in the same loop turn
-            await counters.finish(slot, [(tpm, 100)])
-            await counters.settle([line], -400_000)
+            counters.finish(slot, [(tpm, 100)])
+            counters.settle([line], -400_000)
         await counters.flush()
         assert await counters.committed(line) == 30 * 600_000
         after = await counters.acquire([tpm], Slot("conc:key:m", 1, "next"))
@@ -88,7 +88,7 @@ async def test_settles_of_one_loop_turn_are_merged_and_applied_exactly() -> None
 async def test_a_settle_that_cannot_reach_redis_is_counted_not_raised() -> None:
     counters = RedisCounters(_dead_redis(), timeout_s=0.2)
     budget = Budget(amount=1.0, period="day")
-    await counters.settle([BudgetLine("budget:key:x:d", budget.nanos, 60, "key", budget)], -5)
+    counters.settle([BudgetLine("budget:key:x:d", budget.nanos, 60, "key", budget)], -5)
     await counters.flush()
     assert counters.settle_failures == 1
     await counters.aclose()

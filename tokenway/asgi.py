@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenway.errors import GatewayError, PayloadTooLarge
+
+if TYPE_CHECKING:
+    from tokenway.context import RequestContext
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -74,29 +77,37 @@ class cancel_on_disconnect:
     """Cancel the enclosed work the moment the client hangs up; raise ``ClientDisconnected`` then.
 
     Enter only after the request body has been read: from then on ``receive()`` returns only
-    when the client disconnects. A class, not ``@asynccontextmanager``: it is on every request.
+    when the client disconnects or the response is complete (the server says "disconnect" for
+    both). The watcher is never cancelled: it ends by itself when the server completes the
+    response, and once the response is out (``ctx.responded``) or the block has been left, a
+    "disconnect" is the normal end. Cancelling it instead left a cycle of exception, traceback
+    and frames behind on every request, which the garbage collector then had to find.
+    A class, not ``@asynccontextmanager``: it is on every request.
     """
 
-    __slots__ = ("_gone", "_receive", "_task", "_watcher")
+    __slots__ = ("_ctx", "_done", "_gone", "_receive", "_task", "_watcher")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, ctx: RequestContext) -> None:
         self._receive = receive
+        self._ctx = ctx
         self._gone = False
+        self._done = False
 
     async def __aenter__(self) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._task = task
-        self._watcher = asyncio.ensure_future(self._watch())
+        self._watcher = asyncio.ensure_future(self._watch())  # held: the loop keeps only weak references
 
     async def _watch(self) -> None:
         while (await self._receive())["type"] != "http.disconnect":
             pass
-        self._gone = True
-        self._task.cancel()
+        if not self._done and not self._ctx.responded:
+            self._gone = True
+            self._task.cancel()
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
-        self._watcher.cancel()
+        self._done = True
         if not self._gone:
             return False
         # The hang-up cancelled us: take the cancellation back and report it as what it is.

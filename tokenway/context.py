@@ -24,6 +24,7 @@ class RequestContext:
     deployment: str | None = None  # name of the deployment serving the call, for logs
     target: Any = None  # the ``Deployment`` chosen by routing for the current attempt
     stream: bool = False
+    responded: bool = False  # the last byte of the response was handed to the server
     status: int = 200
     error_type: str | None = None
     usage: Usage | None = None

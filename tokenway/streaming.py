@@ -49,7 +49,7 @@ class _Writer:
     async def body(self, data: bytes) -> None:
         # The block that carries [DONE] also ends the response: one write fewer per stream.
         if data.endswith(SSE_DONE):
-            self.finished = True
+            self.finished = self.ctx.responded = True
             await self.send({"type": "http.response.body", "body": data, "more_body": False})
         else:
             await self.send({"type": "http.response.body", "body": data, "more_body": True})
@@ -147,4 +147,5 @@ async def write_stream(
         ctx.usage = stream.usage
         await stream.aclose()
     if not writer.finished:
+        ctx.responded = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -118,7 +118,7 @@ class DataPlane:
             ctx.stream = call.stream
             if self._log.content:
                 ctx.extra["content"] = _content_for_log(call)
-            async with cancel_on_disconnect(receive):
+            async with cancel_on_disconnect(receive, ctx):
                 answer = await self._handle(ctx, call)
                 if simple:
                     answer = _simple_answer(answer, ctx)

@@ -86,9 +86,9 @@ class Budgets:
             answer = await next(ctx, call)
         except BaseException:
             # Nothing was served by this attempt: give it all back now (routing may try another).
-            await self._settle(ctx, lines, reserved, 0)
+            self._counters.settle(lines, -reserved)
             raise
-        ctx.defer(lambda c: self._settle(c, lines, reserved, self._actual(c, price, reserved)))
+        ctx.defer(lambda c: self._counters.settle(lines, self._actual(c, price, reserved) - reserved))
         return answer
 
     @staticmethod
@@ -98,13 +98,6 @@ class Budgets:
         cost = reserved if ctx.usage is None else usage_cost(price, ctx.usage)  # type: ignore[arg-type]
         ctx.extra["cost_nanos"] = cost
         return cost
-
-    async def _settle(self, ctx: RequestContext, lines: list[BudgetLine], reserved: int, actual: int) -> None:
-        try:
-            await self._counters.settle(lines, actual - reserved)
-        except CountersUnavailable as exc:
-            self._guard.failures += 1
-            ctx.extra["budget_settle_error"] = str(exc)
 
 
 def _exceeded(line: BudgetLine, used: int, needed: int) -> BudgetExceeded:

@@ -111,15 +111,12 @@ class RateLimits:
         ctx.defer(lambda c: self._settle(c, buckets, prompt_tokens, slot))
         return await next(ctx, call)
 
-    async def _settle(self, ctx: RequestContext, buckets: list[Bucket], estimate: int, slot: Slot | None) -> None:
+    def _settle(self, ctx: RequestContext, buckets: list[Bucket], estimate: int, slot: Slot | None) -> None:
         usage = ctx.usage
         delta = usage.prompt_tokens + usage.completion_tokens - estimate if usage is not None else 0
         adjustments = [(bucket, delta) for bucket in buckets if bucket.kind == "tokens"] if delta else []
-        try:
-            await self._counters.finish(slot, adjustments)
-        except CountersUnavailable as exc:
-            self._guard.failures += 1
-            ctx.extra["limits_settle_error"] = str(exc)
+        if adjustments or slot is not None:
+            self._counters.finish(slot, adjustments)
 
 
 def _add(out: list[Bucket], scope: str, name: str, rpm: int | None, tpm: int | None, prompt_tokens: int) -> None:

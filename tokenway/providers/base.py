@@ -89,14 +89,31 @@ class Stream:
         if self._closed:
             return
         self._closed = True
+        source, callbacks = self._source, self._on_close
+        # Let go of the source and the callbacks: both usually refer back to this stream (a
+        # generator's frame, a wrapper's ``outer``, a closure), and a cycle left behind on every
+        # request is work for the garbage collector, in pauses of milliseconds.
+        self._source, self._on_close = _ENDED, []
         try:
-            aclose = getattr(self._source, "aclose", None)
+            aclose = getattr(source, "aclose", None)
             if aclose is not None:
                 await aclose()
         finally:
-            for callback in reversed(self._on_close):
+            for callback in reversed(callbacks):
                 callback(self)
 
+
+class _Ended:
+    """The source of a closed stream: it has nothing more."""
+
+    def __aiter__(self) -> _Ended:
+        return self
+
+    async def __anext__(self) -> bytes:
+        raise StopAsyncIteration
+
+
+_ENDED = _Ended()
 
 Answer = Completion | Stream
 

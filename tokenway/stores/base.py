@@ -216,16 +216,17 @@ class Counters(Protocol):
 
     async def acquire(self, buckets: list[Bucket], slot: Slot | None) -> Admission: ...
 
-    async def finish(self, slot: Slot | None, adjustments: list[tuple[Bucket, int]]) -> None:
+    def finish(self, slot: Slot | None, adjustments: list[tuple[Bucket, int]]) -> None:
         """A request is over: free its slot, and take ``delta`` more tokens from each bucket (give back
-        when negative) now that the real count is known; a bucket may go into debt. A shared store
-        may apply it a moment later, merged with other requests' settles."""
+        when negative) now that the real count is known; a bucket may go into debt. Nobody waits for
+        it: a shared store applies it a moment later, merged with other requests' settles, and
+        counts a failure in ``settle_failures`` instead of raising."""
 
     async def reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
         """Reserve ``amount`` on every line or on none: (index of the line that is full, its committed)."""
 
-    async def settle(self, lines: list[BudgetLine], delta: int) -> None:
-        """Move every line by ``delta`` (actual cost minus what was reserved)."""
+    def settle(self, lines: list[BudgetLine], delta: int) -> None:
+        """Move every line by ``delta`` (actual cost minus what was reserved); like ``finish``, unawaited."""
 
     async def committed(self, line: BudgetLine) -> int: ...
 

@@ -57,7 +57,7 @@ class MemoryCounters:
             states[bucket.key] = (levels[i], now)
         return _admission(buckets, levels, None, 0.0)
 
-    async def finish(self, slot: Slot | None, adjustments: list[tuple[Bucket, int]]) -> None:
+    def finish(self, slot: Slot | None, adjustments: list[tuple[Bucket, int]]) -> None:
         if slot is not None:
             held = self._slots.get(slot.key)
             if held is not None:
@@ -76,7 +76,7 @@ class MemoryCounters:
             self._budgets[line.key] = self._budgets.get(line.key, 0) + amount
         return None, 0
 
-    async def settle(self, lines: list[BudgetLine], delta: int) -> None:
+    def settle(self, lines: list[BudgetLine], delta: int) -> None:
         for line in lines:
             self._budgets[line.key] = self._budgets.get(line.key, 0) + delta
 

@@ -135,7 +135,7 @@ class RedisCounters:
             reset_s=[int(v) / 1000.0 for v in levels[1::2]],
         )
 
-    async def finish(self, slot: Slot | None, adjustments: list[tuple[Bucket, int]]) -> None:
+    def finish(self, slot: Slot | None, adjustments: list[tuple[Bucket, int]]) -> None:
         if slot is not None:
             self._settling.slots.append((slot.key, slot.member))
         for bucket, delta in adjustments:
@@ -151,7 +151,7 @@ class RedisCounters:
         index, used = await self._run(_RESERVE, [line.key for line in lines], args)
         return (int(index) - 1 if index else None), int(used)
 
-    async def settle(self, lines: list[BudgetLine], delta: int) -> None:
+    def settle(self, lines: list[BudgetLine], delta: int) -> None:
         if delta != 0:
             budgets = self._settling.budgets
             for line in lines:
