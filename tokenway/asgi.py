@@ -79,8 +79,9 @@ class cancel_on_disconnect:
     Enter only after the request body has been read: from then on ``receive()`` returns only
     when the client disconnects or the response is complete (the server says "disconnect" for
     both). The watcher is never cancelled: it ends by itself when the server completes the
-    response, and once the response is out (``ctx.responded``) or the block has been left, a
-    "disconnect" is the normal end. Cancelling it instead left a cycle of exception, traceback
+    response (uvicorn, with either HTTP protocol, wakes a pending ``receive()`` then), and once
+    the response is out (``ctx.responded``) or the block has been left, a "disconnect" is the
+    normal end. Cancelling it instead left a cycle of exception, traceback
     and frames behind on every request, which the garbage collector then had to find.
     A class, not ``@asynccontextmanager``: it is on every request.
     """
