@@ -85,6 +85,21 @@ async def test_settles_of_one_loop_turn_are_merged_and_applied_exactly() -> None
         await counters.aclose()
 
 
+async def test_settles_still_queued_at_shutdown_are_sent_before_the_connection_closes() -> None:
+    prefix = f"tw-test-{secrets.token_hex(4)}:"
+    budget = Budget(amount=1.0, period="day")
+    line = BudgetLine("budget:key:s:d", budget.nanos, 60, "key", budget)
+    counters = RedisCounters(REDIS, prefix=prefix)
+    assert (await counters.reserve([line], 1_000_000))[0] is None
+    counters.settle([line], -250_000)  # queued for the next loop turn ...
+    await counters.aclose()  # ... which never comes before the close
+    again = RedisCounters(REDIS, prefix=prefix)
+    try:
+        assert await again.committed(line) == 750_000
+    finally:
+        await again.aclose()
+
+
 async def test_a_settle_that_cannot_reach_redis_is_counted_not_raised() -> None:
     counters = RedisCounters(_dead_redis(), timeout_s=0.2)
     budget = Budget(amount=1.0, period="day")
