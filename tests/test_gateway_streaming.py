@@ -140,3 +140,29 @@ def test_requests_leave_no_reference_cycles_behind(upstream: FakeUpstream) -> No
         http.close()
     assert left == []
     assert watching == 0
+
+
+def test_a_client_gone_before_a_non_streamed_answer_is_noticed_at_once(upstream: FakeUpstream) -> None:
+    # The backend would take 30 s; the client hangs up after 0.3 s. The gateway must stop waiting
+    # then (499 in its metrics, nothing left in flight), not when the backend finally answers.
+    import socket
+    from urllib.parse import urlsplit
+
+    with running_gateway(config(upstream, "hang")) as base:
+        parts = urlsplit(base)
+        body = json.dumps({"model": "m", "messages": MESSAGES}).encode()
+        with socket.create_connection((parts.hostname, parts.port)) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                         b"content-length: %d\r\n\r\n" % len(body) + body)
+            time.sleep(0.3)
+        started = time.monotonic()
+        metrics = ""
+        while time.monotonic() - started < 3:
+            metrics = httpx.get(base + "/metrics").text
+            if 'status_code="499"' in metrics:
+                break
+            time.sleep(0.05)
+        noticed = time.monotonic() - started
+    assert 'status_code="499"' in metrics
+    assert noticed < 1.0
+    assert 'tokenway_in_flight_requests{endpoint="chat"} 0.0' in metrics
