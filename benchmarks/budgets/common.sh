@@ -1,6 +1,10 @@
 # What run.sh and instructions.sh share: the fixed-reply nginx upstream, the gateway config, a
 # virtual key with rpm, tpm and a budget, and reading a process's CPU time. Sourced, not run.
-# Expects: root, shared, run (a temporary directory), upstream_port.
+# Expects: root, shared, upstream_port. Gives: run (a temporary folder, removed at exit with the
+# processes in pids and the nginx started there).
+run=$(mktemp -d); pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null; kill "$(cat "$run/nginx.pid" 2>/dev/null)" 2>/dev/null; rm -rf "$run"; }
+trap cleanup EXIT
 sed -e "s|/tmp/mockup/|$run/|g" -e "s|127.0.0.1:9101|127.0.0.1:$upstream_port|" "$shared/mock-upstream.nginx.conf" > "$run/nginx.conf"
 cat > "$run/tokenway.yaml" <<YAML
 models:

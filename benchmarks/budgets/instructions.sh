@@ -15,9 +15,6 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(cd "$here/../.." && pwd); shared=$root/../shared/bench
 secs=${SECONDS_EACH:-20}; rounds=${ROUNDS:-2}; port=${PORT:-8311}
-run=$(mktemp -d); pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null; kill "$(cat "$run/nginx.pid" 2>/dev/null)" 2>/dev/null; rm -rf "$run"; }
-trap cleanup EXIT
 upstream_port=9211; source "$here/common.sh"
 nginx -c "$run/nginx.conf" -p "$run/"
 start() { # port data-dir extra env...

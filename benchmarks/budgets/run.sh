@@ -10,9 +10,6 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(cd "$here/../.." && pwd); shared=$root/../shared/bench
 secs=${SECONDS_EACH:-10}; rounds=${ROUNDS:-3}; port=${PORT:-8301}
-run=$(mktemp -d); pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null; kill "$(cat "$run/nginx.pid" 2>/dev/null)" 2>/dev/null; rm -rf "$run"; }
-trap cleanup EXIT
 upstream_port=9201; source "$here/common.sh"
 # PIN=1: the gateways on core 0, nginx and wrk on core 1 (less noise from sharing a core with the load).
 gateway_cpu=(); load_cpu=()

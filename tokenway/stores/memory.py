@@ -28,23 +28,10 @@ class MemoryCounters:
 
     async def acquire(self, buckets: list[Bucket], slot: Slot | None) -> Admission:
         now = time.monotonic()
-        states = self._buckets
-        levels = []
-        denied: int | None = None
-        for i, bucket in enumerate(buckets):  # the refill of _level, inlined: this runs on every request
-            capacity = bucket.capacity
-            state = states.get(bucket.key)
-            level: float = capacity
-            if state is not None:
-                level = state[0] + (now - state[1]) * capacity / 60.0
-                if level > capacity:
-                    level = capacity
-            levels.append(level)
-            if denied is None and level < bucket.cost:
-                denied = i
-        if denied is not None:
-            bucket = buckets[denied]
-            return _admission(buckets, levels, denied, (bucket.cost - levels[denied]) * 60.0 / bucket.capacity)
+        levels = [self._level(b, now) for b in buckets]
+        for i, bucket in enumerate(buckets):
+            if levels[i] < bucket.cost:
+                return _admission(buckets, levels, i, (bucket.cost - levels[i]) * 60.0 / bucket.capacity)
         if slot is not None:
             held = self._slots.setdefault(slot.key, {})
             for member in [m for m, expiry in held.items() if expiry <= now]:
@@ -54,7 +41,7 @@ class MemoryCounters:
             held[slot.member] = now + slot.ttl_s
         for i, bucket in enumerate(buckets):
             levels[i] -= bucket.cost
-            states[bucket.key] = (levels[i], now)
+            self._buckets[bucket.key] = (levels[i], now)
         return _admission(buckets, levels, None, 0.0)
 
     def finish(self, slot: Slot | None, adjustments: list[tuple[Bucket, int]]) -> None:
