@@ -95,7 +95,7 @@ async def test_memory_buckets_take_all_or_nothing_and_refill() -> None:
     assert (await counters.acquire([rpm, tpm], None)).denied is None
     denied = await counters.acquire([rpm, tpm], None)
     assert denied.denied == 1 and denied.retry_after == pytest.approx((80 - 20) / (100 / 60), rel=0.01)
-    assert denied.remaining[0] == 59  # the refused request took nothing from the first bucket
+    assert int(denied.levels[0]) == 59  # the refused request took nothing from the first bucket
     counters.finish(None, [(tpm, -60)])  # a settle that gives tokens back
     assert (await counters.acquire([rpm, tpm], None)).denied is None
     slot = Slot("conc:key:a", 1, "r1")

@@ -30,11 +30,11 @@ async def test_buckets_are_all_or_nothing_under_concurrency() -> None:
         assert sum(r.denied is None for r in results) == 50
         denied = next(r for r in results if r.denied is not None)
         assert denied.denied == 0 and 0 < denied.retry_after <= 1.3
-        assert 9_500 <= denied.remaining[1] <= 9_550  # the refused requests took no tokens (plus a refill)
+        assert 9_500 <= denied.levels[1] <= 9_550  # the refused requests took no tokens (plus a refill)
         counters.finish(None, [(tpm, 500)])
         await counters.flush()
         after = await counters.acquire([tpm], None)
-        assert after.remaining[0] <= 10_000 - 1010 + 100
+        assert after.levels[0] <= 10_000 - 1010 + 100
     finally:
         await counters.aclose()
 
@@ -80,7 +80,7 @@ async def test_settles_of_one_loop_turn_are_merged_and_applied_exactly() -> None
         assert await counters.committed(line) == 30 * 600_000
         after = await counters.acquire([tpm], Slot("conc:key:m", 1, "next"))
         assert after.denied is None  # every slot was freed
-        assert 97_000 <= after.remaining[0] <= 97_000 + 100  # 3,000 taken, plus what refilled since
+        assert 97_000 <= after.levels[0] <= 97_000 + 100  # 3,000 taken, plus what refilled since
     finally:
         await counters.aclose()
 

@@ -10,6 +10,7 @@ from tokenway.errors import ModelNotFound
 from tokenway.providers.base import Provider
 from tokenway.routing.breaker import CircuitBreaker
 from tokenway.routing.options import BreakerConfig
+from tokenway.usage.cost import Rates, deployment_price
 
 _EWMA_ALPHA = 0.3  # weight of the newest sample: reacts within a few calls, smooths one-off spikes
 
@@ -38,6 +39,10 @@ class Deployment:
     picks: int = 0
     failures: int = 0
     on_release: Callable[[float], None] | None = None  # (seconds the slot was held): wakes the model's queue
+    rates: Rates = field(init=False)  # its price (configured or listed), as integers: budgets and the ledger use it
+
+    def __post_init__(self) -> None:
+        self.rates = Rates.of(deployment_price(self.config))
 
     @property
     def name(self) -> str:

@@ -19,7 +19,7 @@ from tokenway.policies.base import Handler
 from tokenway.policies.limits import StoreGuard
 from tokenway.providers.base import Answer, Call
 from tokenway.stores.base import NANOS_PER_DOLLAR, Budget, BudgetLine, Counters, CountersUnavailable, KeyRecord
-from tokenway.usage.cost import cost_nanos, deployment_price, estimate_prompt_tokens, usage_cost
+from tokenway.usage.cost import Rates, estimate_prompt_tokens
 from tokenway.usage.options import AccessConfig
 
 
@@ -67,12 +67,12 @@ class Budgets:
         lines = self.lines(key) if key is not None else []
         if not lines:
             return await next(ctx, call)
-        price = deployment_price(ctx.target.config)
+        rates: Rates = ctx.target.rates
         max_tokens = call.max_tokens
         if max_tokens is None:
             max_tokens = self._access.budget_max_tokens
             call.body["max_tokens"] = max_tokens
-        reserved = cost_nanos(price, estimate_prompt_tokens(call), max_tokens)
+        reserved = rates.nanos(estimate_prompt_tokens(call), max_tokens)
         if reserved == 0:  # a free deployment spends nothing
             return await next(ctx, call)
         try:
@@ -88,14 +88,14 @@ class Budgets:
             # Nothing was served by this attempt: give it all back now (routing may try another).
             self._counters.settle(lines, -reserved)
             raise
-        ctx.defer(lambda c: self._counters.settle(lines, self._actual(c, price, reserved) - reserved))
+        ctx.defer(lambda c: self._counters.settle(lines, self._actual(c, rates, reserved) - reserved))
         return answer
 
     @staticmethod
-    def _actual(ctx: RequestContext, price: object, reserved: int) -> int:
+    def _actual(ctx: RequestContext, rates: Rates, reserved: int) -> int:
         # A stream cut short before the backend reported usage is charged the reservation: the
         # tokens may well have been generated, and the reservation is the bound we promised.
-        cost = reserved if ctx.usage is None else usage_cost(price, ctx.usage)  # type: ignore[arg-type]
+        cost = reserved if ctx.usage is None else rates.usage_nanos(ctx.usage)
         ctx.extra["cost_nanos"] = cost
         return cost
 

@@ -9,7 +9,6 @@ from tokenway.ids import IdGenerator
 from tokenway.policies.base import Handler
 from tokenway.providers.base import Answer, Call
 from tokenway.stores.base import KeyRecord, UsageRecord
-from tokenway.usage.cost import deployment_price, usage_cost
 from tokenway.usage.ledger import Ledger
 
 
@@ -27,7 +26,7 @@ class RecordUsage:
         usage = ctx.usage
         cost = ctx.extra.get("cost_nanos")  # what the budget settled, when a budget applied
         if cost is None:
-            cost = usage_cost(deployment_price(ctx.target.config), usage) if ctx.target is not None else 0
+            cost = ctx.target.rates.usage_nanos(usage) if ctx.target is not None else 0
             ctx.extra["cost_nanos"] = cost  # the metrics count the same spend as the ledger
         self._ledger.record(UsageRecord(
             id=self._new_id(),

@@ -126,13 +126,12 @@ def _add(out: list[Bucket], scope: str, name: str, rpm: int | None, tpm: int | N
         out.append(Bucket("tpm:" + scope + ":" + name, tpm, prompt_tokens, "tokens", scope))
 
 
-def _duration(seconds: float) -> str:
-    """OpenAI's reset format: ``120ms``, ``17s``, ``6m0s``."""
-    if seconds < 1:
-        return f"{max(0, round(seconds * 1000))}ms"
-    whole = round(seconds)
-    minutes, secs = divmod(whole, 60)
-    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+def _duration(seconds: float) -> bytes:
+    """OpenAI's reset format: ``120ms``, ``17s``, ``6m0s`` (bytes: it is mostly a header value)."""
+    if seconds < 0.9995:
+        return b"%dms" % (seconds * 1000 + 0.5) if seconds > 0 else b"0ms"
+    whole = int(seconds + 0.5)
+    return b"%ds" % whole if whole < 60 else b"%dm%ds" % divmod(whole, 60)
 
 
 _HEADER_NAMES = {
@@ -144,17 +143,18 @@ _HEADER_NAMES = {
 
 def _headers(buckets: list[Bucket], admission: Admission) -> list[tuple[bytes, bytes]]:
     """OpenAI's headers for the tightest bucket (least left, as a share of its capacity) of each kind."""
-    remaining = admission.remaining
+    levels = admission.levels
     tightest: dict[str, int] = {}
     for i, bucket in enumerate(buckets):
         j = tightest.get(bucket.kind)
-        if j is None or remaining[i] * buckets[j].capacity < remaining[j] * bucket.capacity:
+        if j is None or levels[i] * buckets[j].capacity < levels[j] * bucket.capacity:
             tightest[bucket.kind] = i
     out: list[tuple[bytes, bytes]] = []
     for kind, i in tightest.items():
         limit, left, reset = _HEADER_NAMES[kind]
-        out += ((limit, b"%d" % buckets[i].capacity), (left, b"%d" % remaining[i]),
-                (reset, _duration(admission.reset_s[i]).encode()))
+        capacity, level = buckets[i].capacity, levels[i]
+        out += ((limit, b"%d" % capacity), (left, b"%d" % level if level > 0 else b"0"),
+                (reset, _duration((capacity - level) * 60.0 / capacity)))  # refills at capacity/min
     return out
 
 
@@ -170,6 +170,6 @@ def _denied(buckets: list[Bucket], admission: Admission, headers: list[tuple[byt
         per = "requests" if bucket.kind == "requests" else "tokens"
         message = (
             f"Rate limit reached for the {bucket.scope}: {bucket.capacity} {per} per minute. "
-            f"Retry in {_duration(retry)}."
+            f"Retry in {_duration(retry).decode()}."
         )
     return RateLimited(message, retry_after=retry, headers=extra)

@@ -194,8 +194,9 @@ class Slot:
 class Admission:
     denied: int | None  # index of the first bucket that said no; len(buckets) when the slot did
     retry_after: float  # seconds
-    remaining: list[int] = field(default_factory=list)  # per bucket, after this request
-    reset_s: list[float] = field(default_factory=list)  # per bucket: seconds until full again
+    # Per bucket, its level after this request (what is left; below zero while in debt). What the
+    # headers say, remaining and seconds until full, follows from it and the capacity.
+    levels: list[float] = field(default_factory=list)
 
 
 @dataclass(slots=True)

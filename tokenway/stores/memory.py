@@ -31,18 +31,18 @@ class MemoryCounters:
         levels = [self._level(b, now) for b in buckets]
         for i, bucket in enumerate(buckets):
             if levels[i] < bucket.cost:
-                return _admission(buckets, levels, i, (bucket.cost - levels[i]) * 60.0 / bucket.capacity)
+                return Admission(i, (bucket.cost - levels[i]) * 60.0 / bucket.capacity, levels)
         if slot is not None:
             held = self._slots.setdefault(slot.key, {})
             for member in [m for m, expiry in held.items() if expiry <= now]:
                 del held[member]
             if len(held) >= slot.limit:
-                return _admission(buckets, levels, len(buckets), 1.0)
+                return Admission(len(buckets), 1.0, levels)
             held[slot.member] = now + slot.ttl_s
         for i, bucket in enumerate(buckets):
             levels[i] -= bucket.cost
             self._buckets[bucket.key] = (levels[i], now)
-        return _admission(buckets, levels, None, 0.0)
+        return Admission(None, 0.0, levels)
 
     def finish(self, slot: Slot | None, adjustments: list[tuple[Bucket, int]]) -> None:
         if slot is not None:
@@ -76,11 +76,3 @@ class MemoryCounters:
     async def aclose(self) -> None:
         return None
 
-
-def _admission(buckets: list[Bucket], levels: list[float], denied: int | None, retry: float) -> Admission:
-    remaining = []
-    reset = []
-    for bucket, level in zip(buckets, levels, strict=True):
-        remaining.append(int(level) if level > 0 else 0)
-        reset.append((bucket.capacity - level) * 60.0 / bucket.capacity)
-    return Admission(denied=denied, retry_after=retry, remaining=remaining, reset_s=reset)

@@ -21,7 +21,7 @@ from tokenway.stores.base import Admission, Bucket, BudgetLine, CountersUnavaila
 from tokenway.stores.redis_pipe import PipelinedRedis, Script
 
 # KEYS: n bucket keys, then the slot key if any. ARGV: n, (capacity, cost) * n, slot limit, member, ttl ms.
-# Returns {denied (0: none, 1-based index), retry ms, (remaining, ms until full) * n}.
+# Returns {denied (0: none, 1-based index), retry ms, level * n} (levels rounded down by the reply).
 _ACQUIRE = Script("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -48,14 +48,12 @@ if denied == 0 and #KEYS > n then
 end
 local out = {denied, retry}
 for i = 1, n do
-  local cap = tonumber(ARGV[2 * i])
   if denied == 0 then
     levels[i] = levels[i] - tonumber(ARGV[2 * i + 1])
     redis.call('HSET', KEYS[i], 't', tostring(levels[i]), 'ts', now)
     redis.call('PEXPIRE', KEYS[i], 60000 * 2)
   end
-  out[#out + 1] = math.max(0, math.floor(levels[i]))
-  out[#out + 1] = math.ceil((cap - levels[i]) * 60000.0 / cap)
+  out[i + 2] = math.floor(levels[i])
 end
 return out
 """)
@@ -127,13 +125,7 @@ class RedisCounters:
             args += [slot.limit, slot.member, slot.ttl_s * 1000]
         raw = await self._run(_ACQUIRE, keys, args)
         denied = int(raw[0])
-        levels = raw[2:]
-        return Admission(
-            denied=denied - 1 if denied else None,
-            retry_after=int(raw[1]) / 1000.0,
-            remaining=[int(v) for v in levels[0::2]],
-            reset_s=[int(v) / 1000.0 for v in levels[1::2]],
-        )
+        return Admission(denied - 1 if denied else None, int(raw[1]) / 1000.0, raw[2:])
 
     def finish(self, slot: Slot | None, adjustments: list[tuple[Bucket, int]]) -> None:
         if slot is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from tokenway.config import DeploymentConfig, Price
@@ -20,20 +21,30 @@ def deployment_price(config: DeploymentConfig) -> Price:
     return Price(input_per_1m=listed[0], output_per_1m=listed[1])
 
 
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """A price as integers, femto-dollars (1e-15 USD) per token, so that the same tokens always
+    cost the same integer and budgets and the ledger add up exactly. Each deployment holds its
+    own, made once (``Deployment.rates``)."""
+
+    per_input: int
+    per_output: int
+
+    @classmethod
+    def of(cls, price: Price) -> Rates:
+        return cls(round(price.input_per_1m * 1_000_000_000), round(price.output_per_1m * 1_000_000_000))
+
+    def nanos(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """The cost in nano-dollars, rounded up."""
+        return -(-(prompt_tokens * self.per_input + completion_tokens * self.per_output) // 1_000_000)
+
+    def usage_nanos(self, usage: Usage | None) -> int:
+        return 0 if usage is None else self.nanos(usage.prompt_tokens, usage.completion_tokens)
+
+
 def cost_nanos(price: Price, prompt_tokens: int, completion_tokens: int) -> int:
-    """US dollars per 1M tokens times tokens, rounded up to a whole nano-dollar.
-
-    Prices are turned into integers (1e-15 USD per token) first, so the same tokens always cost
-    the same integer: budgets and the ledger add up exactly.
-    """
-    per_in = round(price.input_per_1m * 1_000_000_000)
-    per_out = round(price.output_per_1m * 1_000_000_000)
-    femto = prompt_tokens * per_in + completion_tokens * per_out
-    return -(-femto // 1_000_000)
-
-
-def usage_cost(price: Price, usage: Usage | None) -> int:
-    return 0 if usage is None else cost_nanos(price, usage.prompt_tokens, usage.completion_tokens)
+    """US dollars per 1M tokens times tokens, rounded up to a whole nano-dollar."""
+    return Rates.of(price).nanos(prompt_tokens, completion_tokens)
 
 
 def estimate_prompt_tokens(call: Call) -> int:
