@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tokenway.stores.base import Admission, Bucket, BudgetLine, CountersUnavailable, Slot
@@ -112,8 +113,8 @@ class RedisCounters:
         self._in_flight: set[asyncio.Task[None]] = set()
         self.settle_failures = 0  # settles are sent after their requests ended: counted, not raised
 
-    async def _run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        return await self._call(self._redis.eval(script, [self._prefix + k for k in keys], args))
+    def _run(self, script: Script, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        return self._call(self._redis.eval, script, [self._prefix + k for k in keys], args)
 
     async def acquire(self, buckets: list[Bucket], slot: Slot | None) -> Admission:
         keys = [b.key for b in buckets]
@@ -179,20 +180,19 @@ class RedisCounters:
             self.settle_failures += 1
 
     async def committed(self, line: BudgetLine) -> int:
-        value = await self._call(self._redis.call("GET", self._prefix + line.key))
+        value = await self._call(self._redis.call, "GET", self._prefix + line.key)
         return int(value or 0)
 
     async def seed(self, line: BudgetLine, amount: int) -> None:
         # Redis keeps its own counters; the ledger only seeds a counter Redis has lost (e.g. after a flush).
         expiry = ("EX", line.ttl_s) if line.ttl_s else ()
-        await self._call(self._redis.call("SET", self._prefix + line.key, amount, "NX", *expiry))
+        await self._call(self._redis.call, "SET", self._prefix + line.key, amount, "NX", *expiry)
 
-    async def _call(self, awaitable: Any) -> Any:
-        if time.monotonic() < self._down_until:
-            awaitable.close()
+    async def _call(self, send: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        if time.monotonic() < self._down_until:  # checked before anything is sent
             raise CountersUnavailable("Redis was unreachable a moment ago")
         try:
-            result = await awaitable
+            result = await send(*args)
         except _FAILURES as exc:
             self._failures += 1
             if self._failures >= 3:
