@@ -63,7 +63,7 @@ async def run_variant(name: str, extra_yaml: str, settings: dict[str, Any], key:
         while not app.ready:
             await asyncio.sleep(0.01)
         if key == "virtual":
-            key = await _virtual_key(app)
+            key = await create_virtual_key(app)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
         if key:
             headers.append((b"authorization", f"Bearer {key}".encode()))
@@ -103,7 +103,7 @@ async def run_variant(name: str, extra_yaml: str, settings: dict[str, Any], key:
     return per_request
 
 
-async def _virtual_key(app: Gateway) -> str:
+async def create_virtual_key(app: Gateway) -> str:
     from tokenway.access import key_record, new_key
 
     secret, key_id = new_key()
