@@ -24,14 +24,15 @@ from pathlib import Path
 import orjson
 import uvloop
 
+# The same config, request body and virtual key as policy_cost.py.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway_overhead"))
-from policy_cost import BASE, BODY, create_virtual_key  # noqa: E402  (the same config, body and key)
+from policy_cost import BASE, BODY, create_virtual_key
 
-from tokenway.app import Gateway  # noqa: E402
-from tokenway.config import Settings, parse_config  # noqa: E402
-from tokenway.context import RequestContext  # noqa: E402
-from tokenway.protocol import Usage  # noqa: E402
-from tokenway.providers.base import Call  # noqa: E402
+from tokenway.app import Gateway
+from tokenway.config import Settings, parse_config
+from tokenway.context import RequestContext
+from tokenway.protocol import Usage
+from tokenway.providers.base import Call
 
 CONCURRENCY = 64
 
