@@ -19,7 +19,7 @@ from tokenway.observability.logging import JsonLog
 from tokenway.prices import list_price
 from tokenway.stores.base import UsageRecord
 from tokenway.stores.sqlite import SqliteDatabase
-from tokenway.usage.cost import cost_nanos, deployment_price
+from tokenway.usage.cost import Rates, deployment_price
 from tokenway.usage.ledger import Ledger
 
 ADMIN = {"Authorization": f"Bearer {MASTER}"}
@@ -120,10 +120,10 @@ def test_usage_endpoints_group_by_key_team_model_day(upstream: FakeUpstream, tmp
 
 
 def test_cost_is_exact_integer_nanodollars() -> None:
-    assert cost_nanos(Price(input_per_1m=1.0, output_per_1m=2.0), 7, 6) == SERVED_COST
-    assert cost_nanos(Price(input_per_1m=0.075, output_per_1m=0.3), 1, 0) == 75
-    assert cost_nanos(Price(input_per_1m=0.0375, output_per_1m=0), 1, 0) == 38  # rounded up
-    assert cost_nanos(Price(input_per_1m=0.15, output_per_1m=0.6), 1_000_000, 1_000_000) == 750_000_000
+    assert Rates.of(Price(input_per_1m=1.0, output_per_1m=2.0)).nanos(7, 6) == SERVED_COST
+    assert Rates.of(Price(input_per_1m=0.075, output_per_1m=0.3)).nanos(1, 0) == 75
+    assert Rates.of(Price(input_per_1m=0.0375, output_per_1m=0)).nanos(1, 0) == 38  # rounded up
+    assert Rates.of(Price(input_per_1m=0.15, output_per_1m=0.6)).nanos(1_000_000, 1_000_000) == 750_000_000
 
 
 @pytest.mark.parametrize(("model", "price"), [

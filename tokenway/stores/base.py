@@ -8,7 +8,6 @@ sum of served costs and what a budget counted.
 from __future__ import annotations
 
 import calendar
-import functools
 import hashlib
 import re
 import time
@@ -51,7 +50,8 @@ class Budget(BaseModel):
         """The current period's name, part of the counter's key: a new period starts a new counter."""
         if self.period == "total":
             return "total"
-        return _period_label(self.period, int((now if now is not None else time.time()) // 86400))
+        moment = time.gmtime(now if now is not None else time.time())
+        return time.strftime("d%Y-%m-%d" if self.period == "day" else "m%Y-%m", moment)
 
     def ttl_s(self) -> int:
         """How long the counter must outlive its period (0: forever)."""
@@ -66,12 +66,6 @@ class Budget(BaseModel):
 
 
 _COUNTER_TTL_S = {"day": 2 * 86400, "month": 32 * 86400, "total": 0}
-
-
-@functools.lru_cache(maxsize=16)
-def _period_label(period: Period, day: int) -> str:
-    # Memoised: every budgeted request names its counter, and formatting a date costs more than the rest.
-    return time.strftime("d%Y-%m-%d" if period == "day" else "m%Y-%m", time.gmtime(day * 86400))
 
 
 class KeyRecord(BaseModel):

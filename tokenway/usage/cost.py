@@ -42,11 +42,6 @@ class Rates:
         return 0 if usage is None else self.nanos(usage.prompt_tokens, usage.completion_tokens)
 
 
-def cost_nanos(price: Price, prompt_tokens: int, completion_tokens: int) -> int:
-    """US dollars per 1M tokens times tokens, rounded up to a whole nano-dollar."""
-    return Rates.of(price).nanos(prompt_tokens, completion_tokens)
-
-
 def estimate_prompt_tokens(call: Call) -> int:
     """Characters / 4 plus per-message framing: a cheap estimate, settled to the real count afterwards."""
     if call.prompt_estimate is None:
