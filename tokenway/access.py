@@ -62,8 +62,8 @@ class Access:
         self.guard = StoreGuard(access.on_store_down == "open", log)
         self.authenticate = Authenticate(settings.master_key, self.keys)
         self.record = RecordUsage(self.ledger)
-        self.rate_limits = RateLimits(self.counters, access, self.guard)
-        self.budgets = Budgets(self.counters, access, self.guard)
+        self.budgets = Budgets(self.counters, access, self.guard, config.models)
+        self.rate_limits = RateLimits(self.counters, access, self.guard, self.budgets)
 
     def store_failures(self) -> int:
         """Counter store calls that failed: on requests (the guard's count) and in settles sent after them."""

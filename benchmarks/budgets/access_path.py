@@ -61,7 +61,7 @@ async def measure(rounds: int, requests: int, redis_url: str | None) -> None:
         async def one(key: str) -> None:
             ctx = RequestContext("req", "chat", api_key=key, client_ip="127.0.0.1")
             await access.authenticate(ctx, Call("chat", dict(body)), limited)
-            for finalizer in ctx.finalizers:
+            for finalizer in reversed(ctx.finalizers):  # the server's order
                 finalizer(ctx)
 
         async def cpu_per_request(key: str) -> float:

@@ -1,25 +1,39 @@
 """Budgets in money per key and team: reserve the worst case up front, settle to the real cost.
 
-After routing has picked a deployment (its price is the price), the request reserves
-``(estimated prompt + max_tokens)`` tokens at that price on every budget that applies, in one
-atomic operation (Lua on Redis, one uninterrupted call in memory): concurrent requests on any
-number of replicas can never commit more than a budget holds. When the request ends, whatever
-happened (success, upstream error, client hang-up), the reservation is settled to the real
-cost and the rest is given back. A budgeted request that names no ``max_tokens`` is given
-``access.budget_max_tokens``, so that the reservation really is the worst case.
+At admission, the request reserves ``(estimated prompt + max_tokens)`` tokens at the dearest
+price among its model's deployments on every budget that applies, in the same atomic operation
+that takes its rate limits (one Lua script on Redis, one uninterrupted call in memory):
+concurrent requests on any number of replicas can never commit more than a budget holds, and
+the request pays one store round trip, not two. Once routing has picked a deployment, the
+attempt draws on that reservation; a fallback to a dearer model first tops it up. When
+admission could not reserve (the budget looked spent at the dearest price), the attempt
+reserves at its own deployment's price and is refused if that does not fit either. When the
+request ends, whatever happened (success, upstream error, client hang-up, cache hit), the
+reservation is settled to the real cost and the rest is given back. A budgeted request that
+names no ``max_tokens`` is given ``access.budget_max_tokens``, so that the reservation really is
+the worst case.
 """
 
 from __future__ import annotations
 
 import time
 
+from tokenway.config import ModelConfig
 from tokenway.context import RequestContext
 from tokenway.errors import RateLimited
 from tokenway.policies.base import Handler
 from tokenway.policies.limits import StoreGuard
 from tokenway.providers.base import Answer, Call
-from tokenway.stores.base import NANOS_PER_DOLLAR, Budget, BudgetLine, Counters, CountersUnavailable, KeyRecord
-from tokenway.usage.cost import Rates, estimate_prompt_tokens
+from tokenway.stores.base import (
+    NANOS_PER_DOLLAR,
+    Budget,
+    BudgetLine,
+    Counters,
+    CountersUnavailable,
+    KeyRecord,
+    Reservation,
+)
+from tokenway.usage.cost import Rates, deployment_price, estimate_prompt_tokens
 from tokenway.usage.options import AccessConfig
 
 
@@ -44,14 +58,28 @@ def _line(scope: str, name: str, budget: Budget) -> BudgetLine:
     return BudgetLine(f"budget:{scope}:{name}:{budget.label()}", budget.nanos, budget.ttl_s(), scope, budget)
 
 
+class _Hold:
+    """The request's reservation taken at admission; attempts draw on it, it is settled once at the end."""
+
+    __slots__ = ("need", "rates", "reservation")
+
+    def __init__(self, reservation: Reservation) -> None:
+        self.reservation = reservation
+        self.rates: Rates | None = None  # the answering attempt's deployment's rates
+        self.need = 0  # ... and that attempt's own worst case
+
+
 class Budgets:
-    def __init__(self, counters: Counters, access: AccessConfig, guard: StoreGuard) -> None:
+    def __init__(self, counters: Counters, access: AccessConfig, guard: StoreGuard, models: list[ModelConfig]) -> None:
         self._counters = counters
         self._access = access
         self._guard = guard
         # key id -> (the record they were made for, UTC day number, lines): names are rebuilt only
         # when the key changes or a new day (a new counter) begins.
         self._lines: dict[str, tuple[KeyRecord, int, list[BudgetLine]]] = {}
+        # Per public model, rates no cheaper than any of its deployments: admission reserves at these
+        # before routing has chosen one.
+        self._dearest = {m.name: Rates.dearest([Rates.of(deployment_price(d)) for d in m.deployments]) for m in models}
 
     def lines(self, key: KeyRecord) -> list[BudgetLine]:
         day = int(time.time() // 86400)
@@ -61,6 +89,26 @@ class Budgets:
         lines = budget_lines(key, self._access)
         self._lines[key.id] = (key, day, lines)
         return lines
+
+    def reservation(self, ctx: RequestContext, call: Call) -> Reservation | None:
+        """What admission reserves for the whole request, with the rate limits in the same atomic step
+        (one store call instead of two): the worst case at the model's dearest deployment."""
+        key: KeyRecord | None = ctx.extra.get("key")
+        if key is None:
+            return None
+        lines = self.lines(key)
+        rates = self._dearest.get(call.body.get("model") or "")  # None for an unknown model: routing says 404
+        if not lines or rates is None:
+            return None
+        amount = rates.nanos(estimate_prompt_tokens(call), call.max_tokens or self._access.budget_max_tokens)
+        return Reservation(lines, amount) if amount else None
+
+    def held(self, ctx: RequestContext, reservation: Reservation) -> None:
+        """Admission took ``reservation``: the attempts draw on it, and it is settled when the request ends
+        (a cache hit, or no attempt answering, gives it all back)."""
+        hold = _Hold(reservation)
+        ctx.extra["budget_hold"] = hold
+        ctx.defer(lambda c: self._settle_hold(c, hold))
 
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
         key: KeyRecord | None = ctx.extra.get("key")
@@ -72,24 +120,50 @@ class Budgets:
         if max_tokens is None:
             max_tokens = self._access.budget_max_tokens
             call.body["max_tokens"] = max_tokens
-        reserved = rates.nanos(estimate_prompt_tokens(call), max_tokens)
-        if reserved == 0:  # a free deployment spends nothing
+        need = rates.nanos(estimate_prompt_tokens(call), max_tokens)
+        if need == 0:  # a free deployment spends nothing
             return await next(ctx, call)
-        try:
-            full, used = await self._counters.reserve(lines, reserved)
-        except CountersUnavailable as exc:
-            self._guard.unavailable(exc)
+        hold: _Hold | None = ctx.extra.get("budget_hold")
+        if hold is not None:
+            return await self._draw(ctx, call, next, hold, rates, need)
+        # Admission reserved nothing (the budget looked spent at the dearest price, or the store was
+        # down): reserve at this deployment's own price, and refuse if that does not fit either.
+        if not await self._reserve(lines, need):
             return await next(ctx, call)
-        if full is not None:
-            raise _exceeded(lines[full], used, reserved)
         try:
             answer = await next(ctx, call)
         except BaseException:
             # Nothing was served by this attempt: give it all back now (routing may try another).
-            self._counters.settle(lines, -reserved)
+            self._counters.settle(lines, -need)
             raise
-        ctx.defer(lambda c: self._counters.settle(lines, self._actual(c, rates, reserved) - reserved))
+        ctx.defer(lambda c: self._counters.settle(lines, self._actual(c, rates, need) - need))
         return answer
+
+    async def _draw(
+        self, ctx: RequestContext, call: Call, next: Handler, hold: _Hold, rates: Rates, need: int
+    ) -> Answer:
+        reservation = hold.reservation
+        short = need - reservation.amount
+        if short > 0 and await self._reserve(reservation.lines, short):  # a dearer fallback model: top it up
+            reservation.amount = need
+        answer = await next(ctx, call)  # a failed attempt keeps the hold for the next one
+        hold.rates, hold.need = rates, need
+        return answer
+
+    async def _reserve(self, lines: list[BudgetLine], amount: int) -> bool:
+        """Reserve ``amount`` on every line; False when the store is down and the guard serves anyway."""
+        try:
+            full, used = await self._counters.reserve(lines, amount)
+        except CountersUnavailable as exc:
+            self._guard.unavailable(exc)
+            return False
+        if full is not None:
+            raise _exceeded(lines[full], used, amount)
+        return True
+
+    def _settle_hold(self, ctx: RequestContext, hold: _Hold) -> None:
+        cost = 0 if hold.rates is None else self._actual(ctx, hold.rates, hold.need)
+        self._counters.settle(hold.reservation.lines, cost - hold.reservation.amount)
 
     @staticmethod
     def _actual(ctx: RequestContext, rates: Rates, reserved: int) -> int:

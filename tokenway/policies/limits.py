@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from typing import TYPE_CHECKING
 
 from tokenway.context import RequestContext
 from tokenway.errors import Overloaded, RateLimited
@@ -20,6 +21,9 @@ from tokenway.providers.base import Answer, Call
 from tokenway.stores.base import Admission, Bucket, Counters, CountersUnavailable, KeyRecord, Slot
 from tokenway.usage.cost import estimate_prompt_tokens
 from tokenway.usage.options import AccessConfig
+
+if TYPE_CHECKING:  # budget.py imports StoreGuard from here
+    from tokenway.policies.budget import Budgets
 
 
 class StoreGuard:
@@ -49,10 +53,11 @@ class StoreGuard:
 
 
 class RateLimits:
-    def __init__(self, counters: Counters, access: AccessConfig, guard: StoreGuard) -> None:
+    def __init__(self, counters: Counters, access: AccessConfig, guard: StoreGuard, budgets: Budgets) -> None:
         self._counters = counters
         self._access = access
         self._guard = guard
+        self._budgets = budgets  # their admission reservation is taken in the same store call
         self._plans: dict[str, tuple[KeyRecord, list[Bucket]]] = {}
 
     def buckets(self, ctx: RequestContext, call: Call, prompt_tokens: int) -> list[Bucket]:
@@ -91,7 +96,8 @@ class RateLimits:
         slot = None
         if key is not None and key.max_parallel:
             slot = Slot(f"conc:key:{key.id}", key.max_parallel, ctx.request_id + secrets.token_hex(4))
-        if not buckets and slot is None:
+        reservation = self._budgets.reservation(ctx, call)
+        if not buckets and slot is None and reservation is None:
             return await next(ctx, call)
         for bucket in buckets:
             if bucket.cost > bucket.capacity:  # waiting would never help: say so instead of "retry later"
@@ -100,7 +106,7 @@ class RateLimits:
                     f"{bucket.capacity} tokens per minute; send a shorter prompt.", code="tokens_exceeded",
                 )
         try:
-            admission = await self._counters.acquire(buckets, slot)
+            admission = await self._counters.acquire(buckets, slot, reservation)
         except CountersUnavailable as exc:
             self._guard.unavailable(exc)
             return await next(ctx, call)
@@ -108,6 +114,9 @@ class RateLimits:
         if admission.denied is not None:
             raise _denied(buckets, admission, headers)
         ctx.response_headers.extend(headers)
+        if admission.held:
+            assert reservation is not None
+            self._budgets.held(ctx, reservation)
         ctx.defer(lambda c: self._settle(c, buckets, prompt_tokens, slot))
         return await next(ctx, call)
 

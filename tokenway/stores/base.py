@@ -191,6 +191,7 @@ class Admission:
     # Per bucket, its level after this request (what is left; below zero while in debt). What the
     # headers say, remaining and seconds until full, follows from it and the capacity.
     levels: list[float] = field(default_factory=list)
+    held: bool = False  # the reservation asked for with the buckets was taken (it fits every budget line)
 
 
 @dataclass(slots=True)
@@ -204,12 +205,25 @@ class BudgetLine:
     budget: Budget
 
 
+@dataclass(slots=True)
+class Reservation:
+    """``amount`` nano-dollars held on every one of ``lines`` (a key's and its team's budget)."""
+
+    lines: list[BudgetLine]
+    amount: int
+
+
 class Counters(Protocol):
     """Rate limits, concurrency slots and budget reservations; every check-and-take is one atomic op."""
 
     settle_failures: int  # settles that failed after their request had ended (a store may send them late)
 
-    async def acquire(self, buckets: list[Bucket], slot: Slot | None) -> Admission: ...
+    async def acquire(
+        self, buckets: list[Bucket], slot: Slot | None, reservation: Reservation | None = None
+    ) -> Admission:
+        """Take ``cost`` from every bucket and the slot, or nothing. When they are taken, also reserve
+        ``reservation`` in the same atomic step if it fits every line (``Admission.held``); a budget that
+        does not fit refuses nothing here."""
 
     def finish(self, slot: Slot | None, adjustments: list[tuple[Bucket, int]]) -> None:
         """A request is over: free its slot, and take ``delta`` more tokens from each bucket (give back

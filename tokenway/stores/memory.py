@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from tokenway.stores.base import Admission, Bucket, BudgetLine, Slot
+from tokenway.stores.base import Admission, Bucket, BudgetLine, Reservation, Slot
 
 
 class MemoryCounters:
@@ -26,7 +26,9 @@ class MemoryCounters:
         level = state[0] + (now - state[1]) * capacity / 60.0
         return capacity if level > capacity else level
 
-    async def acquire(self, buckets: list[Bucket], slot: Slot | None) -> Admission:
+    async def acquire(
+        self, buckets: list[Bucket], slot: Slot | None, reservation: Reservation | None = None
+    ) -> Admission:
         now = time.monotonic()
         levels = [self._level(b, now) for b in buckets]
         for i, bucket in enumerate(buckets):
@@ -42,7 +44,8 @@ class MemoryCounters:
         for i, bucket in enumerate(buckets):
             levels[i] -= bucket.cost
             self._buckets[bucket.key] = (levels[i], now)
-        return Admission(None, 0.0, levels)
+        reserved = reservation is not None and self._reserve(reservation.lines, reservation.amount)[0] is None
+        return Admission(None, 0.0, levels, reserved)
 
     def finish(self, slot: Slot | None, adjustments: list[tuple[Bucket, int]]) -> None:
         if slot is not None:
@@ -55,6 +58,9 @@ class MemoryCounters:
             self._buckets[bucket.key] = (level, now)
 
     async def reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
+        return self._reserve(lines, amount)
+
+    def _reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
         for i, line in enumerate(lines):
             used = self._budgets.get(line.key, 0)
             if used + amount > line.limit:

@@ -1,12 +1,12 @@
 """Counters shared by every gateway process through Redis: each check-and-take is one Lua script.
 
 Scripts read the clock with ``TIME`` on the Redis server, so replicas on hosts with skewed
-clocks still agree on a bucket's level. A request makes at most two calls of its own (take
-from the buckets, reserve the budget), each one script, on one pipelined connection
-(``redis_pipe``); what requests give back when they end is merged per counter and sent as one
-script per event-loop turn, which no request waits for. A dead Redis costs at most a timeout;
-after three failures in a row ``CountersUnavailable`` is raised at once for a second, and the
-caller fails open or closed.
+clocks still agree on a bucket's level. A request makes one call of its own: one script takes
+from the buckets and reserves the budget (a second call only when a fallback needs more money),
+on one pipelined connection (``redis_pipe``). What requests give back when they end is merged
+per counter and sent as one script per event-loop turn, which no request waits for. A dead
+Redis costs at most a timeout; after three failures in a row ``CountersUnavailable`` is raised
+at once for a second, and the caller fails open or closed.
 The counters need one Redis endpoint (a single node, or a managed primary behind one address):
 the connection does not follow Redis Cluster's MOVED redirects.
 """
@@ -18,60 +18,77 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tokenway.stores.base import Admission, Bucket, BudgetLine, CountersUnavailable, Slot
+from tokenway.stores.base import Admission, Bucket, BudgetLine, CountersUnavailable, Reservation, Slot
 from tokenway.stores.redis_pipe import PipelinedRedis, Script
 
-# KEYS: n bucket keys, then the slot key if any. ARGV: n, (capacity, cost) * n, slot limit, member, ttl ms.
-# Returns {denied (0: none, 1-based index), retry ms, level * n} (levels rounded down by the reply).
-_ACQUIRE = Script("""
+# Reserves ARGV[a] nano-dollars on every budget counter from KEYS[k] on, or on none (limit
+# ARGV[a + 1 + 2j] and ttl s ARGV[a + 2 + 2j] for the j-th). Returns (1-based index of a full one, its used).
+_RESERVE_LUA = """
+local function reserve(k, a)
+  local amount = tonumber(ARGV[a])
+  for i = k, #KEYS do
+    local used = tonumber(redis.call('GET', KEYS[i]) or '0')
+    if used + amount > tonumber(ARGV[a + 1 + 2 * (i - k)]) then return i - k + 1, used end
+  end
+  for i = k, #KEYS do
+    redis.call('INCRBY', KEYS[i], amount)
+    local ttl = tonumber(ARGV[a + 2 + 2 * (i - k)])
+    if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) end
+  end
+  return 0, 0
+end
+"""
+
+# KEYS: n bucket keys, the slot key if s = 1, then budget counters. ARGV: n, s, (capacity, cost) * n,
+# slot limit, member, ttl ms (if s = 1), then the amount and (limit, ttl s) per budget counter.
+# Returns {denied (0: none, 1-based index), retry ms, held (1: the budget was reserved too), level * n}
+# (levels rounded down by the reply). The budget is only tried once the buckets and the slot said yes.
+_ACQUIRE = Script(_RESERVE_LUA + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = tonumber(ARGV[1])
+local n, s = tonumber(ARGV[1]), tonumber(ARGV[2])
 local levels, denied, retry = {}, 0, 0
 for i = 1, n do
-  local cap, cost = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local cap, cost = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
   local rate = cap / 60000.0
-  local s = redis.call('HMGET', KEYS[i], 't', 'ts')
+  local h = redis.call('HMGET', KEYS[i], 't', 'ts')
   local level = cap
-  if s[1] then level = math.min(cap, tonumber(s[1]) + (now - tonumber(s[2])) * rate) end
+  if h[1] then level = math.min(cap, tonumber(h[1]) + (now - tonumber(h[2])) * rate) end
   levels[i] = level
   if denied == 0 and level < cost then denied = i; retry = math.ceil((cost - level) / rate) end
 end
-if denied == 0 and #KEYS > n then
-  local key, limit, ttl = KEYS[n + 1], tonumber(ARGV[2 * n + 2]), tonumber(ARGV[2 * n + 4])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  if redis.call('ZCARD', key) >= limit then
-    denied = n + 1; retry = 1000
-  else
-    redis.call('ZADD', key, now + ttl, ARGV[2 * n + 3])
-    redis.call('PEXPIRE', key, ttl)
+local a = 3 + 2 * n
+if s == 1 then
+  if denied == 0 then
+    local key, limit, ttl = KEYS[n + 1], tonumber(ARGV[a]), tonumber(ARGV[a + 2])
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    if redis.call('ZCARD', key) >= limit then
+      denied = n + 1; retry = 1000
+    else
+      redis.call('ZADD', key, now + ttl, ARGV[a + 1])
+      redis.call('PEXPIRE', key, ttl)
+    end
   end
+  a = a + 3
 end
-local out = {denied, retry}
+local held = 0
+if denied == 0 and #KEYS > n + s and reserve(n + s + 1, a) == 0 then held = 1 end
+local out = {denied, retry, held}
 for i = 1, n do
   if denied == 0 then
-    levels[i] = levels[i] - tonumber(ARGV[2 * i + 1])
+    levels[i] = levels[i] - tonumber(ARGV[2 + 2 * i])
     redis.call('HSET', KEYS[i], 't', tostring(levels[i]), 'ts', now)
     redis.call('PEXPIRE', KEYS[i], 60000 * 2)
   end
-  out[i + 2] = math.floor(levels[i])
+  out[i + 3] = math.floor(levels[i])
 end
 return out
 """)
 
-# KEYS: budget counters. ARGV: amount, (limit, ttl s) per key. All or nothing.
-_RESERVE = Script("""
-local amount = tonumber(ARGV[1])
-for i = 1, #KEYS do
-  local used = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if used + amount > tonumber(ARGV[2 * i]) then return {i, used} end
-end
-for i = 1, #KEYS do
-  redis.call('INCRBY', KEYS[i], amount)
-  local ttl = tonumber(ARGV[2 * i + 1])
-  if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) end
-end
-return {0, 0}
+# KEYS: budget counters. ARGV: amount, (limit, ttl s) per key. All or nothing: {full (1-based), used}.
+_RESERVE = Script(_RESERVE_LUA + """
+local full, used = reserve(1, 1)
+return {full, used}
 """)
 
 # Requests are over: everything finished during one event-loop turn, merged per counter.
@@ -116,17 +133,22 @@ class RedisCounters:
     def _run(self, script: Script, keys: list[str], args: list[Any]) -> Awaitable[Any]:
         return self._call(self._redis.eval, script, [self._prefix + k for k in keys], args)
 
-    async def acquire(self, buckets: list[Bucket], slot: Slot | None) -> Admission:
+    async def acquire(
+        self, buckets: list[Bucket], slot: Slot | None, reservation: Reservation | None = None
+    ) -> Admission:
         keys = [b.key for b in buckets]
-        args: list[Any] = [len(buckets)]
+        args: list[Any] = [len(buckets), 0 if slot is None else 1]
         for bucket in buckets:
             args += [bucket.capacity, bucket.cost]
         if slot is not None:
             keys.append(slot.key)
             args += [slot.limit, slot.member, slot.ttl_s * 1000]
+        if reservation is not None:
+            keys += [line.key for line in reservation.lines]
+            args += _reserve_args(reservation.lines, reservation.amount)
         raw = await self._run(_ACQUIRE, keys, args)
         denied = int(raw[0])
-        return Admission(denied - 1 if denied else None, int(raw[1]) / 1000.0, raw[2:])
+        return Admission(denied - 1 if denied else None, int(raw[1]) / 1000.0, raw[3:], raw[2] == 1)
 
     def finish(self, slot: Slot | None, adjustments: list[tuple[Bucket, int]]) -> None:
         if slot is not None:
@@ -138,10 +160,7 @@ class RedisCounters:
             self._settle_soon()
 
     async def reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
-        args: list[Any] = [amount]
-        for line in lines:
-            args += [line.limit, line.ttl_s]
-        index, used = await self._run(_RESERVE, [line.key for line in lines], args)
+        index, used = await self._run(_RESERVE, [line.key for line in lines], _reserve_args(lines, amount))
         return (int(index) - 1 if index else None), int(used)
 
     def settle(self, lines: list[BudgetLine], delta: int) -> None:
@@ -211,6 +230,13 @@ class RedisCounters:
     async def aclose(self) -> None:
         await self.flush()  # what ended last is settled before the connection goes
         await self._redis.aclose()
+
+
+def _reserve_args(lines: list[BudgetLine], amount: int) -> list[Any]:
+    args: list[Any] = [amount]
+    for line in lines:
+        args += (line.limit, line.ttl_s)
+    return args
 
 
 class _Settlements:

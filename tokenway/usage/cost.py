@@ -34,6 +34,11 @@ class Rates:
     def of(cls, price: Price) -> Rates:
         return cls(round(price.input_per_1m * 1_000_000_000), round(price.output_per_1m * 1_000_000_000))
 
+    @classmethod
+    def dearest(cls, rates: list[Rates]) -> Rates:
+        """Rates no cheaper than any of ``rates`` for any tokens: a bound before the deployment is known."""
+        return cls(max((r.per_input for r in rates), default=0), max((r.per_output for r in rates), default=0))
+
     def nanos(self, prompt_tokens: int, completion_tokens: int) -> int:
         """The cost in nano-dollars, rounded up."""
         return -(-(prompt_tokens * self.per_input + completion_tokens * self.per_output) // 1_000_000)
