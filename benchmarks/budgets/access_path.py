@@ -1,6 +1,6 @@
 """The access policies alone, in-process: what a virtual key adds per request over the master key.
 
-    python benchmarks/budgets/access_path.py [--rounds 7] [--redis redis://127.0.0.1:6379/0]
+    python benchmarks/budgets/access_path.py [--rounds 7] [--redis redis://127.0.0.1:6379/0] [--concurrency 64]
 
 The gateway's own ``Authenticate``, ``RateLimits`` and ``Budgets`` run in their real order
 (budget after routing has set the target) around an instant backend, with their finalizers
@@ -9,6 +9,8 @@ The gateway's own ``Authenticate``, ``RateLimits`` and ``Budgets`` run in their 
 (``time.process_time``), alternating master key and virtual key each round, so the box's drift
 hits both. End-to-end req/s on a shared 2-core box moves by more than this whole path costs;
 this isolates it. With ``--redis``, the counters are in Redis (its own CPU is not counted).
+With ``--concurrency 1`` the wall time per request is also worth reading: it is the latency the
+access path adds, store round trips included.
 """
 
 from __future__ import annotations
@@ -34,10 +36,7 @@ from tokenway.context import RequestContext
 from tokenway.protocol import Usage
 from tokenway.providers.base import Call
 
-CONCURRENCY = 64
-
-
-async def measure(rounds: int, requests: int, redis_url: str | None) -> None:
+async def measure(rounds: int, requests: int, redis_url: str | None, concurrency: int) -> None:
     extra = {"redis_url": redis_url} if redis_url else {}
     with tempfile.TemporaryDirectory() as data_dir:
         app = Gateway(Settings(data_dir=Path(data_dir), master_key="sk-m", **extra),
@@ -64,25 +63,30 @@ async def measure(rounds: int, requests: int, redis_url: str | None) -> None:
             for finalizer in reversed(ctx.finalizers):  # the server's order
                 finalizer(ctx)
 
-        async def cpu_per_request(key: str) -> float:
-            started = time.process_time()
-            for _ in range(requests // CONCURRENCY):
-                await asyncio.gather(*(one(key) for _ in range(CONCURRENCY)))
-            return (time.process_time() - started) / requests * 1e6
+        async def per_request(key: str) -> tuple[float, float]:
+            """(CPU, wall) microseconds per request."""
+            cpu, wall = time.process_time(), time.perf_counter()
+            for _ in range(requests // concurrency):
+                await asyncio.gather(*(one(key) for _ in range(concurrency)))
+            done = requests // concurrency * concurrency
+            return (time.process_time() - cpu) / done * 1e6, (time.perf_counter() - wall) / done * 1e6
 
-        results: dict[str, list[float]] = {"master": [], "virtual": []}
+        results: dict[str, list[tuple[float, float]]] = {"master": [], "virtual": []}
         for key in ("sk-m", virtual):  # warm-up
-            await cpu_per_request(key)
+            await per_request(key)
         for _ in range(rounds):
-            results["master"].append(await cpu_per_request("sk-m"))
-            results["virtual"].append(await cpu_per_request(virtual))
+            results["master"].append(await per_request("sk-m"))
+            results["virtual"].append(await per_request(virtual))
         await app.shutdown()
     store = "Redis" if redis_url else "embedded"
-    for name, values in results.items():
-        print(f"{store:8s} {name:7s} CPU µs/request: median {statistics.median(values):6.2f}  min {min(values):6.2f}")
-    added = [v - m for m, v in zip(results["master"], results["virtual"], strict=True)]
-    print(f"{store:8s} a virtual key adds: median {statistics.median(added):.2f} µs, "
-          f"min over rounds {min(results['virtual']) - min(results['master']):.2f} µs")
+    for which, label in ((0, "CPU"), (1, "wall")):
+        master, virtual_key = ([r[which] for r in results[k]] for k in ("master", "virtual"))
+        for name, values in (("master", master), ("virtual", virtual_key)):
+            print(f"{store:8s} {name:7s} {label:4s} µs/request: median {statistics.median(values):7.2f}  "
+                  f"min {min(values):7.2f}")
+        added = [v - m for m, v in zip(master, virtual_key, strict=True)]
+        print(f"{store:8s} a virtual key adds ({label}): median {statistics.median(added):.2f} µs, "
+              f"min over rounds {min(virtual_key) - min(master):.2f} µs")
 
 
 def main() -> None:
@@ -90,8 +94,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=6400, help="per round and key")
     parser.add_argument("--redis", help="a Redis URL: counters there instead of in memory")
+    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (the server's c=64 by default)")
     args = parser.parse_args()
-    uvloop.run(measure(args.rounds, args.requests, args.redis))
+    uvloop.run(measure(args.rounds, args.requests, args.redis, args.concurrency))
 
 
 if __name__ == "__main__":
