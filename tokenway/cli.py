@@ -67,6 +67,8 @@ def check_config(path: Path) -> int:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from tokenway.http_protocol import CoalescingHttpToolsProtocol
+
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -102,7 +104,7 @@ def serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         loop="uvloop",
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,  # httptools, one send per response (tokenway/http_protocol.py)
         lifespan="on",
         access_log=False,
         log_level=args.log_level,
