@@ -25,15 +25,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_gateway(config_yaml: str, *, master_key: str | None = None, wait_ready: bool = True) -> Iterator[str]:
-    """Yield the gateway's base URL (``http://127.0.0.1:PORT``) while it serves ``config_yaml``."""
-    with running_app(config_yaml, master_key=master_key, wait_ready=wait_ready) as (base, _):
+def running_gateway(
+    config_yaml: str, *, master_key: str | None = None, wait_ready: bool = True, http: Any = CoalescingHttpToolsProtocol
+) -> Iterator[str]:
+    """Yield the gateway's base URL (``http://127.0.0.1:PORT``) while it serves ``config_yaml``.
+
+    ``http``: uvicorn's HTTP protocol; tokenway's own by default, as ``tokenway serve`` runs it."""
+    with running_app(config_yaml, master_key=master_key, wait_ready=wait_ready, http=http) as (base, _):
         yield base
 
 
 @contextmanager
 def running_app(
-    config_yaml: str, *, master_key: str | None = None, wait_ready: bool = True, **settings: Any
+    config_yaml: str, *, master_key: str | None = None, wait_ready: bool = True,
+    http: Any = CoalescingHttpToolsProtocol, **settings: Any
 ) -> Iterator[tuple[str, Gateway]]:
     """Like ``running_gateway``, and also yield the app object itself; ``settings`` are more ``Settings``."""
     port = free_port()
@@ -41,7 +46,7 @@ def running_app(
         Settings(host="127.0.0.1", port=port, master_key=master_key, **settings), parse_config(config_yaml)
     )
     server = uvicorn.Server(uvicorn.Config(
-        app, host="127.0.0.1", port=port, loop="uvloop", http=CoalescingHttpToolsProtocol, lifespan="on",
+        app, host="127.0.0.1", port=port, loop="uvloop", http=http, lifespan="on",
         log_level="warning", access_log=False,
     ))
     thread = threading.Thread(target=server.run, daemon=True)

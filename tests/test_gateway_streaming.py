@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from typing import Any
 
 import httpx
 import openai
@@ -13,6 +14,7 @@ import pytest
 from tests.fakes import WORDS, FakeUpstream
 from tests.servers import running_gateway
 from tests.test_gateway_openai import MESSAGES, client, config
+from tokenway.http_protocol import CoalescingHttpToolsProtocol
 
 STREAM = {"model": "m", "messages": MESSAGES, "stream": True}
 
@@ -82,9 +84,11 @@ def test_reset_mid_stream_ends_with_an_error_event(upstream: FakeUpstream) -> No
     assert contents[-1]["error"]["code"] == "upstream_error"
 
 
-def test_client_disconnect_cancels_the_upstream(upstream: FakeUpstream) -> None:
+# tokenway's own protocol calls the app back on a hang-up; under plain uvicorn a watcher task notices.
+@pytest.mark.parametrize("http", [CoalescingHttpToolsProtocol, "httptools"], ids=["tokenway", "uvicorn"])
+def test_client_disconnect_cancels_the_upstream(upstream: FakeUpstream, http: Any) -> None:
     upstream.chunk_delay = 0.2
-    with running_gateway(config(upstream, "ok")) as base:
+    with running_gateway(config(upstream, "ok"), http=http) as base:
         with httpx.stream("POST", base + "/v1/chat/completions", json=STREAM, timeout=10) as r:
             for line in r.iter_lines():
                 if line.startswith("data:"):

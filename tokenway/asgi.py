@@ -29,8 +29,20 @@ STREAM_HEADERS = [
 ]
 
 
+# An ASGI extension of tokenway's own server protocol (tokenway/http_protocol.py): a dict in
+# ``scope["extensions"]`` where the app may put ``"on_disconnect"``, a callable the server calls
+# when the client hangs up before the response is complete. It spares a watcher task per request.
+DISCONNECT_EXTENSION = "tokenway.disconnect"
+
+
 class ClientDisconnected(Exception):
     """The client went away before the response was complete."""
+
+
+def disconnect_hook(scope: Scope) -> dict[str, Any] | None:
+    """The server's hang-up hook for this request, when the server offers one."""
+    extensions = scope.get("extensions")
+    return extensions.get(DISCONNECT_EXTENSION) if extensions else None
 
 
 async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
@@ -76,21 +88,23 @@ async def send_error(send: Send, error: GatewayError, headers: list[tuple[bytes,
 class cancel_on_disconnect:
     """Cancel the enclosed work the moment the client hangs up; raise ``ClientDisconnected`` then.
 
-    Enter only after the request body has been read: from then on ``receive()`` returns only
-    when the client disconnects or the response is complete (the server says "disconnect" for
-    both). The watcher is never cancelled: it ends by itself when the server completes the
-    response (uvicorn, with either HTTP protocol, wakes a pending ``receive()`` then), and once
-    the response is out (``ctx.responded``) or the block has been left, a "disconnect" is the
-    normal end. Cancelling it instead left a cycle of exception, traceback
-    and frames behind on every request, which the garbage collector then had to find.
+    Enter only after the request body has been read. Where the server offers the hang-up hook
+    (``DISCONNECT_EXTENSION``), it calls back on the hang-up. Elsewhere a watcher task waits on
+    ``receive()``, which from then on returns only when the client disconnects or the response
+    is complete (the server says "disconnect" for both). The watcher is never cancelled: it ends
+    by itself when the server completes the response (uvicorn, with either HTTP protocol, wakes a
+    pending ``receive()`` then), and once the response is out (``ctx.responded``) or the block has
+    been left, a "disconnect" is the normal end. Cancelling it instead left a cycle of exception,
+    traceback and frames behind on every request, which the garbage collector then had to find.
     A class, not ``@asynccontextmanager``: it is on every request.
     """
 
-    __slots__ = ("_ctx", "_done", "_gone", "_receive", "_task", "_watcher")
+    __slots__ = ("_ctx", "_done", "_gone", "_hook", "_receive", "_task", "_watcher")
 
-    def __init__(self, receive: Receive, ctx: RequestContext) -> None:
+    def __init__(self, receive: Receive, ctx: RequestContext, hook: dict[str, Any] | None = None) -> None:
         self._receive = receive
         self._ctx = ctx
+        self._hook = hook
         self._gone = False
         self._done = False
 
@@ -98,17 +112,25 @@ class cancel_on_disconnect:
         task = asyncio.current_task()
         assert task is not None
         self._task = task
-        self._watcher = asyncio.ensure_future(self._watch())  # held: the loop keeps only weak references
+        if self._hook is not None:
+            self._hook["on_disconnect"] = self._hung_up
+        else:
+            self._watcher = asyncio.ensure_future(self._watch())  # held: the loop keeps only weak references
 
     async def _watch(self) -> None:
         while (await self._receive())["type"] != "http.disconnect":
             pass
+        self._hung_up()
+
+    def _hung_up(self) -> None:
         if not self._done and not self._ctx.responded:
             self._gone = True
             self._task.cancel()
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
         self._done = True
+        if self._hook is not None:
+            del self._hook["on_disconnect"]  # the server's scope must not keep this request's task alive
         if not self._gone:
             return False
         # The hang-up cancelled us: take the cancellation back and report it as what it is.

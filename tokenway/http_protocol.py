@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol, with the writes of one event-loop turn sent to the socket together.
+"""uvicorn's httptools protocol, with the writes of one event-loop turn sent to the socket together,
+and a hang-up callback for the app instead of a watcher task per request.
 
 uvicorn writes a response's status line and headers, then its body, each with its own
 ``transport.write``; on an idle socket each one is a ``send`` system call, and on a small JSON
@@ -14,6 +15,8 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from tokenway.asgi import DISCONNECT_EXTENSION
 
 
 class CoalescingTransport:
@@ -48,5 +51,20 @@ class CoalescingTransport:
 
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+    """Also offers the app a hang-up callback (``DISCONNECT_EXTENSION``) in every request's scope."""
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["extensions"] = {DISCONNECT_EXTENSION: {}}  # type: ignore[typeddict-unknown-key]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        super().connection_lost(exc)
+        if cycle is not None and not cycle.response_complete:
+            extensions: Any = cycle.scope.get("extensions")
+            on_disconnect = extensions[DISCONNECT_EXTENSION].get("on_disconnect")
+            if on_disconnect is not None:
+                on_disconnect()

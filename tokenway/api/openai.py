@@ -20,6 +20,7 @@ from tokenway.asgi import (
     Scope,
     Send,
     cancel_on_disconnect,
+    disconnect_hook,
     read_body,
     send_bytes,
     send_error,
@@ -89,17 +90,18 @@ class DataPlane:
         required: tuple[str, ...],
     ) -> None:
         ctx, declared_length = _context(scope, kind, self._new_request_id)
+        hook = disconnect_hook(scope)
         if self._tracing is None:
-            await self._respond(ctx, declared_length, receive, send, adapter, required)
+            await self._respond(ctx, declared_length, receive, send, hook, adapter, required)
             return
         with self._tracing.request_span(ctx) as span:
             ctx.extra["trace_id"] = self._tracing.trace_id(span)
-            await self._respond(ctx, declared_length, receive, send, adapter, required)
+            await self._respond(ctx, declared_length, receive, send, hook, adapter, required)
             self._tracing.finish_request(span, ctx)
 
     async def _respond(
         self, ctx: RequestContext, declared_length: int | None, receive: Receive, send: Send,
-        adapter: TypeAdapter[Any], required: tuple[str, ...],
+        hook: dict[str, Any] | None, adapter: TypeAdapter[Any], required: tuple[str, ...],
     ) -> None:
         kind = ctx.endpoint
         headers = [(b"x-request-id", ctx.request_id.encode())]
@@ -118,7 +120,7 @@ class DataPlane:
             ctx.stream = call.stream
             if self._log.content:
                 ctx.extra["content"] = _content_for_log(call)
-            async with cancel_on_disconnect(receive, ctx):
+            async with cancel_on_disconnect(receive, ctx, hook):
                 answer = await self._handle(ctx, call)
                 if simple:
                     answer = _simple_answer(answer, ctx)
