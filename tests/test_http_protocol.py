@@ -26,17 +26,20 @@ class RecordingTransport:
         return ("127.0.0.1", 1) if name == "peername" else None
 
 
-async def test_writes_of_one_turn_leave_together_and_close_flushes_first() -> None:
+async def test_a_head_leaves_with_its_body_and_a_lone_head_on_the_next_turn() -> None:
     inner = RecordingTransport()
     transport = CoalescingTransport(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
     transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert inner.writes == []  # held for the body
     transport.write(b"{}")
-    assert inner.writes == []  # nothing sent during the turn that wrote
+    assert inner.writes == [b"HTTP/1.1 200 OK\r\n\r\n{}"]  # one send, at once
+    transport.write(b"HTTP/1.1 200 OK\r\n\r\n")  # a stream's head, its first chunk not here yet
     await asyncio.sleep(0)
-    assert inner.writes == [b"HTTP/1.1 200 OK\r\n\r\n{}"]
+    assert inner.writes[1:] == [b"HTTP/1.1 200 OK\r\n\r\n"]  # sent on the next turn
     transport.write(b"data: 1\n\n")
-    await asyncio.sleep(0)
-    transport.write(b"data: 2\n\n")  # a later turn: a separate send, as a stream's chunks should be
-    transport.close()  # ... and closing sends what is still held before the FIN
-    assert inner.writes[1:] == [b"data: 1\n\n", b"data: 2\n\n"] and inner.closed
+    transport.write(b"data: 2\n\n")
+    assert inner.writes[2:] == [b"data: 1\n\n", b"data: 2\n\n"]  # chunks are never held
+    transport.write(b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
+    transport.close()  # closing sends what is still held before the FIN
+    assert inner.writes[-1].startswith(b"HTTP/1.1 500") and inner.closed
     assert transport.get_extra_info("peername") == ("127.0.0.1", 1)  # the rest is the real transport's

@@ -3,10 +3,11 @@ and a hang-up callback for the app instead of a watcher task per request.
 
 uvicorn writes a response's status line and headers, then its body, each with its own
 ``transport.write``; on an idle socket each one is a ``send`` system call, and on a small JSON
-answer the two calls cost more CPU than most of the gateway's own work. Here the writes made
-during one turn of the event loop are joined and sent once, at the start of the next turn: a
-non-streaming response leaves in one ``send``, and a stream's chunks still leave as they come
-(one turn later at most, before the loop next waits for I/O).
+answer the two calls cost more CPU than most of the gateway's own work. Here the head is held
+back and goes out with the first body write: a non-streaming response leaves in one ``send``.
+A head that no body follows in the same turn of the event loop (a stream waiting for its first
+chunk) is sent at the start of the next turn; body writes are never held, so a stream's chunks
+leave exactly when they are written.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from tokenway.asgi import DISCONNECT_EXTENSION
 
 
 class CoalescingTransport:
-    """Holds writes until the loop's next turn, then sends them in one call; the rest is the transport's."""
+    """Holds a response head back until the body's first write (or the loop's next turn); the rest is
+    the transport's."""
 
     __slots__ = ("_loop", "_pending", "_transport")
 
@@ -30,9 +32,15 @@ class CoalescingTransport:
         self._pending: list[bytes] = []
 
     def write(self, data: bytes) -> None:
-        if not self._pending:
+        pending = self._pending
+        if pending:
+            pending.append(data)
+            self.flush()
+        elif data.startswith(b"HTTP/"):  # a status line and headers: the body is likely written next
+            pending.append(data)
             self._loop.call_soon(self.flush)
-        self._pending.append(data)
+        else:
+            self._transport.write(data)
 
     def flush(self) -> None:
         pending = self._pending
