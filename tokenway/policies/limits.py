@@ -4,7 +4,9 @@ Every bucket a request touches is checked and taken in one atomic operation (a L
 Redis, one uninterrupted call in memory), so concurrent requests on any number of replicas
 cannot slip past a limit. Tokens per minute: the prompt is estimated (characters / 4) and
 taken at admission; the real prompt and completion tokens are settled when the request ends.
-Answers carry OpenAI's ``x-ratelimit-*`` headers for the tightest bucket of each kind.
+Answers carry OpenAI's ``x-ratelimit-*`` headers for the tightest bucket of each kind. The
+budget's admission reservation (``Budgets.reservation``) is taken in the same store call, so a
+budgeted request costs one round trip to Redis, not two.
 """
 
 from __future__ import annotations
