@@ -3,7 +3,8 @@
 # Same build, same upstream (the fixed-reply nginx of ../shared/bench on 127.0.0.1:9201), wrk c=64:
 #   master   master key: no key lookup, no limits, no budget (the usage ledger still records)
 #   embedded virtual key with rpm, tpm and a $/day budget; in-memory counters, SQLite
-#   redis    the same key; counters in Redis (four Lua calls per request on one pipelined connection)
+#   redis    the same key; counters in Redis (one Lua call per request before its answer, one settle
+#            after it, merged with other requests' settles, on one pipelined connection)
 # Two gateways run side by side (memory and Redis counters); the three variants are measured in turn,
 # ROUNDS times, so that the box's drift hits all three alike. Compare within a round.
 # Needs Debian's nginx and wrk. Env: SECONDS_EACH (default 10), ROUNDS (default 3), PIN (0).
