@@ -1,4 +1,4 @@
-"""The server protocol sends a response's head with its body and loses nothing on the way (pipelining, close, 100-continue)."""
+"""The server protocol sends a response's head with its body, and loses nothing on the way."""
 
 from __future__ import annotations
 
