@@ -100,7 +100,7 @@ class Budgets:
         rates = self._dearest.get(call.body.get("model") or "")  # None for an unknown model: routing says 404
         if not lines or rates is None:
             return None
-        amount = rates.nanos(estimate_prompt_tokens(call), call.max_tokens or self._access.budget_max_tokens)
+        amount = self._worst_case(rates, call)
         return Reservation(lines, amount) if amount else None
 
     def held(self, ctx: RequestContext, reservation: Reservation) -> None:
@@ -110,20 +110,25 @@ class Budgets:
         ctx.extra["budget_hold"] = hold
         ctx.defer(lambda c: self._settle_hold(c, hold))
 
+    def _worst_case(self, rates: Rates, call: Call) -> int:
+        """The estimated prompt plus every token the answer may have (``budget_max_tokens`` when unset)."""
+        return rates.nanos(estimate_prompt_tokens(call), call.max_tokens or self._access.budget_max_tokens)
+
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
-        key: KeyRecord | None = ctx.extra.get("key")
-        lines = self.lines(key) if key is not None else []
-        if not lines:
-            return await next(ctx, call)
+        hold: _Hold | None = ctx.extra.get("budget_hold")
+        if hold is not None:
+            lines = hold.reservation.lines
+        else:
+            key: KeyRecord | None = ctx.extra.get("key")
+            lines = self.lines(key) if key is not None else []
+            if not lines:
+                return await next(ctx, call)
+        if call.max_tokens is None:  # the backend must stop where the reservation does
+            call.body["max_tokens"] = self._access.budget_max_tokens
         rates: Rates = ctx.target.rates
-        max_tokens = call.max_tokens
-        if max_tokens is None:
-            max_tokens = self._access.budget_max_tokens
-            call.body["max_tokens"] = max_tokens
-        need = rates.nanos(estimate_prompt_tokens(call), max_tokens)
+        need = self._worst_case(rates, call)
         if need == 0:  # a free deployment spends nothing
             return await next(ctx, call)
-        hold: _Hold | None = ctx.extra.get("budget_hold")
         if hold is not None:
             return await self._draw(ctx, call, next, hold, rates, need)
         # Admission reserved nothing (the budget looked spent at the dearest price, or the store was
