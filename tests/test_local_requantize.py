@@ -107,7 +107,7 @@ async def test_the_gateway_keeps_the_copy_in_its_data_dir(tmp_path: Path) -> Non
     deployment = DeploymentConfig.model_validate({
         "provider": "local", "model": "local", "slots": 1, "context_window": 256, "warmup": False,
     })
-    resources = ProviderResources(http=None, data_dir=tmp_path / "data")  # type: ignore[arg-type]
+    resources = ProviderResources(http=None, upstream=None, data_dir=tmp_path / "data")  # type: ignore[arg-type]
     provider = LocalProvider(deployment, deployment.options, resources)
     await provider.start()
     try:

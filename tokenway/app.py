@@ -39,6 +39,7 @@ from tokenway.policies.resilience import Resilience
 from tokenway.policies.routing import Route
 from tokenway.providers.base import Answer, Call, Completion, ProviderResources
 from tokenway.providers.registry import provider_class
+from tokenway.providers.upstream import HttpClient
 from tokenway.routing.health import Monitors
 from tokenway.routing.stats import RoutingStats
 
@@ -81,6 +82,7 @@ class Gateway:
         self.routing = RoutingStats()  # routing decisions by reason (GET /admin/routing)
         self._monitors: Monitors | None = None
         self._http: aiohttp.ClientSession | None = None
+        self._upstream: HttpClient | None = None
         self.redis: Any = None  # redis.asyncio.Redis when TOKENWAY_REDIS_URL is set; shared by every store
         self.cache: ResponseCache | None = None  # None when caching is off for every model
         self._models = ModelTable({})
@@ -156,7 +158,8 @@ class Gateway:
 
             self.redis = redis.asyncio.from_url(self.settings.redis_url)
         self.cache = await open_cache(self.config, self.redis)
-        resources = ProviderResources(http=self._http, data_dir=self.settings.data_dir)
+        self._upstream = HttpClient()
+        resources = ProviderResources(http=self._http, upstream=self._upstream, data_dir=self.settings.data_dir)
         table: dict[str, list[Deployment]] = {}
         for model in self.config.models:
             table[model.name] = [
@@ -221,6 +224,8 @@ class Gateway:
         await asyncio.gather(*(d.provider.aclose() for d in self._models.all()), return_exceptions=True)
         if self._http is not None:
             await self._http.close()
+        if self._upstream is not None:
+            await self._upstream.aclose()
         await self.access.aclose()  # flushes the usage ledger
         if self.cache is not None:
             await self.cache.aclose()

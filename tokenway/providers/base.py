@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from tokenway.config import DeploymentConfig
     from tokenway.context import RequestContext
+    from tokenway.providers.upstream import HttpClient
 
 
 CallKind = Literal["chat", "completions"]
@@ -122,7 +123,8 @@ Answer = Completion | Stream
 class ProviderResources:
     """What the app shares with every provider it builds (owned by the app's lifespan)."""
 
-    http: aiohttp.ClientSession
+    http: aiohttp.ClientSession  # general-purpose: model lists, health checks, Ollama
+    upstream: HttpClient  # the relayed calls to OpenAI-compatible backends (the hot path)
     data_dir: Path  # the app's data directory (e.g. the local engine keeps converted model files there)
 
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import aiohttp
 
 from tokenway.config import DeploymentConfig
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
 
 
 def connect_timeout(deployment: DeploymentConfig) -> aiohttp.ClientTimeout:
@@ -14,7 +20,7 @@ def connect_timeout(deployment: DeploymentConfig) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, sock_connect=seconds, connect=seconds)
 
 
-def close_response(resp: aiohttp.ClientResponse | None) -> None:
+def close_response(resp: _Closable | None) -> None:
     """Drop a half-read answer's connection (it cannot be reused) after a failure."""
     if resp is not None:
         resp.close()

@@ -11,9 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
-import aiohttp
 import orjson
-from yarl import URL
 
 from tokenway.config import DeploymentConfig
 from tokenway.context import RequestContext
@@ -27,6 +25,14 @@ from tokenway.errors import (
 from tokenway.protocol import Usage, iter_sse_data
 from tokenway.providers.base import Answer, Call, Completion, ProviderOptions, ProviderResources, Stream
 from tokenway.providers.http import close_response, connect_timeout
+from tokenway.providers.upstream import (
+    BadResponse,
+    Endpoint,
+    HttpClient,
+    Response,
+    UpstreamHttpError,
+    render_headers,
+)
 
 
 class OpenAICompatOptions(ProviderOptions):
@@ -45,15 +51,17 @@ class OpenAICompatProvider:
         assert isinstance(options, OpenAICompatOptions)
         self.deployment = deployment
         self.options = options
-        self._http = resources.http
+        self._http = resources.http  # off the hot path: the model list
+        self._upstream: HttpClient = resources.upstream
         self._base = deployment.api_base.rstrip("/")
-        # Parsed once: aiohttp would otherwise parse the URL string on every call.
-        self._urls = {path: URL(self._base + path) for path in ("/chat/completions", "/completions")}
+        self._endpoints = {path: Endpoint(self._base + path) for path in ("/chat/completions", "/completions")}
         headers = {"content-type": "application/json", **deployment.headers}
         key = deployment.api_key()
         if key:
             headers["authorization"] = f"Bearer {key}"
         self._headers = headers
+        # Rendered once; each call adds only its request id (and trace headers when tracing is on).
+        self._header_lines = render_headers({k: v for k, v in headers.items() if k.lower() != "x-request-id"})
         self._timeout = connect_timeout(deployment)
 
     async def start(self) -> None:
@@ -80,36 +88,33 @@ class OpenAICompatProvider:
         if call.stream and self.options.stream_usage and not call.include_usage:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
             strip_usage = True
-        headers = {**self._headers, **ctx.upstream_headers, "x-request-id": ctx.request_id}
+        if ctx.upstream_headers:
+            headers = render_headers({**self._headers, **ctx.upstream_headers, "x-request-id": ctx.request_id})
+        else:  # the request id was checked on the way in (printable ASCII only)
+            headers = b"%sx-request-id: %s\r\n" % (self._header_lines, ctx.request_id.encode())
         first_byte = min(self.deployment.timeouts.first_token, ctx.remaining() or float("inf"))
-        resp: aiohttp.ClientResponse | None = None
+        resp: Response | None = None
         try:
-            if call.stream:
-                # Only the wait for the response head is bounded here; the stream writer bounds the rest.
-                async with asyncio.timeout(first_byte):
-                    resp = await self._http.post(self._urls[path], data=orjson.dumps(body), headers=headers,
-                                                 timeout=self._timeout)
-                    if resp.status != 200:
-                        raise await _status_error(resp)
-            else:
-                # aiohttp's own timer bounds the whole exchange, body included: no second timer.
-                timeout = aiohttp.ClientTimeout(total=first_byte, sock_connect=self._timeout.sock_connect)
-                resp = await self._http.post(self._urls[path], data=orjson.dumps(body), headers=headers,
-                                             timeout=timeout)
+            # A stream bounds only the wait for its response head here (the stream writer bounds the
+            # rest); a plain answer is bounded whole, body included.
+            async with asyncio.timeout(first_byte):
+                resp = await self._upstream.post(self._endpoints[path], headers, orjson.dumps(body),
+                                                 self.deployment.timeouts.connect)
                 if resp.status != 200:
                     raise await _status_error(resp)
-                raw = await resp.read()
+                if not call.stream:
+                    raw = await resp.read()
         except TimeoutError:
             close_response(resp)
             raise UpstreamTimeout(
                 f"The backend {self.deployment.name} sent nothing within {first_byte:.3g}s.", retry_after=1
             ) from None
-        except aiohttp.ClientConnectionError as exc:
-            close_response(resp)
-            raise UpstreamUnavailable(f"Could not reach the backend {self.deployment.name}: {exc}.") from None
-        except aiohttp.ClientError as exc:
+        except BadResponse as exc:
             close_response(resp)
             raise UpstreamError(f"The backend {self.deployment.name} failed: {exc}.") from None
+        except UpstreamHttpError as exc:  # no connection, or it broke before the answer was whole
+            close_response(resp)
+            raise UpstreamUnavailable(f"Could not reach the backend {self.deployment.name}: {exc}.") from None
         except BaseException:
             close_response(resp)
             raise
@@ -118,10 +123,9 @@ class OpenAICompatProvider:
         return Stream(lambda stream: _relay(resp, stream, strip_usage, self.deployment.name or ""))
 
 
-async def _status_error(resp: aiohttp.ClientResponse) -> GatewayError:
+async def _status_error(resp: Response) -> GatewayError:
     body = await resp.read()
-    resp.release()
-    retry_after = _retry_after(resp.headers.get("retry-after"))
+    retry_after = _retry_after(resp.header(b"retry-after"))
     detail = body[:300].decode(errors="replace")
     if resp.status == 429 or resp.status >= 500:
         return UpstreamError(
@@ -150,13 +154,13 @@ def _completion(raw: bytes, deployment: str) -> Completion:
 
 
 async def _relay(
-    resp: aiohttp.ClientResponse, stream: Stream, strip_usage: bool, deployment: str
+    resp: Response, stream: Stream, strip_usage: bool, deployment: str
 ) -> AsyncIterator[bytes]:
     """Forward whole SSE events as they arrive; note usage; drop the usage chunk if we added it."""
     pending = b""
     done = False
     try:
-        async for data in resp.content.iter_any():
+        async for data in resp.chunks():
             buf = pending + data if pending else data
             cut = _last_event_end(buf)
             if cut == 0:
@@ -171,7 +175,7 @@ async def _relay(
                 yield block
             if done:
                 return  # nothing follows [DONE]; a backend that holds the stream open must not hold us
-    except aiohttp.ClientError as exc:
+    except UpstreamHttpError as exc:
         raise UpstreamError(f"The backend {deployment} broke off the stream: {exc}.") from None
     finally:
         resp.release() if done else resp.close()

@@ -1,0 +1,239 @@
+"""The relay's HTTP/1.1 client against raw socket servers that answer exactly as scripted."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from tokenway.providers.upstream import (
+    BadResponse,
+    ConnectFailed,
+    ConnectionBroken,
+    Endpoint,
+    HttpClient,
+    render_headers,
+)
+
+JSON_ANSWER = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 12\r\n\r\n{"ok": true}'
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+@asynccontextmanager
+async def scripted_server(script: Script) -> AsyncIterator[Endpoint]:
+    """A server that runs ``script(reader, writer, connection number)`` on each connection."""
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            await script(reader, writer, connections)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield Endpoint(f"http://127.0.0.1:{port}/v1/chat/completions")
+    finally:
+        server.close()
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    return head + await reader.readexactly(length)
+
+
+async def test_a_kept_alive_connection_carries_the_next_request() -> None:
+    per_connection: list[int] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        per_connection.append(0)
+        while True:
+            try:
+                request = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            assert request.startswith(b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:")
+            assert b"\r\nx-request-id: r1\r\n" in request and request.endswith(b'{"a":1}')
+            per_connection[-1] += 1
+            writer.write(JSON_ANSWER)
+
+    async with scripted_server(script) as endpoint:
+        client = HttpClient()
+        for _ in range(3):
+            resp = await client.post(endpoint, render_headers({"x-request-id": "r1"}), b'{"a":1}', 1.0)
+            assert resp.status == 200 and resp.header(b"content-type") == "application/json"
+            assert await resp.read() == b'{"ok": true}'
+        await client.aclose()
+    assert per_connection == [3]
+
+
+async def test_an_idle_connection_the_backend_closed_is_replaced_without_an_error() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(JSON_ANSWER)
+        await writer.drain()
+        # and close at once, as a server whose keep-alive timeout is over does
+
+    async with scripted_server(script) as endpoint:
+        client = HttpClient()
+        for _ in range(3):
+            resp = await client.post(endpoint, b"", b"{}", 1.0)
+            assert await resp.read() == b'{"ok": true}'
+        await client.aclose()
+
+
+async def test_a_reused_connection_closed_as_the_request_arrives_is_retried_once_on_a_new_one() -> None:
+    connections = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        connections.append(n)
+        await read_request(reader)
+        writer.write(JSON_ANSWER)
+        if n == 1:  # the next request finds this connection closing: no answer, no byte
+            await read_request(reader)
+
+    async with scripted_server(script) as endpoint:
+        client = HttpClient()
+        for _ in range(2):
+            resp = await client.post(endpoint, b"", b"{}", 1.0)
+            assert await resp.read() == b'{"ok": true}'
+        await client.aclose()
+    assert connections == [1, 2]
+
+
+async def test_a_new_connection_closed_before_any_answer_is_an_error() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)  # and hang up without a word
+
+    async with scripted_server(script) as endpoint:
+        client = HttpClient()
+        with pytest.raises(ConnectionBroken):
+            await client.post(endpoint, b"", b"{}", 1.0)
+        await client.aclose()
+
+
+async def test_a_body_without_a_length_ends_when_the_backend_closes() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\npart one, ")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"part two")
+
+    async with scripted_server(script) as endpoint:
+        client = HttpClient()
+        resp = await client.post(endpoint, b"", b"{}", 1.0)
+        assert await resp.read() == b"part one, part two"
+        assert not resp.keep_alive
+        await client.aclose()
+
+
+async def test_a_stream_arrives_piece_by_piece_and_its_connection_is_reused_after_a_late_end() -> None:
+    events = [b"data: 1\n\n", b"data: 2\n\n", b"data: [DONE]\n\n"]
+    connections = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        connections.append(n)
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            for event in events:
+                writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+                await writer.drain()
+                await asyncio.sleep(0.02)
+            writer.write(b"0\r\n\r\n")  # the message's end comes after the last event, on its own
+
+    async with scripted_server(script) as endpoint:
+        client = HttpClient()
+        for _ in range(2):
+            resp = await client.post(endpoint, b"", b"{}", 1.0)
+            seen = []
+            async for chunk in resp.chunks():
+                seen.append(chunk)
+                if chunk.endswith(b"[DONE]\n\n"):
+                    break
+            resp.release()  # before the terminator arrived
+            assert b"".join(seen) == b"".join(events)
+            await asyncio.sleep(0.1)
+        await client.aclose()
+    assert connections == [1]
+
+
+async def test_a_stream_cut_mid_way_raises() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\n")
+        await writer.drain()
+        writer.transport.abort()  # a reset, not a clean end
+
+    async with scripted_server(script) as endpoint:
+        client = HttpClient()
+        resp = await client.post(endpoint, b"", b"{}", 1.0)
+        seen = []
+        with pytest.raises(ConnectionBroken):
+            async for chunk in resp.chunks():
+                seen.append(chunk)
+        assert seen == [b"data: 1\n\n"]
+        resp.close()
+        await client.aclose()
+
+
+async def test_bytes_that_are_not_http_are_a_bad_response() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+        await asyncio.sleep(0.2)
+
+    async with scripted_server(script) as endpoint:
+        client = HttpClient()
+        with pytest.raises(BadResponse):
+            await client.post(endpoint, b"", b"{}", 1.0)
+        await client.aclose()
+
+
+async def test_nothing_listening_is_a_connect_failure() -> None:
+    async with scripted_server(lambda r, w, n: asyncio.sleep(0)) as endpoint:
+        pass  # closed again: the port is free now
+    client = HttpClient()
+    with pytest.raises(ConnectFailed):
+        await client.post(endpoint, b"", b"{}", 1.0)
+    await client.aclose()
+
+
+async def test_a_caller_that_gives_up_waiting_drops_the_connection() -> None:
+    closed = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        await reader.read()  # returns when the client closes its end
+        closed.set()
+
+    async with scripted_server(script) as endpoint:
+        client = HttpClient()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await client.post(endpoint, b"", b"{}", 1.0)
+        await asyncio.wait_for(closed.wait(), 2)
+        await client.aclose()
+
+
+def test_header_values_that_could_split_a_request_are_refused() -> None:
+    assert render_headers({"a": "b"}) == b"a: b\r\n"
+    with pytest.raises(ValueError):
+        render_headers({"x-trace": "1\r\nhost: evil"})
+    with pytest.raises(ValueError):
+        Endpoint("ftp://example.com/x")
+    assert Endpoint("https://api.example.com/v1/chat/completions").start == (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: api.example.com\r\n"
+    )
+    assert Endpoint("http://[::1]:8080/x?y=1").origin == (False, "::1", 8080)
