@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import uvicorn
+
 from tests.fakes import FakeUpstream
-from tests.servers import running_gateway
-from tokenway.http_protocol import CoalescingTransport
+from tests.servers import free_port, running_gateway
+from tokenway.http_protocol import CoalescingHttpToolsProtocol, CoalescingTransport
 
 
 class RecordingTransport:
@@ -85,3 +90,58 @@ def test_pipelined_closing_and_expect_continue_requests_are_all_answered(upstrea
     assert closing.startswith(b"HTTP/1.1 200 OK") and b"connection: close" in closing.lower()
     assert closing.endswith(b"}")  # the whole body came before the close
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n" and final.startswith(b"HTTP/1.1 200 OK")
+
+
+async def _heads_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Responses whose heads the server must frame, refuse or close on, by path."""
+    if scope["type"] != "http":
+        return
+    await receive()
+    path = scope["path"]
+    if path == "/unframed":  # no length: the server must chunk it
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"X-Mixed-Case", b"yes")]})
+        await send({"type": "http.response.body", "body": b"hello", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    elif path == "/split":  # a value that would inject a header: refused, nothing sent
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-bad", b"a\r\nset-cookie: evil")]})
+    elif path == "/close":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"2"), (b"Connection", b"close")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@contextmanager
+def _serving(app: Any) -> Iterator[int]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(
+        app, host="127.0.0.1", port=port, loop="uvloop", http=CoalescingHttpToolsProtocol, lifespan="off",
+        log_level="critical", access_log=False,
+    ))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 10
+    while not server.started and time.time() < deadline:
+        time.sleep(0.01)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _exchange(port: int, path: str) -> bytes:
+    """One GET; everything the server sends until it closes the connection (or goes quiet)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.sendall(b"GET %s HTTP/1.1\r\nhost: t\r\n\r\n" % path.encode())
+        return _read_until(sock, lambda data: data.endswith(b"0\r\n\r\n"))
+
+
+def test_held_heads_still_frame_refuse_and_close_as_uvicorn_does() -> None:
+    with _serving(_heads_app) as port:
+        unframed = _exchange(port, "/unframed")
+        assert unframed.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"\r\nx-mixed-case: yes\r\n" in unframed and b"\r\ntransfer-encoding: chunked\r\n" in unframed
+        assert unframed.endswith(b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        assert _exchange(port, "/split") == b""  # the connection is dropped; no byte of that head left
+        closing = _exchange(port, "/close")
+        assert b"\r\nconnection: close\r\n" in closing and closing.endswith(b"\r\n\r\nok")

@@ -1,9 +1,11 @@
-"""Upstream HTTP client choice: aiohttp vs httpx against the fixed-reply upstream, same loop, same load.
+"""Upstream HTTP client choice: the gateway's own client vs aiohttp vs httpx against the fixed-reply
+upstream, same loop, same load.
 
     python benchmarks/http_client/compare_clients.py [--conns 64] [--requests 20000]
 
 Needs the nginx mock of ../shared/bench on 127.0.0.1:9101 (compare.sh starts it; or
-`nginx -c $PWD/mock-upstream.nginx.conf`). Prints req/s and latency percentiles per client.
+`nginx -c $PWD/mock-upstream.nginx.conf`). Prints req/s, latency percentiles and this process's
+CPU per request (the client's own cost: nginx runs in its own process) per client.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import aiohttp
 import httpx
 import orjson
 import uvloop
+
+from tokenway.providers.upstream import Endpoint, HttpClient, render_headers
 
 URL = "http://127.0.0.1:9101/json/v1/chat/completions"
 BODY = orjson.dumps({"model": "mock", "messages": [{"role": "user", "content": "Write one sentence about gateways."}]})
@@ -32,14 +36,24 @@ async def run(name: str, call, conns: int, total: int) -> None:  # type: ignore[
             await call()
             latencies.append(time.perf_counter() - t)
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker(total // conns) for _ in range(conns)))
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     q = statistics.quantiles(latencies, n=100)
-    print(f"{name:8s} c={conns:<3d} rps={len(latencies) / wall:8.0f} p50={q[49] * 1e3:6.2f}ms p99={q[98] * 1e3:6.2f}ms")
+    print(f"{name:8s} c={conns:<3d} rps={len(latencies) / wall:8.0f} p50={q[49] * 1e3:6.2f}ms p99={q[98] * 1e3:6.2f}ms "
+          f"cpu/request={cpu / len(latencies) * 1e6:5.1f}us")
 
 
 async def main(conns: int, total: int) -> None:
+    client = HttpClient()
+    endpoint, headers = Endpoint(URL), render_headers(HEADERS)
+
+    async def own_call() -> None:
+        orjson.loads(await (await client.post(endpoint, headers, BODY, 5.0)).read())
+
+    await run("tokenway", own_call, conns, total // 10)  # warm-up
+    await run("tokenway", own_call, conns, total)
+    await client.aclose()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         async def aiohttp_call() -> None:
             async with session.post(URL, data=BODY, headers=HEADERS) as r:
