@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
 
 from tokenway.providers.upstream import (
+    AnswerTimedOut,
     BadResponse,
     ConnectFailed,
     ConnectionBroken,
     Endpoint,
     HttpClient,
+    Response,
     render_headers,
 )
 
@@ -43,6 +46,11 @@ async def scripted_server(script: Script) -> AsyncIterator[Endpoint]:
         server.close()
 
 
+async def post(client: HttpClient, endpoint: Endpoint, headers: bytes = b"", body: bytes = b"{}", *,
+               answer_s: float = 5.0, whole: bool = True) -> Response:
+    return await client.post(endpoint, headers, body, connect_s=1.0, answer_s=answer_s, whole=whole)
+
+
 async def read_request(reader: asyncio.StreamReader) -> bytes:
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.lower().split(b"\r\n")
@@ -68,7 +76,7 @@ async def test_a_kept_alive_connection_carries_the_next_request() -> None:
     async with scripted_server(script) as endpoint:
         client = HttpClient()
         for _ in range(3):
-            resp = await client.post(endpoint, render_headers({"x-request-id": "r1"}), b'{"a":1}', 1.0)
+            resp = await post(client, endpoint, render_headers({"x-request-id": "r1"}), b'{"a":1}')
             assert resp.status == 200 and resp.header(b"content-type") == "application/json"
             assert await resp.read() == b'{"ok": true}'
         await client.aclose()
@@ -85,7 +93,7 @@ async def test_an_idle_connection_the_backend_closed_is_replaced_without_an_erro
     async with scripted_server(script) as endpoint:
         client = HttpClient()
         for _ in range(3):
-            resp = await client.post(endpoint, b"", b"{}", 1.0)
+            resp = await post(client, endpoint)
             assert await resp.read() == b'{"ok": true}'
         await client.aclose()
 
@@ -103,7 +111,7 @@ async def test_a_reused_connection_closed_as_the_request_arrives_is_retried_once
     async with scripted_server(script) as endpoint:
         client = HttpClient()
         for _ in range(2):
-            resp = await client.post(endpoint, b"", b"{}", 1.0)
+            resp = await post(client, endpoint)
             assert await resp.read() == b'{"ok": true}'
         await client.aclose()
     assert connections == [1, 2]
@@ -116,7 +124,7 @@ async def test_a_new_connection_closed_before_any_answer_is_an_error() -> None:
     async with scripted_server(script) as endpoint:
         client = HttpClient()
         with pytest.raises(ConnectionBroken):
-            await client.post(endpoint, b"", b"{}", 1.0)
+            await post(client, endpoint)
         await client.aclose()
 
 
@@ -130,7 +138,7 @@ async def test_a_body_without_a_length_ends_when_the_backend_closes() -> None:
 
     async with scripted_server(script) as endpoint:
         client = HttpClient()
-        resp = await client.post(endpoint, b"", b"{}", 1.0)
+        resp = await post(client, endpoint)
         assert await resp.read() == b"part one, part two"
         assert not resp.keep_alive
         await client.aclose()
@@ -157,7 +165,7 @@ async def test_a_stream_arrives_piece_by_piece_and_its_connection_is_reused_afte
     async with scripted_server(script) as endpoint:
         client = HttpClient()
         for _ in range(2):
-            resp = await client.post(endpoint, b"", b"{}", 1.0)
+            resp = await post(client, endpoint, answer_s=0.03, whole=False)  # the limit covers the head only
             seen = []
             async for chunk in resp.chunks():
                 seen.append(chunk)
@@ -170,6 +178,29 @@ async def test_a_stream_arrives_piece_by_piece_and_its_connection_is_reused_afte
     assert connections == [1]
 
 
+async def test_an_answer_that_does_not_come_in_time_is_a_timeout_and_its_connection_dropped() -> None:
+    closed = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        if n == 1:
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n12345")  # half the body, then nothing
+        await reader.read()  # returns when the client closes its end
+        closed.set()
+
+    async with scripted_server(script) as endpoint:
+        client = HttpClient()
+        resp = await post(client, endpoint, answer_s=0.1)  # whole: the limit runs to the last byte
+        started = time.perf_counter()
+        with pytest.raises(AnswerTimedOut):
+            await resp.read()
+        assert time.perf_counter() - started < 1.0
+        await asyncio.wait_for(closed.wait(), 2)
+        with pytest.raises(AnswerTimedOut):  # no head at all in time
+            await post(client, endpoint, answer_s=0.05, whole=False)
+        await client.aclose()
+
+
 async def test_a_stream_cut_mid_way_raises() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await read_request(reader)
@@ -179,7 +210,7 @@ async def test_a_stream_cut_mid_way_raises() -> None:
 
     async with scripted_server(script) as endpoint:
         client = HttpClient()
-        resp = await client.post(endpoint, b"", b"{}", 1.0)
+        resp = await post(client, endpoint)
         seen = []
         with pytest.raises(ConnectionBroken):
             async for chunk in resp.chunks():
@@ -198,7 +229,7 @@ async def test_bytes_that_are_not_http_are_a_bad_response() -> None:
     async with scripted_server(script) as endpoint:
         client = HttpClient()
         with pytest.raises(BadResponse):
-            await client.post(endpoint, b"", b"{}", 1.0)
+            await post(client, endpoint)
         await client.aclose()
 
 
@@ -207,7 +238,7 @@ async def test_nothing_listening_is_a_connect_failure() -> None:
         pass  # closed again: the port is free now
     client = HttpClient()
     with pytest.raises(ConnectFailed):
-        await client.post(endpoint, b"", b"{}", 1.0)
+        await post(client, endpoint)
     await client.aclose()
 
 
@@ -223,7 +254,7 @@ async def test_a_caller_that_gives_up_waiting_drops_the_connection() -> None:
         client = HttpClient()
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.1):
-                await client.post(endpoint, b"", b"{}", 1.0)
+                await post(client, endpoint)
         await asyncio.wait_for(closed.wait(), 2)
         await client.aclose()
 

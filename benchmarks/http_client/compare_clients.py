@@ -49,7 +49,8 @@ async def main(conns: int, total: int) -> None:
     endpoint, headers = Endpoint(URL), render_headers(HEADERS)
 
     async def own_call() -> None:
-        orjson.loads(await (await client.post(endpoint, headers, BODY, 5.0)).read())
+        resp = await client.post(endpoint, headers, BODY, connect_s=5.0, answer_s=30.0, whole=True)
+        orjson.loads(await resp.read())
 
     await run("tokenway", own_call, conns, total // 10)  # warm-up
     await run("tokenway", own_call, conns, total)

@@ -138,7 +138,7 @@ class Metrics:
             self.retries.labels(series.model).inc(ctx.attempts - 1)
         cache = extra.get("cache")
         if cache:
-            self.cache_lookups.labels(series.model, cache).inc()
+            series.cache_lookups(cache).inc()
         if ctx.error_type in _UPSTREAM_ERRORS and extra.get("failed_mid_stream"):
             # attempts that failed before the answer started are counted by upstream_attempt_failed
             self.upstream_errors.labels(series.deployment, ctx.error_type).inc()
@@ -182,6 +182,7 @@ class _Series:
     """The labelled children one kind of request updates, resolved once per label set."""
 
     __slots__ = (
+        "_cache",
         "_cost",
         "_metrics",
         "_requests",
@@ -204,6 +205,7 @@ class _Series:
         self.stream = "true" if stream else "false"
         self._requests: dict[int, Any] = {}
         self._cost: dict[str, Any] = {}
+        self._cache: dict[str, Any] = {}
         self.duration = metrics.duration.labels(model, self.stream)
         self.ttft = metrics.ttft.labels(model, deployment)
         self.itl = metrics.itl.labels(model, deployment)
@@ -216,6 +218,12 @@ class _Series:
         child = self._cost.get(key_alias)
         if child is None:
             child = self._cost[key_alias] = self._metrics.cost.labels(self.model, key_alias)
+        return child
+
+    def cache_lookups(self, result: str) -> Any:
+        child = self._cache.get(result)
+        if child is None:
+            child = self._cache[result] = self._metrics.cache_lookups.labels(self.model, result)
         return child
 
     def requests(self, status: int) -> Any:

@@ -7,7 +7,6 @@ boundaries, so a client never sees half an event, and each upstream read is forw
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
@@ -26,6 +25,7 @@ from tokenway.protocol import Usage, iter_sse_data
 from tokenway.providers.base import Answer, Call, Completion, ProviderOptions, ProviderResources, Stream
 from tokenway.providers.http import close_response, connect_timeout
 from tokenway.providers.upstream import (
+    AnswerTimedOut,
     BadResponse,
     Endpoint,
     HttpClient,
@@ -95,16 +95,16 @@ class OpenAICompatProvider:
         first_byte = min(self.deployment.timeouts.first_token, ctx.remaining() or float("inf"))
         resp: Response | None = None
         try:
-            # A stream bounds only the wait for its response head here (the stream writer bounds the
-            # rest); a plain answer is bounded whole, body included.
-            async with asyncio.timeout(first_byte):
-                resp = await self._upstream.post(self._endpoints[path], headers, orjson.dumps(body),
-                                                 self.deployment.timeouts.connect)
-                if resp.status != 200:
-                    raise await _status_error(resp)
-                if not call.stream:
-                    raw = await resp.read()
-        except TimeoutError:
+            # A stream's wait is bounded up to its response head here (the stream writer bounds the
+            # rest); a plain answer's, up to its last byte.
+            resp = await self._upstream.post(self._endpoints[path], headers, orjson.dumps(body),
+                                             connect_s=self.deployment.timeouts.connect, answer_s=first_byte,
+                                             whole=not call.stream)
+            if resp.status != 200:
+                raise await _status_error(resp)
+            if not call.stream:
+                raw = await resp.read()
+        except AnswerTimedOut:
             close_response(resp)
             raise UpstreamTimeout(
                 f"The backend {self.deployment.name} sent nothing within {first_byte:.3g}s.", retry_after=1

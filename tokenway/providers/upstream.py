@@ -49,6 +49,10 @@ class BadResponse(UpstreamHttpError):
     pass
 
 
+class AnswerTimedOut(UpstreamHttpError):
+    """The answer (its head, or all of it) did not arrive within the caller's limit."""
+
+
 class Endpoint:
     """A URL parsed once: its origin and the start of every request to it, already bytes."""
 
@@ -86,11 +90,15 @@ class Response:
     and after the other: only the first counts.
     """
 
-    __slots__ = ("_buffered", "_chunks", "_conn", "_ended", "_error", "_head", "_release", "_waiter",
-                 "complete", "keep_alive", "raw_headers", "status")
+    __slots__ = ("_buffered", "_chunks", "_conn", "_ended", "_error", "_head", "_release", "_timer", "_waiter",
+                 "_whole", "complete", "keep_alive", "raw_headers", "status")
 
-    def __init__(self, conn: _Connection) -> None:
+    def __init__(self, conn: _Connection, limit_s: float | None, whole: bool) -> None:
         self._conn = conn
+        # One timer for the whole wait (cheaper than ``asyncio.timeout`` around it): until the head
+        # arrives, or until the last byte when ``whole`` (an error answer is always read whole).
+        self._timer = None if limit_s is None else conn.loop.call_later(limit_s, self._time_out, limit_s)
+        self._whole = whole
         self._head: asyncio.Future[None] = conn.loop.create_future()
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
@@ -159,6 +167,16 @@ class Response:
         if not self.complete:
             self._conn.close()
 
+    def _time_out(self, limit_s: float) -> None:
+        self._timer = None
+        self._fail(AnswerTimedOut(f"no {'answer' if self._head.done() else 'response'} within {limit_s:.3g}s"))
+        self._conn.close()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     async def _wait(self) -> None:
         waiter = self._waiter = self._conn.loop.create_future()
         try:
@@ -174,6 +192,8 @@ class Response:
     # what the connection reports
     def _headers_complete(self, status: int, keep_alive: bool, headers: list[tuple[bytes, bytes]]) -> None:
         self.status, self.keep_alive, self.raw_headers = status, keep_alive, headers
+        if not self._whole and status == 200:
+            self._stop_timer()  # a stream's pace from here on is the stream writer's to bound
         if not self._head.done():
             self._head.set_result(None)
 
@@ -186,6 +206,7 @@ class Response:
 
     def _complete(self) -> None:
         self.complete = True
+        self._stop_timer()
         if self._release:
             self._chunks.clear()
             self._conn.done(reusable=self.keep_alive and self._error is None)
@@ -194,6 +215,7 @@ class Response:
     def _fail(self, error: UpstreamHttpError) -> None:
         if self.complete:
             return
+        self._stop_timer()
         self._error = error
         if not self._head.done():
             self._head.set_exception(error)
@@ -221,9 +243,9 @@ class _Connection(asyncio.Protocol):
         self.received = False  # any byte of the current exchange's answer arrived
         self.idle_since = 0.0
 
-    def send(self, data: bytes) -> Response:
+    def send(self, data: bytes, limit_s: float | None, whole: bool) -> Response:
         assert self.transport is not None and self._response is None
-        response = self._response = Response(self)
+        response = self._response = Response(self, limit_s, whole)
         self.received = False
         self.transport.write(data)
         return response
@@ -316,31 +338,38 @@ class HttpClient:
         self._open: set[_Connection] = set()
         self._tls: ssl.SSLContext | None = None
 
-    async def post(self, endpoint: Endpoint, headers: bytes, body: bytes, connect_timeout: float | None) -> Response:
+    async def post(
+        self, endpoint: Endpoint, headers: bytes, body: bytes, *, connect_s: float | None, answer_s: float | None,
+        whole: bool,
+    ) -> Response:
         """Send the request and wait for the answer's status and headers.
 
-        ``headers`` are rendered lines (``render_headers``). The caller bounds the whole wait; the
-        connect alone is bounded by ``connect_timeout``.
+        ``headers`` are rendered lines (``render_headers``). ``answer_s`` bounds the wait for the
+        answer from now on: for its head, or for all of it (reading included) when ``whole``;
+        past it, ``AnswerTimedOut``. A new connection must also be made within ``connect_s``.
         """
+        loop = self.loop
+        deadline = None if answer_s is None else loop.time() + answer_s
         data = b"%scontent-length: %d\r\n%s\r\n%s" % (endpoint.start, len(body), headers, body)
         conn = self._reuse(endpoint.origin)
         if conn is not None:
             try:
-                return await self._exchange(conn, data)
+                return await self._exchange(conn, data, answer_s, whole)
             except ConnectionBroken:
                 if conn.received:
                     raise
                 # the backend closed this idle connection just as it was reused: it never saw the request
-        conn = await self._connect(endpoint.origin, connect_timeout)
-        return await self._exchange(conn, data)
+        left = None if deadline is None else deadline - loop.time()
+        conn = await self._connect(endpoint.origin, connect_s, left)
+        return await self._exchange(conn, data, None if deadline is None else deadline - loop.time(), whole)
 
     async def aclose(self) -> None:
         for conn in list(self._open):
             conn.close()
         self._idle.clear()
 
-    async def _exchange(self, conn: _Connection, data: bytes) -> Response:
-        response = conn.send(data)
+    async def _exchange(self, conn: _Connection, data: bytes, limit_s: float | None, whole: bool) -> Response:
+        response = conn.send(data, limit_s, whole)
         try:
             await response._head
         except BaseException:
@@ -358,20 +387,26 @@ class HttpClient:
             conn.close()
         return None
 
-    async def _connect(self, origin: tuple[bool, str, int], limit_s: float | None) -> _Connection:
+    async def _connect(
+        self, origin: tuple[bool, str, int], connect_s: float | None, answer_s: float | None
+    ) -> _Connection:
         tls, host, port = origin
         if tls and self._tls is None:
             self._tls = ssl.create_default_context()
         conn = _Connection(self, origin)
+        limits = [s for s in (connect_s, answer_s) if s is not None]
+        limit = min(limits) if limits else None
         try:
-            async with asyncio.timeout(limit_s) as deadline:
+            async with asyncio.timeout(limit) as deadline:
                 await self.loop.create_connection(
                     lambda: conn, host, port, ssl=self._tls if tls else None, server_hostname=host if tls else None
                 )
         except TimeoutError:
-            if deadline.expired():
-                raise ConnectFailed(f"connecting to {host}:{port} took over {limit_s:.3g}s") from None
-            raise
+            if not deadline.expired():
+                raise
+            if limit == answer_s and limit != connect_s:
+                raise AnswerTimedOut(f"no response within {limit:.3g}s (still connecting)") from None
+            raise ConnectFailed(f"connecting to {host}:{port} took over {limit:.3g}s") from None
         except OSError as exc:
             raise ConnectFailed(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
         self._open.add(conn)
