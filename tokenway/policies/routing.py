@@ -124,6 +124,8 @@ class Route:
                        code="no_healthy_deployment", retry_after=max(1.0, wait))
         if len(allowed) < len(model.deployments):
             self._stats.count("skip.breaker_open")
+        if all(d.healthy and d.cooldown_until <= now and d.name not in tried for d in allowed):
+            return allowed  # the usual case, in one pass
         for keep, reason in (
             (lambda d: d.healthy, "skip.unhealthy"),
             (lambda d: d.cooldown_until <= now, "skip.retry_after"),
