@@ -117,6 +117,47 @@ async def test_a_reused_connection_closed_as_the_request_arrives_is_retried_once
     assert connections == [1, 2]
 
 
+async def test_informational_answers_are_skipped() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n" + JSON_ANSWER)
+        await asyncio.sleep(0.2)
+
+    async with scripted_server(script) as endpoint:
+        client = HttpClient()
+        resp = await post(client, endpoint)
+        assert resp.status == 200 and await resp.read() == b'{"ok": true}'
+        await client.aclose()
+
+
+async def test_connections_left_idle_after_a_burst_are_closed_once_stale() -> None:
+    closed_by_client = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                closed_by_client.append(n)
+                return
+            await asyncio.sleep(0.01)
+            writer.write(JSON_ANSWER)
+
+    async with scripted_server(script) as endpoint:
+        client = HttpClient(keepalive_s=0.2)
+
+        async def one() -> None:
+            await (await post(client, endpoint)).read()
+
+        await asyncio.gather(one(), one(), one())  # a burst: three connections, then idle
+        deadline = time.perf_counter() + 0.5
+        while time.perf_counter() < deadline:  # steady traffic reuses the newest connection only
+            await one()
+        await asyncio.sleep(0.05)
+        assert len(closed_by_client) == 2  # the two the burst left behind were closed
+        await client.aclose()
+
+
 async def test_a_new_connection_closed_before_any_answer_is_an_error() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await read_request(reader)  # and hang up without a word

@@ -226,7 +226,7 @@ class Response:
 class _Connection(asyncio.Protocol):
     """One kept-alive connection to a backend, carrying one exchange at a time."""
 
-    __slots__ = ("_client", "_headers", "_parser", "_paused", "_response", "_until_close", "closed",
+    __slots__ = ("_client", "_headers", "_informational", "_parser", "_paused", "_response", "_until_close", "closed",
                  "idle_since", "loop", "origin", "received", "transport")
 
     def __init__(self, client: HttpClient, origin: tuple[bool, str, int]) -> None:
@@ -238,6 +238,7 @@ class _Connection(asyncio.Protocol):
         self._response: Response | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._until_close = False  # the body has no length and ends when the backend closes
+        self._informational = False  # the message being parsed is a 1xx, not the answer
         self._paused = False
         self.closed = False
         self.received = False  # any byte of the current exchange's answer arrived
@@ -314,6 +315,9 @@ class _Connection(asyncio.Protocol):
         response = self._response
         if response is not None:
             parser = self._parser
+            if parser.get_status_code() < 200:  # 100 Continue, 103 Early Hints: the answer follows
+                self._informational = True
+                return
             framed = any(name in (b"content-length", b"transfer-encoding") for name, _ in self._headers)
             self._until_close = not framed
             response._headers_complete(parser.get_status_code(), parser.should_keep_alive() and framed,
@@ -324,7 +328,9 @@ class _Connection(asyncio.Protocol):
             self._response._body(body)
 
     def on_message_complete(self) -> None:
-        if self._response is not None:
+        if self._informational:
+            self._informational = False
+        elif self._response is not None:
             self._response._complete()
 
 
@@ -334,7 +340,8 @@ class HttpClient:
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None, keepalive_s: float = KEEPALIVE_S) -> None:
         self.loop = loop or asyncio.get_running_loop()
         self._keepalive_s = keepalive_s
-        self._idle: dict[tuple[bool, str, int], list[_Connection]] = {}
+        # Per origin, most recently used last: reuse takes from the right, the sweep from the left.
+        self._idle: dict[tuple[bool, str, int], deque[_Connection]] = {}
         self._open: set[_Connection] = set()
         self._tls: ssl.SSLContext | None = None
 
@@ -413,8 +420,15 @@ class HttpClient:
         return conn
 
     def put_back(self, conn: _Connection) -> None:
-        conn.idle_since = time.monotonic()
-        self._idle.setdefault(conn.origin, []).append(conn)
+        now = conn.idle_since = time.monotonic()
+        idle = self._idle.get(conn.origin)
+        if idle is None:
+            idle = self._idle[conn.origin] = deque()
+        elif idle and idle[0].idle_since < now - self._keepalive_s:
+            # Reuse takes the newest, so after a burst the oldest would wait for the backend to
+            # close them: close one here each time instead, and a pool shrinks back to its need.
+            idle.popleft().close()
+        idle.append(conn)
 
     def forget(self, conn: _Connection) -> None:
         self._open.discard(conn)
