@@ -11,8 +11,8 @@ uses), and the request leaves in one write.
 
 Connections are kept per origin, most recently used first, while the backend keeps them open
 (a closed one leaves its pool at once). A request that finds its reused connection closed under
-it before a single byte of answer is sent again once on a new connection, as browsers and Go's
-client do: the backend closed an idle connection and never saw it. aiohttp stays for everything
+it before a single byte of answer is sent again once on a new connection, as browsers do: the
+backend closed an idle connection just then, and most likely never saw the request. aiohttp stays for everything
 off the hot path (model lists, health checks, engine metrics, Ollama's NDJSON).
 """
 
@@ -56,7 +56,7 @@ class AnswerTimedOut(UpstreamHttpError):
 class Endpoint:
     """A URL parsed once: its origin and the start of every request to it, already bytes."""
 
-    __slots__ = ("origin", "start", "url")
+    __slots__ = ("origin", "start")
 
     def __init__(self, url: str, method: str = "POST") -> None:
         parts = urlsplit(url)
@@ -69,7 +69,6 @@ class Endpoint:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         named_host = f"[{host}]" if ":" in host else host
         authority = named_host if port == (443 if tls else 80) else f"{named_host}:{port}"
-        self.url = url
         self.origin = (tls, host, port)
         self.start = f"{method} {path} HTTP/1.1\r\nhost: {authority}\r\n".encode()
 
