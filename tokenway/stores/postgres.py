@@ -7,11 +7,12 @@ every process within about half a second and no request ever waits on the databa
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
 
-from tokenway.stores.base import USAGE_COLUMNS, GroupBy, KeyRecord, UsageRecord
+from tokenway.stores.base import USAGE_COLUMNS, GroupBy, KeyRecord, UsageRecord, paced_slices
 from tokenway.stores.sqlite import summary_row
 
 _SCHEMA = """
@@ -84,11 +85,16 @@ class PostgresDatabase:
         return [KeyRecord.model_validate_json(r[0]) for r in rows], max(int(r[1]) for r in rows)
 
     async def insert_usage(self, records: list[UsageRecord]) -> None:
+        # In paced slices (``paced_slices`` says why): here the rows are encoded in the event loop
+        # itself, and the pauses let it serve requests in between. One transaction, one commit.
         marks = ", ".join(f"${i + 1}" for i in range(len(USAGE_COLUMNS)))
-        await self.pool.executemany(
-            f"INSERT INTO tokenway_usage ({', '.join(USAGE_COLUMNS)}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING",
-            [r.row() for r in records],
-        )
+        sql = f"INSERT INTO tokenway_usage ({', '.join(USAGE_COLUMNS)}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"
+        slices, pause = paced_slices(records)
+        async with self.pool.acquire() as conn, conn.transaction():
+            for i, rows in enumerate(slices):
+                if i and pause:
+                    await asyncio.sleep(pause)
+                await conn.executemany(sql, [r.row() for r in rows])
 
     async def usage_summary(
         self, group_by: GroupBy, since: float, until: float, key_id: str | None = None, team: str | None = None

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tokenway.stores.base import USAGE_COLUMNS, GroupBy, KeyRecord, UsageRecord
+from tokenway.stores.base import USAGE_COLUMNS, GroupBy, KeyRecord, UsageRecord, paced_slices
 
 T = TypeVar("T")
 
@@ -32,10 +32,6 @@ CREATE INDEX IF NOT EXISTS tokenway_usage_team_ts ON tokenway_usage (team, ts);
 CREATE INDEX IF NOT EXISTS tokenway_usage_ts ON tokenway_usage (ts);
 """
 
-# How the usage ledger's batches are written (see ``insert_usage``).
-_ROWS_PER_SLICE = 20
-_SLICE_PAUSE_S = 0.001
-_PACED_ROWS = 1000  # larger batches are written without pauses
 
 GROUP_SQL = {"key": "key_id", "team": "team", "model": "model", "day": "date(ts, 'unixepoch')"}
 
@@ -105,15 +101,10 @@ class SqliteDatabase:
     async def insert_usage(self, records: list[UsageRecord]) -> None:
         # Many rows per statement, not executemany: the driver releases and retakes the GIL around
         # every statement, and one per row made this thread slow the event loop down measurably.
-        # But not all at once either: one statement of 500 rows kept a core busy for ~2 ms, and on
-        # a small box the requests whose wake-up landed behind it waited that long (it was the
-        # gateway's whole c=1 p99 above its p90). Slices of 20 rows with a 1 ms pause between them
-        # bound that wait to a slice's ~0.1 ms. A batch too big to pace (a backlog, a replay) goes
-        # at full speed, so the writer never falls behind for the pauses' sake.
+        # But not the whole batch in one either: ``paced_slices`` says why.
         row_marks = "(" + ", ".join("?" * len(USAGE_COLUMNS)) + ")"
         columns = ", ".join(USAGE_COLUMNS)
-        pause = _SLICE_PAUSE_S if len(records) <= _PACED_ROWS else 0.0
-        slices = [records[i:i + _ROWS_PER_SLICE] for i in range(0, len(records), _ROWS_PER_SLICE)]
+        slices, pause = paced_slices(records)
 
         def insert(db: sqlite3.Connection) -> None:
             for i, rows in enumerate(slices):
