@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +30,7 @@ Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[N
 
 
 @asynccontextmanager
-async def scripted_server(script: Script) -> AsyncIterator[Endpoint]:
+async def scripted_server(script: Script, tls: ssl.SSLContext | None = None) -> AsyncIterator[Endpoint]:
     """A server that runs ``script(reader, writer, connection number)`` on each connection."""
     connections = 0
 
@@ -38,10 +42,10 @@ async def scripted_server(script: Script) -> AsyncIterator[Endpoint]:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
     try:
-        yield Endpoint(f"http://127.0.0.1:{port}/v1/chat/completions")
+        yield Endpoint(f"{'https://localhost' if tls else 'http://127.0.0.1'}:{port}/v1/chat/completions")
     finally:
         server.close()
 
@@ -310,3 +314,45 @@ def test_header_values_that_could_split_a_request_are_refused() -> None:
         b"POST /v1/chat/completions HTTP/1.1\r\nhost: api.example.com\r\n"
     )
     assert Endpoint("http://[::1]:8080/x?y=1").origin == (False, "::1", 8080)
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for ``localhost`` and its key, trusted by nobody."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+async def test_https_backends_are_verified_and_kept_alive(self_signed: tuple[Path, Path]) -> None:
+    cert, key = self_signed
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    connections = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        connections.append(n)
+        while True:
+            try:
+                await read_request(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            writer.write(JSON_ANSWER)
+
+    async with scripted_server(script, server_tls) as endpoint:
+        untrusting = HttpClient()  # the system's CAs: a self-signed backend is refused
+        with pytest.raises(ConnectFailed):
+            await post(untrusting, endpoint)
+        await untrusting.aclose()
+        client = HttpClient(tls=ssl.create_default_context(cafile=str(cert)))
+        for _ in range(2):
+            resp = await post(client, endpoint)
+            assert await resp.read() == b'{"ok": true}'
+        await client.aclose()
+    assert len(connections) == 1  # the refused handshake never reached the script; one connection served both

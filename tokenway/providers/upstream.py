@@ -336,13 +336,16 @@ class _Connection(asyncio.Protocol):
 class HttpClient:
     """Kept-alive connections per origin; one request in flight per connection."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None, keepalive_s: float = KEEPALIVE_S) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop | None = None, keepalive_s: float = KEEPALIVE_S,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.loop = loop or asyncio.get_running_loop()
         self._keepalive_s = keepalive_s
         # Per origin, most recently used last: reuse takes from the right, the sweep from the left.
         self._idle: dict[tuple[bool, str, int], deque[_Connection]] = {}
         self._open: set[_Connection] = set()
-        self._tls: ssl.SSLContext | None = None
+        self._tls = tls  # https: the system's trusted CAs unless given (made on first use: it takes ms)
 
     async def post(
         self, endpoint: Endpoint, headers: bytes, body: bytes, *, connect_s: float | None, answer_s: float | None,
