@@ -55,6 +55,15 @@ async def post(client: HttpClient, endpoint: Endpoint, headers: bytes = b"", bod
     return await client.post(endpoint, headers, body, connect_s=1.0, answer_s=answer_s, whole=whole)
 
 
+async def requests_until_closed(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """Every request on the connection, until the client closes it."""
+    while True:
+        try:
+            yield await read_request(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+
+
 async def read_request(reader: asyncio.StreamReader) -> bytes:
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.lower().split(b"\r\n")
@@ -67,11 +76,7 @@ async def test_a_kept_alive_connection_carries_the_next_request() -> None:
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         per_connection.append(0)
-        while True:
-            try:
-                request = await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
+        async for request in requests_until_closed(reader):
             assert request.startswith(b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:")
             assert b"\r\nx-request-id: r1\r\n" in request and request.endswith(b'{"a":1}')
             per_connection[-1] += 1
@@ -138,14 +143,10 @@ async def test_connections_left_idle_after_a_burst_are_closed_once_stale() -> No
     closed_by_client = []
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        while True:
-            try:
-                await read_request(reader)
-            except asyncio.IncompleteReadError:
-                closed_by_client.append(n)
-                return
+        async for _ in requests_until_closed(reader):
             await asyncio.sleep(0.01)
             writer.write(JSON_ANSWER)
+        closed_by_client.append(n)
 
     async with scripted_server(script) as endpoint:
         client = HttpClient(keepalive_s=0.2)
@@ -195,11 +196,7 @@ async def test_a_stream_arrives_piece_by_piece_and_its_connection_is_reused_afte
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         connections.append(n)
-        while True:
-            try:
-                await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
+        async for _ in requests_until_closed(reader):
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
             for event in events:
                 writer.write(b"%x\r\n%s\r\n" % (len(event), event))
@@ -338,11 +335,7 @@ async def test_https_backends_are_verified_and_kept_alive(self_signed: tuple[Pat
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         connections.append(n)
-        while True:
-            try:
-                await read_request(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
+        async for _ in requests_until_closed(reader):
             writer.write(JSON_ANSWER)
 
     async with scripted_server(script, server_tls) as endpoint:
