@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tokenway.providers import upstream
 from tokenway.providers.upstream import (
     AnswerTimedOut,
     BadResponse,
@@ -240,6 +241,27 @@ async def test_an_answer_that_does_not_come_in_time_is_a_timeout_and_its_connect
         await asyncio.wait_for(closed.wait(), 2)
         with pytest.raises(AnswerTimedOut):  # no head at all in time
             await post(client, endpoint, answer_s=0.05, whole=False)
+        await client.aclose()
+
+
+async def test_a_released_stream_whose_end_never_comes_loses_its_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(upstream, "DRAIN_S", 0.1)
+    closed = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\ne\r\ndata: [DONE]\n\n\r\n")
+        await reader.read()  # no terminator, ever; returns when the client closes its end
+        closed.set()
+
+    async with scripted_server(script) as endpoint:
+        client = HttpClient()
+        resp = await post(client, endpoint, whole=False)
+        async for chunk in resp.chunks():
+            assert chunk == b"data: [DONE]\n\n"
+            break
+        resp.release()
+        await asyncio.wait_for(closed.wait(), 2)
         await client.aclose()
 
 

@@ -96,6 +96,7 @@ class Response:
         self._conn = conn
         # One timer for the whole wait (cheaper than ``asyncio.timeout`` around it): until the head
         # arrives, or until the last byte when ``whole`` (an error answer is always read whole).
+        # After an early ``release``, the same slot holds the wait for the message's end.
         self._timer = None if limit_s is None else conn.loop.call_later(limit_s, self._time_out, limit_s)
         self._whole = whole
         self._head: asyncio.Future[None] = conn.loop.create_future()
@@ -153,9 +154,11 @@ class Response:
             self._conn.done(reusable=self.keep_alive and self._error is None)
         else:
             # A stream's last event can arrive before the message's end (the chunked terminator
-            # often comes in the next packet): wait a moment for it rather than drop a good connection.
+            # often comes in the next packet): wait a moment for it rather than drop a good
+            # connection. The answer's own limit no longer matters; this one ends at completion.
             self._release = True
-            self._conn.loop.call_later(DRAIN_S, self._give_up)
+            self._stop_timer()
+            self._timer = self._conn.loop.call_later(DRAIN_S, self._give_up)
 
     def close(self) -> None:
         if not self._ended:
@@ -163,6 +166,7 @@ class Response:
             self._conn.close()
 
     def _give_up(self) -> None:
+        self._timer = None
         if not self.complete:
             self._conn.close()
 
