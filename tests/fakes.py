@@ -147,6 +147,8 @@ class FakeUpstream:
                 if scenario == "badchunk" and i == 2:
                     await response.write(b"data: {broken\n\n")
                 chunk = _chunk(word, i, text_mode, last=i == len(WORDS) - 1)
+                if scenario == "nullusage":  # as OpenAI does when usage is asked for
+                    chunk["usage"] = None
                 await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
                 await asyncio.sleep(self.chunk_delay)
             if (body.get("stream_options") or {}).get("include_usage"):

@@ -99,3 +99,13 @@ def test_metrics_add_up_across_worker_processes(tmp_path: Path, upstream: FakeUp
     for text in texts:  # whichever worker answers the scrape, it reports all 20
         assert sample(text, "tokenway_requests_total", status_code="200") == 20
         pids.update(re.findall(r'pid="(\d+)"', text))
+
+
+def test_usage_null_in_every_chunk_is_relayed_and_only_the_real_usage_is_counted(upstream: FakeUpstream) -> None:
+    with running_gateway(config(upstream, "nullusage")) as base:
+        r = httpx.post(base + "/v1/chat/completions", json={"model": "m", "messages": MESSAGES, "stream": True})
+        text = httpx.get(base + "/metrics").text
+    events = [line for line in r.text.split("\n\n") if line.startswith("data: {")]
+    assert len(events) == len(WORDS)  # the usage chunk the gateway asked for was kept back
+    assert all('"usage": null' in event for event in events)  # the nulls pass through untouched
+    assert sample(text, "tokenway_tokens_total", model="m", type="completion") == len(WORDS)

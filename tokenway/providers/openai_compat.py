@@ -7,6 +7,7 @@ boundaries, so a client never sees half an event, and each upstream read is forw
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
@@ -167,7 +168,7 @@ async def _relay(
                 pending = buf
                 continue
             block, pending = buf[:cut], buf[cut:]
-            if b'"usage"' in block:
+            if b'"usage"' in block and _USAGE_OBJECT.search(block):
                 block = _take_usage(block, stream, strip_usage)
             if block.endswith(b"data: [DONE]\n\n"):
                 done = True
@@ -189,10 +190,15 @@ def _last_event_end(buf: bytes) -> int:
     return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
 
 
+# A chunk that reports usage, as opposed to the ``"usage": null`` that OpenAI puts in every other
+# chunk of a stream that asked for usage: only such chunks are parsed.
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+
+
 def _take_usage(block: bytes, stream: Stream, strip: bool) -> bytes:
     kept: list[bytes] = []
     for data in iter_sse_data(block):
-        if data != b"[DONE]" and b'"usage"' in data:
+        if data != b"[DONE]" and _USAGE_OBJECT.search(data):
             try:
                 chunk: Any = orjson.loads(data)
             except orjson.JSONDecodeError:
