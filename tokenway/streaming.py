@@ -56,6 +56,11 @@ class _Writer:
 
     async def first_block(self) -> bytes | None:
         """Await the first bytes, sending ``: keep-alive`` comments while they take their time."""
+        if self.stream.ready():  # the usual case: routing's probe waited for them
+            try:
+                return await self.stream.__anext__()
+            except StopAsyncIteration:
+                return None
         loop = asyncio.get_running_loop()
         budget = self.limits.first_token
         remaining = self.ctx.remaining()

@@ -83,6 +83,11 @@ class Stream:
     async def __anext__(self) -> bytes:
         return await self._source.__anext__()
 
+    def ready(self) -> bool:
+        """Whether the next block is already in hand (routing's probe read it): ``__anext__`` then
+        returns it without waiting, and the writer skips the machinery of a wait with heartbeats."""
+        return bool(getattr(self._source, "has_block", False))
+
     def on_close(self, callback: Callable[[Stream], None]) -> None:
         self._on_close.append(callback)
 

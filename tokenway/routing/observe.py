@@ -38,6 +38,10 @@ class _Observed:
     def __aiter__(self) -> _Observed:
         return self
 
+    @property
+    def has_block(self) -> bool:
+        return self._first is not None
+
     async def __anext__(self) -> bytes:
         try:
             if self._first is not None:
