@@ -265,6 +265,27 @@ async def test_a_released_stream_whose_end_never_comes_loses_its_connection(monk
         await client.aclose()
 
 
+async def test_a_large_answer_is_read_whole_and_a_large_stream_is_paced() -> None:
+    big = b"x" * (3 * upstream.PAUSE_BYTES)
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        async for _ in requests_until_closed(reader):
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(big), big))
+            await writer.drain()
+
+    async with scripted_server(script) as endpoint:
+        client = HttpClient()
+        assert await (await post(client, endpoint, answer_s=10.0)).read() == big  # no pause without a reader
+        resp = await post(client, endpoint, answer_s=10.0, whole=False)
+        received = 0
+        async for chunk in resp.chunks():
+            received += len(chunk)
+            await asyncio.sleep(0)  # a slow reader: the backend is paused and resumed under it
+        assert received == len(big)
+        resp.release()
+        await client.aclose()
+
+
 async def test_a_stream_cut_mid_way_raises() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await read_request(reader)

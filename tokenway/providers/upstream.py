@@ -89,8 +89,8 @@ class Response:
     and after the other: only the first counts.
     """
 
-    __slots__ = ("_buffered", "_chunks", "_conn", "_ended", "_error", "_head", "_release", "_timer", "_waiter",
-                 "_whole", "complete", "keep_alive", "raw_headers", "status")
+    __slots__ = ("_buffered", "_chunks", "_conn", "_ended", "_error", "_flowing", "_head", "_release", "_timer",
+                 "_waiter", "_whole", "complete", "keep_alive", "raw_headers", "status")
 
     def __init__(self, conn: _Connection, limit_s: float | None, whole: bool) -> None:
         self._conn = conn
@@ -105,6 +105,9 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._error: UpstreamHttpError | None = None
         self._release = False  # released before complete: pool the connection when it completes
+        # Read piece by piece (``chunks``): a full buffer pauses the backend until the reader catches
+        # up. ``read`` wants it all anyway, and pausing there would wait for a reader that never comes.
+        self._flowing = False
         self._ended = False  # released or closed
         self.status = 0
         self.raw_headers: list[tuple[bytes, bytes]] = []  # names lower-case
@@ -131,6 +134,7 @@ class Response:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body in the pieces it arrives in, each as soon as it arrives."""
+        self._flowing = True
         chunks = self._chunks
         while True:
             while chunks:
@@ -157,6 +161,8 @@ class Response:
             # often comes in the next packet): wait a moment for it rather than drop a good
             # connection. The answer's own limit no longer matters; this one ends at completion.
             self._release = True
+            self._flowing = False
+            self._conn.resume()
             self._stop_timer()
             self._timer = self._conn.loop.call_later(DRAIN_S, self._give_up)
 
@@ -203,7 +209,7 @@ class Response:
     def _body(self, data: bytes) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
-        if self._buffered > PAUSE_BYTES and not self._release:
+        if self._buffered > PAUSE_BYTES and self._flowing:  # only a reader of chunks drains the buffer
             self._conn.pause()
         self._wake()
 
