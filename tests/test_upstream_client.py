@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from tokenway.providers import upstream
 from tokenway.providers.upstream import (
@@ -51,6 +52,14 @@ async def scripted_server(script: Script, tls: ssl.SSLContext | None = None) -> 
         server.close()
 
 
+@pytest_asyncio.fixture
+async def client() -> AsyncIterator[HttpClient]:
+    """A client with the defaults, closed after the test."""
+    http = HttpClient()
+    yield http
+    await http.aclose()
+
+
 async def post(client: HttpClient, endpoint: Endpoint, headers: bytes = b"", body: bytes = b"{}", *,
                answer_s: float = 5.0, whole: bool = True) -> Response:
     return await client.post(endpoint, headers, body, connect_s=1.0, answer_s=answer_s, whole=whole)
@@ -72,7 +81,7 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
-async def test_a_kept_alive_connection_carries_the_next_request() -> None:
+async def test_a_kept_alive_connection_carries_the_next_request(client: HttpClient) -> None:
     per_connection: list[int] = []
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
@@ -84,16 +93,14 @@ async def test_a_kept_alive_connection_carries_the_next_request() -> None:
             writer.write(JSON_ANSWER)
 
     async with scripted_server(script) as endpoint:
-        client = HttpClient()
         for _ in range(3):
             resp = await post(client, endpoint, render_headers({"x-request-id": "r1"}), b'{"a":1}')
             assert resp.status == 200 and resp.header(b"content-type") == "application/json"
             assert await resp.read() == b'{"ok": true}'
-        await client.aclose()
     assert per_connection == [3]
 
 
-async def test_an_idle_connection_the_backend_closed_is_replaced_without_an_error() -> None:
+async def test_an_idle_connection_the_backend_closed_is_replaced_without_an_error(client: HttpClient) -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await read_request(reader)
         writer.write(JSON_ANSWER)
@@ -101,14 +108,14 @@ async def test_an_idle_connection_the_backend_closed_is_replaced_without_an_erro
         # and close at once, as a server whose keep-alive timeout is over does
 
     async with scripted_server(script) as endpoint:
-        client = HttpClient()
         for _ in range(3):
             resp = await post(client, endpoint)
             assert await resp.read() == b'{"ok": true}'
-        await client.aclose()
 
 
-async def test_a_reused_connection_closed_as_the_request_arrives_is_retried_once_on_a_new_one() -> None:
+async def test_a_reused_connection_closed_as_the_request_arrives_is_retried_once_on_a_new_one(
+    client: HttpClient,
+) -> None:
     connections = []
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
@@ -119,25 +126,21 @@ async def test_a_reused_connection_closed_as_the_request_arrives_is_retried_once
             await read_request(reader)
 
     async with scripted_server(script) as endpoint:
-        client = HttpClient()
         for _ in range(2):
             resp = await post(client, endpoint)
             assert await resp.read() == b'{"ok": true}'
-        await client.aclose()
     assert connections == [1, 2]
 
 
-async def test_informational_answers_are_skipped() -> None:
+async def test_informational_answers_are_skipped(client: HttpClient) -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n" + JSON_ANSWER)
         await asyncio.sleep(0.2)
 
     async with scripted_server(script) as endpoint:
-        client = HttpClient()
         resp = await post(client, endpoint)
         assert resp.status == 200 and await resp.read() == b'{"ok": true}'
-        await client.aclose()
 
 
 async def test_connections_left_idle_after_a_burst_are_closed_once_stale() -> None:
@@ -164,18 +167,16 @@ async def test_connections_left_idle_after_a_burst_are_closed_once_stale() -> No
         await client.aclose()
 
 
-async def test_a_new_connection_closed_before_any_answer_is_an_error() -> None:
+async def test_a_new_connection_closed_before_any_answer_is_an_error(client: HttpClient) -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await read_request(reader)  # and hang up without a word
 
     async with scripted_server(script) as endpoint:
-        client = HttpClient()
         with pytest.raises(ConnectionBroken):
             await post(client, endpoint)
-        await client.aclose()
 
 
-async def test_a_body_without_a_length_ends_when_the_backend_closes() -> None:
+async def test_a_body_without_a_length_ends_when_the_backend_closes(client: HttpClient) -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\npart one, ")
@@ -184,14 +185,14 @@ async def test_a_body_without_a_length_ends_when_the_backend_closes() -> None:
         writer.write(b"part two")
 
     async with scripted_server(script) as endpoint:
-        client = HttpClient()
         resp = await post(client, endpoint)
         assert await resp.read() == b"part one, part two"
         assert not resp.keep_alive
-        await client.aclose()
 
 
-async def test_a_stream_arrives_piece_by_piece_and_its_connection_is_reused_after_a_late_end() -> None:
+async def test_a_stream_arrives_piece_by_piece_and_its_connection_is_reused_after_a_late_end(
+    client: HttpClient,
+) -> None:
     events = [b"data: 1\n\n", b"data: 2\n\n", b"data: [DONE]\n\n"]
     connections = []
 
@@ -206,7 +207,6 @@ async def test_a_stream_arrives_piece_by_piece_and_its_connection_is_reused_afte
             writer.write(b"0\r\n\r\n")  # the message's end comes after the last event, on its own
 
     async with scripted_server(script) as endpoint:
-        client = HttpClient()
         for _ in range(2):
             resp = await post(client, endpoint, answer_s=0.03, whole=False)  # the limit covers the head only
             seen = []
@@ -217,11 +217,10 @@ async def test_a_stream_arrives_piece_by_piece_and_its_connection_is_reused_afte
             resp.release()  # before the terminator arrived
             assert b"".join(seen) == b"".join(events)
             await asyncio.sleep(0.1)
-        await client.aclose()
     assert connections == [1]
 
 
-async def test_an_answer_that_does_not_come_in_time_is_a_timeout_and_its_connection_dropped() -> None:
+async def test_an_answer_that_does_not_come_in_time_is_a_timeout_and_its_connection_dropped(client: HttpClient) -> None:
     closed = asyncio.Event()
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
@@ -232,7 +231,6 @@ async def test_an_answer_that_does_not_come_in_time_is_a_timeout_and_its_connect
         closed.set()
 
     async with scripted_server(script) as endpoint:
-        client = HttpClient()
         resp = await post(client, endpoint, answer_s=0.1)  # whole: the limit runs to the last byte
         started = time.perf_counter()
         with pytest.raises(AnswerTimedOut):
@@ -241,10 +239,11 @@ async def test_an_answer_that_does_not_come_in_time_is_a_timeout_and_its_connect
         await asyncio.wait_for(closed.wait(), 2)
         with pytest.raises(AnswerTimedOut):  # no head at all in time
             await post(client, endpoint, answer_s=0.05, whole=False)
-        await client.aclose()
 
 
-async def test_a_released_stream_whose_end_never_comes_loses_its_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_released_stream_whose_end_never_comes_loses_its_connection(
+    monkeypatch: pytest.MonkeyPatch, client: HttpClient,
+) -> None:
     monkeypatch.setattr(upstream, "DRAIN_S", 0.1)
     closed = asyncio.Event()
 
@@ -255,17 +254,15 @@ async def test_a_released_stream_whose_end_never_comes_loses_its_connection(monk
         closed.set()
 
     async with scripted_server(script) as endpoint:
-        client = HttpClient()
         resp = await post(client, endpoint, whole=False)
         async for chunk in resp.chunks():
             assert chunk == b"data: [DONE]\n\n"
             break
         resp.release()
         await asyncio.wait_for(closed.wait(), 2)
-        await client.aclose()
 
 
-async def test_a_large_answer_is_read_whole_and_a_large_stream_is_paced() -> None:
+async def test_a_large_answer_is_read_whole_and_a_large_stream_is_paced(client: HttpClient) -> None:
     big = b"x" * (3 * upstream.PAUSE_BYTES)
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
@@ -274,7 +271,6 @@ async def test_a_large_answer_is_read_whole_and_a_large_stream_is_paced() -> Non
             await writer.drain()
 
     async with scripted_server(script) as endpoint:
-        client = HttpClient()
         assert await (await post(client, endpoint, answer_s=10.0)).read() == big  # no pause without a reader
         resp = await post(client, endpoint, answer_s=10.0, whole=False)
         received = 0
@@ -283,10 +279,9 @@ async def test_a_large_answer_is_read_whole_and_a_large_stream_is_paced() -> Non
             await asyncio.sleep(0)  # a slow reader: the backend is paused and resumed under it
         assert received == len(big)
         resp.release()
-        await client.aclose()
 
 
-async def test_a_stream_cut_mid_way_raises() -> None:
+async def test_a_stream_cut_mid_way_raises(client: HttpClient) -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\n")
@@ -294,7 +289,6 @@ async def test_a_stream_cut_mid_way_raises() -> None:
         writer.transport.abort()  # a reset, not a clean end
 
     async with scripted_server(script) as endpoint:
-        client = HttpClient()
         resp = await post(client, endpoint)
         seen = []
         with pytest.raises(ConnectionBroken):
@@ -302,32 +296,27 @@ async def test_a_stream_cut_mid_way_raises() -> None:
                 seen.append(chunk)
         assert seen == [b"data: 1\n\n"]
         resp.close()
-        await client.aclose()
 
 
-async def test_bytes_that_are_not_http_are_a_bad_response() -> None:
+async def test_bytes_that_are_not_http_are_a_bad_response(client: HttpClient) -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await read_request(reader)
         writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
         await asyncio.sleep(0.2)
 
     async with scripted_server(script) as endpoint:
-        client = HttpClient()
         with pytest.raises(BadResponse):
             await post(client, endpoint)
-        await client.aclose()
 
 
-async def test_nothing_listening_is_a_connect_failure() -> None:
+async def test_nothing_listening_is_a_connect_failure(client: HttpClient) -> None:
     async with scripted_server(lambda r, w, n: asyncio.sleep(0)) as endpoint:
         pass  # closed again: the port is free now
-    client = HttpClient()
     with pytest.raises(ConnectFailed):
         await post(client, endpoint)
-    await client.aclose()
 
 
-async def test_a_caller_that_gives_up_waiting_drops_the_connection() -> None:
+async def test_a_caller_that_gives_up_waiting_drops_the_connection(client: HttpClient) -> None:
     closed = asyncio.Event()
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
@@ -336,12 +325,10 @@ async def test_a_caller_that_gives_up_waiting_drops_the_connection() -> None:
         closed.set()
 
     async with scripted_server(script) as endpoint:
-        client = HttpClient()
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.1):
                 await post(client, endpoint)
         await asyncio.wait_for(closed.wait(), 2)
-        await client.aclose()
 
 
 def test_header_values_that_could_split_a_request_are_refused() -> None:

@@ -144,6 +144,8 @@ def paced_slices(records: list[UsageRecord]) -> tuple[list[list[UsageRecord]], f
     """The batch in slices, and the pause to take between two of them (0: none)."""
     pause = _SLICE_PAUSE_S if len(records) <= _PACED_ROWS else 0.0
     return [records[i:i + _ROWS_PER_SLICE] for i in range(0, len(records), _ROWS_PER_SLICE)], pause
+
+
 GroupBy = Literal["key", "team", "model", "day"]
 
 
