@@ -203,12 +203,12 @@ async def test_a_stream_arrives_piece_by_piece_and_its_connection_is_reused_afte
             for event in events:
                 writer.write(b"%x\r\n%s\r\n" % (len(event), event))
                 await writer.drain()
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.1)
             writer.write(b"0\r\n\r\n")  # the message's end comes after the last event, on its own
 
     async with scripted_server(script) as endpoint:
         for _ in range(2):
-            resp = await post(client, endpoint, answer_s=0.03, whole=False)  # the limit covers the head only
+            resp = await post(client, endpoint, answer_s=0.2, whole=False)  # the limit covers the head only
             seen = []
             async for chunk in resp.chunks():
                 seen.append(chunk)
@@ -216,7 +216,7 @@ async def test_a_stream_arrives_piece_by_piece_and_its_connection_is_reused_afte
                     break
             resp.release()  # before the terminator arrived
             assert b"".join(seen) == b"".join(events)
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.3)  # the terminator comes 0.1 s after the last event
     assert connections == [1]
 
 
