@@ -15,7 +15,7 @@ import uvicorn
 
 from tokenway.app import Gateway, create_app
 from tokenway.config import Settings, parse_config
-from tokenway.http_protocol import CoalescingHttpToolsProtocol
+from tokenway.http_protocol import CoalescingHttpToolsProtocol, server_options
 
 
 def free_port() -> int:
@@ -46,8 +46,7 @@ def running_app(
         Settings(host="127.0.0.1", port=port, master_key=master_key, **settings), parse_config(config_yaml)
     )
     server = uvicorn.Server(uvicorn.Config(
-        app, host="127.0.0.1", port=port, loop="uvloop", http=http, lifespan="on",
-        log_level="warning", access_log=False,
+        app, host="127.0.0.1", port=port, lifespan="on", log_level="warning", **{**server_options(), "http": http},
     ))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -145,3 +145,16 @@ def test_held_heads_still_frame_refuse_and_close_as_uvicorn_does() -> None:
         assert _exchange(port, "/split") == b""  # the connection is dropped; no byte of that head left
         closing = _exchange(port, "/close")
         assert b"\r\nconnection: close\r\n" in closing and closing.endswith(b"\r\n\r\nok")
+
+
+
+def test_the_server_does_not_announce_itself(upstream: FakeUpstream) -> None:
+    yaml = f"models:\n  - name: m\n    deployments:\n      - {{provider: openai, api_base: '{upstream.url('ok')}'}}\n"
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
+    with running_gateway(yaml) as base:
+        address = ("127.0.0.1", int(base.rsplit(":", 1)[1]))
+        with socket.create_connection(address, timeout=10) as sock:
+            sock.sendall(_post(body) + body)
+            answer = _read_until(sock, lambda d: b'"choices"' in d and d.endswith(b"}"))
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\ndate: " in answer
+    assert b"\r\nserver:" not in answer.lower()

@@ -90,22 +90,22 @@ def test_concurrency_limit_per_key(upstream: FakeUpstream, tmp_path: Path) -> No
 
 async def test_memory_buckets_take_all_or_nothing_and_refill() -> None:
     counters = MemoryCounters()
-    rpm = Bucket("rpm:key:a", 60, 1, "requests", "key")
-    tpm = Bucket("tpm:key:a", 100, 80, "tokens", "key")
-    assert (await counters.acquire([rpm, tpm], None)).denied is None
-    denied = await counters.acquire([rpm, tpm], None)
+    rpm = Bucket("rpm:key:a", 60, "requests", "key")
+    tpm = Bucket("tpm:key:a", 100, "tokens", "key")
+    assert (await counters.acquire([rpm, tpm], 80)).denied is None
+    denied = await counters.acquire([rpm, tpm], 80)
     assert denied.denied == 1 and denied.retry_after == pytest.approx((80 - 20) / (100 / 60), rel=0.01)
     assert int(denied.levels[0]) == 59  # the refused request took nothing from the first bucket
-    counters.finish(None, [(tpm, -60)])  # a settle that gives tokens back
-    assert (await counters.acquire([rpm, tpm], None)).denied is None
+    counters.finish(None, [tpm], -60)  # a settle that gives tokens back
+    assert (await counters.acquire([rpm, tpm], 80)).denied is None
     slot = Slot("conc:key:a", 1, "r1")
-    assert (await counters.acquire([], slot)).denied is None
-    assert (await counters.acquire([], Slot("conc:key:a", 1, "r2"))).denied == 0
-    counters.finish(slot, [])
-    assert (await counters.acquire([], Slot("conc:key:a", 1, "r3"))).denied is None
-    assert (await counters.acquire([Bucket("tpm:fast", 600, 600, "tokens", "key")], None)).denied is None
-    five = Bucket("tpm:fast", 600, 5, "tokens", "key")  # refills 10 per second: 5 take 0.5 s
+    assert (await counters.acquire([], 0, slot)).denied is None
+    assert (await counters.acquire([], 0, Slot("conc:key:a", 1, "r2"))).denied == 0
+    counters.finish(slot, [], 0)
+    assert (await counters.acquire([], 0, Slot("conc:key:a", 1, "r3"))).denied is None
+    fast = Bucket("tpm:fast", 600, "tokens", "key")  # refills 10 per second: 5 take 0.5 s
+    assert (await counters.acquire([fast], 600)).denied is None
     await asyncio.sleep(0.3)
-    assert (await counters.acquire([five], None)).denied == 0
+    assert (await counters.acquire([fast], 5)).denied == 0
     await asyncio.sleep(0.3)
-    assert (await counters.acquire([five], None)).denied is None
+    assert (await counters.acquire([fast], 5)).denied is None

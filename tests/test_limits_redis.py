@@ -24,16 +24,16 @@ def _counters() -> RedisCounters:
 async def test_buckets_are_all_or_nothing_under_concurrency() -> None:
     counters = _counters()
     try:
-        rpm = Bucket("rpm:key:a", 50, 1, "requests", "key")
-        tpm = Bucket("tpm:key:a", 10_000, 10, "tokens", "key")
-        results = await asyncio.gather(*(counters.acquire([rpm, tpm], None) for _ in range(200)))
+        rpm = Bucket("rpm:key:a", 50, "requests", "key")
+        tpm = Bucket("tpm:key:a", 10_000, "tokens", "key")
+        results = await asyncio.gather(*(counters.acquire([rpm, tpm], 10) for _ in range(200)))
         assert sum(r.denied is None for r in results) == 50
         denied = next(r for r in results if r.denied is not None)
         assert denied.denied == 0 and 0 < denied.retry_after <= 1.3
         assert 9_500 <= denied.levels[1] <= 9_550  # the refused requests took no tokens (plus a refill)
-        counters.finish(None, [(tpm, 500)])
+        counters.finish(None, [tpm], 500)
         await counters.flush()
-        after = await counters.acquire([tpm], None)
+        after = await counters.acquire([tpm], 10)
         assert after.levels[0] <= 10_000 - 1010 + 100
     finally:
         await counters.aclose()
@@ -43,12 +43,12 @@ async def test_concurrency_slots_and_budget_reservations_are_atomic() -> None:
     counters = _counters()
     try:
         slots = [Slot("conc:key:a", 3, f"r{i}") for i in range(20)]
-        results = await asyncio.gather(*(counters.acquire([], s) for s in slots))
+        results = await asyncio.gather(*(counters.acquire([], 0, s) for s in slots))
         held = [s for s, r in zip(slots, results, strict=True) if r.denied is None]
         assert len(held) == 3
-        counters.finish(held[0], [])
+        counters.finish(held[0], [], 0)
         await counters.flush()
-        assert (await counters.acquire([], Slot("conc:key:a", 3, "late"))).denied is None
+        assert (await counters.acquire([], 0, Slot("conc:key:a", 3, "late"))).denied is None
 
         budget = Budget(amount=1.0, period="day")
         key = BudgetLine("budget:key:a:d", budget.nanos, 60, "key", budget)
@@ -67,18 +67,18 @@ async def test_concurrency_slots_and_budget_reservations_are_atomic() -> None:
 async def test_settles_of_one_loop_turn_are_merged_and_applied_exactly() -> None:
     counters = _counters()
     try:
-        tpm = Bucket("tpm:key:m", 100_000, 0, "tokens", "key")
+        tpm = Bucket("tpm:key:m", 100_000, "tokens", "key")
         budget = Budget(amount=1.0, period="day")
         line = BudgetLine("budget:key:m:d", budget.nanos, 60, "key", budget)
         slots = [Slot("conc:key:m", 100, f"r{i}") for i in range(30)]
-        await asyncio.gather(*(counters.acquire([tpm], slot) for slot in slots))
+        await asyncio.gather(*(counters.acquire([tpm], 0, slot) for slot in slots))
         assert (await counters.reserve([line], 30 * 1_000_000))[0] is None
         for slot in slots:  # thirty requests end in the same loop turn
-            counters.finish(slot, [(tpm, 100)])
+            counters.finish(slot, [tpm], 100)
             counters.settle([line], -400_000)
         await counters.flush()
         assert await counters.committed(line) == 30 * 600_000
-        after = await counters.acquire([tpm], Slot("conc:key:m", 1, "next"))
+        after = await counters.acquire([tpm], 0, Slot("conc:key:m", 1, "next"))
         assert after.denied is None  # every slot was freed
         assert 97_000 <= after.levels[0] <= 97_000 + 100  # 3,000 taken, plus what refilled since
     finally:

@@ -67,7 +67,7 @@ def check_config(path: Path) -> int:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from tokenway.http_protocol import CoalescingHttpToolsProtocol
+    from tokenway.http_protocol import server_options
 
     try:
         config = load_config(args.config)
@@ -103,14 +103,12 @@ def serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        loop="uvloop",
-        http=CoalescingHttpToolsProtocol,  # httptools, one send per response (tokenway/http_protocol.py)
         lifespan="on",
-        access_log=False,
         log_level=args.log_level,
         backlog=4096,
         timeout_keep_alive=75,
         timeout_graceful_shutdown=Settings().shutdown_grace_s,  # type: ignore[arg-type]  # drain: tokenway/drain.py
+        **server_options(),  # tokenway/http_protocol.py
     )
     if metrics_dir:
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -76,3 +76,13 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             on_disconnect = extensions[DISCONNECT_EXTENSION].get("on_disconnect")
             if on_disconnect is not None:
                 on_disconnect()
+
+
+def server_options() -> dict[str, Any]:
+    """How the gateway runs uvicorn (``tokenway serve``, and the tests' servers)."""
+    return {
+        "loop": "uvloop",
+        "http": CoalescingHttpToolsProtocol,  # httptools, one send per response
+        "access_log": False,  # the gateway logs each request itself
+        "server_header": False,  # "server: uvicorn" says what runs here, to no client's use
+    }

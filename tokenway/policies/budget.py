@@ -16,8 +16,6 @@ the worst case.
 
 from __future__ import annotations
 
-import time
-
 from tokenway.config import ModelConfig
 from tokenway.context import RequestContext
 from tokenway.errors import RateLimited
@@ -58,7 +56,12 @@ def _line(scope: str, name: str, budget: Budget) -> BudgetLine:
     return BudgetLine(f"budget:{scope}:{name}:{budget.label()}", budget.nanos, budget.ttl_s(), scope, budget)
 
 
-class _Hold:
+# What admission reserves against for a key and a model: the key's and its team's budget lines, and
+# the rates no cheaper than any of the model's deployments.
+BudgetTerms = tuple[list[BudgetLine], Rates]
+
+
+class BudgetHold:
     """The request's reservation taken at admission; attempts draw on it, it is settled once at the end."""
 
     __slots__ = ("need", "rates", "reservation")
@@ -74,63 +77,56 @@ class Budgets:
         self._counters = counters
         self._access = access
         self._guard = guard
-        # key id -> (the record they were made for, UTC day number, lines): names are rebuilt only
-        # when the key changes or a new day (a new counter) begins.
-        self._lines: dict[str, tuple[KeyRecord, int, list[BudgetLine]]] = {}
         # Per public model, rates no cheaper than any of its deployments: admission reserves at these
         # before routing has chosen one.
         self._dearest = {m.name: Rates.dearest([Rates.of(deployment_price(d)) for d in m.deployments]) for m in models}
 
-    def lines(self, key: KeyRecord) -> list[BudgetLine]:
-        day = int(time.time() // 86400)
-        cached = self._lines.get(key.id)
-        if cached is not None and cached[0] is key and cached[1] == day:
-            return cached[2]
-        lines = budget_lines(key, self._access)
-        self._lines[key.id] = (key, day, lines)
-        return lines
+    def known(self, model: str) -> bool:
+        return model in self._dearest
 
-    def reservation(self, ctx: RequestContext, call: Call) -> Reservation | None:
+    def terms(self, key: KeyRecord, model: str) -> BudgetTerms | None:
+        """What admission reserves against (None: no budget applies, or routing will refuse the model)."""
+        lines = budget_lines(key, self._access)
+        rates = self._dearest.get(model)
+        return (lines, rates) if lines and rates is not None else None
+
+    def reservation(self, terms: BudgetTerms, call: Call, prompt_tokens: int) -> Reservation | None:
         """What admission reserves for the whole request, with the rate limits in the same atomic step
         (one store call instead of two): the worst case at the model's dearest deployment."""
-        key: KeyRecord | None = ctx.extra.get("key")
-        if key is None:
-            return None
-        lines = self.lines(key)
-        rates = self._dearest.get(call.body.get("model") or "")  # None for an unknown model: routing says 404
-        if not lines or rates is None:
-            return None
-        amount = self._worst_case(rates, call)
+        lines, rates = terms
+        amount = rates.nanos(prompt_tokens, call.max_tokens or self._access.budget_max_tokens)
         return Reservation(lines, amount) if amount else None
 
-    def held(self, ctx: RequestContext, reservation: Reservation) -> None:
-        """Admission took ``reservation``: the attempts draw on it, and it is settled when the request ends
-        (a cache hit, or no attempt answering, gives it all back)."""
-        hold = _Hold(reservation)
-        ctx.extra["budget_hold"] = hold
-        ctx.defer(lambda c: self._settle_hold(c, hold))
-
-    def _worst_case(self, rates: Rates, call: Call) -> int:
-        """The estimated prompt plus every token the answer may have (``budget_max_tokens`` when unset)."""
-        return rates.nanos(estimate_prompt_tokens(call), call.max_tokens or self._access.budget_max_tokens)
+    def held(self, ctx: RequestContext, reservation: Reservation) -> BudgetHold:
+        """Admission took ``reservation``: the attempts draw on it. The caller settles it with
+        ``settle_hold`` when the request ends (a cache hit, or no attempt answering, gives it all back)."""
+        hold = ctx.extra["budget_hold"] = BudgetHold(reservation)
+        return hold
 
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
-        hold: _Hold | None = ctx.extra.get("budget_hold")
+        hold: BudgetHold | None = ctx.extra.get("budget_hold")
         if hold is not None:
             lines = hold.reservation.lines
         else:
             key: KeyRecord | None = ctx.extra.get("key")
-            lines = self.lines(key) if key is not None else []
+            lines = budget_lines(key, self._access) if key is not None else []
             if not lines:
                 return await next(ctx, call)
-        if call.max_tokens is None:  # the backend must stop where the reservation does
-            call.body["max_tokens"] = self._access.budget_max_tokens
+        max_tokens = call.max_tokens
+        if max_tokens is None:  # the backend must stop where the reservation does
+            max_tokens = call.body["max_tokens"] = self._access.budget_max_tokens
         rates: Rates = ctx.target.rates
-        need = self._worst_case(rates, call)
+        need = rates.nanos(estimate_prompt_tokens(call), max_tokens)  # this attempt's worst case
         if need == 0:  # a free deployment spends nothing
             return await next(ctx, call)
         if hold is not None:
-            return await self._draw(ctx, call, next, hold, rates, need)
+            reservation = hold.reservation
+            short = need - reservation.amount
+            if short > 0 and await self._reserve(lines, short):  # a dearer fallback model: top it up
+                reservation.amount = need
+            answer = await next(ctx, call)  # a failed attempt keeps the hold for the next one
+            hold.rates, hold.need = rates, need
+            return answer
         # Admission reserved nothing (the budget looked spent at the dearest price, or the store was
         # down): reserve at this deployment's own price, and refuse if that does not fit either.
         if not await self._reserve(lines, need):
@@ -144,17 +140,6 @@ class Budgets:
         ctx.defer(lambda c: self._counters.settle(lines, self._actual(c, rates, need) - need))
         return answer
 
-    async def _draw(
-        self, ctx: RequestContext, call: Call, next: Handler, hold: _Hold, rates: Rates, need: int
-    ) -> Answer:
-        reservation = hold.reservation
-        short = need - reservation.amount
-        if short > 0 and await self._reserve(reservation.lines, short):  # a dearer fallback model: top it up
-            reservation.amount = need
-        answer = await next(ctx, call)  # a failed attempt keeps the hold for the next one
-        hold.rates, hold.need = rates, need
-        return answer
-
     async def _reserve(self, lines: list[BudgetLine], amount: int) -> bool:
         """Reserve ``amount`` on every line; False when the store is down and the guard serves anyway."""
         try:
@@ -166,7 +151,7 @@ class Budgets:
             raise _exceeded(lines[full], used, amount)
         return True
 
-    def _settle_hold(self, ctx: RequestContext, hold: _Hold) -> None:
+    def settle_hold(self, ctx: RequestContext, hold: BudgetHold) -> None:
         cost = 0 if hold.rates is None else self._actual(ctx, hold.rates, hold.need)
         self._counters.settle(hold.reservation.lines, cost - hold.reservation.amount)
 

@@ -25,7 +25,7 @@ from tokenway.usage.cost import estimate_prompt_tokens
 from tokenway.usage.options import AccessConfig
 
 if TYPE_CHECKING:  # budget.py imports StoreGuard from here
-    from tokenway.policies.budget import Budgets
+    from tokenway.policies.budget import BudgetHold, Budgets, BudgetTerms
 
 
 class StoreGuard:
@@ -54,87 +54,120 @@ class StoreGuard:
             raise Overloaded("The rate-limit store is unavailable; retry shortly.", retry_after=1) from exc
 
 
+class _Plan:
+    """What one kind of request asks of the counter store, worked out once: its buckets (the key's,
+    its team's, the model's), which of them report in the headers, the concurrency slot, and the
+    budget lines with the rates admission reserves at. A key's plan for a model is kept until the
+    key changes or the UTC day ends (a new day or month starts new budget counters)."""
+
+    __slots__ = ("buckets", "budget", "capacities", "headers", "slot", "token_buckets", "until")
+
+    def __init__(
+        self,
+        buckets: list[Bucket],
+        slot: tuple[str, int] | None = None,
+        budget: BudgetTerms | None = None,
+        until: float = 0.0,
+    ) -> None:
+        self.buckets = buckets
+        self.token_buckets = [b for b in buckets if b.kind == "tokens"]
+        self.capacities = [b"%d" % b.capacity for b in buckets]
+        # Per kind, the header names and the buckets that compete to be reported (the tightest wins).
+        self.headers = [(_HEADER_NAMES[kind], [i for i, b in enumerate(buckets) if b.kind == kind])
+                        for kind in ("requests", "tokens") if any(b.kind == kind for b in buckets)]
+        self.slot = slot  # (slot key, limit) when the key limits requests in flight
+        self.budget = budget
+        self.until = until
+
+
 class RateLimits:
     def __init__(self, counters: Counters, access: AccessConfig, guard: StoreGuard, budgets: Budgets) -> None:
         self._counters = counters
         self._access = access
         self._guard = guard
         self._budgets = budgets  # their admission reservation is taken in the same store call
-        self._plans: dict[str, tuple[KeyRecord, list[Bucket]]] = {}
+        self._plans: dict[tuple[str, str], tuple[KeyRecord, _Plan]] = {}
 
-    def buckets(self, ctx: RequestContext, call: Call, prompt_tokens: int) -> list[Bucket]:
-        out: list[Bucket] = []
-        key: KeyRecord | None = ctx.extra.get("key")
-        if key is not None:
-            for bucket in self._key_plan(key):  # requests cost 1; tokens cost this request's prompt
-                out.append(bucket if bucket.kind == "requests" else
-                           Bucket(bucket.key, bucket.capacity, prompt_tokens, "tokens", bucket.scope))
-        elif ctx.key_alias is None and ctx.client_ip:  # anonymous: the caller is its address
-            anonymous = self._access.anonymous
-            _add(out, "ip", ctx.client_ip, anonymous.rpm, anonymous.tpm, prompt_tokens)
-        model = call.body.get("model") or ""
-        limit = self._access.models.get(model)
-        if limit is not None:
-            _add(out, "model", model, limit.rpm, limit.tpm, prompt_tokens)
-        return out
-
-    def _key_plan(self, key: KeyRecord) -> list[Bucket]:
-        """The key's and its team's buckets, built once per key record (a changed key is a new record)."""
-        cached = self._plans.get(key.id)
-        if cached is not None and cached[0] is key:
+    def _key_plan(self, key: KeyRecord, model: str) -> _Plan:
+        now = time.time()
+        cached = self._plans.get((key.id, model))
+        if cached is not None and cached[0] is key and now < cached[1].until:
             return cached[1]
-        plan: list[Bucket] = []
-        _add(plan, "key", key.id, key.rpm, key.tpm, 0)
+        buckets: list[Bucket] = []
+        _add(buckets, "key", key.id, key.rpm, key.tpm)
         team = self._access.teams.get(key.team or "")
         if team is not None:
-            _add(plan, "team", key.team or "", team.rpm, team.tpm, 0)
-        self._plans[key.id] = (key, plan)
+            _add(buckets, "team", key.team or "", team.rpm, team.tpm)
+        self._add_model(buckets, model)
+        plan = _Plan(
+            buckets,
+            (f"conc:key:{key.id}", key.max_parallel) if key.max_parallel else None,
+            self._budgets.terms(key, model),
+            (now // 86400 + 1) * 86400,
+        )
+        if self._budgets.known(model):  # the model named by a client is kept only once it is known
+            self._plans[(key.id, model)] = (key, plan)
         return plan
 
+    def _keyless_plan(self, ctx: RequestContext, model: str) -> _Plan | None:
+        buckets: list[Bucket] = []
+        if ctx.key_alias is None and ctx.client_ip:  # anonymous: the caller is its address
+            anonymous = self._access.anonymous
+            _add(buckets, "ip", ctx.client_ip, anonymous.rpm, anonymous.tpm)
+        self._add_model(buckets, model)
+        return _Plan(buckets) if buckets else None
+
+    def _add_model(self, buckets: list[Bucket], model: str) -> None:
+        limit = self._access.models.get(model)
+        if limit is not None:
+            _add(buckets, "model", model, limit.rpm, limit.tpm)
+
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
-        prompt_tokens = estimate_prompt_tokens(call)
-        buckets = self.buckets(ctx, call, prompt_tokens)
         key: KeyRecord | None = ctx.extra.get("key")
-        slot = None
-        if key is not None and key.max_parallel:
-            slot = Slot(f"conc:key:{key.id}", key.max_parallel, ctx.request_id + secrets.token_hex(4))
-        reservation = self._budgets.reservation(ctx, call)
-        if not buckets and slot is None and reservation is None:
+        model = call.body.get("model") or ""
+        plan = self._key_plan(key, model) if key is not None else self._keyless_plan(ctx, model)
+        if plan is None:
             return await next(ctx, call)
-        for bucket in buckets:
-            if bucket.cost > bucket.capacity:  # waiting would never help: say so instead of "retry later"
+        tokens = estimate_prompt_tokens(call)
+        for bucket in plan.token_buckets:
+            if tokens > bucket.capacity:  # waiting would never help: say so instead of "retry later"
                 raise RateLimited(
-                    f"This request needs about {bucket.cost} tokens, more than the {bucket.scope}'s limit of "
+                    f"This request needs about {tokens} tokens, more than the {bucket.scope}'s limit of "
                     f"{bucket.capacity} tokens per minute; send a shorter prompt.", code="tokens_exceeded",
                 )
+        slot = None if plan.slot is None else Slot(plan.slot[0], plan.slot[1], ctx.request_id + secrets.token_hex(4))
+        reservation = None if plan.budget is None else self._budgets.reservation(plan.budget, call, tokens)
+        if not plan.buckets and slot is None and reservation is None:
+            return await next(ctx, call)
         try:
-            admission = await self._counters.acquire(buckets, slot, reservation)
+            admission = await self._counters.acquire(plan.buckets, tokens, slot, reservation)
         except CountersUnavailable as exc:
             self._guard.unavailable(exc)
             return await next(ctx, call)
-        headers = _headers(buckets, admission)
+        headers = _headers(plan, admission.levels)
         if admission.denied is not None:
-            raise _denied(buckets, admission, headers)
-        ctx.response_headers.extend(headers)
-        if admission.held:
-            assert reservation is not None
-            self._budgets.held(ctx, reservation)
-        ctx.defer(lambda c: self._settle(c, buckets, prompt_tokens, slot))
+            raise _denied(plan.buckets, admission, headers)
+        ctx.response_headers += headers
+        hold = self._budgets.held(ctx, reservation) if admission.held and reservation is not None else None
+        ctx.defer(lambda c: self._settle(c, plan, tokens, slot, hold))
         return await next(ctx, call)
 
-    def _settle(self, ctx: RequestContext, buckets: list[Bucket], estimate: int, slot: Slot | None) -> None:
+    def _settle(
+        self, ctx: RequestContext, plan: _Plan, estimate: int, slot: Slot | None, hold: BudgetHold | None
+    ) -> None:
+        if hold is not None:
+            self._budgets.settle_hold(ctx, hold)
         usage = ctx.usage
         delta = usage.prompt_tokens + usage.completion_tokens - estimate if usage is not None else 0
-        adjustments = [(bucket, delta) for bucket in buckets if bucket.kind == "tokens"] if delta else []
-        if adjustments or slot is not None:
-            self._counters.finish(slot, adjustments)
+        if slot is not None or (delta and plan.token_buckets):
+            self._counters.finish(slot, plan.token_buckets, delta)
 
 
-def _add(out: list[Bucket], scope: str, name: str, rpm: int | None, tpm: int | None, prompt_tokens: int) -> None:
+def _add(out: list[Bucket], scope: str, name: str, rpm: int | None, tpm: int | None) -> None:
     if rpm:
-        out.append(Bucket("rpm:" + scope + ":" + name, rpm, 1, "requests", scope))
+        out.append(Bucket("rpm:" + scope + ":" + name, rpm, "requests", scope))
     if tpm:
-        out.append(Bucket("tpm:" + scope + ":" + name, tpm, prompt_tokens, "tokens", scope))
+        out.append(Bucket("tpm:" + scope + ":" + name, tpm, "tokens", scope))
 
 
 def _duration(seconds: float) -> bytes:
@@ -152,19 +185,17 @@ _HEADER_NAMES = {
 }
 
 
-def _headers(buckets: list[Bucket], admission: Admission) -> list[tuple[bytes, bytes]]:
+def _headers(plan: _Plan, levels: list[float]) -> list[tuple[bytes, bytes]]:
     """OpenAI's headers for the tightest bucket (least left, as a share of its capacity) of each kind."""
-    levels = admission.levels
-    tightest: dict[str, int] = {}
-    for i, bucket in enumerate(buckets):
-        j = tightest.get(bucket.kind)
-        if j is None or levels[i] * buckets[j].capacity < levels[j] * bucket.capacity:
-            tightest[bucket.kind] = i
+    buckets = plan.buckets
     out: list[tuple[bytes, bytes]] = []
-    for kind, i in tightest.items():
-        limit, left, reset = _HEADER_NAMES[kind]
+    for (limit, left, reset), members in plan.headers:
+        i = members[0]
+        for j in members[1:]:
+            if levels[j] * buckets[i].capacity < levels[i] * buckets[j].capacity:
+                i = j
         capacity, level = buckets[i].capacity, levels[i]
-        out += ((limit, b"%d" % capacity), (left, b"%d" % level if level > 0 else b"0"),
+        out += ((limit, plan.capacities[i]), (left, b"%d" % level if level > 0 else b"0"),
                 (reset, _duration((capacity - level) * 60.0 / capacity)))  # refills at capacity/min
     return out
 

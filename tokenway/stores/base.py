@@ -11,6 +11,7 @@ import calendar
 import hashlib
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -181,13 +182,13 @@ class CountersUnavailable(Exception):
     """The shared counter store cannot be reached (the policy decides: fail open or closed)."""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Bucket:
-    """A token bucket of ``capacity`` per minute, refilled continuously, asked for ``cost``."""
+    """A token bucket of ``capacity`` per minute, refilled continuously. A request takes one from a
+    ``requests`` bucket and its (estimated) prompt tokens from a ``tokens`` bucket."""
 
     key: str
     capacity: int
-    cost: int
     kind: Literal["requests", "tokens"]
     scope: str  # "key", "team", "ip" or "model": named in the 429 message
 
@@ -237,15 +238,15 @@ class Counters(Protocol):
     settle_failures: int  # settles that failed after their request had ended (a store may send them late)
 
     async def acquire(
-        self, buckets: list[Bucket], slot: Slot | None, reservation: Reservation | None = None
+        self, buckets: Sequence[Bucket], tokens: int, slot: Slot | None = None, reservation: Reservation | None = None
     ) -> Admission:
-        """Take ``cost`` from every bucket and the slot, or nothing. When they are taken, also reserve
-        ``reservation`` in the same atomic step if it fits every line (``Admission.held``); a budget that
-        does not fit refuses nothing here."""
+        """Take one from every ``requests`` bucket, ``tokens`` from every ``tokens`` bucket and the slot,
+        or nothing. When they are taken, also reserve ``reservation`` in the same atomic step if it fits
+        every line (``Admission.held``); a budget that does not fit refuses nothing here."""
 
-    def finish(self, slot: Slot | None, adjustments: list[tuple[Bucket, int]]) -> None:
-        """A request is over: free its slot, and take ``delta`` more tokens from each bucket (give back
-        when negative) now that the real count is known; a bucket may go into debt. Nobody waits for
+    def finish(self, slot: Slot | None, buckets: Sequence[Bucket], delta: int) -> None:
+        """A request is over: free its slot, and take ``delta`` more tokens from each of ``buckets`` (give
+        back when negative) now that the real count is known; a bucket may go into debt. Nobody waits for
         it: a shared store applies it a moment later, merged with other requests' settles, and
         counts a failure in ``settle_failures`` instead of raising."""
 

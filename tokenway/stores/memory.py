@@ -7,6 +7,7 @@ check-and-take is atomic by construction (no lock needed, no interleaving possib
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from tokenway.stores.base import Admission, Bucket, BudgetLine, Reservation, Slot
 
@@ -27,13 +28,14 @@ class MemoryCounters:
         return capacity if level > capacity else level
 
     async def acquire(
-        self, buckets: list[Bucket], slot: Slot | None, reservation: Reservation | None = None
+        self, buckets: Sequence[Bucket], tokens: int, slot: Slot | None = None, reservation: Reservation | None = None
     ) -> Admission:
         now = time.monotonic()
         levels = [self._level(b, now) for b in buckets]
-        for i, bucket in enumerate(buckets):
-            if levels[i] < bucket.cost:
-                return Admission(i, (bucket.cost - levels[i]) * 60.0 / bucket.capacity, levels)
+        costs = [tokens if b.kind == "tokens" else 1 for b in buckets]
+        for i, cost in enumerate(costs):
+            if levels[i] < cost:
+                return Admission(i, (cost - levels[i]) * 60.0 / buckets[i].capacity, levels)
         if slot is not None:
             held = self._slots.setdefault(slot.key, {})
             for member in [m for m, expiry in held.items() if expiry <= now]:
@@ -42,20 +44,21 @@ class MemoryCounters:
                 return Admission(len(buckets), 1.0, levels)
             held[slot.member] = now + slot.ttl_s
         for i, bucket in enumerate(buckets):
-            levels[i] -= bucket.cost
+            levels[i] -= costs[i]
             self._buckets[bucket.key] = (levels[i], now)
         reserved = reservation is not None and self._reserve(reservation.lines, reservation.amount)[0] is None
         return Admission(None, 0.0, levels, reserved)
 
-    def finish(self, slot: Slot | None, adjustments: list[tuple[Bucket, int]]) -> None:
+    def finish(self, slot: Slot | None, buckets: Sequence[Bucket], delta: int) -> None:
         if slot is not None:
             held = self._slots.get(slot.key)
             if held is not None:
                 held.pop(slot.member, None)
-        now = time.monotonic()
-        for bucket, delta in adjustments:
-            level = max(self._level(bucket, now) - delta, -float(bucket.capacity))
-            self._buckets[bucket.key] = (level, now)
+        if delta:
+            now = time.monotonic()
+            for bucket in buckets:
+                level = max(self._level(bucket, now) - delta, -float(bucket.capacity))
+                self._buckets[bucket.key] = (level, now)
 
     async def reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
         return self._reserve(lines, amount)

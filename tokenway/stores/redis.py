@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from tokenway.stores.base import Admission, Bucket, BudgetLine, CountersUnavailable, Reservation, Slot
@@ -134,12 +134,12 @@ class RedisCounters:
         return self._call(self._redis.eval, script, [self._prefix + k for k in keys], args)
 
     async def acquire(
-        self, buckets: list[Bucket], slot: Slot | None, reservation: Reservation | None = None
+        self, buckets: Sequence[Bucket], tokens: int, slot: Slot | None = None, reservation: Reservation | None = None
     ) -> Admission:
         keys = [b.key for b in buckets]
         args: list[Any] = [len(buckets), 0 if slot is None else 1]
         for bucket in buckets:
-            args += [bucket.capacity, bucket.cost]
+            args += (bucket.capacity, tokens if bucket.kind == "tokens" else 1)
         if slot is not None:
             keys.append(slot.key)
             args += [slot.limit, slot.member, slot.ttl_s * 1000]
@@ -150,13 +150,15 @@ class RedisCounters:
         denied = int(raw[0])
         return Admission(denied - 1 if denied else None, int(raw[1]) / 1000.0, raw[3:], raw[2] == 1)
 
-    def finish(self, slot: Slot | None, adjustments: list[tuple[Bucket, int]]) -> None:
+    def finish(self, slot: Slot | None, buckets: Sequence[Bucket], delta: int) -> None:
         if slot is not None:
             self._settling.slots.append((slot.key, slot.member))
-        for bucket, delta in adjustments:
-            entry = self._settling.tokens.get(bucket.key)
-            self._settling.tokens[bucket.key] = (bucket.capacity, delta + (entry[1] if entry else 0))
-        if slot is not None or adjustments:
+        if delta:
+            tokens = self._settling.tokens
+            for bucket in buckets:
+                entry = tokens.get(bucket.key)
+                tokens[bucket.key] = (bucket.capacity, delta + (entry[1] if entry else 0))
+        if slot is not None or (delta and buckets):
             self._settle_soon()
 
     async def reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:

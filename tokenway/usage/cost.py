@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from tokenway.config import DeploymentConfig, Price
 from tokenway.prices import list_price
@@ -51,20 +50,18 @@ def estimate_prompt_tokens(call: Call) -> int:
     """Characters / 4 plus per-message framing: a cheap estimate, settled to the real count afterwards."""
     if call.prompt_estimate is None:
         body = call.body
+        chars = 0
         if call.kind == "chat":
             messages = body.get("messages") or []
-            chars = sum(_chars(m.get("content")) for m in messages if isinstance(m, dict))
+            for message in messages:  # a plain loop: this runs on every limited or budgeted request
+                content = message.get("content") if isinstance(message, dict) else None
+                if isinstance(content, str):
+                    chars += len(content)
+                elif isinstance(content, list):
+                    chars += sum(len(part.get("text") or "") for part in content if isinstance(part, dict))
             call.prompt_estimate = -(-chars // 4) + 4 * len(messages) + 3
         else:
             prompt = body.get("prompt")
             chars = len(prompt) if isinstance(prompt, str) else sum(len(p) for p in prompt or [] if isinstance(p, str))
             call.prompt_estimate = -(-chars // 4) + 1
     return call.prompt_estimate
-
-
-def _chars(content: Any) -> int:
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list):
-        return sum(len(part.get("text") or "") for part in content if isinstance(part, dict))
-    return 0
