@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from tokenway.context import RequestContext
+from tokenway.observability.families import Family, Kind
 from tokenway.protocol import Usage
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -30,58 +31,66 @@ class Metrics:
     def __init__(self) -> None:
         self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
         self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "tokenway_requests", "Requests answered, by outcome.",
-            ["model", "deployment", "endpoint", "status_code", "stream"], registry=r,
+        family = self._family
+        self.requests = family(
+            "counter", "tokenway_requests", "Requests answered, by outcome.",
+            ["model", "deployment", "endpoint", "status_code", "stream"],
         )
-        self.duration = Histogram(
-            "tokenway_request_duration_seconds", "Time from request to the last byte of the response.",
-            ["model", "stream"], buckets=LATENCY_BUCKETS, registry=r,
+        self.duration = family(
+            "histogram", "tokenway_request_duration_seconds", "Time from request to the last byte of the response.",
+            ["model", "stream"], LATENCY_BUCKETS,
         )
-        self.ttft = Histogram(
-            "tokenway_time_to_first_token_seconds", "Time from request to the first streamed chunk, at the gateway.",
-            ["model", "deployment"], buckets=TTFT_BUCKETS, registry=r,
+        self.ttft = family(
+            "histogram", "tokenway_time_to_first_token_seconds",
+            "Time from request to the first streamed chunk, at the gateway.", ["model", "deployment"], TTFT_BUCKETS,
         )
-        self.itl = Histogram(
-            "tokenway_inter_token_latency_seconds", "Gaps between streamed chunks, measured at the gateway.",
-            ["model", "deployment"], buckets=ITL_BUCKETS, registry=r,
+        self.itl = family(
+            "histogram", "tokenway_inter_token_latency_seconds",
+            "Gaps between streamed chunks, measured at the gateway.", ["model", "deployment"], ITL_BUCKETS,
         )
-        self.overhead = Histogram(
-            "tokenway_gateway_overhead_seconds", "Time spent in tokenway itself, excluding the upstream.",
-            ["endpoint"], buckets=OVERHEAD_BUCKETS, registry=r,
+        self.overhead = family(
+            "histogram", "tokenway_gateway_overhead_seconds", "Time spent in tokenway itself, excluding the upstream.",
+            ["endpoint"], OVERHEAD_BUCKETS,
         )
-        self.tokens = Counter(
-            "tokenway_tokens", "Tokens processed.", ["model", "deployment", "type"], registry=r,
+        self.tokens = family("counter", "tokenway_tokens", "Tokens processed.", ["model", "deployment", "type"])
+        self.cost = family(
+            "counter", "tokenway_cost_usd", "Spend in US dollars at the configured prices.", ["model", "key_alias"],
         )
-        self.cost = Counter(
-            "tokenway_cost_usd", "Spend in US dollars at the configured prices.", ["model", "key_alias"], registry=r,
+        self.in_flight = family("gauge", "tokenway_in_flight_requests", "Requests being served now.", ["endpoint"])
+        self.upstream_errors = family(
+            "counter", "tokenway_upstream_errors",
+            "Failed backend attempts (before or during the answer), by error class.", ["deployment", "type"],
         )
-        self.in_flight = Gauge(
-            "tokenway_in_flight_requests", "Requests being served now.", ["endpoint"], registry=r,
-            multiprocess_mode="livesum",
+        self.retries = family(
+            "counter", "tokenway_retries", "Extra attempts made on other deployments or later.", ["model"],
         )
-        self.upstream_errors = Counter(
-            "tokenway_upstream_errors", "Failed backend attempts (before or during the answer), by error class.",
-            ["deployment", "type"], registry=r,
+        self.cache_lookups = family("counter", "tokenway_cache_lookups", "Response cache lookups.", ["model", "result"])
+        self.queue_wait = family(
+            "histogram", "tokenway_queue_wait_seconds", "Time spent in the admission queue waiting for a slot.",
+            ["model"], LATENCY_BUCKETS,
         )
-        self.retries = Counter(
-            "tokenway_retries", "Extra attempts made on other deployments or later.", ["model"], registry=r,
-        )
-        self.cache_lookups = Counter(
-            "tokenway_cache_lookups", "Response cache lookups.", ["model", "result"], registry=r,
-        )
-        self.queue_wait = Histogram(
-            "tokenway_queue_wait_seconds", "Time spent in the admission queue waiting for a slot.",
-            ["model"], buckets=LATENCY_BUCKETS, registry=r,
-        )
-        self.rate_limited = Counter(
-            "tokenway_rate_limited", "Requests refused with 429.", ["model", "source"], registry=r,
+        self.rate_limited = family(
+            "counter", "tokenway_rate_limited", "Requests refused with 429.", ["model", "source"],
         )
         # Live state read at scrape time (breakers, queues, worker load): this process's own view.
         self._live = CollectorRegistry()
         self._by_labels: dict[tuple[str, str, str, bool], _Series] = {}
         self._in_flight_children: dict[str, Any] = {}
+
+    def _family(
+        self, kind: Kind, name: str, documentation: str, labelnames: list[str], buckets: tuple[float, ...] = ()
+    ) -> Any:
+        """A metric with ``labels(...)`` children: kept in this process (``Family``), or, with several worker
+        processes, prometheus-client's, whose values live in the shared files."""
+        if not self.multiprocess:
+            family = Family(kind, name, documentation, labelnames, buckets)
+            self.registry.register(family)
+            return family
+        if kind == "histogram":
+            return Histogram(name, documentation, labelnames, buckets=buckets, registry=self.registry)
+        if kind == "gauge":  # a worker that exits takes its in-flight count with it
+            return Gauge(name, documentation, labelnames, registry=self.registry, multiprocess_mode="livesum")
+        return Counter(name, documentation, labelnames, registry=self.registry)
 
     def close(self) -> None:
         """Drop this process's live gauges from the shared files (multiprocess mode)."""

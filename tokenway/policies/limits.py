@@ -126,7 +126,7 @@ class RateLimits:
         key: KeyRecord | None = ctx.extra.get("key")
         model = call.body.get("model") or ""
         plan = self._key_plan(key, model) if key is not None else self._keyless_plan(ctx, model)
-        if plan is None:
+        if plan is None or not (plan.buckets or plan.slot or plan.budget):  # a key with no limits and no budget
             return await next(ctx, call)
         tokens = estimate_prompt_tokens(call)
         for bucket in plan.token_buckets:
@@ -137,7 +137,7 @@ class RateLimits:
                 )
         slot = None if plan.slot is None else Slot(plan.slot[0], plan.slot[1], ctx.request_id + secrets.token_hex(4))
         reservation = None if plan.budget is None else self._budgets.reservation(plan.budget, call, tokens)
-        if not plan.buckets and slot is None and reservation is None:
+        if not plan.buckets and slot is None and reservation is None:  # a budget, but a free model
             return await next(ctx, call)
         try:
             admission = await self._counters.acquire(plan.buckets, tokens, slot, reservation)
