@@ -1,8 +1,9 @@
 """Prometheus metrics: the golden signals and the LLM ones, recorded once per request.
 
-Every metric lives in the app's own registry (no global state). With several worker
-processes the CLI points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder before the workers
-start, values go to shared files, and a scrape of any worker aggregates all of them.
+Every metric lives in the app's own registry (no global state). One process keeps its values
+as plain numbers (``families.py``: no lock per update). With several worker processes the CLI
+points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder before the workers start, values go to
+prometheus-client's shared files, and a scrape of any worker aggregates all of them.
 Labels are bounded: configured model and deployment names, status codes, key aliases —
 never request ids or raw user ids.
 """
