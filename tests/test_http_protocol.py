@@ -147,7 +147,6 @@ def test_held_heads_still_frame_refuse_and_close_as_uvicorn_does() -> None:
         assert b"\r\nconnection: close\r\n" in closing and closing.endswith(b"\r\n\r\nok")
 
 
-
 def test_the_server_does_not_announce_itself(upstream: FakeUpstream) -> None:
     yaml = f"models:\n  - name: m\n    deployments:\n      - {{provider: openai, api_base: '{upstream.url('ok')}'}}\n"
     body = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.access_support import chat, config, create_key, gateway
+from tests.access_support import MASTER, chat, config, create_key, gateway
 from tests.fakes import FakeUpstream
+from tokenway.policies import limits
 from tokenway.stores.base import Bucket, Slot
 from tokenway.stores.memory import MemoryCounters
 
@@ -109,3 +111,25 @@ async def test_memory_buckets_take_all_or_nothing_and_refill() -> None:
     assert (await counters.acquire([fast], 5)).denied == 0
     await asyncio.sleep(0.3)
     assert (await counters.acquire([fast], 5)).denied is None
+
+
+def test_a_changed_key_a_new_utc_day_and_an_unknown_model_each_get_a_fresh_plan(
+    upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with gateway(config(upstream), tmp_path) as (base, app):
+        created = create_key(base, rpm=100)
+        key, key_id = created["key"], created["id"]
+        assert chat(base, key).headers["x-ratelimit-limit-requests"] == "100"
+        changed = httpx.patch(base + f"/admin/keys/{key_id}", json={"rpm": 200},
+                              headers={"Authorization": f"Bearer {MASTER}"})
+        assert changed.status_code == 200
+        assert chat(base, key).headers["x-ratelimit-limit-requests"] == "200"  # the changed key's plan
+        plans = app.access.rate_limits._plans
+        assert set(plans) == {(key_id, "m")}
+        stale = plans[(key_id, "m")][1]
+        now = time.time()
+        monkeypatch.setattr(limits.time, "time", lambda: now + 86_400)  # the same key, the next UTC day
+        assert chat(base, key).status_code == 200
+        assert plans[(key_id, "m")][1] is not stale and plans[(key_id, "m")][1].until > stale.until
+        assert chat(base, key, model="no-such-model").status_code == 404
+        assert set(plans) == {(key_id, "m")}  # a model the gateway does not serve is not kept

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import metrics as prometheus_metrics
 
 from tokenway.observability.families import Family
 
-BOUNDS = (0.005, 0.01, 0.25, 1.0)
+BOUNDS = (0.005, 0.01, 0.25, 1, 10)  # integers too, as the gateway's own bounds have
 
 
 def _exposition(registry: CollectorRegistry) -> str:
@@ -53,3 +54,25 @@ def test_wrong_label_count_is_refused_and_names_clash_as_in_prometheus_client() 
     registry.register(family)
     with pytest.raises(ValueError, match="Duplicated timeseries"):
         Counter("t_x", "X again.", registry=registry)
+
+
+def test_counters_refuse_to_go_down_and_created_series_follow_prometheus_clients_switch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counter = Family("counter", "t_down", "X.", ["a"]).labels("v")
+    with pytest.raises(ValueError, match="non-negative"):
+        counter.inc(-1)
+    monkeypatch.setattr(prometheus_metrics, "_use_created", False)  # PROMETHEUS_DISABLE_CREATED_SERIES=true
+    theirs = CollectorRegistry()
+    _record(Counter("t_requests", "Requests.", ["model", "code"], registry=theirs),
+            Gauge("t_in_flight", "In flight.", ["endpoint"], registry=theirs),
+            Histogram("t_seconds", "Seconds.", ["model", "stream"], buckets=BOUNDS, registry=theirs))
+    ours = CollectorRegistry()
+    families = (Family("counter", "t_requests", "Requests.", ["model", "code"]),
+                Family("gauge", "t_in_flight", "In flight.", ["endpoint"]),
+                Family("histogram", "t_seconds", "Seconds.", ["model", "stream"], BOUNDS))
+    for family in families:
+        ours.register(family)
+    _record(*families)
+    assert _exposition(ours) == _exposition(theirs)
+    assert "_created" not in _exposition(ours)

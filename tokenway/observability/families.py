@@ -18,6 +18,7 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from typing import Literal
 
+from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
@@ -25,14 +26,28 @@ from prometheus_client.utils import floatToGoString
 Kind = Literal["counter", "gauge", "histogram"]
 
 
-class Value:
-    """A counter's or a gauge's labelled value."""
+class Count:
+    """A counter's labelled value: it only goes up."""
 
     __slots__ = ("created", "value")
 
     def __init__(self) -> None:
         self.value = 0.0
         self.created = time.time()
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        self.value += amount
+
+
+class Level:
+    """A gauge's labelled value."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
 
     def inc(self, amount: float = 1.0) -> None:
         self.value += amount
@@ -68,14 +83,16 @@ class Family:
         self.documentation = documentation
         self.labelnames = list(labelnames)
         self.bounds = tuple(float(b) for b in buckets)
-        self._children: dict[tuple[str, ...], Value | Distribution] = {}
+        self._children: dict[tuple[str, ...], Count | Level | Distribution] = {}
 
-    def labels(self, *values: str) -> Value | Distribution:
+    def labels(self, *values: str) -> Count | Level | Distribution:
         child = self._children.get(values)
         if child is None:
             if len(values) != len(self.labelnames):
                 raise ValueError(f"{self.name} takes labels {self.labelnames}, not {values}")
-            child = self._children[values] = Distribution(self.bounds) if self.kind == "histogram" else Value()
+            kind = self.kind
+            child = Distribution(self.bounds) if kind == "histogram" else Count() if kind == "counter" else Level()
+            self._children[values] = child
         return child
 
     def describe(self) -> list[Metric]:
@@ -83,6 +100,9 @@ class Family:
 
     def collect(self) -> list[Metric]:
         family = self._family()
+        # prometheus-client's switch for the ``_created`` series (PROMETHEUS_DISABLE_CREATED_SERIES, or
+        # ``disable_created_metrics()``), honoured as its own classes honour it.
+        created = prometheus_metrics._use_created
         for values, child in list(self._children.items()):
             if isinstance(child, Distribution):
                 assert isinstance(family, HistogramMetricFamily)
@@ -91,10 +111,12 @@ class Family:
                     seen += count
                     buckets.append((floatToGoString(bound), float(seen)))
                 family.add_metric(list(values), buckets, child.sum)
-                family.samples.append(Sample(self.name + "_created", dict(zip(self.labelnames, values, strict=True)),
-                                             child.created))  # as prometheus-client's own histograms have
-            elif isinstance(family, CounterMetricFamily):
-                family.add_metric(list(values), child.value, created=child.created)
+                if created:
+                    labels = dict(zip(self.labelnames, values, strict=True))
+                    family.samples.append(Sample(self.name + "_created", labels, child.created))
+            elif isinstance(child, Count):
+                assert isinstance(family, CounterMetricFamily)
+                family.add_metric(list(values), child.value, created=child.created if created else None)
             else:
                 assert isinstance(family, GaugeMetricFamily)
                 family.add_metric(list(values), child.value)

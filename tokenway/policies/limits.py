@@ -155,12 +155,14 @@ class RateLimits:
     def _settle(
         self, ctx: RequestContext, plan: _Plan, estimate: int, slot: Slot | None, hold: BudgetHold | None
     ) -> None:
-        if hold is not None:
-            self._budgets.settle_hold(ctx, hold)
-        usage = ctx.usage
-        delta = usage.prompt_tokens + usage.completion_tokens - estimate if usage is not None else 0
-        if slot is not None or (delta and plan.token_buckets):
-            self._counters.finish(slot, plan.token_buckets, delta)
+        try:
+            usage = ctx.usage
+            delta = usage.prompt_tokens + usage.completion_tokens - estimate if usage is not None else 0
+            if slot is not None or (delta and plan.token_buckets):
+                self._counters.finish(slot, plan.token_buckets, delta)
+        finally:  # the slot is freed even if this fails, and the money is settled even if freeing failed
+            if hold is not None:
+                self._budgets.settle_hold(ctx, hold)
 
 
 def _add(out: list[Bucket], scope: str, name: str, rpm: int | None, tpm: int | None) -> None:
