@@ -30,7 +30,8 @@ def _record(counter: Any, gauge: Any, histogram: Any) -> None:
     gauge.labels("chat").dec()
 
 
-def test_families_render_as_prometheus_client_renders_the_same_updates() -> None:
+def _both_ways() -> tuple[str, str]:
+    """The same updates through the gateway's families and through prometheus-client: (ours, theirs)."""
     theirs = CollectorRegistry()
     _record(Counter("t_requests", "Requests.", ["model", "code"], registry=theirs),
             Gauge("t_in_flight", "In flight.", ["endpoint"], registry=theirs),
@@ -42,8 +43,13 @@ def test_families_render_as_prometheus_client_renders_the_same_updates() -> None
     for family in families:
         ours.register(family)
     _record(*families)
-    assert _exposition(ours) == _exposition(theirs)
-    assert 't_seconds_bucket{le="0.005",model="m",stream="false"} 2.0' in _exposition(ours)  # le is inclusive
+    return _exposition(ours), _exposition(theirs)
+
+
+def test_families_render_as_prometheus_client_renders_the_same_updates() -> None:
+    ours, theirs = _both_ways()
+    assert ours == theirs
+    assert 't_seconds_bucket{le="0.005",model="m",stream="false"} 2.0' in ours  # le is inclusive
 
 
 def test_wrong_label_count_is_refused_and_names_clash_as_in_prometheus_client() -> None:
@@ -63,16 +69,5 @@ def test_counters_refuse_to_go_down_and_created_series_follow_prometheus_clients
     with pytest.raises(ValueError, match="non-negative"):
         counter.inc(-1)
     monkeypatch.setattr(prometheus_metrics, "_use_created", False)  # PROMETHEUS_DISABLE_CREATED_SERIES=true
-    theirs = CollectorRegistry()
-    _record(Counter("t_requests", "Requests.", ["model", "code"], registry=theirs),
-            Gauge("t_in_flight", "In flight.", ["endpoint"], registry=theirs),
-            Histogram("t_seconds", "Seconds.", ["model", "stream"], buckets=BOUNDS, registry=theirs))
-    ours = CollectorRegistry()
-    families = (Family("counter", "t_requests", "Requests.", ["model", "code"]),
-                Family("gauge", "t_in_flight", "In flight.", ["endpoint"]),
-                Family("histogram", "t_seconds", "Seconds.", ["model", "stream"], BOUNDS))
-    for family in families:
-        ours.register(family)
-    _record(*families)
-    assert _exposition(ours) == _exposition(theirs)
-    assert "_created" not in _exposition(ours)
+    ours, theirs = _both_ways()
+    assert ours == theirs and "_created" not in ours
