@@ -99,7 +99,7 @@ class Authenticate:
             raise AuthenticationFailed("Incorrect API key provided.")
         if record.revoked:
             raise AuthenticationFailed(f"The API key {record.id} has been revoked; ask your admin for a new one.")
-        if record.expired(time.time()):
+        if record.expires_at is not None and record.expired(time.time()):
             raise AuthenticationFailed(f"The API key {record.id} has expired; ask your admin to extend or replace it.")
         model = call.body.get("model")
         if record.models and model not in record.models:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
 from tokenway.context import RequestContext
@@ -149,11 +150,11 @@ class RateLimits:
             raise _denied(plan.buckets, admission, headers)
         ctx.response_headers += headers
         hold = self._budgets.held(ctx, reservation) if admission.held and reservation is not None else None
-        ctx.defer(lambda c: self._settle(c, plan, tokens, slot, hold))
+        ctx.defer(partial(self._settle, plan, tokens, slot, hold))
         return await next(ctx, call)
 
     def _settle(
-        self, ctx: RequestContext, plan: _Plan, estimate: int, slot: Slot | None, hold: BudgetHold | None
+        self, plan: _Plan, estimate: int, slot: Slot | None, hold: BudgetHold | None, ctx: RequestContext
     ) -> None:
         try:
             usage = ctx.usage
