@@ -11,6 +11,13 @@ hits both. End-to-end req/s on a shared 2-core box moves by more than this whole
 this isolates it. With ``--redis``, the counters are in Redis (its own CPU is not counted).
 With ``--concurrency 1`` the wall time per request is also worth reading: it is the latency the
 access path adds, store round trips included.
+
+Counted in instructions instead (exact, and the same on a busy box): run one key's requests alone
+under callgrind at two request counts; the difference divided by the difference in requests is
+that key's cost per request, start-up and shutdown cancelling out:
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null python benchmarks/budgets/access_path.py \
+        --rounds 0 --key virtual --requests 3200     # then --requests 6400; and --key master
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from tokenway.context import RequestContext
 from tokenway.protocol import Usage
 from tokenway.providers.base import Call
 
-async def measure(rounds: int, requests: int, redis_url: str | None, concurrency: int) -> None:
+async def measure(rounds: int, requests: int, redis_url: str | None, concurrency: int, only: str) -> None:
     extra = {"redis_url": redis_url} if redis_url else {}
     with tempfile.TemporaryDirectory() as data_dir:
         app = Gateway(Settings(data_dir=Path(data_dir), master_key="sk-m", **extra),
@@ -72,8 +79,11 @@ async def measure(rounds: int, requests: int, redis_url: str | None, concurrency
             return (time.process_time() - cpu) / done * 1e6, (time.perf_counter() - wall) / done * 1e6
 
         results: dict[str, list[tuple[float, float]]] = {"master": [], "virtual": []}
-        for key in ("sk-m", virtual):  # warm-up
+        for key in {"both": ("sk-m", virtual), "master": ("sk-m",), "virtual": (virtual,)}[only]:  # warm-up
             await per_request(key)
+        if not rounds:  # --rounds 0: the warm-up alone, for counting instructions under callgrind
+            await app.shutdown()
+            return
         for _ in range(rounds):
             results["master"].append(await per_request("sk-m"))
             results["virtual"].append(await per_request(virtual))
@@ -95,8 +105,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=6400, help="per round and key")
     parser.add_argument("--redis", help="a Redis URL: counters there instead of in memory")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (the server's c=64 by default)")
+    parser.add_argument("--key", choices=("both", "master", "virtual"), default="both",
+                        help="which key the warm-up runs (with --rounds 0, the only requests made)")
     args = parser.parse_args()
-    uvloop.run(measure(args.rounds, args.requests, args.redis, args.concurrency))
+    uvloop.run(measure(args.rounds, args.requests, args.redis, args.concurrency, args.key))
 
 
 if __name__ == "__main__":
