@@ -133,3 +133,6 @@ def test_a_changed_key_a_new_utc_day_and_an_unknown_model_each_get_a_fresh_plan(
         assert plans[(key_id, "m")][1] is not stale and plans[(key_id, "m")][1].until > stale.until
         assert chat(base, key, model="no-such-model").status_code == 404
         assert set(plans) == {(key_id, "m")}  # a model the gateway does not serve is not kept
+        monkeypatch.setattr(limits, "MAX_PLANS", 1)
+        assert chat(base, key, model="other").status_code == 200
+        assert set(plans) == {(key_id, "other")}  # the table stays within its bound

@@ -55,6 +55,9 @@ class StoreGuard:
             raise Overloaded("The rate-limit store is unavailable; retry shortly.", retry_after=1) from exc
 
 
+MAX_PLANS = 16_384  # key-and-model plans kept: ~2 KB each with key and team limits and a budget, ~35 MB at most
+
+
 class _Plan:
     """What one kind of request asks of the counter store, worked out once: its buckets (the key's,
     its team's, the model's), which of them report in the headers, the concurrency slot, and the
@@ -107,6 +110,8 @@ class RateLimits:
             (now // 86400 + 1) * 86400,
         )
         if self._budgets.known(model):  # the model named by a client is kept only once it is known
+            if len(self._plans) >= MAX_PLANS:  # bounded: keys x models can be large; a dropped plan is remade
+                self._plans.clear()
             self._plans[(key.id, model)] = (key, plan)
         return plan
 
