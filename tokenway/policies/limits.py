@@ -6,7 +6,9 @@ cannot slip past a limit. Tokens per minute: the prompt is estimated (characters
 taken at admission; the real prompt and completion tokens are settled when the request ends.
 Answers carry OpenAI's ``x-ratelimit-*`` headers for the tightest bucket of each kind. The
 budget's admission reservation (``Budgets.reservation``) is taken in the same store call, so a
-budgeted request costs one round trip to Redis, not two.
+budgeted request costs one round trip to Redis, not two. What a key's request for a model asks
+of the store (its buckets, the header choice, the slot, the budget terms) is worked out once, in
+a ``_Plan``, not on every request.
 """
 
 from __future__ import annotations
