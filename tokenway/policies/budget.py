@@ -159,8 +159,7 @@ class Budgets:
     def _actual(ctx: RequestContext, rates: Rates, reserved: int) -> int:
         # A stream cut short before the backend reported usage is charged the reservation: the
         # tokens may well have been generated, and the reservation is the bound we promised.
-        usage = ctx.usage
-        cost = reserved if usage is None else rates.nanos(usage.prompt_tokens, usage.completion_tokens)
+        cost = reserved if ctx.usage is None else rates.usage_nanos(ctx.usage)
         ctx.extra["cost_nanos"] = cost
         return cost
 

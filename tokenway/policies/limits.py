@@ -57,14 +57,15 @@ class StoreGuard:
             raise Overloaded("The rate-limit store is unavailable; retry shortly.", retry_after=1) from exc
 
 
-MAX_PLANS = 16_384  # key-and-model plans kept: ~2 KB each with key and team limits and a budget, ~35 MB at most
+MAX_PLANS = 16_384  # plans kept: ~2 KB each with key and team limits and a budget, ~35 MB at most
 
 
 class _Plan:
     """What one kind of request asks of the counter store, worked out once: its buckets (the key's,
     its team's, the model's), which of them report in the headers, the concurrency slot, and the
     budget lines with the rates admission reserves at. A key's plan for a model is kept until the
-    key changes or the UTC day ends (a new day or month starts new budget counters)."""
+    key changes or the UTC day ends (a new day or month starts new budget counters); a plan without
+    a key (a client address's, a model's limits) is kept as long as there is room."""
 
     __slots__ = ("buckets", "budget", "capacities", "headers", "slot", "token_buckets", "until")
 
@@ -92,7 +93,8 @@ class RateLimits:
         self._access = access
         self._guard = guard
         self._budgets = budgets  # their admission reservation is taken in the same store call
-        self._plans: dict[tuple[str, str], tuple[KeyRecord, _Plan]] = {}
+        # (key id, or "ip:<address>" / "" without a key; model) -> (the key record it was made for, plan)
+        self._plans: dict[tuple[str, str], tuple[KeyRecord | None, _Plan]] = {}
 
     def _key_plan(self, key: KeyRecord, model: str) -> _Plan:
         now = time.time()
@@ -111,19 +113,31 @@ class RateLimits:
             self._budgets.terms(key, model),
             (now // 86400 + 1) * 86400,
         )
-        if self._budgets.known(model):  # the model named by a client is kept only once it is known
-            if len(self._plans) >= MAX_PLANS:  # bounded: keys x models can be large; a dropped plan is remade
-                self._plans.clear()
-            self._plans[(key.id, model)] = (key, plan)
+        self._keep(key.id, model, key, plan)
         return plan
 
     def _keyless_plan(self, ctx: RequestContext, model: str) -> _Plan | None:
+        ip = ctx.client_ip if ctx.key_alias is None else None  # anonymous: the caller is its address
+        name = "ip:" + ip if ip else ""
+        cached = self._plans.get((name, model))
+        if cached is not None:
+            return cached[1]
         buckets: list[Bucket] = []
-        if ctx.key_alias is None and ctx.client_ip:  # anonymous: the caller is its address
+        if ip:
             anonymous = self._access.anonymous
-            _add(buckets, "ip", ctx.client_ip, anonymous.rpm, anonymous.tpm)
+            _add(buckets, "ip", ip, anonymous.rpm, anonymous.tpm)
         self._add_model(buckets, model)
-        return _Plan(buckets) if buckets else None
+        if not buckets:
+            return None
+        plan = _Plan(buckets, until=float("inf"))  # no budget: nothing turns over at midnight
+        self._keep(name, model, None, plan)
+        return plan
+
+    def _keep(self, name: str, model: str, key: KeyRecord | None, plan: _Plan) -> None:
+        if self._budgets.known(model):  # the model named by a client is kept only once it is known
+            if len(self._plans) >= MAX_PLANS:  # bounded: keys x models can be large; a dropped plan is remade
+                self._plans.clear()
+            self._plans[(name, model)] = (key, plan)
 
     def _add_model(self, buckets: list[Bucket], model: str) -> None:
         limit = self._access.models.get(model)
