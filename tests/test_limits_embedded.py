@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.access_support import MASTER, chat, config, create_key, gateway
+from tests.access_support import MASTER, MESSAGES, chat, config, create_key, gateway
 from tests.fakes import FakeUpstream
+from tokenway.http_protocol import CoalescingHttpToolsProtocol
 from tokenway.policies import limits
 from tokenway.stores.base import Bucket, Slot
 from tokenway.stores.memory import MemoryCounters
@@ -136,3 +138,30 @@ def test_a_changed_key_a_new_utc_day_and_an_unknown_model_each_get_a_fresh_plan(
         monkeypatch.setattr(limits, "MAX_PLANS", 1)
         assert chat(base, key, model="other").status_code == 200
         assert set(plans) == {(key_id, "other")}  # the table stays within its bound
+
+
+@pytest.mark.parametrize("http", [CoalescingHttpToolsProtocol, "httptools"])
+def test_each_answer_on_a_kept_alive_connection_carries_its_own_limit_headers(
+    upstream: FakeUpstream, tmp_path: Path, http: Any
+) -> None:
+    """The gateway's own server takes the x-ratelimit headers as rendered lines (no per-header
+    checks); another server gets them as ordinary headers. Either way each response, streamed or
+    not, carries its own, once, and a refusal on the same connection carries its own too."""
+    with gateway(config(upstream), tmp_path, http=http) as (base, _):
+        key = create_key(base, rpm=3, tpm=1000)["key"]
+        client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        request = {"model": "m", "messages": MESSAGES}
+        first = client.post("/v1/chat/completions", json=request)
+        with client.stream("POST", "/v1/chat/completions", json={**request, "stream": True}) as streamed:
+            events = [line for line in streamed.iter_lines() if line.startswith("data: ")]
+        third = client.post("/v1/chat/completions", json=request)
+        refused = client.post("/v1/chat/completions", json=request)
+        client.close()
+    assert [first.status_code, streamed.status_code, third.status_code, refused.status_code] == [200, 200, 200, 429]
+    assert first.json()["choices"] and events[-1] == "data: [DONE]"
+    for response, left in ((first, "2"), (streamed, "1"), (third, "0"), (refused, "0")):
+        assert response.headers.get_list("x-ratelimit-limit-requests") == ["3"]
+        assert response.headers.get_list("x-ratelimit-remaining-requests") == [left]
+        assert response.headers.get_list("x-ratelimit-limit-tokens") == ["1000"]
+        assert len(response.headers.get_list("x-ratelimit-reset-tokens")) == 1
+    assert refused.json()["error"]["type"] == "rate_limit_error"

@@ -29,20 +29,49 @@ STREAM_HEADERS = [
 ]
 
 
-# An ASGI extension of tokenway's own server protocol (tokenway/http_protocol.py): a dict in
-# ``scope["extensions"]`` where the app may put ``"on_disconnect"``, a callable the server calls
-# when the client hangs up before the response is complete. It spares a watcher task per request.
-DISCONNECT_EXTENSION = "tokenway.disconnect"
+# An ASGI extension of tokenway's own server protocol (tokenway/http_protocol.py): a dict of hooks
+# in ``scope["extensions"]``, one per request:
+# - ``ON_DISCONNECT``: the app may put a callable there, which the server calls when the client
+#   hangs up before the response is complete. It spares a watcher task per request.
+# - ``HEAD_LINES``: the server offers a callable that takes header lines the app rendered itself
+#   (``b"name: value\r\n"`` each, of names and values it made, so there is nothing to check) and
+#   puts them in the next response head as they are. It spares the server's per-header checks
+#   (two regular expressions, a lowercase and a list extend per header: for the six
+#   ``x-ratelimit-*`` headers that was more work than the rate limits themselves).
+SERVER_HOOKS = "tokenway.server"
+ON_DISCONNECT = "on_disconnect"
+HEAD_LINES = "head_lines"
 
 
 class ClientDisconnected(Exception):
     """The client went away before the response was complete."""
 
 
-def disconnect_hook(scope: Scope) -> dict[str, Any] | None:
-    """The server's hang-up hook for this request, when the server offers one."""
+def server_hooks(scope: Scope) -> dict[str, Any] | None:
+    """The server's hooks for this request (``SERVER_HOOKS``), when the server offers them."""
     extensions = scope.get("extensions")
-    return extensions.get(DISCONNECT_EXTENSION) if extensions else None
+    return extensions.get(SERVER_HOOKS) if extensions else None
+
+
+def with_head_lines(
+    headers: list[tuple[bytes, bytes]], lines: bytes, hooks: dict[str, Any] | None
+) -> list[tuple[bytes, bytes]]:
+    """The headers to send with the app's pre-rendered ``lines``: handed to the server where it takes
+    them (``HEAD_LINES``), else parsed back into name-value pairs. Call it just before the response
+    starts."""
+    if not lines:
+        return headers
+    set_head_lines = hooks.get(HEAD_LINES) if hooks is not None else None
+    if set_head_lines is not None:
+        set_head_lines(lines)
+        return headers
+    return headers + head_line_pairs(lines)
+
+
+def head_line_pairs(lines: bytes) -> list[tuple[bytes, bytes]]:
+    """Rendered header lines (``b"name: value\r\n"`` each) as name-value pairs."""
+    pairs = (line.split(b": ", 1) for line in lines.split(b"\r\n") if line)
+    return [(name, value) for name, value in pairs]
 
 
 async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
@@ -89,7 +118,7 @@ class cancel_on_disconnect:
     """Cancel the enclosed work the moment the client hangs up; raise ``ClientDisconnected`` then.
 
     Enter only after the request body has been read. Where the server offers the hang-up hook
-    (``DISCONNECT_EXTENSION``), it calls back on the hang-up. Elsewhere a watcher task waits on
+    (``SERVER_HOOKS``), it calls back on the hang-up. Elsewhere a watcher task waits on
     ``receive()``, which from then on returns only when the client disconnects or the response
     is complete (the server says "disconnect" for both). The watcher is never cancelled: it ends
     by itself when the server completes the response (uvicorn, with either HTTP protocol, wakes a
@@ -113,7 +142,7 @@ class cancel_on_disconnect:
         assert task is not None
         self._task = task
         if self._hook is not None:
-            self._hook["on_disconnect"] = self._hung_up
+            self._hook[ON_DISCONNECT] = self._hung_up
         else:
             self._watcher = asyncio.ensure_future(self._watch())  # held: the loop keeps only weak references
 
@@ -130,7 +159,7 @@ class cancel_on_disconnect:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
         self._done = True
         if self._hook is not None:
-            del self._hook["on_disconnect"]  # the server's scope must not keep this request's task alive
+            del self._hook[ON_DISCONNECT]  # the server's scope must not keep this request's task alive
         if not self._gone:
             return False
         # The hang-up cancelled us: take the cancellation back and report it as what it is.

@@ -35,6 +35,7 @@ class RequestContext:
     chunk_gaps: list[float] = field(default_factory=list)  # between streamed blocks, for ITL
     attempts: int = 0
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    head_lines: bytes = b""  # response headers the policies rendered as lines themselves (x-ratelimit-*)
     upstream_headers: dict[str, str] = field(default_factory=dict)  # e.g. traceparent, sent to the backend
     extra: dict[str, Any] = field(default_factory=dict)
     # Run once the response is complete, whatever happened (settling budgets, usage, metrics).

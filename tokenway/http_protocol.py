@@ -1,5 +1,6 @@
 """uvicorn's httptools protocol, with the writes of one event-loop turn sent to the socket together,
-and a hang-up callback for the app instead of a watcher task per request.
+a hang-up callback for the app instead of a watcher task per request, and header lines the app
+rendered itself put in the response head as they are.
 
 uvicorn writes a response's status line and headers, then its body, each with its own
 ``transport.write``; on an idle socket each one is a ``send`` system call, and on a small JSON
@@ -17,19 +18,20 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from tokenway.asgi import DISCONNECT_EXTENSION
+from tokenway.asgi import HEAD_LINES, ON_DISCONNECT, SERVER_HOOKS
 
 
 class CoalescingTransport:
     """Holds a response head back until the body's first write (or the loop's next turn); the rest is
     the transport's."""
 
-    __slots__ = ("_loop", "_pending", "_transport")
+    __slots__ = ("_head_lines", "_loop", "_pending", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] = []
+        self._head_lines = b""
 
     def write(self, data: bytes) -> None:
         pending = self._pending
@@ -37,10 +39,18 @@ class CoalescingTransport:
             pending.append(data)
             self.flush()
         elif data.startswith(b"HTTP/"):  # a status line and headers: the body is likely written next
+            if self._head_lines:  # the app's own lines go before the blank line that ends the head
+                data = data[:-2] + self._head_lines + b"\r\n"
+                self._head_lines = b""
             pending.append(data)
             self._loop.call_soon(self.flush)
         else:
             self._transport.write(data)
+
+    def set_head_lines(self, lines: bytes) -> None:
+        """Lines for the next response head. A connection runs one request's app at a time (uvicorn
+        queues pipelined ones), and that app sets them just before it starts its response."""
+        self._head_lines = lines
 
     def flush(self) -> None:
         pending = self._pending
@@ -59,21 +69,25 @@ class CoalescingTransport:
 
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """Also offers the app a hang-up callback (``DISCONNECT_EXTENSION``) in every request's scope."""
+    """Also offers the app its hooks (``SERVER_HOOKS``: a hang-up callback, head lines) in every
+    request's scope."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+        coalescing = CoalescingTransport(transport, self.loop)
+        self._set_head_lines = coalescing.set_head_lines
+        super().connection_made(coalescing)  # type: ignore[arg-type]
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.scope["extensions"] = {DISCONNECT_EXTENSION: {}}  # type: ignore[typeddict-unknown-key]
+        hooks: dict[str, Any] = {HEAD_LINES: self._set_head_lines}
+        self.scope["extensions"] = {SERVER_HOOKS: hooks}  # type: ignore[typeddict-unknown-key,dict-item]
 
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
         super().connection_lost(exc)
         if cycle is not None and not cycle.response_complete:
             extensions: Any = cycle.scope.get("extensions")
-            on_disconnect = extensions[DISCONNECT_EXTENSION].get("on_disconnect")
+            on_disconnect = extensions[SERVER_HOOKS].get(ON_DISCONNECT)
             if on_disconnect is not None:
                 on_disconnect()
 

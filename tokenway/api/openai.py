@@ -20,10 +20,11 @@ from tokenway.asgi import (
     Scope,
     Send,
     cancel_on_disconnect,
-    disconnect_hook,
     read_body,
     send_bytes,
     send_error,
+    server_hooks,
+    with_head_lines,
 )
 from tokenway.config import GatewayConfig
 from tokenway.context import RequestContext
@@ -44,6 +45,7 @@ from tokenway.protocol import (
 )
 from tokenway.providers.base import Call, Completion, Stream
 from tokenway.streaming import StreamLimits, write_stream
+from tokenway.usage.cost import tokens_for_chars
 
 Endpoint = Callable[[Scope, Receive, Send], Awaitable[None]]
 
@@ -90,7 +92,7 @@ class DataPlane:
         required: tuple[str, ...],
     ) -> None:
         ctx, declared_length = _context(scope, kind, self._new_request_id)
-        hook = disconnect_hook(scope)
+        hook = server_hooks(scope)
         if self._tracing is None:
             await self._respond(ctx, declared_length, receive, send, hook, adapter, required)
             return
@@ -125,12 +127,14 @@ class DataPlane:
                 if simple:
                     answer = _simple_answer(answer, ctx)
                 if isinstance(answer, Stream):
-                    await write_stream(answer, send, ctx, self._stream_limits(ctx), headers + ctx.response_headers)
+                    await write_stream(
+                        answer, send, ctx, self._stream_limits(ctx), headers + ctx.response_headers, hook)
             if isinstance(answer, Completion):
                 ctx.usage = answer.usage
                 if self._overhead_header:
                     headers.append(_overhead_header(ctx))
-                await send_bytes(send, 200, answer.body, headers + ctx.response_headers + answer.headers)
+                await send_bytes(send, 200, answer.body, with_head_lines(
+                    headers + ctx.response_headers + answer.headers, ctx.head_lines, hook))
         except ClientDisconnected:
             ctx.status, ctx.error_type = 499, "ClientDisconnected"
         except GatewayError as error:
@@ -165,10 +169,12 @@ class DataPlane:
                     f"Too many messages: {len(messages)}; the limit is {limits.max_messages}.", param="messages"
                 )
             chars = sum(_content_chars(m.get("content")) for m in messages)
+            call.prompt_estimate = tokens_for_chars(chars, len(messages))
             param = "messages"
         else:
             prompt: Any = body.get("prompt")
             chars = len(prompt) if isinstance(prompt, str) else sum(len(p) for p in prompt if isinstance(p, str))
+            call.prompt_estimate = tokens_for_chars(chars, None)
             param = "prompt"
         if chars > limits.max_total_chars:
             raise InvalidRequest(

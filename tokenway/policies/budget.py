@@ -98,8 +98,8 @@ class Budgets:
         return Reservation(lines, amount) if amount else None
 
     def held(self, ctx: RequestContext, reservation: Reservation) -> BudgetHold:
-        """Admission took ``reservation``: the attempts draw on it. The caller settles it with
-        ``settle_hold`` when the request ends (a cache hit, or no attempt answering, gives it all back)."""
+        """Admission took ``reservation``: the attempts draw on it. The caller settles it when the request
+        ends, by ``hold_settlement`` (a cache hit, or no attempt answering, gives it all back)."""
         hold = ctx.extra["budget_hold"] = BudgetHold(reservation)
         return hold
 
@@ -151,9 +151,11 @@ class Budgets:
             raise _exceeded(lines[full], used, amount)
         return True
 
-    def settle_hold(self, ctx: RequestContext, hold: BudgetHold) -> None:
+    def hold_settlement(self, ctx: RequestContext, hold: BudgetHold) -> int:
+        """The request is over: what its hold's lines move by (actual cost less the reservation). The
+        caller hands it to the store with the request's other settles (``Counters.finish``)."""
         cost = 0 if hold.rates is None else self._actual(ctx, hold.rates, hold.need)
-        self._counters.settle(hold.reservation.lines, cost - hold.reservation.amount)
+        return cost - hold.reservation.amount
 
     @staticmethod
     def _actual(ctx: RequestContext, rates: Rates, reserved: int) -> int:

@@ -18,6 +18,7 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING
 
+from tokenway.asgi import head_line_pairs
 from tokenway.context import RequestContext
 from tokenway.errors import Overloaded, RateLimited
 from tokenway.observability.logging import JsonLog
@@ -67,7 +68,7 @@ class _Plan:
     key changes or the UTC day ends (a new day or month starts new budget counters); a plan without
     a key (a client address's, a model's limits) is kept as long as there is room."""
 
-    __slots__ = ("buckets", "budget", "capacities", "headers", "slot", "token_buckets", "until")
+    __slots__ = ("buckets", "budget", "head", "most_tokens", "reporting", "slot", "token_buckets", "unlimited", "until")
 
     def __init__(
         self,
@@ -78,13 +79,16 @@ class _Plan:
     ) -> None:
         self.buckets = buckets
         self.token_buckets = [b for b in buckets if b.kind == "tokens"]
-        self.capacities = [b"%d" % b.capacity for b in buckets]
-        # Per kind, the header names and the buckets that compete to be reported (the tightest wins).
-        self.headers = [(_HEADER_NAMES[kind], [i for i, b in enumerate(buckets) if b.kind == kind])
-                        for kind in ("requests", "tokens") if any(b.kind == kind for b in buckets)]
+        kinds = [kind for kind in ("requests", "tokens") if any(b.kind == kind for b in buckets)]
+        # Per kind, the buckets that compete to be reported (the tightest wins), and the header lines
+        # to fill in with its limit, what is left and when it is full again.
+        self.reporting = [[i for i, b in enumerate(buckets) if b.kind == kind] for kind in kinds]
+        self.head = b"".join(_HEAD_LINES[kind] for kind in kinds)
         self.slot = slot  # (slot key, limit) when the key limits requests in flight
         self.budget = budget
         self.until = until
+        self.unlimited = not (buckets or slot or budget)  # nothing to ask of the store
+        self.most_tokens = min((b.capacity for b in self.token_buckets), default=float("inf"))
 
 
 class RateLimits:
@@ -116,7 +120,7 @@ class RateLimits:
         self._keep(key.id, model, key, plan)
         return plan
 
-    def _keyless_plan(self, ctx: RequestContext, model: str) -> _Plan | None:
+    def _keyless_plan(self, ctx: RequestContext, model: str) -> _Plan:
         ip = ctx.client_ip if ctx.key_alias is None else None  # anonymous: the caller is its address
         name = "ip:" + ip if ip else ""
         cached = self._plans.get((name, model))
@@ -127,8 +131,6 @@ class RateLimits:
             anonymous = self._access.anonymous
             _add(buckets, "ip", ip, anonymous.rpm, anonymous.tpm)
         self._add_model(buckets, model)
-        if not buckets:
-            return None
         plan = _Plan(buckets, until=float("inf"))  # no budget: nothing turns over at midnight
         self._keep(name, model, None, plan)
         return plan
@@ -148,15 +150,11 @@ class RateLimits:
         key: KeyRecord | None = ctx.extra.get("key")
         model = call.body.get("model") or ""
         plan = self._key_plan(key, model) if key is not None else self._keyless_plan(ctx, model)
-        if plan is None or not (plan.buckets or plan.slot or plan.budget):  # a key with no limits and no budget
+        if plan.unlimited:  # the master key, or a key with no limits and no budget
             return await next(ctx, call)
         tokens = estimate_prompt_tokens(call)
-        for bucket in plan.token_buckets:
-            if tokens > bucket.capacity:  # waiting would never help: say so instead of "retry later"
-                raise RateLimited(
-                    f"This request needs about {tokens} tokens, more than the {bucket.scope}'s limit of "
-                    f"{bucket.capacity} tokens per minute; send a shorter prompt.", code="tokens_exceeded",
-                )
+        if tokens > plan.most_tokens:  # waiting would never help: say so instead of "retry later"
+            raise _too_many_tokens(plan, tokens)
         slot = None if plan.slot is None else Slot(plan.slot[0], plan.slot[1], ctx.request_id + secrets.token_hex(4))
         reservation = None if plan.budget is None else self._budgets.reservation(plan.budget, call, tokens)
         if not plan.buckets and slot is None and reservation is None:  # a budget, but a free model
@@ -166,10 +164,10 @@ class RateLimits:
         except CountersUnavailable as exc:
             self._guard.unavailable(exc)
             return await next(ctx, call)
-        headers = _headers(plan, admission.levels)
+        lines = _head_lines(plan, admission.levels)
         if admission.denied is not None:
-            raise _denied(plan.buckets, admission, headers)
-        ctx.response_headers += headers
+            raise _denied(plan.buckets, admission, lines)
+        ctx.head_lines += lines
         hold = self._budgets.held(ctx, reservation) if admission.held and reservation is not None else None
         ctx.defer(partial(self._settle, plan, tokens, slot, hold))
         return await next(ctx, call)
@@ -177,14 +175,13 @@ class RateLimits:
     def _settle(
         self, plan: _Plan, estimate: int, slot: Slot | None, hold: BudgetHold | None, ctx: RequestContext
     ) -> None:
-        try:
-            usage = ctx.usage
-            delta = usage.prompt_tokens + usage.completion_tokens - estimate if usage is not None else 0
-            if slot is not None or (delta and plan.token_buckets):
-                self._counters.finish(slot, plan.token_buckets, delta)
-        finally:  # the slot is freed even if this fails, and the money is settled even if freeing failed
-            if hold is not None:
-                self._budgets.settle_hold(ctx, hold)
+        usage = ctx.usage
+        delta = usage.prompt_tokens + usage.completion_tokens - estimate if usage is not None else 0
+        if hold is not None:  # one store call frees the slot, settles the tokens and the money
+            money = self._budgets.hold_settlement(ctx, hold)
+            self._counters.finish(slot, plan.token_buckets, delta, hold.reservation.lines, money)
+        elif slot is not None or (delta and plan.token_buckets):
+            self._counters.finish(slot, plan.token_buckets, delta)
 
 
 def _add(out: list[Bucket], scope: str, name: str, rpm: int | None, tpm: int | None) -> None:
@@ -202,30 +199,39 @@ def _duration(seconds: float) -> bytes:
     return b"%ds" % whole if whole < 60 else b"%dm%ds" % divmod(whole, 60)
 
 
-_HEADER_NAMES = {
-    kind: (f"x-ratelimit-limit-{kind}".encode(), f"x-ratelimit-remaining-{kind}".encode(),
-           f"x-ratelimit-reset-{kind}".encode())
+_HEAD_LINES = {  # OpenAI's three headers per kind, as lines to fill in (limit, remaining, reset)
+    kind: b"x-ratelimit-limit-%s: %%d\r\nx-ratelimit-remaining-%s: %%d\r\nx-ratelimit-reset-%s: %%s\r\n" % (
+        kind.encode(), kind.encode(), kind.encode())
     for kind in ("requests", "tokens")
 }
 
 
-def _headers(plan: _Plan, levels: list[float]) -> list[tuple[bytes, bytes]]:
-    """OpenAI's headers for the tightest bucket (least left, as a share of its capacity) of each kind."""
+def _head_lines(plan: _Plan, levels: list[float]) -> bytes:
+    """OpenAI's headers for the tightest bucket (least left, as a share of its capacity) of each kind,
+    rendered as header lines (the server sends them as they are)."""
     buckets = plan.buckets
-    out: list[tuple[bytes, bytes]] = []
-    for (limit, left, reset), members in plan.headers:
+    values: list[float | bytes] = []
+    for members in plan.reporting:
         i = members[0]
-        for j in members[1:]:
-            if levels[j] * buckets[i].capacity < levels[i] * buckets[j].capacity:
-                i = j
+        if len(members) > 1:
+            for j in members[1:]:
+                if levels[j] * buckets[i].capacity < levels[i] * buckets[j].capacity:
+                    i = j
         capacity, level = buckets[i].capacity, levels[i]
-        out += ((limit, plan.capacities[i]), (left, b"%d" % level if level > 0 else b"0"),
-                (reset, _duration((capacity - level) * 60.0 / capacity)))  # refills at capacity/min
-    return out
+        values += (capacity, level if level > 0 else 0, _duration((capacity - level) * 60.0 / capacity))
+    return plan.head % tuple(values)  # refills at capacity/min
 
 
-def _denied(buckets: list[Bucket], admission: Admission, headers: list[tuple[bytes, bytes]]) -> RateLimited:
-    extra = {k.decode(): v.decode() for k, v in headers}
+def _too_many_tokens(plan: _Plan, tokens: int) -> RateLimited:
+    bucket = min(plan.token_buckets, key=lambda b: b.capacity)
+    return RateLimited(
+        f"This request needs about {tokens} tokens, more than the {bucket.scope}'s limit of "
+        f"{bucket.capacity} tokens per minute; send a shorter prompt.", code="tokens_exceeded",
+    )
+
+
+def _denied(buckets: list[Bucket], admission: Admission, lines: bytes) -> RateLimited:
+    extra = {k.decode(): v.decode() for k, v in head_line_pairs(lines)}
     index = admission.denied
     assert index is not None
     retry = max(admission.retry_after, 0.001)

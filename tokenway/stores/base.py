@@ -244,17 +244,20 @@ class Counters(Protocol):
         or nothing. When they are taken, also reserve ``reservation`` in the same atomic step if it fits
         every line (``Admission.held``); a budget that does not fit refuses nothing here."""
 
-    def finish(self, slot: Slot | None, buckets: Sequence[Bucket], delta: int) -> None:
-        """A request is over: free its slot, and take ``delta`` more tokens from each of ``buckets`` (give
-        back when negative) now that the real count is known; a bucket may go into debt. Nobody waits for
-        it: a shared store applies it a moment later, merged with other requests' settles, and
-        counts a failure in ``settle_failures`` instead of raising."""
+    def finish(
+        self, slot: Slot | None, buckets: Sequence[Bucket], delta: int, lines: Sequence[BudgetLine] = (), money: int = 0
+    ) -> None:
+        """A request is over: free its slot, take ``delta`` more tokens from each of ``buckets`` (give
+        back when negative) now that the real count is known (a bucket may go into debt), and move
+        every budget line of ``lines`` by ``money`` (actual cost minus what was reserved). Nobody
+        waits for it: a shared store applies it a moment later, merged with other requests' settles,
+        and counts a failure in ``settle_failures`` instead of raising."""
 
     async def reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
         """Reserve ``amount`` on every line or on none: (index of the line that is full, its committed)."""
 
     def settle(self, lines: list[BudgetLine], delta: int) -> None:
-        """Move every line by ``delta`` (actual cost minus what was reserved); like ``finish``, unawaited."""
+        """Move every line by ``delta`` (actual cost minus what was reserved): ``finish`` with money only."""
 
     async def committed(self, line: BudgetLine) -> int: ...
 

@@ -19,72 +19,76 @@ class MemoryCounters:
         self._budgets: dict[str, int] = {}
         self.settle_failures = 0  # settles apply at once and cannot fail
 
-    def _level(self, bucket: Bucket, now: float) -> float:
-        state = self._buckets.get(bucket.key)
-        capacity = bucket.capacity
-        if state is None:
-            return capacity
-        level = state[0] + (now - state[1]) * capacity / 60.0
-        return capacity if level > capacity else level
-
     async def acquire(
         self, buckets: Sequence[Bucket], tokens: int, slot: Slot | None = None, reservation: Reservation | None = None
     ) -> Admission:
         now = time.monotonic()
         states = self._buckets
-        levels: list[float] = []
-        denied = None
+        after: list[float] = []  # each bucket's level once this request has taken from it
         for bucket in buckets:  # one loop, no helper calls: this runs on every limited request
             capacity = bucket.capacity
             state = states.get(bucket.key)
-            level = capacity if state is None else state[0] + (now - state[1]) * capacity / 60.0
-            if level > capacity:
+            level: float
+            if state is None:
                 level = capacity
-            if denied is None and level < (tokens if bucket.kind == "tokens" else 1):
-                denied = len(levels)
-            levels.append(level)
-        if denied is not None:
-            cost = tokens if buckets[denied].kind == "tokens" else 1
-            return Admission(denied, (cost - levels[denied]) * 60.0 / buckets[denied].capacity, levels)
+            else:
+                level = state[0] + (now - state[1]) * capacity / 60.0
+                if level > capacity:
+                    level = capacity
+            after.append(level - tokens if bucket.kind == "tokens" else level - 1)
+        if after and min(after) < 0:
+            return _refused(buckets, tokens, after)
         if slot is not None:
             held = self._slots.setdefault(slot.key, {})
             for member in [m for m, expiry in held.items() if expiry <= now]:
                 del held[member]
             if len(held) >= slot.limit:
-                return Admission(len(buckets), 1.0, levels)
+                return Admission(len(buckets), 1.0, _before(buckets, tokens, after))
             held[slot.member] = now + slot.ttl_s
-        for i, bucket in enumerate(buckets):
-            levels[i] -= tokens if bucket.kind == "tokens" else 1
-            states[bucket.key] = (levels[i], now)
-        reserved = reservation is not None and self._reserve(reservation.lines, reservation.amount)[0] is None
-        return Admission(None, 0.0, levels, reserved)
+        for bucket, left in zip(buckets, after, strict=True):
+            states[bucket.key] = (left, now)
+        if reservation is None:
+            return Admission(None, 0.0, after)
+        return Admission(None, 0.0, after, self._reserve(reservation.lines, reservation.amount)[0] is None)
 
-    def finish(self, slot: Slot | None, buckets: Sequence[Bucket], delta: int) -> None:
+    def finish(
+        self, slot: Slot | None, buckets: Sequence[Bucket], delta: int, lines: Sequence[BudgetLine] = (), money: int = 0
+    ) -> None:
         if slot is not None:
             held = self._slots.get(slot.key)
             if held is not None:
                 held.pop(slot.member, None)
         if delta:
             now = time.monotonic()
+            states = self._buckets
             for bucket in buckets:
-                level = max(self._level(bucket, now) - delta, -float(bucket.capacity))
-                self._buckets[bucket.key] = (level, now)
+                capacity = bucket.capacity
+                state = states.get(bucket.key)
+                level: float = capacity if state is None else state[0] + (now - state[1]) * capacity / 60.0
+                if level > capacity:
+                    level = capacity
+                level -= delta
+                states[bucket.key] = (level if level > -capacity else -capacity, now)  # debt: at most a minute's
+        if money:
+            budgets = self._budgets
+            for line in lines:
+                budgets[line.key] = budgets.get(line.key, 0) + money
 
     async def reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
         return self._reserve(lines, amount)
 
     def _reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
+        budgets = self._budgets
         for i, line in enumerate(lines):
-            used = self._budgets.get(line.key, 0)
+            used = budgets.get(line.key, 0)
             if used + amount > line.limit:
                 return i, used
         for line in lines:
-            self._budgets[line.key] = self._budgets.get(line.key, 0) + amount
+            budgets[line.key] = budgets.get(line.key, 0) + amount
         return None, 0
 
     def settle(self, lines: list[BudgetLine], delta: int) -> None:
-        for line in lines:
-            self._budgets[line.key] = self._budgets.get(line.key, 0) + delta
+        self.finish(None, (), 0, lines, delta)
 
     async def committed(self, line: BudgetLine) -> int:
         return self._budgets.get(line.key, 0)
@@ -95,3 +99,15 @@ class MemoryCounters:
     async def aclose(self) -> None:
         return None
 
+
+
+def _before(buckets: Sequence[Bucket], tokens: int, after: list[float]) -> list[float]:
+    """The levels before a request that was refused took anything (what the headers report)."""
+    pairs = zip(buckets, after, strict=True)
+    return [level + tokens if bucket.kind == "tokens" else level + 1 for bucket, level in pairs]
+
+
+def _refused(buckets: Sequence[Bucket], tokens: int, after: list[float]) -> Admission:
+    denied = next(i for i, level in enumerate(after) if level < 0)
+    bucket = buckets[denied]
+    return Admission(denied, -after[denied] * 60.0 / bucket.capacity, _before(buckets, tokens, after))

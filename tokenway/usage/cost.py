@@ -59,9 +59,16 @@ def estimate_prompt_tokens(call: Call) -> int:
                     chars += len(content)
                 elif isinstance(content, list):
                     chars += sum(len(part.get("text") or "") for part in content if isinstance(part, dict))
-            call.prompt_estimate = -(-chars // 4) + 4 * len(messages) + 3
+            call.prompt_estimate = tokens_for_chars(chars, len(messages))
         else:
             prompt = body.get("prompt")
             chars = len(prompt) if isinstance(prompt, str) else sum(len(p) for p in prompt or [] if isinstance(p, str))
-            call.prompt_estimate = -(-chars // 4) + 1
+            call.prompt_estimate = tokens_for_chars(chars, None)
     return call.prompt_estimate
+
+
+def tokens_for_chars(chars: int, messages: int | None) -> int:
+    """The estimate for ``chars`` characters of prompt: a token per 4, plus framing per chat message
+    (``messages``; None for a completions prompt). The request's size check, which counts the
+    characters anyway, sets it on the call, so the limits need not count them again."""
+    return -(-chars // 4) + (4 * messages + 3 if messages is not None else 1)
