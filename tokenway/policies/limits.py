@@ -4,7 +4,8 @@ Every bucket a request touches is checked and taken in one atomic operation (a L
 Redis, one uninterrupted call in memory), so concurrent requests on any number of replicas
 cannot slip past a limit. Tokens per minute: the prompt is estimated (characters / 4) and
 taken at admission; the real prompt and completion tokens are settled when the request ends.
-Answers carry OpenAI's ``x-ratelimit-*`` headers for the tightest bucket of each kind. The
+Answers carry OpenAI's ``x-ratelimit-*`` headers for the tightest bucket of each kind, rendered
+as header lines that the gateway's own server puts in the response head unchecked. The
 budget's admission reservation (``Budgets.reservation``) is taken in the same store call, so a
 budgeted request costs one round trip to Redis, not two. What a key's request for a model asks
 of the store (its buckets, the header choice, the slot, the budget terms) is worked out once, in
