@@ -97,6 +97,13 @@ class RateLimited(GatewayError):
     code = "rate_limit_exceeded"
 
 
+class BudgetExceeded(RateLimited):
+    """OpenAI's answer for a spent quota: 429 ``insufficient_quota`` (the SDK raises RateLimitError)."""
+
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
 class Overloaded(GatewayError):
     """No capacity right now (queue full, deadline cannot be met, nothing healthy)."""
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from tokenway.config import ModelConfig
 from tokenway.context import RequestContext
-from tokenway.errors import RateLimited
+from tokenway.errors import BudgetExceeded
 from tokenway.policies.base import Handler
 from tokenway.policies.limits import StoreGuard
 from tokenway.providers.base import Answer, Call
@@ -33,13 +33,6 @@ from tokenway.stores.base import (
 )
 from tokenway.usage.cost import Rates, deployment_price, estimate_prompt_tokens
 from tokenway.usage.options import AccessConfig
-
-
-class BudgetExceeded(RateLimited):
-    """OpenAI's answer for a spent quota: 429 ``insufficient_quota`` (the SDK raises RateLimitError)."""
-
-    type = "insufficient_quota"
-    code = "insufficient_quota"
 
 
 def budget_lines(key: KeyRecord, access: AccessConfig) -> list[BudgetLine]:
