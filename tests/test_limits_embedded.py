@@ -165,3 +165,21 @@ def test_each_answer_on_a_kept_alive_connection_carries_its_own_limit_headers(
         assert response.headers.get_list("x-ratelimit-limit-tokens") == ["1000"]
         assert len(response.headers.get_list("x-ratelimit-reset-tokens")) == 1
     assert refused.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_a_failing_money_settle_still_frees_the_slot_and_settles_the_tokens(
+    upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with gateway(config(upstream), tmp_path) as (base, app):
+        key = create_key(base, max_parallel=1, tpm=100, budget="5.00/day")["key"]  # refills 1.7 tokens/s
+
+        def broken(*_: Any) -> int:
+            raise RuntimeError("a bug in working out the cost")
+
+        monkeypatch.setattr(app.access.budgets, "hold_settlement", broken)
+        first = chat(base, key)  # its settle raises (logged), after the response
+        second = chat(base, key)  # admitted: the one slot was freed all the same
+    assert (first.status_code, second.status_code) == (200, 200)
+    # the first request's real 13 tokens were settled against its 8-token estimate: 100 - 13 - 8 left
+    # (84 had they not been), plus what refilled in between
+    assert 100 - 13 - 8 <= int(second.headers["x-ratelimit-remaining-tokens"]) < 100 - 8 - 8

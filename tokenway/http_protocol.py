@@ -34,14 +34,17 @@ class CoalescingTransport:
         self._head_lines = b""
 
     def write(self, data: bytes) -> None:
+        head = data.startswith(b"HTTP/")  # a status line and headers
+        # The app's own lines go before the blank line that ends the final head; never into an
+        # interim one ("HTTP/1.1 100 Continue", which may itself still be held here).
+        if head and self._head_lines and data[9:10] != b"1":
+            data = data[:-2] + self._head_lines + b"\r\n"
+            self._head_lines = b""
         pending = self._pending
         if pending:
             pending.append(data)
             self.flush()
-        elif data.startswith(b"HTTP/"):  # a status line and headers: the body is likely written next
-            if self._head_lines:  # the app's own lines go before the blank line that ends the head
-                data = data[:-2] + self._head_lines + b"\r\n"
-                self._head_lines = b""
+        elif head:  # the body is likely written next
             pending.append(data)
             self._loop.call_soon(self.flush)
         else:
@@ -51,6 +54,10 @@ class CoalescingTransport:
         """Lines for the next response head. A connection runs one request's app at a time (uvicorn
         queues pipelined ones), and that app sets them just before it starts its response."""
         self._head_lines = lines
+
+    def response_complete(self) -> None:
+        """Lines no head took (the response never started) belong to no later response."""
+        self._head_lines = b""
 
     def flush(self) -> None:
         pending = self._pending
@@ -73,14 +80,18 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     request's scope."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        coalescing = CoalescingTransport(transport, self.loop)
-        self._set_head_lines = coalescing.set_head_lines
+        coalescing = self._coalescing = CoalescingTransport(transport, self.loop)
+        self._set_head_lines = coalescing.set_head_lines  # made once: offered to every request
         super().connection_made(coalescing)  # type: ignore[arg-type]
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         hooks: dict[str, Any] = {HEAD_LINES: self._set_head_lines}
         self.scope["extensions"] = {SERVER_HOOKS: hooks}  # type: ignore[typeddict-unknown-key,dict-item]
+
+    def on_response_complete(self) -> None:
+        self._coalescing.response_complete()
+        super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle

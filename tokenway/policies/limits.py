@@ -122,14 +122,16 @@ class RateLimits:
         return plan
 
     def _keyless_plan(self, ctx: RequestContext, model: str) -> _Plan:
-        ip = ctx.client_ip if ctx.key_alias is None else None  # anonymous: the caller is its address
+        anonymous = self._access.anonymous
+        # Anonymous: the caller is its address, and has a plan of its own only if addresses are limited.
+        limited = ctx.key_alias is None and (anonymous.rpm or anonymous.tpm)
+        ip = ctx.client_ip if limited else None
         name = "ip:" + ip if ip else ""
         cached = self._plans.get((name, model))
         if cached is not None:
             return cached[1]
         buckets: list[Bucket] = []
         if ip:
-            anonymous = self._access.anonymous
             _add(buckets, "ip", ip, anonymous.rpm, anonymous.tpm)
         self._add_model(buckets, model)
         plan = _Plan(buckets, until=float("inf"))  # no budget: nothing turns over at midnight
@@ -179,8 +181,11 @@ class RateLimits:
         usage = ctx.usage
         delta = usage.prompt_tokens + usage.completion_tokens - estimate if usage is not None else 0
         if hold is not None:  # one store call frees the slot, settles the tokens and the money
-            money = self._budgets.hold_settlement(ctx, hold)
-            self._counters.finish(slot, plan.token_buckets, delta, hold.reservation.lines, money)
+            money = 0
+            try:
+                money = self._budgets.hold_settlement(ctx, hold)
+            finally:  # the slot and the tokens are settled even if the cost could not be (the hold stays spent)
+                self._counters.finish(slot, plan.token_buckets, delta, hold.reservation.lines, money)
         elif slot is not None or (delta and plan.token_buckets):
             self._counters.finish(slot, plan.token_buckets, delta)
 
