@@ -45,7 +45,7 @@ from tokenway.protocol import (
 )
 from tokenway.providers.base import Call, Completion, Stream
 from tokenway.streaming import StreamLimits, write_stream
-from tokenway.usage.cost import tokens_for_chars
+from tokenway.usage.cost import prompt_size, tokens_for_chars
 
 Endpoint = Callable[[Scope, Receive, Send], Awaitable[None]]
 
@@ -168,14 +168,9 @@ class DataPlane:
                 raise InvalidRequest(
                     f"Too many messages: {len(messages)}; the limit is {limits.max_messages}.", param="messages"
                 )
-            chars = sum(_content_chars(m.get("content")) for m in messages)
-            call.prompt_estimate = tokens_for_chars(chars, len(messages))
-            param = "messages"
-        else:
-            prompt: Any = body.get("prompt")
-            chars = len(prompt) if isinstance(prompt, str) else sum(len(p) for p in prompt if isinstance(p, str))
-            call.prompt_estimate = tokens_for_chars(chars, None)
-            param = "prompt"
+        chars, count = prompt_size(call)
+        call.prompt_estimate = tokens_for_chars(chars, count)  # the limits and the budget need not count again
+        param = "prompt" if count is None else "messages"
         if chars > limits.max_total_chars:
             raise InvalidRequest(
                 f"The input is {chars} characters; the limit is {limits.max_total_chars}.", param=param,
@@ -209,14 +204,6 @@ async def _run_finalizers(ctx: RequestContext) -> None:
                 await result
         except Exception as exc:  # one failing finalizer must not skip the others, nor the log line
             ctx.extra.setdefault("finalizer_errors", []).append(repr(exc))
-
-
-def _content_chars(content: Any) -> int:
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list):
-        return sum(len(part.get("text") or "") for part in content if isinstance(part, dict))
-    return 0
 
 
 def _context(scope: Scope, endpoint: str, new_id: IdGenerator) -> tuple[RequestContext, int | None]:

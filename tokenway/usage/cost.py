@@ -47,28 +47,32 @@ class Rates:
 
 
 def estimate_prompt_tokens(call: Call) -> int:
-    """Characters / 4 plus per-message framing: a cheap estimate, settled to the real count afterwards."""
+    """Characters / 4 plus per-message framing: a cheap estimate, settled to the real count afterwards.
+    The request's size check, which counts the characters anyway, usually sets it on the call first."""
     if call.prompt_estimate is None:
-        body = call.body
-        chars = 0
-        if call.kind == "chat":
-            messages = body.get("messages") or []
-            for message in messages:  # a plain loop: this runs on every limited or budgeted request
-                content = message.get("content") if isinstance(message, dict) else None
-                if isinstance(content, str):
-                    chars += len(content)
-                elif isinstance(content, list):
-                    chars += sum(len(part.get("text") or "") for part in content if isinstance(part, dict))
-            call.prompt_estimate = tokens_for_chars(chars, len(messages))
-        else:
-            prompt = body.get("prompt")
-            chars = len(prompt) if isinstance(prompt, str) else sum(len(p) for p in prompt or [] if isinstance(p, str))
-            call.prompt_estimate = tokens_for_chars(chars, None)
+        call.prompt_estimate = tokens_for_chars(*prompt_size(call))
     return call.prompt_estimate
+
+
+def prompt_size(call: Call) -> tuple[int, int | None]:
+    """The prompt's characters (text parts only), and its number of chat messages (None for a
+    completions prompt)."""
+    body = call.body
+    if call.kind == "chat":
+        messages = body.get("messages") or []
+        chars = 0
+        for message in messages:  # a plain loop: this runs on every request
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, str):
+                chars += len(content)
+            elif isinstance(content, list):
+                chars += sum(len(part.get("text") or "") for part in content if isinstance(part, dict))
+        return chars, len(messages)
+    prompt = body.get("prompt")
+    return (len(prompt) if isinstance(prompt, str) else sum(len(p) for p in prompt or [] if isinstance(p, str))), None
 
 
 def tokens_for_chars(chars: int, messages: int | None) -> int:
     """The estimate for ``chars`` characters of prompt: a token per 4, plus framing per chat message
-    (``messages``; None for a completions prompt). The request's size check, which counts the
-    characters anyway, sets it on the call, so the limits need not count them again."""
+    (``messages``; None for a completions prompt)."""
     return -(-chars // 4) + (4 * messages + 3 if messages is not None else 1)
