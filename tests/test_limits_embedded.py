@@ -14,7 +14,7 @@ from tests.access_support import MASTER, MESSAGES, chat, config, create_key, gat
 from tests.fakes import FakeUpstream
 from tokenway.http_protocol import CoalescingHttpToolsProtocol
 from tokenway.policies import limits
-from tokenway.stores.base import Bucket, Slot
+from tokenway.stores.base import Bucket, Budget, BudgetLine, Slot
 from tokenway.stores.memory import MemoryCounters
 
 
@@ -113,6 +113,31 @@ async def test_memory_buckets_take_all_or_nothing_and_refill() -> None:
     assert (await counters.acquire([fast], 5)).denied == 0
     await asyncio.sleep(0.3)
     assert (await counters.acquire([fast], 5)).denied is None
+
+
+def test_cells_refuse_without_taking_and_bound_debt_to_a_minute() -> None:
+    counters = MemoryCounters()
+    key_rpm = Bucket("rpm:key:c", 60, "requests", "key")
+    team_tpm = Bucket("tpm:team:t", 120, "tokens", "team")
+    budget = Budget(amount=0.00001, period="day")
+    lines = [BudgetLine("budget:key:c:d", 10_000, 60, "key", budget),
+             BudgetLine("budget:team:t:d", 1_000, 60, "team", budget)]  # nano-dollars
+    cells = counters.cells([key_rpm, team_tpm], None, lines)
+    now = time.monotonic()
+    assert cells.take(100, now) == [pytest.approx(59), pytest.approx(20)]
+    assert cells.take(30, now) is None  # the team's tokens are short: the key's request is given back
+    refusal = cells.refusal(30, now)
+    assert refusal.denied == 1 and refusal.levels == [pytest.approx(59), pytest.approx(20)]
+    assert refusal.retry_after == pytest.approx(10 / 2)  # 10 tokens short, refilling 2 per second
+    assert cells.hold(800) and not cells.hold(800)  # the team's line is full: the key's is left as it was
+    assert [await_committed(counters, line) for line in lines] == [800, 800]
+    cells.settle(None, 10_000, -300)  # far more tokens than estimated: in debt by at most a minute's
+    assert [await_committed(counters, line) for line in lines] == [500, 500]
+    assert cells.refusal(0, time.monotonic()).levels[1] == pytest.approx(-120, abs=0.1)
+
+
+def await_committed(counters: MemoryCounters, line: BudgetLine) -> int:
+    return asyncio.run(counters.committed(line))
 
 
 def test_a_changed_key_a_new_utc_day_and_an_unknown_model_each_get_a_fresh_plan(

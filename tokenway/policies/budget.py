@@ -54,15 +54,22 @@ def _line(scope: str, name: str, budget: Budget) -> BudgetLine:
 BudgetTerms = tuple[list[BudgetLine], Rates]
 
 
-class BudgetHold:
-    """The request's reservation taken at admission; attempts draw on it, it is settled once at the end."""
+class BudgetHold(Reservation):
+    """What admission reserved for the whole request: ``amount`` on every line, the worst case at the
+    model's dearest rates. The attempts draw on it; it is settled once, when the request ends."""
 
-    __slots__ = ("need", "rates", "reservation")
+    __slots__ = ("dearest", "fills_max_tokens", "max_tokens", "prompt_tokens", "rates")
 
-    def __init__(self, reservation: Reservation) -> None:
-        self.reservation = reservation
+    def __init__(
+        self, lines: list[BudgetLine], amount: int, dearest: Rates, prompt_tokens: int, max_tokens: int, fills: bool
+    ) -> None:
+        self.lines = lines
+        self.amount = amount
+        self.dearest = dearest  # the rates ``amount`` was worked out at
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.fills_max_tokens = fills  # the client named no max_tokens: the backend is sent the budget's
         self.rates: Rates | None = None  # the answering attempt's deployment's rates
-        self.need = 0  # ... and that attempt's own worst case
 
 
 class Budgets:
@@ -83,43 +90,44 @@ class Budgets:
         rates = self._dearest.get(model)
         return (lines, rates) if lines and rates is not None else None
 
-    def reservation(self, terms: BudgetTerms, call: Call, prompt_tokens: int) -> Reservation | None:
+    def hold(self, terms: BudgetTerms, call: Call, prompt_tokens: int) -> BudgetHold | None:
         """What admission reserves for the whole request, with the rate limits in the same atomic step
-        (one store call instead of two): the worst case at the model's dearest deployment."""
+        (one store call instead of two): the worst case at the model's dearest deployment. None: free."""
         lines, rates = terms
-        amount = rates.nanos(prompt_tokens, call.max_tokens or self._access.budget_max_tokens)
-        return Reservation(lines, amount) if amount else None
-
-    def held(self, ctx: RequestContext, reservation: Reservation) -> BudgetHold:
-        """Admission took ``reservation``: the attempts draw on it. The caller settles it when the request
-        ends, by ``hold_settlement`` (a cache hit, or no attempt answering, gives it all back)."""
-        hold = ctx.extra["budget_hold"] = BudgetHold(reservation)
-        return hold
+        max_tokens = call.max_tokens
+        fills = max_tokens is None
+        if max_tokens is None:
+            max_tokens = self._access.budget_max_tokens
+        amount = rates.nanos(prompt_tokens, max_tokens)
+        return BudgetHold(lines, amount, rates, prompt_tokens, max_tokens, fills) if amount else None
 
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
         hold: BudgetHold | None = ctx.extra.get("budget_hold")
-        if hold is not None:
-            lines = hold.reservation.lines
-        else:
-            key: KeyRecord | None = ctx.extra.get("key")
-            lines = budget_lines(key, self._access) if key is not None else []
-            if not lines:
-                return await next(ctx, call)
+        rates: Rates
+        if hold is not None:  # admission reserved: this attempt draws on it
+            if hold.fills_max_tokens:  # the backend must stop where the reservation does
+                call.body["max_tokens"] = hold.max_tokens
+            rates = ctx.target.rates
+            dearest = hold.dearest
+            if rates.per_input > dearest.per_input or rates.per_output > dearest.per_output:
+                need = rates.nanos(hold.prompt_tokens, hold.max_tokens)  # a dearer fallback model: top it up
+                if need > hold.amount and await self._reserve(hold.lines, need - hold.amount):
+                    hold.amount = need
+            answer = await next(ctx, call)  # a failed attempt keeps the hold for the next one
+            hold.rates = rates
+            return answer
+        key: KeyRecord | None = ctx.extra.get("key")
+        lines = budget_lines(key, self._access) if key is not None else []
+        if not lines:
+            return await next(ctx, call)
         max_tokens = call.max_tokens
         if max_tokens is None:  # the backend must stop where the reservation does
             max_tokens = call.body["max_tokens"] = self._access.budget_max_tokens
-        rates: Rates = ctx.target.rates
-        need = rates.nanos(estimate_prompt_tokens(call), max_tokens)  # this attempt's worst case
+        rates = ctx.target.rates
+        prompt_tokens = estimate_prompt_tokens(call)
+        need = rates.nanos(prompt_tokens, max_tokens)  # this attempt's worst case
         if need == 0:  # a free deployment spends nothing
             return await next(ctx, call)
-        if hold is not None:
-            reservation = hold.reservation
-            short = need - reservation.amount
-            if short > 0 and await self._reserve(lines, short):  # a dearer fallback model: top it up
-                reservation.amount = need
-            answer = await next(ctx, call)  # a failed attempt keeps the hold for the next one
-            hold.rates, hold.need = rates, need
-            return answer
         # Admission reserved nothing (the budget looked spent at the dearest price, or the store was
         # down): reserve at this deployment's own price, and refuse if that does not fit either.
         if not await self._reserve(lines, need):
@@ -130,7 +138,7 @@ class Budgets:
             # Nothing was served by this attempt: give it all back now (routing may try another).
             self._counters.settle(lines, -need)
             raise
-        ctx.defer(lambda c: self._counters.settle(lines, self._actual(c, rates, need) - need))
+        ctx.defer(lambda c: self._counters.settle(lines, self._actual(c, rates, prompt_tokens, max_tokens) - need))
         return answer
 
     async def _reserve(self, lines: list[BudgetLine], amount: int) -> bool:
@@ -146,15 +154,22 @@ class Budgets:
 
     def hold_settlement(self, ctx: RequestContext, hold: BudgetHold) -> int:
         """The request is over: what its hold's lines move by (actual cost less the reservation). The
-        caller hands it to the store with the request's other settles (``Counters.finish``)."""
-        cost = 0 if hold.rates is None else self._actual(ctx, hold.rates, hold.need)
-        return cost - hold.reservation.amount
+        caller hands it to the store with the request's other settles (``Counters.finish``). No attempt
+        answered (or a cache hit): it is all given back."""
+        rates = hold.rates
+        if rates is None:
+            return -hold.amount
+        return self._actual(ctx, rates, hold.prompt_tokens, hold.max_tokens) - hold.amount
 
     @staticmethod
-    def _actual(ctx: RequestContext, rates: Rates, reserved: int) -> int:
-        # A stream cut short before the backend reported usage is charged the reservation: the
-        # tokens may well have been generated, and the reservation is the bound we promised.
-        cost = reserved if ctx.usage is None else rates.usage_nanos(ctx.usage)
+    def _actual(ctx: RequestContext, rates: Rates, prompt_tokens: int, max_tokens: int) -> int:
+        # A stream cut short before the backend reported usage is charged the attempt's worst case: the
+        # tokens may well have been generated, and that worst case is the bound we promised.
+        usage = ctx.usage
+        if usage is None:
+            cost = rates.nanos(prompt_tokens, max_tokens)
+        else:
+            cost = rates.nanos(usage.prompt_tokens, usage.completion_tokens)
         ctx.extra["cost_nanos"] = cost
         return cost
 

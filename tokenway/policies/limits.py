@@ -6,7 +6,7 @@ cannot slip past a limit. Tokens per minute: the prompt is estimated (characters
 taken at admission; the real prompt and completion tokens are settled when the request ends.
 Answers carry OpenAI's ``x-ratelimit-*`` headers for the tightest bucket of each kind, rendered
 as header lines that the gateway's own server puts in the response head unchecked. The
-budget's admission reservation (``Budgets.reservation``) is taken in the same store call, so a
+budget's admission reservation (``Budgets.hold``) is taken in the same store call, so a
 budgeted request costs one round trip to Redis, not two. What a key's request for a model asks
 of the store (its buckets, the header choice, the slot, the budget terms) is worked out once, in
 a ``_Plan``, not on every request.
@@ -65,14 +65,17 @@ MAX_PLANS = 16_384  # plans kept: ~2 KB each with key and team limits and a budg
 class _Plan:
     """What one kind of request asks of the counter store, worked out once: its buckets (the key's,
     its team's, the model's), which of them report in the headers, the concurrency slot, and the
-    budget lines with the rates admission reserves at. A key's plan for a model is kept until the
-    key changes or the UTC day ends (a new day or month starts new budget counters); a plan without
-    a key (a client address's, a model's limits) is kept as long as there is room."""
+    budget lines with the rates admission reserves at; with the embedded store, the counters' state
+    itself (``cells``). A key's plan for a model is kept until the key changes or the UTC day ends
+    (a new day or month starts new budget counters); a plan without a key (a client address's, a
+    model's limits) is kept as long as there is room."""
 
-    __slots__ = ("buckets", "budget", "head", "most_tokens", "reporting", "slot", "token_buckets", "unlimited", "until")
+    __slots__ = ("buckets", "budget", "cells", "head", "most_tokens", "reporting", "slot", "token_buckets",
+                 "unlimited", "until")
 
     def __init__(
         self,
+        counters: Counters,
         buckets: list[Bucket],
         slot: tuple[str, int] | None = None,
         budget: BudgetTerms | None = None,
@@ -81,15 +84,19 @@ class _Plan:
         self.buckets = buckets
         self.token_buckets = [b for b in buckets if b.kind == "tokens"]
         kinds = [kind for kind in ("requests", "tokens") if any(b.kind == kind for b in buckets)]
-        # Per kind, the buckets that compete to be reported (the tightest wins), and the header lines
-        # to fill in with its limit, what is left and when it is full again.
-        self.reporting = [[i for i, b in enumerate(buckets) if b.kind == kind] for kind in kinds]
-        self.head = b"".join(_HEAD_LINES[kind] for kind in kinds)
+        # Per kind: the bucket that reports in the headers with its capacity, and the others of that
+        # kind that report instead when they are tighter (least left as a share of capacity).
+        self.reporting: list[tuple[int, int, list[tuple[int, int]]]] = []
+        for kind in kinds:
+            first, *rivals = [(i, b.capacity) for i, b in enumerate(buckets) if b.kind == kind]
+            self.reporting.append((first[0], first[1], rivals))
+        self.head = b"".join(_HEAD_LINES[kind] for kind in kinds)  # the header lines to fill in
         self.slot = slot  # (slot key, limit) when the key limits requests in flight
         self.budget = budget
         self.until = until
         self.unlimited = not (buckets or slot or budget)  # nothing to ask of the store
         self.most_tokens = min((b.capacity for b in self.token_buckets), default=float("inf"))
+        self.cells = None if self.unlimited else counters.cells(buckets, slot, budget[0] if budget else ())
 
 
 class RateLimits:
@@ -113,6 +120,7 @@ class RateLimits:
             _add(buckets, "team", key.team or "", team.rpm, team.tpm)
         self._add_model(buckets, model)
         plan = _Plan(
+            self._counters,
             buckets,
             (f"conc:key:{key.id}", key.max_parallel) if key.max_parallel else None,
             self._budgets.terms(key, model),
@@ -134,7 +142,7 @@ class RateLimits:
         if ip:
             _add(buckets, "ip", ip, anonymous.rpm, anonymous.tpm)
         self._add_model(buckets, model)
-        plan = _Plan(buckets, until=float("inf"))  # no budget: nothing turns over at midnight
+        plan = _Plan(self._counters, buckets, until=float("inf"))  # no budget: nothing turns over at midnight
         self._keep(name, model, None, plan)
         return plan
 
@@ -155,39 +163,60 @@ class RateLimits:
         plan = self._key_plan(key, model) if key is not None else self._keyless_plan(ctx, model)
         if plan.unlimited:  # the master key, or a key with no limits and no budget
             return await next(ctx, call)
-        tokens = estimate_prompt_tokens(call)
+        tokens = call.prompt_estimate  # the request's size check counted the prompt
+        if tokens is None:
+            tokens = estimate_prompt_tokens(call)
         if tokens > plan.most_tokens:  # waiting would never help: say so instead of "retry later"
             raise _too_many_tokens(plan, tokens)
-        slot = None if plan.slot is None else Slot(plan.slot[0], plan.slot[1], ctx.request_id + secrets.token_hex(4))
-        reservation = None if plan.budget is None else self._budgets.reservation(plan.budget, call, tokens)
-        if not plan.buckets and slot is None and reservation is None:  # a budget, but a free model
+        hold = None if plan.budget is None else self._budgets.hold(plan.budget, call, tokens)
+        if not plan.buckets and plan.slot is None and hold is None:  # a budget, but a free model
             return await next(ctx, call)
-        try:
-            admission = await self._counters.acquire(plan.buckets, tokens, slot, reservation)
-        except CountersUnavailable as exc:
-            self._guard.unavailable(exc)
-            return await next(ctx, call)
-        lines = _head_lines(plan, admission.levels)
-        if admission.denied is not None:
-            raise _denied(plan.buckets, admission, lines)
-        ctx.head_lines += lines
-        hold = self._budgets.held(ctx, reservation) if admission.held and reservation is not None else None
-        ctx.defer(partial(self._settle, plan, tokens, slot, hold))
+        member = None if plan.slot is None else ctx.request_id + secrets.token_hex(4)
+        cells = plan.cells
+        if cells is not None:  # the counters live in this process: take from them without a store call
+            now = time.monotonic()
+            levels = cells.take(tokens, now, member)
+            if levels is None:
+                refusal = cells.refusal(tokens, now)
+                raise _denied(plan.buckets, refusal, _head_lines(plan, refusal.levels))
+            if hold is not None and not cells.hold(hold.amount):
+                hold = None  # the budget looks spent at the dearest price: the attempt reserves at its own
+        else:
+            slot = None if member is None or plan.slot is None else Slot(plan.slot[0], plan.slot[1], member)
+            try:
+                admission = await self._counters.acquire(plan.buckets, tokens, slot, hold)
+            except CountersUnavailable as exc:
+                self._guard.unavailable(exc)
+                return await next(ctx, call)
+            levels = admission.levels
+            if admission.denied is not None:
+                raise _denied(plan.buckets, admission, _head_lines(plan, levels))
+            if not admission.held:
+                hold = None
+        if levels:
+            ctx.head_lines += _head_lines(plan, levels)
+        if hold is not None:
+            ctx.extra["budget_hold"] = hold
+        ctx.defer(partial(self._settle, plan, tokens, member, hold))
         return await next(ctx, call)
 
     def _settle(
-        self, plan: _Plan, estimate: int, slot: Slot | None, hold: BudgetHold | None, ctx: RequestContext
+        self, plan: _Plan, estimate: int, member: str | None, hold: BudgetHold | None, ctx: RequestContext
     ) -> None:
         usage = ctx.usage
         delta = usage.prompt_tokens + usage.completion_tokens - estimate if usage is not None else 0
-        if hold is not None:  # one store call frees the slot, settles the tokens and the money
-            money = 0
-            try:
+        money = 0
+        try:
+            if hold is not None:
                 money = self._budgets.hold_settlement(ctx, hold)
-            finally:  # the slot and the tokens are settled even if the cost could not be (the hold stays spent)
-                self._counters.finish(slot, plan.token_buckets, delta, hold.reservation.lines, money)
-        elif slot is not None or (delta and plan.token_buckets):
-            self._counters.finish(slot, plan.token_buckets, delta)
+        finally:  # one store call frees the slot, settles the tokens and the money; the slot and the tokens
+            # are settled even if the cost could not be worked out (the hold then stays spent)
+            if plan.cells is not None:
+                plan.cells.settle(member, delta, money)
+            else:
+                slot = None if member is None or plan.slot is None else Slot(plan.slot[0], plan.slot[1], member)
+                if slot is not None or money or (delta and plan.token_buckets):
+                    self._counters.finish(slot, plan.token_buckets, delta, hold.lines if hold else (), money)
 
 
 def _add(out: list[Bucket], scope: str, name: str, rpm: int | None, tpm: int | None) -> None:
@@ -199,8 +228,8 @@ def _add(out: list[Bucket], scope: str, name: str, rpm: int | None, tpm: int | N
 
 def _duration(seconds: float) -> bytes:
     """OpenAI's reset format: ``120ms``, ``17s``, ``6m0s`` (bytes: it is mostly a header value)."""
-    if seconds < 0.9995:
-        return b"%dms" % (seconds * 1000 + 0.5) if seconds > 0 else b"0ms"
+    if seconds < 0.9995:  # never below zero: a level is at most the capacity
+        return b"%dms" % (seconds * 1000 + 0.5)
     whole = int(seconds + 0.5)
     return b"%ds" % whole if whole < 60 else b"%dm%ds" % divmod(whole, 60)
 
@@ -215,15 +244,12 @@ _HEAD_LINES = {  # OpenAI's three headers per kind, as lines to fill in (limit, 
 def _head_lines(plan: _Plan, levels: list[float]) -> bytes:
     """OpenAI's headers for the tightest bucket (least left, as a share of its capacity) of each kind,
     rendered as header lines (the server sends them as they are)."""
-    buckets = plan.buckets
     values: list[float | bytes] = []
-    for members in plan.reporting:
-        i = members[0]
-        if len(members) > 1:
-            for j in members[1:]:
-                if levels[j] * buckets[i].capacity < levels[i] * buckets[j].capacity:
-                    i = j
-        capacity, level = buckets[i].capacity, levels[i]
+    for i, capacity, rivals in plan.reporting:
+        level = levels[i]
+        for j, other in rivals:
+            if levels[j] * capacity < level * other:
+                capacity, level = other, levels[j]
         values += (capacity, level if level > 0 else 0, _duration((capacity - level) * 60.0 / capacity))
     return plan.head % tuple(values)  # refills at capacity/min
 

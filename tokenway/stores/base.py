@@ -13,9 +13,12 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from tokenway.stores.memory import Cells
 
 NANOS_PER_DOLLAR = 1_000_000_000
 Period = Literal["day", "month", "total"]
@@ -252,6 +255,12 @@ class Counters(Protocol):
         every budget line of ``lines`` by ``money`` (actual cost minus what was reserved). Nobody
         waits for it: a shared store applies it a moment later, merged with other requests' settles,
         and counts a failure in ``settle_failures`` instead of raising."""
+
+    def cells(
+        self, buckets: Sequence[Bucket], slot: tuple[str, int] | None = None, lines: Sequence[BudgetLine] = ()
+    ) -> Cells | None:
+        """The counters' state held in this process, for a plan to take from and settle without a
+        store call (the embedded store); None when every take is a call to a shared store."""
 
     async def reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
         """Reserve ``amount`` on every line or on none: (index of the line that is full, its committed)."""

@@ -1,7 +1,12 @@
 """In-process counters for one gateway process: the embedded default.
 
-Every method runs to completion without awaiting anything, so on one event loop each
-check-and-take is atomic by construction (no lock needed, no interleaving possible).
+Nothing here awaits, so on one event loop each check-and-take is atomic by construction (no
+lock needed, no interleaving possible). A token bucket is kept as one number, the moment it
+will be full again (the generic cell rate algorithm): a bucket of ``capacity`` per minute
+refills completely in 60 s, so a take fits when that moment stays within a minute from now,
+and its level follows from it. The rate-limit policy's plans hold ``Cells``, the state of
+their own buckets, slot and budget lines, so a request takes from them with a few attribute
+reads and no store call at all.
 """
 
 from __future__ import annotations
@@ -11,103 +16,182 @@ from collections.abc import Sequence
 
 from tokenway.stores.base import Admission, Bucket, BudgetLine, Reservation, Slot
 
+_MINUTE = 60.0
+
+
+class _Bucket:
+    """When the bucket will be full again (``time.monotonic()`` seconds; in the past: it is full)."""
+
+    __slots__ = ("full_at",)
+
+    def __init__(self) -> None:
+        self.full_at = 0.0
+
+
+class _Money:
+    """Nano-dollars committed on one budget counter (spent, or reserved by requests in flight)."""
+
+    __slots__ = ("used",)
+
+    def __init__(self, used: int = 0) -> None:
+        self.used = used
+
+
+class Cells:
+    """The state of one set of buckets, a concurrency slot and budget lines, taken from directly.
+
+    ``take`` and ``hold`` together are the atomic admission (the caller does not await between
+    them); ``settle`` is the request's end.
+    """
+
+    __slots__ = ("_entries", "_money", "_slot", "_slot_limit", "_token_entries", "buckets")
+
+    def __init__(
+        self,
+        buckets: Sequence[Bucket],
+        states: list[_Bucket],
+        slot: dict[str, float] | None,
+        slot_limit: int,
+        money: list[tuple[_Money, int]],
+    ) -> None:
+        self.buckets = buckets
+        # (state, seconds one unit takes to refill, whether the request's tokens are taken or one request)
+        self._entries = [(s, _MINUTE / b.capacity, b.kind == "tokens") for s, b in zip(states, buckets, strict=True)]
+        self._token_entries = [(s, per_unit) for s, per_unit, by_tokens in self._entries if by_tokens]
+        self._slot = slot  # member -> lease expiry, when a slot limits requests in flight
+        self._slot_limit = slot_limit
+        self._money = money  # (counter, limit) per budget line
+
+    def take(self, tokens: int, now: float, member: str | None = None, ttl_s: float = 3600.0) -> list[float] | None:
+        """Take one from every ``requests`` bucket, ``tokens`` from every ``tokens`` bucket and a place
+        in the slot for ``member``, or nothing (None: ``refusal`` says why). Returns each bucket's level
+        after the take."""
+        horizon = now + _MINUTE
+        levels = []
+        for state, per_unit, by_tokens in self._entries:  # one loop, no calls: this runs on every request
+            full = state.full_at
+            if full < now:
+                full = now
+            full += tokens * per_unit if by_tokens else per_unit
+            if full > horizon:
+                self._untake(len(levels), tokens)
+                return None
+            state.full_at = full
+            levels.append((horizon - full) / per_unit)
+        if member is not None:
+            held = self._slot
+            assert held is not None
+            if len(held) >= self._slot_limit:
+                for gone in [m for m, expiry in held.items() if expiry <= now]:
+                    del held[gone]
+                if len(held) >= self._slot_limit:
+                    self._untake(len(levels), tokens)
+                    return None
+            held[member] = now + ttl_s
+        return levels
+
+    def _untake(self, count: int, tokens: int) -> None:
+        # A refused take gives back what it took from the first ``count`` buckets. A bucket that was full
+        # before is left full as of now, which is the same level.
+        for state, per_unit, by_tokens in self._entries[:count]:
+            state.full_at -= tokens * per_unit if by_tokens else per_unit
+
+    def hold(self, amount: int) -> bool:
+        """Reserve ``amount`` on every budget line if it fits all of them."""
+        for i, (counter, limit) in enumerate(self._money):
+            used = counter.used + amount
+            if used > limit:
+                for taken, _ in self._money[:i]:
+                    taken.used -= amount
+                return False
+            counter.used = used
+        return True
+
+    def refusal(self, tokens: int, now: float) -> Admission:
+        """Why ``take`` refused (nothing was taken): the first bucket short, or the slot, with the
+        levels before the request (what the headers report)."""
+        before: list[float] = []
+        shorts: list[float] = []
+        for state, per_unit, by_tokens in self._entries:
+            before.append((now + _MINUTE - max(state.full_at, now)) / per_unit)
+            shorts.append((tokens if by_tokens else 1) - before[-1])
+        first = next((i for i, short in enumerate(shorts) if short > 0), None)
+        if first is None and self._slot is None:  # short by a rounding error only: the tightest bucket
+            first = max(range(len(shorts)), key=shorts.__getitem__)
+        if first is None:
+            return Admission(len(self._entries), 1.0, before)
+        return Admission(first, max(shorts[first], 0.0) * self._entries[first][1], before)
+
+    def settle(self, member: str | None, delta: int, money: int = 0) -> None:
+        """The request is over: free its place in the slot, take ``delta`` more tokens from the
+        ``tokens`` buckets (give back when negative; in debt by at most a minute's capacity), and move
+        every budget line by ``money``."""
+        if member is not None and self._slot is not None:
+            self._slot.pop(member, None)
+        if delta:
+            now = time.monotonic()
+            most = now + 2 * _MINUTE
+            for state, per_unit in self._token_entries:
+                full = state.full_at
+                if full < now:
+                    full = now
+                full += delta * per_unit
+                state.full_at = full if full < most else most
+        if money:
+            for counter, _ in self._money:
+                counter.used += money
+
 
 class MemoryCounters:
     def __init__(self) -> None:
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, monotonic time)
+        self._buckets: dict[str, _Bucket] = {}
         self._slots: dict[str, dict[str, float]] = {}  # key -> member -> lease expiry
-        self._budgets: dict[str, int] = {}
+        self._budgets: dict[str, _Money] = {}
         self.settle_failures = 0  # settles apply at once and cannot fail
+
+    def cells(
+        self, buckets: Sequence[Bucket], slot: tuple[str, int] | None = None, lines: Sequence[BudgetLine] = ()
+    ) -> Cells:
+        states = [self._buckets.setdefault(b.key, _Bucket()) for b in buckets]
+        held = None if slot is None else self._slots.setdefault(slot[0], {})
+        money = [(self._budgets.setdefault(line.key, _Money()), line.limit) for line in lines]
+        return Cells(buckets, states, held, 0 if slot is None else slot[1], money)
 
     async def acquire(
         self, buckets: Sequence[Bucket], tokens: int, slot: Slot | None = None, reservation: Reservation | None = None
     ) -> Admission:
+        cells = self.cells(buckets, None if slot is None else (slot.key, slot.limit),
+                           () if reservation is None else reservation.lines)
         now = time.monotonic()
-        states = self._buckets
-        after: list[float] = []  # each bucket's level once this request has taken from it
-        for bucket in buckets:  # one loop, no helper calls: this runs on every limited request
-            capacity = bucket.capacity
-            state = states.get(bucket.key)
-            level: float
-            if state is None:
-                level = capacity
-            else:
-                level = state[0] + (now - state[1]) * capacity / 60.0
-                if level > capacity:
-                    level = capacity
-            after.append(level - tokens if bucket.kind == "tokens" else level - 1)
-        if after and min(after) < 0:
-            return _refused(buckets, tokens, after)
-        if slot is not None:
-            held = self._slots.setdefault(slot.key, {})
-            for member in [m for m, expiry in held.items() if expiry <= now]:
-                del held[member]
-            if len(held) >= slot.limit:
-                return Admission(len(buckets), 1.0, _before(buckets, tokens, after))
-            held[slot.member] = now + slot.ttl_s
-        for bucket, left in zip(buckets, after, strict=True):
-            states[bucket.key] = (left, now)
-        if reservation is None:
-            return Admission(None, 0.0, after)
-        return Admission(None, 0.0, after, self._reserve(reservation.lines, reservation.amount)[0] is None)
+        levels = cells.take(tokens, now, None if slot is None else slot.member, slot.ttl_s if slot else 0)
+        if levels is None:
+            return cells.refusal(tokens, now)
+        return Admission(None, 0.0, levels, reservation is not None and cells.hold(reservation.amount))
 
     def finish(
         self, slot: Slot | None, buckets: Sequence[Bucket], delta: int, lines: Sequence[BudgetLine] = (), money: int = 0
     ) -> None:
-        if slot is not None:
-            held = self._slots.get(slot.key)
-            if held is not None:
-                held.pop(slot.member, None)
-        if delta:
-            now = time.monotonic()
-            states = self._buckets
-            for bucket in buckets:
-                capacity = bucket.capacity
-                state = states.get(bucket.key)
-                level: float = capacity if state is None else state[0] + (now - state[1]) * capacity / 60.0
-                if level > capacity:
-                    level = capacity
-                level -= delta
-                states[bucket.key] = (level if level > -capacity else -capacity, now)  # debt: at most a minute's
-        if money:
-            budgets = self._budgets
-            for line in lines:
-                budgets[line.key] = budgets.get(line.key, 0) + money
+        cells = self.cells(buckets, None if slot is None else (slot.key, slot.limit), lines)
+        cells.settle(None if slot is None else slot.member, delta, money)
 
     async def reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
-        return self._reserve(lines, amount)
-
-    def _reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
-        budgets = self._budgets
-        for i, line in enumerate(lines):
-            used = budgets.get(line.key, 0)
-            if used + amount > line.limit:
-                return i, used
-        for line in lines:
-            budgets[line.key] = budgets.get(line.key, 0) + amount
+        counters = [self._budgets.setdefault(line.key, _Money()) for line in lines]
+        for i, (counter, line) in enumerate(zip(counters, lines, strict=True)):
+            if counter.used + amount > line.limit:
+                return i, counter.used
+        for counter in counters:
+            counter.used += amount
         return None, 0
 
     def settle(self, lines: list[BudgetLine], delta: int) -> None:
         self.finish(None, (), 0, lines, delta)
 
     async def committed(self, line: BudgetLine) -> int:
-        return self._budgets.get(line.key, 0)
+        counter = self._budgets.get(line.key)
+        return 0 if counter is None else counter.used
 
     async def seed(self, line: BudgetLine, amount: int) -> None:
-        self._budgets.setdefault(line.key, amount)
+        self._budgets.setdefault(line.key, _Money(amount))
 
     async def aclose(self) -> None:
         return None
-
-
-
-def _before(buckets: Sequence[Bucket], tokens: int, after: list[float]) -> list[float]:
-    """The levels before a request that was refused took anything (what the headers report)."""
-    pairs = zip(buckets, after, strict=True)
-    return [level + tokens if bucket.kind == "tokens" else level + 1 for bucket, level in pairs]
-
-
-def _refused(buckets: Sequence[Bucket], tokens: int, after: list[float]) -> Admission:
-    denied = next(i for i, level in enumerate(after) if level < 0)
-    bucket = buckets[denied]
-    return Admission(denied, -after[denied] * 60.0 / bucket.capacity, _before(buckets, tokens, after))

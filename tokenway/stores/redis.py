@@ -178,6 +178,11 @@ class RedisCounters:
         if slot is not None or delta or money:
             self._settle_soon()
 
+    def cells(
+        self, buckets: Sequence[Bucket], slot: tuple[str, int] | None = None, lines: Sequence[BudgetLine] = ()
+    ) -> None:
+        return None  # shared by every process: each take is a script call
+
     async def reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
         keys = [self._prefix + line.key for line in lines]
         index, used = await self._run(_RESERVE, keys, _reserve_args(lines, amount))
