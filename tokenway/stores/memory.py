@@ -67,7 +67,7 @@ class Cells:
         in the slot for ``member``, or nothing (None: ``refusal`` says why). Returns each bucket's level
         after the take."""
         horizon = now + _MINUTE
-        levels = []
+        levels: list[float] = []
         for state, per_unit, by_tokens in self._entries:  # one loop, no calls: this runs on every request
             full = state.full_at
             if full < now:
