@@ -129,7 +129,8 @@ def test_cells_refuse_without_taking_and_bound_debt_to_a_minute() -> None:
     refusal = cells.refusal(30, now)
     assert refusal.denied == 1 and refusal.levels == [pytest.approx(59), pytest.approx(20)]
     assert refusal.retry_after == pytest.approx(10 / 2)  # 10 tokens short, refilling 2 per second
-    assert cells.hold(800) and not cells.hold(800)  # the team's line is full: the key's is left as it was
+    # The team's line is full the second time: the key's is left as it was.
+    assert cells.reserve(800) is None and cells.reserve(800) == 1
     assert [await_committed(counters, line) for line in lines] == [800, 800]
     cells.settle(None, 10_000, -300)  # far more tokens than estimated: in debt by at most a minute's
     assert [await_committed(counters, line) for line in lines] == [500, 500]

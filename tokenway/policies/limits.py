@@ -98,6 +98,10 @@ class _Plan:
         self.most_tokens = min((b.capacity for b in self.token_buckets), default=float("inf"))
         self.cells = None if self.unlimited else counters.cells(buckets, slot, budget[0] if budget else ())
 
+    def slot_for(self, member: str | None) -> Slot | None:
+        """The request's place in the slot, for a shared store (``member``: None when no slot applies)."""
+        return None if member is None or self.slot is None else Slot(self.slot[0], self.slot[1], member)
+
 
 class RateLimits:
     def __init__(self, counters: Counters, access: AccessConfig, guard: StoreGuard, budgets: Budgets) -> None:
@@ -163,9 +167,7 @@ class RateLimits:
         plan = self._key_plan(key, model) if key is not None else self._keyless_plan(ctx, model)
         if plan.unlimited:  # the master key, or a key with no limits and no budget
             return await next(ctx, call)
-        tokens = call.prompt_estimate  # the request's size check counted the prompt
-        if tokens is None:
-            tokens = estimate_prompt_tokens(call)
+        tokens = estimate_prompt_tokens(call)
         if tokens > plan.most_tokens:  # waiting would never help: say so instead of "retry later"
             raise _too_many_tokens(plan, tokens)
         hold = None if plan.budget is None else self._budgets.hold(plan.budget, call, tokens)
@@ -179,12 +181,11 @@ class RateLimits:
             if levels is None:
                 refusal = cells.refusal(tokens, now)
                 raise _denied(plan.buckets, refusal, _head_lines(plan, refusal.levels))
-            if hold is not None and not cells.hold(hold.amount):
+            if hold is not None and cells.reserve(hold.amount) is not None:
                 hold = None  # the budget looks spent at the dearest price: the attempt reserves at its own
         else:
-            slot = None if member is None or plan.slot is None else Slot(plan.slot[0], plan.slot[1], member)
             try:
-                admission = await self._counters.acquire(plan.buckets, tokens, slot, hold)
+                admission = await self._counters.acquire(plan.buckets, tokens, plan.slot_for(member), hold)
             except CountersUnavailable as exc:
                 self._guard.unavailable(exc)
                 return await next(ctx, call)
@@ -214,7 +215,7 @@ class RateLimits:
             if plan.cells is not None:
                 plan.cells.settle(member, delta, money)
             else:
-                slot = None if member is None or plan.slot is None else Slot(plan.slot[0], plan.slot[1], member)
+                slot = plan.slot_for(member)
                 if slot is not None or money or (delta and plan.token_buckets):
                     self._counters.finish(slot, plan.token_buckets, delta, hold.lines if hold else (), money)
 

@@ -40,11 +40,11 @@ class _Money:
 class Cells:
     """The state of one set of buckets, a concurrency slot and budget lines, taken from directly.
 
-    ``take`` and ``hold`` together are the atomic admission (the caller does not await between
+    ``take`` and ``reserve`` together are the atomic admission (the caller does not await between
     them); ``settle`` is the request's end.
     """
 
-    __slots__ = ("_entries", "_money", "_slot", "_slot_limit", "_token_entries", "buckets")
+    __slots__ = ("_entries", "_money", "_slot", "_slot_limit", "_token_entries")
 
     def __init__(
         self,
@@ -54,7 +54,6 @@ class Cells:
         slot_limit: int,
         money: list[tuple[_Money, int]],
     ) -> None:
-        self.buckets = buckets
         # (state, seconds one unit takes to refill, whether the request's tokens are taken or one request)
         self._entries = [(s, _MINUTE / b.capacity, b.kind == "tokens") for s, b in zip(states, buckets, strict=True)]
         self._token_entries = [(s, per_unit) for s, per_unit, by_tokens in self._entries if by_tokens]
@@ -96,16 +95,17 @@ class Cells:
         for state, per_unit, by_tokens in self._entries[:count]:
             state.full_at -= tokens * per_unit if by_tokens else per_unit
 
-    def hold(self, amount: int) -> bool:
-        """Reserve ``amount`` on every budget line if it fits all of them."""
+    def reserve(self, amount: int) -> int | None:
+        """Reserve ``amount`` on every budget line if it fits all of them; else nothing, and the index of
+        the first line it does not fit."""
         for i, (counter, limit) in enumerate(self._money):
             used = counter.used + amount
             if used > limit:
                 for taken, _ in self._money[:i]:
                     taken.used -= amount
-                return False
+                return i
             counter.used = used
-        return True
+        return None
 
     def refusal(self, tokens: int, now: float) -> Admission:
         """Why ``take`` refused (nothing was taken): the first bucket short, or the slot, with the
@@ -166,7 +166,7 @@ class MemoryCounters:
         levels = cells.take(tokens, now, None if slot is None else slot.member, slot.ttl_s if slot else 0)
         if levels is None:
             return cells.refusal(tokens, now)
-        return Admission(None, 0.0, levels, reservation is not None and cells.hold(reservation.amount))
+        return Admission(None, 0.0, levels, reservation is not None and cells.reserve(reservation.amount) is None)
 
     def finish(
         self, slot: Slot | None, buckets: Sequence[Bucket], delta: int, lines: Sequence[BudgetLine] = (), money: int = 0
@@ -175,13 +175,8 @@ class MemoryCounters:
         cells.settle(None if slot is None else slot.member, delta, money)
 
     async def reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
-        counters = [self._budgets.setdefault(line.key, _Money()) for line in lines]
-        for i, (counter, line) in enumerate(zip(counters, lines, strict=True)):
-            if counter.used + amount > line.limit:
-                return i, counter.used
-        for counter in counters:
-            counter.used += amount
-        return None, 0
+        full = self.cells((), None, lines).reserve(amount)
+        return (None, 0) if full is None else (full, self._budgets[lines[full].key].used)
 
     def settle(self, lines: list[BudgetLine], delta: int) -> None:
         self.finish(None, (), 0, lines, delta)
