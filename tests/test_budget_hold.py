@@ -19,6 +19,7 @@ import redis
 from tests.access_support import MASTER, REDIS, RESERVED_COST, SERVED_COST, chat, create_key, gateway
 from tests.fakes import FakeUpstream
 from tokenway.stores.base import Bucket, Budget, BudgetLine, Counters, Reservation
+from tokenway.stores.leases import TTL_S
 from tokenway.stores.memory import MemoryCounters
 from tokenway.stores.redis import RedisCounters
 
@@ -122,7 +123,9 @@ access:
     assert after == spent
 
 
-def test_with_redis_a_budgeted_request_makes_one_call_before_its_answer(upstream: FakeUpstream, tmp_path: Path) -> None:
+def test_with_redis_a_budgeted_request_makes_at_most_one_call_before_its_answer(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
     yaml = f"""
 models:
   - name: m
@@ -133,21 +136,23 @@ access:
   redis_prefix: "tw-test-{secrets.token_hex(4)}:"
 """
     client = redis.Redis.from_url(REDIS)
-    with gateway(yaml, tmp_path, redis_url=REDIS) as (base, _):
-        key = create_key(base, rpm=100, budget="1/day")
-        assert chat(base, key["key"], max_tokens=6).status_code == 200  # scripts loaded, key cached
-        time.sleep(0.2)  # the warm-up's settle is sent after its answer
+
+    def calls_for_five(key: str, wait_s: float) -> int:
+        assert chat(base, key, max_tokens=6).status_code == 200  # scripts loaded, key cached
+        time.sleep(TTL_S + 0.3)  # the warm-up's settle is sent after its answer, its share goes back
         client.config_resetstat()
         for _ in range(5):
-            assert chat(base, key["key"], max_tokens=6).status_code == 200
-        deadline = time.monotonic() + 2
-        while (calls := _scripts_run(client)) < 10 and time.monotonic() < deadline:
-            time.sleep(0.05)  # the last settle leaves a loop turn after the last answer
-        time.sleep(0.2)
-        calls = _scripts_run(client)
+            assert chat(base, key, max_tokens=6).status_code == 200
+        time.sleep(wait_s)  # the last settle leaves a loop turn after the last answer
+        return _scripts_run(client)
+
+    with gateway(yaml, tmp_path, redis_url=REDIS) as (base, _):
+        # Near a limit (rpm 20 is less than a share's FRACTION of requests): one script per request on
+        # its way in (limits and budget together), one settle after it.
+        assert calls_for_five(create_key(base, rpm=20, budget="1/day")["key"], 0.3) == 10
+        # Far from it: the first call takes a share that the next four spend; it goes back after TTL_S.
+        assert calls_for_five(create_key(base, budget="1000/day")["key"], TTL_S + 0.3) == 2
     client.close()
-    # One script per request on its way in (limits and budget together), one settle after it.
-    assert calls == 10
 
 
 def _scripts_run(client: redis.Redis) -> int:

@@ -65,10 +65,11 @@ MAX_PLANS = 16_384  # plans kept: ~2 KB each with key and team limits and a budg
 class _Plan:
     """What one kind of request asks of the counter store, worked out once: its buckets (the key's,
     its team's, the model's), which of them report in the headers, the concurrency slot, and the
-    budget lines with the rates admission reserves at; with the embedded store, the counters' state
-    itself (``cells``). A key's plan for a model is kept until the key changes or the UTC day ends
-    (a new day or month starts new budget counters); a plan without a key (a client address's, a
-    model's limits) is kept as long as there is room."""
+    budget lines with the rates admission reserves at; and its handle on the counters (``cells``: the
+    embedded store's state itself, or this process's lease on the shared one). A key's plan for a
+    model is kept until the key changes or the UTC day ends (a new day or month starts new budget
+    counters); a plan without a key (a client address's, a model's limits) is kept as long as there
+    is room."""
 
     __slots__ = ("buckets", "budget", "cells", "head", "most_tokens", "reporting", "slot", "token_buckets",
                  "unlimited", "until")
@@ -96,7 +97,7 @@ class _Plan:
         self.until = until
         self.unlimited = not (buckets or slot or budget)  # nothing to ask of the store
         self.most_tokens = min((b.capacity for b in self.token_buckets), default=float("inf"))
-        self.cells = None if self.unlimited else counters.cells(buckets, slot, budget[0] if budget else ())
+        self.cells = counters.cells(buckets, slot, budget[0] if budget else ())
 
     def slot_for(self, member: str | None) -> Slot | None:
         """The request's place in the slot, for a shared store (``member``: None when no slot applies)."""
@@ -175,17 +176,15 @@ class RateLimits:
             return await next(ctx, call)
         member = None if plan.slot is None else ctx.request_id + secrets.token_hex(4)
         cells = plan.cells
-        if cells is not None:  # the counters live in this process: take from them without a store call
-            now = time.monotonic()
-            levels = cells.take(tokens, now, member)
-            if levels is None:
-                refusal = cells.refusal(tokens, now)
-                raise _denied(plan.buckets, refusal, _head_lines(plan, refusal.levels))
+        # In process first, with no store call: the embedded counters, or this process's share of the
+        # shared ones. What they cannot decide (a refusal to explain, a share run out) the store does.
+        levels = cells.take(tokens, time.monotonic(), member)
+        if levels is not None:
             if hold is not None and cells.reserve(hold.amount) is not None:
                 hold = None  # the budget looks spent at the dearest price: the attempt reserves at its own
         else:
             try:
-                admission = await self._counters.acquire(plan.buckets, tokens, plan.slot_for(member), hold)
+                admission = await cells.acquire(tokens, plan.slot_for(member), hold)
             except CountersUnavailable as exc:
                 self._guard.unavailable(exc)
                 return await next(ctx, call)
@@ -210,14 +209,9 @@ class RateLimits:
         try:
             if hold is not None:
                 money = self._budgets.hold_settlement(ctx, hold)
-        finally:  # one store call frees the slot, settles the tokens and the money; the slot and the tokens
+        finally:  # one settle frees the slot, settles the tokens and the money; the slot and the tokens
             # are settled even if the cost could not be worked out (the hold then stays spent)
-            if plan.cells is not None:
-                plan.cells.settle(member, delta, money)
-            else:
-                slot = plan.slot_for(member)
-                if slot is not None or money or (delta and plan.token_buckets):
-                    self._counters.finish(slot, plan.token_buckets, delta, hold.lines if hold else (), money)
+            plan.cells.settle(member, delta, money)
 
 
 def _add(out: list[Bucket], scope: str, name: str, rpm: int | None, tpm: int | None) -> None:

@@ -13,12 +13,9 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-if TYPE_CHECKING:
-    from tokenway.stores.memory import Cells
 
 NANOS_PER_DOLLAR = 1_000_000_000
 Period = Literal["day", "month", "total"]
@@ -235,6 +232,25 @@ class Reservation:
     amount: int
 
 
+class CounterCells(Protocol):
+    """What a plan takes from on every request: the counters' own state (the embedded store) or this
+    process's share of them (a shared store's lease). ``take`` and then ``reserve`` decide in process,
+    with no store call, what they can; ``acquire`` asks the store what they cannot."""
+
+    def take(self, tokens: int, now: float, member: str | None = None) -> list[float] | None:
+        """Take one request from every ``requests`` bucket, ``tokens`` from every ``tokens`` bucket and a
+        place in the slot for ``member``, and return each bucket's level after it; or nothing (None)."""
+
+    def reserve(self, amount: int) -> int | None:
+        """Reserve ``amount`` on every budget line, or nothing and the index of the first line short."""
+
+    async def acquire(self, tokens: int, slot: Slot | None, reservation: Reservation | None) -> Admission:
+        """What ``take`` did not decide: ``Counters.acquire`` for these counters."""
+
+    def settle(self, member: str | None, delta: int, money: int = 0) -> None:
+        """The request is over: ``Counters.finish`` for these counters."""
+
+
 class Counters(Protocol):
     """Rate limits, concurrency slots and budget reservations; every check-and-take is one atomic op."""
 
@@ -258,9 +274,8 @@ class Counters(Protocol):
 
     def cells(
         self, buckets: Sequence[Bucket], slot: tuple[str, int] | None = None, lines: Sequence[BudgetLine] = ()
-    ) -> Cells | None:
-        """The counters' state held in this process, for a plan to take from and settle without a
-        store call (the embedded store); None when every take is a call to a shared store."""
+    ) -> CounterCells:
+        """A plan's handle on these counters (its buckets, slot and budget lines), made once."""
 
     async def reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
         """Reserve ``amount`` on every line or on none: (index of the line that is full, its committed)."""

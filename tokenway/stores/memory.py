@@ -41,7 +41,7 @@ class Cells:
     """The state of one set of buckets, a concurrency slot and budget lines, taken from directly.
 
     ``take`` and ``reserve`` together are the atomic admission (the caller does not await between
-    them); ``settle`` is the request's end.
+    them); ``acquire`` after a ``take`` that said no says why; ``settle`` is the request's end.
     """
 
     __slots__ = ("_entries", "_money", "_slot", "_slot_limit", "_token_entries")
@@ -122,6 +122,15 @@ class Cells:
             return Admission(len(self._entries), 1.0, before)
         return Admission(first, max(shorts[first], 0.0) * self._entries[first][1], before)
 
+    async def acquire(self, tokens: int, slot: Slot | None, reservation: Reservation | None) -> Admission:
+        """The whole admission as one store call: the take (with the slot's member), the budget if it
+        fits, or why not (``refusal``). Nothing awaits, so it is atomic too."""
+        now = time.monotonic()
+        levels = self.take(tokens, now, None if slot is None else slot.member, 0 if slot is None else slot.ttl_s)
+        if levels is None:
+            return self.refusal(tokens, now)
+        return Admission(None, 0.0, levels, reservation is not None and self.reserve(reservation.amount) is None)
+
     def settle(self, member: str | None, delta: int, money: int = 0) -> None:
         """The request is over: free its place in the slot, take ``delta`` more tokens from the
         ``tokens`` buckets (give back when negative; in debt by at most a minute's capacity), and move
@@ -162,11 +171,7 @@ class MemoryCounters:
     ) -> Admission:
         cells = self.cells(buckets, None if slot is None else (slot.key, slot.limit),
                            () if reservation is None else reservation.lines)
-        now = time.monotonic()
-        levels = cells.take(tokens, now, None if slot is None else slot.member, slot.ttl_s if slot else 0)
-        if levels is None:
-            return cells.refusal(tokens, now)
-        return Admission(None, 0.0, levels, reservation is not None and cells.reserve(reservation.amount) is None)
+        return await cells.acquire(tokens, slot, reservation)
 
     def finish(
         self, slot: Slot | None, buckets: Sequence[Bucket], delta: int, lines: Sequence[BudgetLine] = (), money: int = 0
