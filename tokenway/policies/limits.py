@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -71,8 +72,8 @@ class _Plan:
     counters); a plan without a key (a client address's, a model's limits) is kept as long as there
     is room."""
 
-    __slots__ = ("buckets", "budget", "cells", "head", "most_tokens", "reporting", "slot", "token_buckets",
-                 "unlimited", "until")
+    __slots__ = ("buckets", "budget", "cells", "head_lines", "most_tokens", "slot", "token_buckets", "unlimited",
+                 "until")
 
     def __init__(
         self,
@@ -84,14 +85,7 @@ class _Plan:
     ) -> None:
         self.buckets = buckets
         self.token_buckets = [b for b in buckets if b.kind == "tokens"]
-        kinds = [kind for kind in ("requests", "tokens") if any(b.kind == kind for b in buckets)]
-        # Per kind: the bucket that reports in the headers with its capacity, and the others of that
-        # kind that report instead when they are tighter (least left as a share of capacity).
-        self.reporting: list[tuple[int, int, list[tuple[int, int]]]] = []
-        for kind in kinds:
-            first, *rivals = [(i, b.capacity) for i, b in enumerate(buckets) if b.kind == kind]
-            self.reporting.append((first[0], first[1], rivals))
-        self.head = b"".join(_HEAD_LINES[kind] for kind in kinds)  # the header lines to fill in
+        self.head_lines = _head_renderer(buckets)  # levels -> the x-ratelimit-* header lines
         self.slot = slot  # (slot key, limit) when the key limits requests in flight
         self.budget = budget
         self.until = until
@@ -190,11 +184,11 @@ class RateLimits:
                 return await next(ctx, call)
             levels = admission.levels
             if admission.denied is not None:
-                raise _denied(plan.buckets, admission, _head_lines(plan, levels))
+                raise _denied(plan.buckets, admission, plan.head_lines(levels))
             if not admission.held:
                 hold = None
         if levels:
-            ctx.head_lines += _head_lines(plan, levels)
+            ctx.head_lines += plan.head_lines(levels)
         if hold is not None:
             ctx.extra["budget_hold"] = hold
         ctx.defer(partial(self._settle, plan, tokens, member, hold))
@@ -229,24 +223,65 @@ def _duration(seconds: float) -> bytes:
     return b"%ds" % whole if whole < 60 else b"%dm%ds" % divmod(whole, 60)
 
 
-_HEAD_LINES = {  # OpenAI's three headers per kind, as lines to fill in (limit, remaining, reset)
-    kind: b"x-ratelimit-limit-%s: %%d\r\nx-ratelimit-remaining-%s: %%d\r\nx-ratelimit-reset-%s: %%s\r\n" % (
-        kind.encode(), kind.encode(), kind.encode())
-    for kind in ("requests", "tokens")
-}
+def _head_template(kind: str, limit: int | None = None) -> bytes:
+    """OpenAI's three headers of one kind as lines to fill in: the limit (unless given), remaining, reset."""
+    name = kind.encode()
+    filled = b"%d" if limit is None else b"%d" % limit
+    return b"x-ratelimit-limit-%s: %s\r\nx-ratelimit-remaining-%s: %%d\r\nx-ratelimit-reset-%s: %%s\r\n" % (
+        name, filled, name, name)
 
 
-def _head_lines(plan: _Plan, levels: list[float]) -> bytes:
-    """OpenAI's headers for the tightest bucket (least left, as a share of its capacity) of each kind,
-    rendered as header lines (the server sends them as they are)."""
+def _head_renderer(buckets: list[Bucket]) -> Callable[[list[float]], bytes]:
+    """What renders OpenAI's headers from the buckets' levels after a take, for the tightest bucket
+    (least left, as a share of its capacity) of each kind, as header lines (the server sends them as
+    they are). Made once per plan: with one bucket of each kind, the usual case, the limits are part
+    of the template and the levels are read by fixed index."""
+    # Per kind: the bucket that reports with its capacity, and the others of that kind that report
+    # instead when they are tighter.
+    reporting: list[tuple[int, int, list[tuple[int, int]]]] = []
+    kinds = [kind for kind in ("requests", "tokens") if any(b.kind == kind for b in buckets)]
+    for kind in kinds:
+        first, *rivals = [(i, b.capacity) for i, b in enumerate(buckets) if b.kind == kind]
+        reporting.append((first[0], first[1], rivals))
+    if not reporting:
+        return _no_head_lines
+    if any(rivals for _, _, rivals in reporting):
+        return partial(_tightest_head_lines, b"".join(_head_template(kind) for kind in kinds), reporting)
+    head = b"".join(_head_template(kind, capacity) for kind, (_, capacity, _) in zip(kinds, reporting, strict=True))
+    if len(reporting) == 1:
+        ((i, capacity, _),) = reporting
+        per_unit = 60.0 / capacity  # seconds a unit takes to refill
+
+        def one_kind(levels: list[float]) -> bytes:
+            level = levels[i]
+            return head % (level if level > 0 else 0, _duration((capacity - level) * per_unit))
+
+        return one_kind
+    (i, capacity_i, _), (j, capacity_j, _) = reporting
+    per_i, per_j = 60.0 / capacity_i, 60.0 / capacity_j
+
+    def both_kinds(levels: list[float]) -> bytes:
+        first, second = levels[i], levels[j]
+        return head % (first if first > 0 else 0, _duration((capacity_i - first) * per_i),
+                       second if second > 0 else 0, _duration((capacity_j - second) * per_j))
+
+    return both_kinds
+
+
+def _no_head_lines(levels: list[float]) -> bytes:
+    return b""
+
+
+def _tightest_head_lines(head: bytes, reporting: list[tuple[int, int, list[tuple[int, int]]]],
+                         levels: list[float]) -> bytes:
     values: list[float | bytes] = []
-    for i, capacity, rivals in plan.reporting:
+    for i, capacity, rivals in reporting:
         level = levels[i]
         for j, other in rivals:
             if levels[j] * capacity < level * other:
                 capacity, level = other, levels[j]
         values += (capacity, level if level > 0 else 0, _duration((capacity - level) * 60.0 / capacity))
-    return plan.head % tuple(values)  # refills at capacity/min
+    return head % tuple(values)  # refills at capacity/min
 
 
 def _too_many_tokens(plan: _Plan, tokens: int) -> RateLimited:
