@@ -248,13 +248,18 @@ def _head_renderer(buckets: list[Bucket]) -> Callable[[list[float]], bytes]:
     if any(rivals for _, _, rivals in reporting):
         return partial(_tightest_head_lines, b"".join(_head_template(kind) for kind in kinds), reporting)
     head = b"".join(_head_template(kind, capacity) for kind, (_, capacity, _) in zip(kinds, reporting, strict=True))
+    # Far from a limit a bucket is full again within a second: its reset is whole milliseconds.
+    in_ms = head.replace(b"%s", b"%dms")
     if len(reporting) == 1:
         ((i, capacity, _),) = reporting
         per_unit = 60.0 / capacity  # seconds a unit takes to refill
 
         def one_kind(levels: list[float]) -> bytes:
             level = levels[i]
-            return head % (level if level > 0 else 0, _duration((capacity - level) * per_unit))
+            reset = (capacity - level) * per_unit
+            if reset < 0.9995:
+                return in_ms % (level, reset * 1000 + 0.5)
+            return head % (level if level > 0 else 0, _duration(reset))
 
         return one_kind
     (i, capacity_i, _), (j, capacity_j, _) = reporting
@@ -262,8 +267,10 @@ def _head_renderer(buckets: list[Bucket]) -> Callable[[list[float]], bytes]:
 
     def both_kinds(levels: list[float]) -> bytes:
         first, second = levels[i], levels[j]
-        return head % (first if first > 0 else 0, _duration((capacity_i - first) * per_i),
-                       second if second > 0 else 0, _duration((capacity_j - second) * per_j))
+        reset_i, reset_j = (capacity_i - first) * per_i, (capacity_j - second) * per_j
+        if reset_i < 0.9995 and reset_j < 0.9995:
+            return in_ms % (first, reset_i * 1000 + 0.5, second, reset_j * 1000 + 0.5)
+        return head % (first if first > 0 else 0, _duration(reset_i), second if second > 0 else 0, _duration(reset_j))
 
     return both_kinds
 
