@@ -81,6 +81,7 @@ def test_admin_api_needs_the_master_key(upstream: FakeUpstream, tmp_path: Path) 
 def test_update_changes_limits_and_a_key_written_elsewhere_is_seen(upstream: FakeUpstream, tmp_path: Path) -> None:
     with gateway(config(upstream), tmp_path) as (base, _):
         created = create_key(base)
+        assert chat(base, created["key"]).status_code == 200  # in use: its secret is remembered
         r = httpx.patch(f"{base}/admin/keys/{created['id']}", json={"models": ["other"]}, headers=ADMIN)
         assert r.status_code == 200 and r.json()["models"] == ["other"]
         assert chat(base, created["key"]).status_code == 403

@@ -5,6 +5,12 @@ database round trip on any request. ``KeyCache`` polls the database's change cou
 index-only read, every ``access.keys_refresh_s``) and loads only changed rows, so a key
 created, changed or revoked by any process or the CLI takes effect everywhere within about
 half a second.
+
+The secrets of keys that were found are remembered in process (``MAX_MEMO`` of them, forgotten
+whenever the key table changes), so a key in use is hashed once, not on every request (hashing
+costs more than the rest of the key's checks). They are in this process's memory only, as every
+request's secret is while it is read; never stored or logged. A secret that matches no key is
+never remembered, so guessing fills nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from tokenway.policies.base import Handler
 from tokenway.providers.base import Answer, Call
 from tokenway.stores.base import Database, KeyRecord, hash_key
 
+MAX_MEMO = 4096  # secrets of keys in use remembered (hashed once); past that the memo starts over
+
 
 class KeyCache:
     """Every key record (revoked ones too, so the error can say so), by hash."""
@@ -30,6 +38,7 @@ class KeyCache:
         self._log = log
         self._refresh_s = refresh_s
         self._by_hash: dict[str, KeyRecord] = {}
+        self._by_secret: dict[str, KeyRecord] = {}  # found keys' secrets: the memo described above
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
         self._failing = False
@@ -45,7 +54,14 @@ class KeyCache:
                 await self._task
 
     def lookup(self, secret: str) -> KeyRecord | None:
-        return self._by_hash.get(hash_key(secret))
+        record = self._by_secret.get(secret)
+        if record is None:
+            record = self._by_hash.get(hash_key(secret))
+            if record is not None:
+                if len(self._by_secret) >= MAX_MEMO:
+                    self._by_secret.clear()
+                self._by_secret[secret] = record
+        return record
 
     def records(self) -> list[KeyRecord]:
         return list(self._by_hash.values())
@@ -55,6 +71,8 @@ class KeyCache:
         changed, self._seq = await self._db.keys_changed_since(self._seq)
         for record in changed:
             self._by_hash[record.hash] = record
+        if changed:  # a remembered secret must not outlive a change to its key (revoked, new limits)
+            self._by_secret.clear()
 
     async def _poll(self) -> None:
         while True:
