@@ -77,6 +77,7 @@ class Budgets:
         self._counters = counters
         self._access = access
         self._guard = guard
+        self._max_tokens = access.budget_max_tokens  # read on every request: a plain attribute, not the model's
         # Per public model, rates no cheaper than any of its deployments: admission reserves at these
         # before routing has chosen one.
         self._dearest = {m.name: Rates.dearest([Rates.of(deployment_price(d)) for d in m.deployments]) for m in models}
@@ -97,7 +98,7 @@ class Budgets:
         max_tokens = call.max_tokens
         fills = max_tokens is None
         if max_tokens is None:
-            max_tokens = self._access.budget_max_tokens
+            max_tokens = self._max_tokens
         amount = rates.nanos(prompt_tokens, max_tokens)
         return BudgetHold(lines, amount, rates, prompt_tokens, max_tokens, fills) if amount else None
 
@@ -122,7 +123,7 @@ class Budgets:
             return await next(ctx, call)
         max_tokens = call.max_tokens
         if max_tokens is None:  # the backend must stop where the reservation does
-            max_tokens = call.body["max_tokens"] = self._access.budget_max_tokens
+            max_tokens = call.body["max_tokens"] = self._max_tokens
         rates = ctx.target.rates
         prompt_tokens = estimate_prompt_tokens(call)
         need = rates.nanos(prompt_tokens, max_tokens)  # this attempt's worst case
