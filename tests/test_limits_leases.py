@@ -114,6 +114,29 @@ async def test_near_a_limit_nothing_is_leased() -> None:
         await counters.aclose()
 
 
+async def test_a_request_cancelled_while_waiting_for_a_renewal_cancels_nothing_else() -> None:
+    prefix = f"tw-test-{secrets.token_hex(4)}:"
+    counters = RedisCounters(REDIS, prefix=prefix)
+    cells = counters.cells([RPM], None, [])
+    started = time.monotonic()
+    renewing = asyncio.ensure_future(cells.acquire(0, None, None))
+    waiting = [asyncio.ensure_future(cells.acquire(0, None, None)) for _ in range(3)]
+    await asyncio.sleep(0)  # one turn: the first is making the script call, the others wait for it
+    waiting[1].cancel()
+    served = [await renewing, await waiting[0], await waiting[2]]
+    assert [a.denied for a in served] == [None] * 3 and waiting[1].cancelled()
+    assert cells.take(0, time.monotonic()) is not None  # the two waiters were served from the new share
+    await counters.aclose()
+
+    again = RedisCounters(REDIS, prefix=prefix)
+    try:  # exactly the four requests served are spent: the cancelled one took nothing
+        level = (await again.acquire([RPM], 0)).levels[0]
+        refilled = (time.monotonic() - started) * RPM.capacity / 60
+        assert RPM.capacity - 5 <= level <= RPM.capacity - 5 + refilled + 1
+    finally:
+        await again.aclose()
+
+
 async def _two_processes(limit: int, requests: int) -> tuple[list[str], int, int]:
     """``requests`` requests, 64 at a time, alternating between two processes that share one budget line
     of ``limit``: what each got, the script calls Redis ran meanwhile, and the budget's committed
