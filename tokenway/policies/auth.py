@@ -55,12 +55,13 @@ class KeyCache:
 
     def lookup(self, secret: str) -> KeyRecord | None:
         record = self._by_secret.get(secret)
-        if record is None:
-            record = self._by_hash.get(hash_key(secret))
-            if record is not None:
-                if len(self._by_secret) >= MAX_MEMO:
-                    self._by_secret.clear()
-                self._by_secret[secret] = record
+        if record is not None:
+            return record
+        record = self._by_hash.get(hash_key(secret))
+        if record is not None:  # only a found key's secret is remembered
+            if len(self._by_secret) >= MAX_MEMO:
+                self._by_secret.clear()
+            self._by_secret[secret] = record
         return record
 
     def records(self) -> list[KeyRecord]:
