@@ -16,9 +16,9 @@ import httpx
 import pytest
 import redis
 
-from tests.access_support import MASTER, REDIS, RESERVED_COST, SERVED_COST, chat, create_key, gateway
+from tests.access_support import MASTER, REDIS, RESERVED_COST, SERVED_COST, Held, chat, create_key, gateway
 from tests.fakes import FakeUpstream
-from tokenway.stores.base import Bucket, Budget, BudgetLine, Counters, Reservation
+from tokenway.stores.base import Bucket, Budget, BudgetLine, Counters
 from tokenway.stores.leases import TTL_S
 from tokenway.stores.memory import MemoryCounters
 from tokenway.stores.redis import RedisCounters
@@ -38,16 +38,16 @@ async def test_admission_reserves_with_the_limits_or_not_at_all(counters: Counte
     rpm = Bucket("rpm:key:h", 4, "requests", "key")
     budget = Budget(amount=0.001, period="day")  # 1,000,000 nano-dollars
     line = BudgetLine("budget:key:h:d", budget.nanos, 60, "key", budget)
-    hold = Reservation([line], 400_000)
+    hold = Held([line], 400_000)
     outcomes = [await counters.acquire([rpm], 0, None, hold) for _ in range(3)]
     assert [(o.denied, o.held) for o in outcomes] == [(None, True), (None, True), (None, False)]
     assert await counters.committed(line) == 800_000  # the third did not fit and took no money
     assert outcomes[2].levels[0] == pytest.approx(1, abs=0.01)  # ... but it did take its request
-    assert (await counters.acquire([rpm], 0, None, Reservation([line], 100_000))).held
-    refused = await counters.acquire([rpm], 0, None, Reservation([line], 100_000))
+    assert (await counters.acquire([rpm], 0, None, Held([line], 100_000))).held
+    refused = await counters.acquire([rpm], 0, None, Held([line], 100_000))
     assert refused.denied == 0 and not refused.held  # limited: nothing is reserved
     assert await counters.committed(line) == 900_000
-    assert (await counters.acquire([], 0, None, Reservation([line], 100_000))).held  # a budget alone
+    assert (await counters.acquire([], 0, None, Held([line], 100_000))).held  # a budget alone
     assert await counters.committed(line) == 1_000_000
 
 

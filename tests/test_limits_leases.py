@@ -6,8 +6,8 @@ import asyncio
 import secrets
 import time
 
-from tests.access_support import REDIS
-from tokenway.stores.base import Bucket, Budget, BudgetLine, Reservation
+from tests.access_support import REDIS, Held
+from tokenway.stores.base import Bucket, Budget, BudgetLine
 from tokenway.stores.leases import FRACTION, MOST_REQUESTS, TTL_S, LeaseCells
 from tokenway.stores.redis import RedisCounters
 
@@ -25,7 +25,7 @@ def _line(limit: int = BUDGET.nanos) -> BudgetLine:
 async def _request(cells: LeaseCells, counters: RedisCounters, line: BudgetLine, tokens: int = 10) -> str:
     """One request the way the rate-limit policy makes it: in process first, then Redis; settled at once
     (as a budget attempt would, when the share could not cover the money)."""
-    hold: Reservation | None = Reservation([line], AMOUNT)
+    hold: Held | None = Held([line], AMOUNT)
     levels = cells.take(tokens, time.monotonic())
     if levels is not None:
         assert hold is not None

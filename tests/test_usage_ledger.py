@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import textwrap
@@ -52,7 +53,11 @@ def test_records_survive_a_crash_and_are_replayed_once(tmp_path: Path) -> None:
 
         asyncio.run(main())
     """)
-    crashed = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, check=False)
+    # The checkout goes on the path for ``tests`` after any PYTHONPATH already set (the compiled-wheel
+    # run puts the wheel there, and runs with the working directory off the path).
+    checkout = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), checkout) if p)
+    crashed = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": path}, check=False)
     assert crashed.returncode == 9
     assert len(list((tmp_path / "wal").glob("usage-*.wal"))) == 1
 

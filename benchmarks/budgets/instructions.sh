@@ -11,7 +11,8 @@
 #   master-r master key on the gateway that keeps its counters in Redis (that gateway's baseline)
 #   redis    the same key; counters in Redis (redis-server's own CPU is reported beside it)
 # Needs Debian's nginx, wrk and valgrind. Env: SECONDS_EACH (default 20), ROUNDS (default 2),
-# KEEP (a folder to keep each window's callgrind profile in, for callgrind_annotate).
+# KEEP (a folder to keep each window's callgrind profile in, for callgrind_annotate), COMPILED=1 (the
+# deployment wheel, see common.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(cd "$here/../.." && pwd); shared=$root/../shared/bench
 secs=${SECONDS_EACH:-20}; rounds=${ROUNDS:-2}; port=${PORT:-8311}

@@ -16,6 +16,8 @@ the worst case.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from tokenway.config import ModelConfig
 from tokenway.context import RequestContext
 from tokenway.errors import BudgetExceeded
@@ -29,7 +31,6 @@ from tokenway.stores.base import (
     Counters,
     CountersUnavailable,
     KeyRecord,
-    Reservation,
 )
 from tokenway.usage.cost import Rates, deployment_price, estimate_prompt_tokens
 from tokenway.usage.options import AccessConfig
@@ -54,22 +55,19 @@ def _line(scope: str, name: str, budget: Budget) -> BudgetLine:
 BudgetTerms = tuple[list[BudgetLine], Rates]
 
 
-class BudgetHold(Reservation):
+@dataclass(slots=True, eq=False)  # for its slots: mypyc (the deployment build) refuses __slots__
+class BudgetHold:
     """What admission reserved for the whole request: ``amount`` on every line, the worst case at the
-    model's dearest rates. The attempts draw on it; it is settled once, when the request ends."""
+    model's dearest rates (a ``Reservation``, as the stores take it). The attempts draw on it; it is
+    settled once, when the request ends."""
 
-    __slots__ = ("dearest", "fills_max_tokens", "max_tokens", "prompt_tokens", "rates")
-
-    def __init__(
-        self, lines: list[BudgetLine], amount: int, dearest: Rates, prompt_tokens: int, max_tokens: int, fills: bool
-    ) -> None:
-        self.lines = lines
-        self.amount = amount
-        self.dearest = dearest  # the rates ``amount`` was worked out at
-        self.prompt_tokens = prompt_tokens
-        self.max_tokens = max_tokens
-        self.fills_max_tokens = fills  # the client named no max_tokens: the backend is sent the budget's
-        self.rates: Rates | None = None  # the answering attempt's deployment's rates
+    lines: list[BudgetLine]
+    amount: int
+    dearest: Rates  # the rates ``amount`` was worked out at
+    prompt_tokens: int
+    max_tokens: int
+    fills_max_tokens: bool  # the client named no max_tokens: the backend is sent the budget's
+    rates: Rates | None = None  # the answering attempt's deployment's rates
 
 
 class Budgets:

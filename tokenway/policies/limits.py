@@ -17,6 +17,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,15 @@ from tokenway.errors import Overloaded, RateLimited
 from tokenway.observability.logging import JsonLog
 from tokenway.policies.base import Handler
 from tokenway.providers.base import Answer, Call
-from tokenway.stores.base import Admission, Bucket, Counters, CountersUnavailable, KeyRecord, Slot
+from tokenway.stores.base import (
+    Admission,
+    Bucket,
+    CounterCells,
+    Counters,
+    CountersUnavailable,
+    KeyRecord,
+    Slot,
+)
 from tokenway.usage.cost import estimate_prompt_tokens
 from tokenway.usage.options import AccessConfig
 
@@ -63,6 +72,7 @@ class StoreGuard:
 MAX_PLANS = 16_384  # plans kept: ~2 KB each with key and team limits and a budget, ~35 MB at most
 
 
+@dataclass(slots=True, init=False, eq=False)  # for its slots: mypyc (the deployment build) refuses __slots__
 class _Plan:
     """What one kind of request asks of the counter store, worked out once: its buckets (the key's,
     its team's, the model's), which of them report in the headers, the concurrency slot, and the
@@ -72,8 +82,15 @@ class _Plan:
     counters); a plan without a key (a client address's, a model's limits) is kept as long as there
     is room."""
 
-    __slots__ = ("buckets", "budget", "cells", "head_lines", "most_tokens", "slot", "token_buckets", "unlimited",
-                 "until")
+    buckets: list[Bucket]
+    token_buckets: list[Bucket]
+    head_lines: Callable[[list[float]], bytes]  # levels -> the x-ratelimit-* header lines
+    slot: tuple[str, int] | None  # (slot key, limit) when the key limits requests in flight
+    budget: BudgetTerms | None
+    until: float  # time.time() after which the plan is made again
+    unlimited: bool  # nothing to ask of the store
+    most_tokens: float  # the smallest tokens-per-minute capacity
+    cells: CounterCells
 
     def __init__(
         self,
@@ -85,11 +102,11 @@ class _Plan:
     ) -> None:
         self.buckets = buckets
         self.token_buckets = [b for b in buckets if b.kind == "tokens"]
-        self.head_lines = _head_renderer(buckets)  # levels -> the x-ratelimit-* header lines
-        self.slot = slot  # (slot key, limit) when the key limits requests in flight
+        self.head_lines = _head_renderer(buckets)
+        self.slot = slot
         self.budget = budget
         self.until = until
-        self.unlimited = not (buckets or slot or budget)  # nothing to ask of the store
+        self.unlimited = not (buckets or slot or budget)
         self.most_tokens = min((b.capacity for b in self.token_buckets), default=float("inf"))
         self.cells = counters.cells(buckets, slot, budget[0] if budget else ())
 

@@ -243,9 +243,9 @@ class BudgetLine:
     budget: Budget
 
 
-@dataclass(slots=True)
-class Reservation:
-    """``amount`` nano-dollars held on every one of ``lines`` (a key's and its team's budget)."""
+class Reservation(Protocol):
+    """``amount`` nano-dollars held on every one of ``lines`` (a key's and its team's budget): what
+    the budget policy's hold gives the stores."""
 
     lines: list[BudgetLine]
     amount: int

@@ -13,30 +13,32 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from tokenway.stores.base import Admission, Bucket, BudgetLine, Reservation, Slot
 
 _MINUTE = 60.0
 
 
+# The classes below are dataclasses for their slots: mypyc, which compiles this module for the
+# deployment wheel (setup.py), refuses a class's own ``__slots__`` but keeps a dataclass's.
+
+
+@dataclass(slots=True)
 class _Bucket:
     """When the bucket will be full again (``time.monotonic()`` seconds; in the past: it is full)."""
 
-    __slots__ = ("full_at",)
-
-    def __init__(self) -> None:
-        self.full_at = 0.0
+    full_at: float = 0.0
 
 
+@dataclass(slots=True)
 class _Money:
     """Nano-dollars committed on one budget counter (spent, or reserved by requests in flight)."""
 
-    __slots__ = ("used",)
-
-    def __init__(self, used: int = 0) -> None:
-        self.used = used
+    used: int = 0
 
 
+@dataclass(slots=True, init=False, eq=False)
 class Cells:
     """The state of one set of buckets, a concurrency slot and budget lines, taken from directly.
 
@@ -44,7 +46,12 @@ class Cells:
     them); ``acquire`` after a ``take`` that said no says why; ``settle`` is the request's end.
     """
 
-    __slots__ = ("_entries", "_money", "_slot", "_slot_limit", "_token_entries")
+    # (state, seconds one unit takes to refill, whether the request's tokens are taken or one request)
+    _entries: list[tuple[_Bucket, float, bool]]
+    _token_entries: list[tuple[_Bucket, float]]
+    _slot: dict[str, float] | None  # member -> lease expiry, when a slot limits requests in flight
+    _slot_limit: int
+    _money: list[tuple[_Money, int]]  # (counter, limit) per budget line
 
     def __init__(
         self,
@@ -54,12 +61,11 @@ class Cells:
         slot_limit: int,
         money: list[tuple[_Money, int]],
     ) -> None:
-        # (state, seconds one unit takes to refill, whether the request's tokens are taken or one request)
         self._entries = [(s, _MINUTE / b.capacity, b.kind == "tokens") for s, b in zip(states, buckets, strict=True)]
         self._token_entries = [(s, per_unit) for s, per_unit, by_tokens in self._entries if by_tokens]
-        self._slot = slot  # member -> lease expiry, when a slot limits requests in flight
+        self._slot = slot
         self._slot_limit = slot_limit
-        self._money = money  # (counter, limit) per budget line
+        self._money = money
 
     def take(self, tokens: int, now: float, member: str | None = None, ttl_s: float = 3600.0) -> list[float] | None:
         """Take one from every ``requests`` bucket, ``tokens`` from every ``tokens`` bucket and a place
