@@ -20,6 +20,9 @@ that key's cost per request, start-up and shutdown cancelling out:
 
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python benchmarks/budgets/access_path.py \
         --rounds 0 --key virtual --requests 3200     # then --requests 6400; and --key master
+
+Against the deployment wheel (``make wheel``, the access path compiled), unpack it and put it first:
+``python -m zipfile -e dist/tokenway-*.whl /tmp/site`` and ``PYTHONPATH=/tmp/site`` before the command.
 """
 
 from __future__ import annotations
