@@ -54,14 +54,14 @@ async def test_paraphrases_hit_and_near_misses_are_rejected_by_verification(embe
     assert backend.calls == 4
     hit = ctx()
     await cache(hit, ask("Which city is the capital of France?"), backend)
-    assert hit.extra["cache"] == "hit" and hit.extra["cache_match"] == "semantic-verified"
-    assert 0.86 <= hit.extra["cache_similarity"] < 1
-    assert (b"x-cache-similarity", f"{hit.extra['cache_similarity']:.4f}".encode()) in hit.response_headers
+    assert hit.cache.status == "hit" and hit.cache.match == "semantic-verified"
+    assert 0.86 <= hit.cache.similarity < 1
+    assert (b"x-cache-similarity", f"{hit.cache.similarity:.4f}".encode()) in hit.response_headers
     for near_miss in ("Is Java faster than Python?", "Can I take ibuprofen without food?",
                       "How long does it take to run 100 miles?", "What is the capital of Germany?"):
         miss = ctx()
         await cache(miss, ask(near_miss), backend)
-        assert miss.extra["cache"] == "miss", near_miss
+        assert miss.cache.status == "miss", near_miss
     assert {"word_order", "negation", "numbers"} <= set(semantic.rejected)
     assert backend.calls == 8
 
@@ -73,10 +73,10 @@ async def test_the_scope_keeps_tenants_and_system_prompts_apart(embedder: Embedd
     for other in (ctx("tenant-b"), ctx()):
         system = "Answer in French." if other.api_key == "tenant-b" else "Answer in German."
         await cache(other, ask("Which city is the capital of France?", system=system), backend)
-        assert other.extra["cache"] == "miss"
+        assert other.cache.status == "miss"
     same = ctx()
     await cache(same, ask("Which city is the capital of France?", system="Answer in French."), backend)
-    assert same.extra["cache_match"] == "semantic-verified"
+    assert same.cache.match == "semantic-verified"
 
 
 async def test_replicas_share_the_semantic_index_through_redis(embedder: Embedder) -> None:
@@ -91,7 +91,7 @@ async def test_replicas_share_the_semantic_index_through_redis(embedder: Embedde
         await one(ctx(topic), ask("How do I reverse a list in Python?"), backend)
         hit = ctx(topic)
         await two(hit, ask("What's the way to reverse a Python list?"), backend)
-        assert hit.extra["cache_match"] == "semantic-verified" and backend.calls == 1
+        assert hit.cache.match == "semantic-verified" and backend.calls == 1
     finally:
         await client.aclose()
 

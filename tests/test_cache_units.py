@@ -138,7 +138,7 @@ async def test_concurrent_identical_calls_make_one_backend_call() -> None:
     assert len({a.body for a in answers}) == 1  # type: ignore[union-attr]
     paid = [a.usage for a in answers if a.usage and a.usage.total_tokens]  # type: ignore[union-attr]
     assert len(paid) == 1  # the leader pays; followers are coalesced hits at zero cost
-    assert sorted(c.extra["cache"] for c in contexts) == ["hit"] * 9 + ["miss"]
+    assert sorted(c.cache.status for c in contexts) == ["hit"] * 9 + ["miss"]
     assert (await cache(ctx(), Call("chat", BODY), backend)).body == answers[0].body  # type: ignore[union-attr]
     assert backend.calls == 1
 
@@ -200,4 +200,4 @@ async def test_a_reader_that_stops_at_done_still_pays_and_the_answer_is_stored()
     again = ctx()
     replay = await cache(again, Call("chat", body), lagging)
     assert b'"content":"ab"' in await read(replay)
-    assert again.extra["cache"] == "hit" and backend.calls == 1
+    assert again.cache.status == "hit" and backend.calls == 1

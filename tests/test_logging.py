@@ -25,7 +25,7 @@ def test_one_line_per_request_without_content_by_default() -> None:
     buffer = io.BytesIO()
     log = JsonLog(buffer)
     ctx = RequestContext(request_id="req_1", endpoint="chat", api_key="sk-secret-key-123456")
-    ctx.extra["content"] = "user: my email is a@b.co"
+    ctx.content = "user: my email is a@b.co"
     log.request(ctx, ctx.started + 0.25)
     log.flush()
     (line,) = lines(buffer)
@@ -37,7 +37,7 @@ def test_content_logging_is_redacted_when_on() -> None:
     buffer = io.BytesIO()
     log = JsonLog(buffer, content=True)
     ctx = RequestContext(request_id="req_2", endpoint="chat")
-    ctx.extra["content"] = "user: my email is a@b.co"
+    ctx.content = "user: my email is a@b.co"
     log.request(ctx, ctx.started)
     log.flush()
     assert lines(buffer)[0]["content"] == "user: my email is [email]"

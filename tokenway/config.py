@@ -51,6 +51,17 @@ class Settings(BaseSettings):
     drain_delay_s: float = 3.0  # on SIGTERM: /ready false and new calls refused this long before listeners close
     shutdown_grace_s: float = 30.0  # then in-flight requests and streams get this long to finish
 
+    @model_validator(mode="after")
+    def _shared_counters_for_workers(self) -> Settings:
+        # Each worker process keeps its own embedded counters: N workers would allow N times every rate
+        # limit and could overspend a budget N times. Shared counters need Redis.
+        if self.workers > 1 and not self.redis_url:
+            raise ValueError(
+                f"{self.workers} workers need shared counters for rate limits and budgets: set "
+                "TOKENWAY_REDIS_URL (e.g. redis://127.0.0.1:6379/0), or serve with one worker."
+            )
+        return self
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")

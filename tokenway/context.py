@@ -1,45 +1,79 @@
-"""Per-request state that travels down the policy list and into the request log."""
+"""Per-request state that travels down the policy list and into the request log.
+
+Every field says who writes it and who reads it; nothing is handed over through an untyped bag.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenway.protocol import Usage
+
+if TYPE_CHECKING:
+    from tokenway.deployments import Deployment
+    from tokenway.stores.base import KeyRecord
+
+
+@dataclass(slots=True)
+class CacheOutcome:
+    """What the response cache did with the request (written by ``policies.cache``; read by the
+    metrics, the log and ``/chat``'s ``cached``)."""
+
+    status: str  # hit, miss, bypass, refresh, error
+    match: str | None = None  # exact, semantic-verified, coalesced ... when it was a hit
+    similarity: float | None = None  # a semantic hit's similarity
 
 
 @dataclass(slots=True)
 class RequestContext:
+    # The front door (api/openai.py), from the request.
     request_id: str
     endpoint: str
     started: float = field(default_factory=time.perf_counter)
-    deadline: float | None = None  # perf_counter() time after which the request has failed
+    deadline: float | None = None  # perf_counter() time after which the request has failed (set by the provider call)
     client_ip: str | None = None
     api_key: str | None = None  # the presented key, never logged
-    key_alias: str | None = None  # who the key belongs to, safe to log
     cache_control: str | None = None  # the request's Cache-Control header (no-cache, no-store)
-    model: str | None = None  # public model name
-    deployment: str | None = None  # name of the deployment serving the call, for logs
-    target: Any = None  # the ``Deployment`` chosen by routing for the current attempt
+    priority: int = 0  # x-tokenway-priority: read by routing's admission queue (higher first)
     stream: bool = False
-    responded: bool = False  # the last byte of the response was handed to the server
-    status: int = 200
-    error_type: str | None = None
-    usage: Usage | None = None
+    content: str | None = None  # what the client asked, for content logging (only when it is on)
+    trace_id: str | None = None  # the request span's trace id, when tracing is on (read by the log)
+    # Access (policies/access.py): who is calling.
+    key: KeyRecord | None = None  # the virtual key; None for the master key and anonymous callers
+    key_alias: str | None = None  # who the key belongs to, safe to log
+    # The response cache (policies/cache.py).
+    cache: CacheOutcome | None = None
+    # Resilience and routing (policies/resilience.py, policies/routing.py).
+    model: str | None = None  # public name of the model being tried (a fallback's, after a fallback)
+    tried: set[str] = field(default_factory=set)  # deployments of that model tried by this request
+    target: Deployment | None = None  # the deployment chosen for the current attempt
+    deployment: str | None = None  # its name, for logs and metrics
+    attempts: int = 0
+    queue_wait_s: float | None = None  # time spent in the model's admission queue
+    # The provider call and the stream writer (app.py, streaming.py).
     upstream_started: float | None = None  # the (last) call to the backend began
     upstream_done: float | None = None  # a non-streaming answer was complete
     upstream_first_at: float | None = None  # a stream's first block arrived from the backend
     first_token_at: float | None = None  # ... and was sent on to the client
     chunk_gaps: list[float] = field(default_factory=list)  # between streamed blocks, for ITL
-    attempts: int = 0
+    usage: Usage | None = None  # what the backend reported (or, for a stream cut short, what was counted)
+    responded: bool = False  # the last byte of the response was handed to the server
+    # How it ended (the front door and the stream writer).
+    status: int = 200
+    error_type: str | None = None
+    failed_mid_stream: bool = False  # the error came after the stream had started
+    exception: BaseException | None = None  # a bug's exception, for the log's traceback
+    budget_hold: Any = None  # interim: the access rewrite replaces it
+    cost_nanos: int | None = None  # what the request was charged (access settles it; metrics and the ledger read it)
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     head_lines: bytes = b""  # response headers the policies rendered as lines themselves (x-ratelimit-*)
     upstream_headers: dict[str, str] = field(default_factory=dict)  # e.g. traceparent, sent to the backend
-    extra: dict[str, Any] = field(default_factory=dict)
     # Run once the response is complete, whatever happened (settling budgets, usage, metrics).
     finalizers: list[Callable[[RequestContext], Awaitable[None] | None]] = field(default_factory=list)
+    finalizer_errors: list[str] = field(default_factory=list)
 
     def defer(self, finalizer: Callable[[RequestContext], Awaitable[None] | None]) -> None:
         """Run ``finalizer(ctx)`` after the response has been sent (also on errors and hang-ups)."""

@@ -142,7 +142,7 @@ async def write_stream(
             await writer.rest()
     except GatewayError as error:
         ctx.status, ctx.error_type = error.status, type(error).__name__
-        ctx.extra["failed_mid_stream"] = True
+        ctx.failed_mid_stream = True
         if not writer.started:
             raise
         await writer.body(sse_error(error))
@@ -152,7 +152,7 @@ async def write_stream(
         if not writer.started:
             raise
         ctx.status, ctx.error_type = 500, type(exc).__name__
-        ctx.extra["exception"] = exc
+        ctx.exception = exc
         await writer.body(sse_error(InternalError("Internal error.")))
     finally:
         ctx.usage = stream.usage

@@ -97,7 +97,7 @@ class DataPlane:
             await self._respond(ctx, declared_length, receive, send, hook, adapter, required)
             return
         with self._tracing.request_span(ctx) as span:
-            ctx.extra["trace_id"] = self._tracing.trace_id(span)
+            ctx.trace_id = self._tracing.trace_id(span)
             await self._respond(ctx, declared_length, receive, send, hook, adapter, required)
             self._tracing.finish_request(span, ctx)
 
@@ -121,7 +121,7 @@ class DataPlane:
             self._check_limits(call)
             ctx.stream = call.stream
             if self._log.content:
-                ctx.extra["content"] = _content_for_log(call)
+                ctx.content = _content_for_log(call)
             async with cancel_on_disconnect(receive, ctx, hook):
                 answer = await self._handle(ctx, call)
                 if simple:
@@ -142,7 +142,7 @@ class DataPlane:
             await send_error(send, error, headers)
         except Exception as exc:  # a bug: never a traceback to the client, always one in the log
             ctx.status, ctx.error_type = 500, type(exc).__name__
-            ctx.extra["exception"] = exc
+            ctx.exception = exc
             await send_error(send, InternalError(f"Internal error; request id {ctx.request_id}."), headers)
         finally:
             if ctx.finalizers:
@@ -203,7 +203,7 @@ async def _run_finalizers(ctx: RequestContext) -> None:
             if result is not None:
                 await result
         except Exception as exc:  # one failing finalizer must not skip the others, nor the log line
-            ctx.extra.setdefault("finalizer_errors", []).append(repr(exc))
+            ctx.finalizer_errors.append(repr(exc))
 
 
 def _context(scope: Scope, endpoint: str, new_id: IdGenerator) -> tuple[RequestContext, int | None]:
@@ -236,9 +236,8 @@ def _context(scope: Scope, endpoint: str, new_id: IdGenerator) -> tuple[RequestC
         api_key=api_key,
         client_ip=client[0] if client else None,
         cache_control=cache_control,
+        priority=priority,
     )
-    if priority:
-        ctx.extra["priority"] = priority  # the admission queue serves higher first
     return ctx, length
 
 

@@ -92,10 +92,9 @@ class JsonLog:
             "overhead_ms": _ms(ctx.overhead(end)),
             "attempts": ctx.attempts,
         }
-        trace_id = ctx.extra.get("trace_id")
-        if trace_id:
-            line["trace_id"] = trace_id
-        queue_wait = ctx.extra.get("queue_wait_s")
+        if ctx.trace_id:
+            line["trace_id"] = ctx.trace_id
+        queue_wait = ctx.queue_wait_s
         if queue_wait is not None:
             line["queue_ms"] = _ms(queue_wait)
         if ctx.usage is not None:
@@ -103,11 +102,14 @@ class JsonLog:
             line["completion_tokens"] = ctx.usage.completion_tokens
         if ctx.error_type:
             line["error_type"] = ctx.error_type
-        exc = ctx.extra.get("exception")
-        if isinstance(exc, BaseException):
-            line["traceback"] = "".join(traceback.format_exception(exc))
-        if self.content and "content" in ctx.extra:
-            line["content"] = redact(str(ctx.extra["content"]))
+        if ctx.exception is not None:
+            line["traceback"] = "".join(traceback.format_exception(ctx.exception))
+        if ctx.cache is not None:
+            line["cache"] = ctx.cache.status
+        if ctx.finalizer_errors:
+            line["finalizer_errors"] = ctx.finalizer_errors
+        if self.content and ctx.content is not None:
+            line["content"] = redact(ctx.content)
         self._write(line)
 
     def _now(self) -> str:

@@ -122,11 +122,9 @@ class Metrics:
         overhead = ctx.overhead(end)
         if overhead is not None:
             series.overhead.observe(overhead)
-        extra = ctx.extra
-        if extra:
-            self._occasional(ctx, series)
+        self._occasional(ctx, series)
         usage = ctx.usage
-        if usage is not None and extra.get("cache") != "hit":
+        if usage is not None and (ctx.cache is None or ctx.cache.status != "hit"):
             series.prompt_tokens.inc(usage.prompt_tokens)
             series.completion_tokens.inc(usage.completion_tokens)
             if usage.cached_tokens:
@@ -140,22 +138,20 @@ class Metrics:
 
     def _occasional(self, ctx: RequestContext, series: _Series) -> None:
         """What only some requests have: queueing, retries, a cache verdict, a mid-stream failure."""
-        extra = ctx.extra
-        queue_wait = extra.get("queue_wait_s")
+        queue_wait = ctx.queue_wait_s
         if queue_wait is not None:
             self.queue_wait.labels(series.model).observe(queue_wait)
         if ctx.attempts > 1:
             self.retries.labels(series.model).inc(ctx.attempts - 1)
-        cache = extra.get("cache")
-        if cache:
-            series.cache_lookups(cache).inc()
-        if ctx.error_type in _UPSTREAM_ERRORS and extra.get("failed_mid_stream"):
+        if ctx.cache is not None:
+            series.cache_lookups(ctx.cache.status).inc()
+        if ctx.error_type in _UPSTREAM_ERRORS and ctx.failed_mid_stream:
             # attempts that failed before the answer started are counted by upstream_attempt_failed
             self.upstream_errors.labels(series.deployment, ctx.error_type).inc()
 
     @staticmethod
     def _spend(ctx: RequestContext, usage: Usage) -> float:
-        nanos = ctx.extra.get("cost_nanos")  # what the ledger charged (shipped price table included)
+        nanos = ctx.cost_nanos  # what the ledger charged (shipped price table included)
         if nanos is not None:
             return float(nanos) / 1e9
         if ctx.target is None:

@@ -127,5 +127,5 @@ class Authenticate:
                 param="model", code="model_not_allowed",
             )
         ctx.key_alias = record.name or record.id
-        ctx.extra["key"] = record
+        ctx.key = record
         return await next(ctx, call)

@@ -101,7 +101,7 @@ class Budgets:
         return BudgetHold(lines, amount, rates, prompt_tokens, max_tokens, fills) if amount else None
 
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
-        hold: BudgetHold | None = ctx.extra.get("budget_hold")
+        hold: BudgetHold | None = ctx.budget_hold
         rates: Rates
         if hold is not None:  # admission reserved: this attempt draws on it
             if hold.fills_max_tokens:  # the backend must stop where the reservation does
@@ -115,7 +115,7 @@ class Budgets:
             answer = await next(ctx, call)  # a failed attempt keeps the hold for the next one
             hold.rates = rates
             return answer
-        key: KeyRecord | None = ctx.extra.get("key")
+        key = ctx.key
         lines = budget_lines(key, self._access) if key is not None else []
         if not lines:
             return await next(ctx, call)
@@ -169,7 +169,7 @@ class Budgets:
             cost = rates.nanos(prompt_tokens, max_tokens)
         else:
             cost = rates.nanos(usage.prompt_tokens, usage.completion_tokens)
-        ctx.extra["cost_nanos"] = cost
+        ctx.cost_nanos = cost
         return cost
 
 

@@ -25,7 +25,7 @@ from tokenway.cache.exact import CacheStore, MemoryStore, RedisStore
 from tokenway.cache.keys import exact_key, is_deterministic, last_user_text, semantic_scope, tenant_scope
 from tokenway.cache.options import CacheConfig, ModelCacheConfig
 from tokenway.config import GatewayConfig
-from tokenway.context import RequestContext
+from tokenway.context import CacheOutcome, RequestContext
 from tokenway.policies.base import Handler
 from tokenway.protocol import Usage
 from tokenway.providers.base import Answer, Call, Completion, Stream
@@ -158,7 +158,8 @@ class ResponseCache:
         if flight is not None:
             _mark(ctx, "hit")
             ctx.response_headers.append((b"x-cache-match", b"coalesced"))
-            ctx.extra["cache_match"] = "coalesced"
+            assert ctx.cache is not None
+            ctx.cache.match = "coalesced"
             return await self._flights.subscribe(flight, leader=False)
         _mark(ctx, status)
 
@@ -183,8 +184,7 @@ class ResponseCache:
         return await self._flights.subscribe(flight, leader=True)
 
     def _failed(self, ctx: RequestContext, exc: Exception) -> None:
-        self.errors += 1
-        ctx.extra["cache_error"] = f"{type(exc).__name__}: {exc}"
+        self.errors += 1  # the request goes on as a miss; the count is exported
 
     async def aclose(self) -> None:
         await self._flights.aclose()
@@ -195,19 +195,16 @@ class ResponseCache:
 
 def _mark(ctx: RequestContext, status: str) -> None:
     ctx.response_headers.append((b"x-cache", status.encode()))
-    ctx.extra["cache"] = status
+    ctx.cache = CacheOutcome(status)
 
 
 def _hit(ctx: RequestContext, call: Call, entry: Entry, how: str, similarity: float | None = None) -> Answer:
     """Serve ``entry`` in the shape the call asked for, at zero cost (the saving is recorded)."""
     _mark(ctx, "hit")
     ctx.response_headers.append((b"x-cache-match", how.encode()))
-    ctx.extra["cache_match"] = how
+    ctx.cache = CacheOutcome("hit", how, None if similarity is None else round(similarity, 4))
     if similarity is not None:
         ctx.response_headers.append((b"x-cache-similarity", f"{similarity:.4f}".encode()))
-        ctx.extra["cache_similarity"] = round(similarity, 4)
-    if entry.usage is not None:
-        ctx.extra["cache_saved_usage"] = entry.usage.as_dict()
     if not call.stream:
         return Completion(body=entry.body, usage=Usage())
     block = as_sse(entry, call.include_usage)

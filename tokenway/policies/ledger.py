@@ -22,12 +22,12 @@ class RecordUsage:
         return await next(ctx, call)
 
     def _record(self, ctx: RequestContext) -> None:
-        key: KeyRecord | None = ctx.extra.get("key")
+        key = ctx.key
         usage = ctx.usage
-        cost = ctx.extra.get("cost_nanos")  # what the budget settled, when a budget applied
+        cost = ctx.cost_nanos  # what the budget settled, when a budget applied
         if cost is None:
             cost = ctx.target.rates.usage_nanos(usage) if ctx.target is not None else 0
-            ctx.extra["cost_nanos"] = cost  # the metrics count the same spend as the ledger
+            ctx.cost_nanos = cost  # the metrics count the same spend as the ledger
         self._ledger.record(UsageRecord(
             id=self._new_id(),
             request_id=ctx.request_id,

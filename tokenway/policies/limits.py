@@ -174,7 +174,7 @@ class RateLimits:
             _add(buckets, "model", model, limit.rpm, limit.tpm)
 
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
-        key: KeyRecord | None = ctx.extra.get("key")
+        key = ctx.key
         model = call.body.get("model") or ""
         plan = self._key_plan(key, model) if key is not None else self._keyless_plan(ctx, model)
         if plan.unlimited:  # the master key, or a key with no limits and no budget
@@ -207,7 +207,7 @@ class RateLimits:
         if levels:
             ctx.head_lines += plan.head_lines(levels)
         if hold is not None:
-            ctx.extra["budget_hold"] = hold
+            ctx.budget_hold = hold
         ctx.defer(partial(self._settle, plan, tokens, member, hold))
         return await next(ctx, call)
 

@@ -111,7 +111,6 @@ class Resilience:
                 remaining = ctx.remaining()
                 if remaining is not None and remaining <= 0:
                     break
-                ctx.extra["fallback_from"] = requested
             try:
                 return await self._attempts(ctx, call, next, name)
             except GatewayError as error:
@@ -135,7 +134,7 @@ class Resilience:
         budget = self._budgets[name]
         budget.deposit()
         ctx.model = name
-        ctx.extra.pop("tried", None)  # a fallback model starts with all its deployments
+        ctx.tried.clear()  # a fallback model starts with all its deployments
         last: GatewayError | None = None
         for attempt in range(retry.attempts):
             if last is not None:

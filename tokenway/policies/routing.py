@@ -62,8 +62,7 @@ class Route:
         ctx.deployment = deployment.name
         ctx.attempts += 1
         deployment.picks += 1
-        tried: set[str] = ctx.extra.setdefault("tried", set())
-        tried.add(deployment.name)
+        ctx.tried.add(deployment.name)
         started = time.perf_counter()
         try:
             answer = await next(ctx, call)
@@ -97,12 +96,12 @@ class Route:
                 self._stats.count("queue.wait")
                 queued_at = time.perf_counter()
                 try:
-                    await model.queue.wait(int(ctx.extra.get("priority", 0)), ctx.remaining())
+                    await model.queue.wait(ctx.priority, ctx.remaining())
                 except Shed as shed:
                     self._stats.count("shed.queue" if model.queue.enabled else "shed.no_queue")
                     raise shed from None
                 finally:
-                    ctx.extra["queue_wait_s"] = ctx.extra.get("queue_wait_s", 0.0) + time.perf_counter() - queued_at
+                    ctx.queue_wait_s = (ctx.queue_wait_s or 0.0) + time.perf_counter() - queued_at
                 woken = True
         finally:
             if woken:
@@ -115,7 +114,7 @@ class Route:
     def _routable(self, ctx: RequestContext, model: _Model) -> list[Deployment]:
         """Deployments worth a try now, dropping the least suitable first while any remain."""
         now = time.monotonic()
-        tried: set[str] = ctx.extra.get("tried", ())
+        tried = ctx.tried
         allowed = [d for d in model.deployments if d.breaker.allows(now)]
         if not allowed:
             self._stats.count("skip.all_breakers_open")
