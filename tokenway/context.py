@@ -59,6 +59,7 @@ class RequestContext:
     upstream_first_at: float | None = None  # a stream's first block arrived from the backend
     first_token_at: float | None = None  # ... and was sent on to the client
     chunk_gaps: list[float] = field(default_factory=list)  # between streamed blocks, for ITL
+    delivered_tokens: int = 0  # completion tokens a stream handed to the client (the stream writer counts them)
     usage: Usage | None = None  # what the backend reported (or, for a stream cut short, what was counted)
     responded: bool = False  # the last byte of the response was handed to the server
     # How it ended (the front door and the stream writer).
@@ -69,7 +70,6 @@ class RequestContext:
     budget_hold: Any = None  # interim: the access rewrite replaces it
     cost_nanos: int | None = None  # what the request was charged (access settles it; metrics and the ledger read it)
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    head_lines: bytes = b""  # response headers the policies rendered as lines themselves (x-ratelimit-*)
     upstream_headers: dict[str, str] = field(default_factory=dict)  # e.g. traceparent, sent to the backend
     # Run once the response is complete, whatever happened (settling budgets, usage, metrics).
     finalizers: list[Callable[[RequestContext], Awaitable[None] | None]] = field(default_factory=list)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
 
-from tokenway.asgi import STREAM_HEADERS, Send, with_head_lines
+from tokenway.asgi import STREAM_HEADERS, Send
 from tokenway.context import RequestContext
 from tokenway.errors import GatewayError, InternalError, UpstreamError, UpstreamTimeout
 from tokenway.protocol import SSE_DONE, SSE_HEARTBEAT, sse_error
@@ -28,14 +27,12 @@ class StreamLimits:
 
 
 class _Writer:
-    __slots__ = ("ctx", "finished", "headers", "hooks", "limits", "send", "started", "stream")
+    __slots__ = ("ctx", "finished", "headers", "limits", "send", "started", "stream")
 
     def __init__(
         self, stream: Stream, send: Send, ctx: RequestContext, limits: StreamLimits, headers: list[tuple[bytes, bytes]],
-        hooks: dict[str, Any] | None,
     ) -> None:
         self.stream, self.send, self.ctx, self.limits, self.headers = stream, send, ctx, limits, headers
-        self.hooks = hooks
         self.started = False
         self.finished = False
 
@@ -47,7 +44,6 @@ class _Writer:
                 overhead = self.ctx.overhead(time.perf_counter())
                 if overhead is not None:
                     headers.append((b"x-tokenway-overhead-ms", f"{overhead * 1000:.3f}".encode()))
-            headers = with_head_lines(headers, self.ctx.head_lines, self.hooks)
             await self.send({"type": "http.response.start", "status": 200, "headers": headers})
 
     async def body(self, data: bytes) -> None:
@@ -125,11 +121,9 @@ class _Writer:
 
 async def write_stream(
     stream: Stream, send: Send, ctx: RequestContext, limits: StreamLimits, headers: list[tuple[bytes, bytes]],
-    hooks: dict[str, Any] | None = None,
 ) -> None:
-    """Send ``stream`` as an SSE response. Raises ``GatewayError`` only if nothing was sent yet.
-    ``hooks``: the server's (``SERVER_HOOKS``), where it offers them."""
-    writer = _Writer(stream, send, ctx, limits, headers, hooks)
+    """Send ``stream`` as an SSE response. Raises ``GatewayError`` only if nothing was sent yet."""
+    writer = _Writer(stream, send, ctx, limits, headers)
     try:
         first = await writer.first_block()
         if first is None:

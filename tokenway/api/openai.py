@@ -24,7 +24,6 @@ from tokenway.asgi import (
     send_bytes,
     send_error,
     server_hooks,
-    with_head_lines,
 )
 from tokenway.config import GatewayConfig
 from tokenway.context import RequestContext
@@ -128,13 +127,12 @@ class DataPlane:
                     answer = _simple_answer(answer, ctx)
                 if isinstance(answer, Stream):
                     await write_stream(
-                        answer, send, ctx, self._stream_limits(ctx), headers + ctx.response_headers, hook)
+                        answer, send, ctx, self._stream_limits(ctx), headers + ctx.response_headers)
             if isinstance(answer, Completion):
                 ctx.usage = answer.usage
                 if self._overhead_header:
                     headers.append(_overhead_header(ctx))
-                await send_bytes(send, 200, answer.body, with_head_lines(
-                    headers + ctx.response_headers + answer.headers, ctx.head_lines, hook))
+                await send_bytes(send, 200, answer.body, headers + ctx.response_headers + answer.headers)
         except ClientDisconnected:
             ctx.status, ctx.error_type = 499, "ClientDisconnected"
         except GatewayError as error:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
-from tokenway.asgi import head_line_pairs
+from tokenway.asgi import head_line_pairs  # interim, until the access rewrite
 from tokenway.context import RequestContext
 from tokenway.errors import Overloaded, RateLimited
 from tokenway.observability.logging import JsonLog
@@ -205,7 +205,7 @@ class RateLimits:
             if not admission.held:
                 hold = None
         if levels:
-            ctx.head_lines += plan.head_lines(levels)
+            ctx.response_headers += head_line_pairs(plan.head_lines(levels))
         if hold is not None:
             ctx.budget_hold = hold
         ctx.defer(partial(self._settle, plan, tokens, member, hold))

@@ -122,7 +122,7 @@ class Resilience:
                     targets, reason = model.fallbacks, "fallback.model"
                 else:
                     raise
-                added = [t for t in targets if t not in chain]
+                added = [t for t in targets if t not in chain and _allowed(ctx, t)]
                 if added:
                     self._stats.count(reason, len(added))
                 chain.extend(added)
@@ -186,6 +186,11 @@ class Resilience:
         self._stats.count("degraded.reply")
         ctx.response_headers.append((b"x-tokenway-degraded", b"true"))
         return canned_answer(call, requested, degradation.reply)
+
+
+def _allowed(ctx: RequestContext, model: str) -> bool:
+    """A key's allow-list holds through every fallback: a model it may not use is skipped."""
+    return ctx.key is None or not ctx.key.models or model in ctx.key.models
 
 
 def canned_answer(call: Call, model: str, text: str) -> Answer:
