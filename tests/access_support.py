@@ -9,7 +9,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,6 @@ import httpx
 from tests.fakes import FakeUpstream
 from tests.servers import free_port, running_app, wait_until_ready
 from tokenway.app import Gateway
-from tokenway.policies import budget
-from tokenway.stores.base import BudgetLine
 
 MASTER = "sk-master-test"
 PG = "postgresql://127.0.0.1:5432/test"
@@ -29,19 +26,6 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 # "hi" with max_tokens 6 reserves 8 (estimated) prompt + 6 = 20,000 nano-dollars.
 SERVED_COST = 19_000
 RESERVED_COST = 20_000
-# These tests also run against the deployment wheel, whose access modules are compiled
-# (tests/test_compiled_build.py); a compiled class's methods cannot be patched.
-COMPILED = not budget.__file__.endswith(".py")
-
-
-@dataclass
-class Held:
-    """A reservation as the stores take it (``Reservation``; the budget policy's ``BudgetHold`` is one)."""
-
-    lines: list[BudgetLine]
-    amount: int
-
-
 def config(upstream: FakeUpstream, access: str = "", scenario: str = "ok") -> str:
     block = "".join(f"  {line}\n" for line in access.strip("\n").splitlines()) if access.strip() else ""
     return f"""

@@ -15,7 +15,7 @@ import uvicorn
 
 from tokenway.app import Gateway, create_app
 from tokenway.config import Settings, parse_config
-from tokenway.http_protocol import CoalescingHttpToolsProtocol, server_options
+from tokenway.http_protocol import server_options
 
 
 def free_port() -> int:
@@ -26,19 +26,16 @@ def free_port() -> int:
 
 @contextmanager
 def running_gateway(
-    config_yaml: str, *, master_key: str | None = None, wait_ready: bool = True, http: Any = CoalescingHttpToolsProtocol
+    config_yaml: str, *, master_key: str | None = None, wait_ready: bool = True
 ) -> Iterator[str]:
-    """Yield the gateway's base URL (``http://127.0.0.1:PORT``) while it serves ``config_yaml``.
-
-    ``http``: uvicorn's HTTP protocol; tokenway's own by default, as ``tokenway serve`` runs it."""
-    with running_app(config_yaml, master_key=master_key, wait_ready=wait_ready, http=http) as (base, _):
+    """Yield the gateway's base URL (``http://127.0.0.1:PORT``) while it serves ``config_yaml``."""
+    with running_app(config_yaml, master_key=master_key, wait_ready=wait_ready) as (base, _):
         yield base
 
 
 @contextmanager
 def running_app(
-    config_yaml: str, *, master_key: str | None = None, wait_ready: bool = True,
-    http: Any = CoalescingHttpToolsProtocol, **settings: Any
+    config_yaml: str, *, master_key: str | None = None, wait_ready: bool = True, **settings: Any
 ) -> Iterator[tuple[str, Gateway]]:
     """Like ``running_gateway``, and also yield the app object itself; ``settings`` are more ``Settings``."""
     port = free_port()
@@ -46,7 +43,7 @@ def running_app(
         Settings(host="127.0.0.1", port=port, master_key=master_key, **settings), parse_config(config_yaml)
     )
     server = uvicorn.Server(uvicorn.Config(
-        app, host="127.0.0.1", port=port, lifespan="on", log_level="warning", **{**server_options(), "http": http},
+        app, host="127.0.0.1", port=port, lifespan="on", log_level="warning", **server_options(),
     ))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -88,7 +88,7 @@ def test_update_changes_limits_and_a_key_written_elsewhere_is_seen(upstream: Fak
         # A key written straight into the database (as the CLI does) is picked up by the poller.
         import asyncio
 
-        from tokenway.access import key_record, new_key
+        from tokenway.keys import key_record, new_key
         from tokenway.stores.sqlite import SqliteDatabase
 
         secret, key_id = new_key()

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
 
-from tests.access_support import COMPILED, MASTER, MESSAGES, chat, config, create_key, gateway
+from tests.access_support import MASTER, MESSAGES, chat, config, create_key, gateway
 from tests.fakes import FakeUpstream
-from tokenway.http_protocol import CoalescingHttpToolsProtocol
-from tokenway.policies import limits
-from tokenway.stores.base import Bucket, Budget, BudgetLine, Slot
-from tokenway.stores.memory import MemoryCounters
 
 
 def test_rpm_limit_answers_429_with_openai_headers(upstream: FakeUpstream, tmp_path: Path) -> None:
@@ -92,88 +85,23 @@ def test_concurrency_limit_per_key(upstream: FakeUpstream, tmp_path: Path) -> No
     assert after == 200
 
 
-async def test_memory_buckets_take_all_or_nothing_and_refill() -> None:
-    counters = MemoryCounters()
-    rpm = Bucket("rpm:key:a", 60, "requests", "key")
-    tpm = Bucket("tpm:key:a", 100, "tokens", "key")
-    assert (await counters.acquire([rpm, tpm], 80)).denied is None
-    denied = await counters.acquire([rpm, tpm], 80)
-    assert denied.denied == 1 and denied.retry_after == pytest.approx((80 - 20) / (100 / 60), rel=0.01)
-    assert int(denied.levels[0]) == 59  # the refused request took nothing from the first bucket
-    counters.finish(None, [tpm], -60)  # a settle that gives tokens back
-    assert (await counters.acquire([rpm, tpm], 80)).denied is None
-    slot = Slot("conc:key:a", 1, "r1")
-    assert (await counters.acquire([], 0, slot)).denied is None
-    assert (await counters.acquire([], 0, Slot("conc:key:a", 1, "r2"))).denied == 0
-    counters.finish(slot, [], 0)
-    assert (await counters.acquire([], 0, Slot("conc:key:a", 1, "r3"))).denied is None
-    fast = Bucket("tpm:fast", 600, "tokens", "key")  # refills 10 per second: 5 take 0.5 s
-    assert (await counters.acquire([fast], 600)).denied is None
-    await asyncio.sleep(0.3)
-    assert (await counters.acquire([fast], 5)).denied == 0
-    await asyncio.sleep(0.3)
-    assert (await counters.acquire([fast], 5)).denied is None
-
-
-def test_cells_refuse_without_taking_and_bound_debt_to_a_minute() -> None:
-    counters = MemoryCounters()
-    key_rpm = Bucket("rpm:key:c", 60, "requests", "key")
-    team_tpm = Bucket("tpm:team:t", 120, "tokens", "team")
-    budget = Budget(amount=0.00001, period="day")
-    lines = [BudgetLine("budget:key:c:d", 10_000, 60, "key", budget),
-             BudgetLine("budget:team:t:d", 1_000, 60, "team", budget)]  # nano-dollars
-    cells = counters.cells([key_rpm, team_tpm], None, lines)
-    now = time.monotonic()
-    assert cells.take(100, now) == [pytest.approx(59), pytest.approx(20)]
-    assert cells.take(30, now) is None  # the team's tokens are short: the key's request is given back
-    refusal = cells.refusal(30, now)
-    assert refusal.denied == 1 and refusal.levels == [pytest.approx(59), pytest.approx(20)]
-    assert refusal.retry_after == pytest.approx(10 / 2)  # 10 tokens short, refilling 2 per second
-    # The team's line is full the second time: the key's is left as it was.
-    assert cells.reserve(800) is None and cells.reserve(800) == 1
-    assert [await_committed(counters, line) for line in lines] == [800, 800]
-    cells.settle(None, 10_000, -300)  # far more tokens than estimated: in debt by at most a minute's
-    assert [await_committed(counters, line) for line in lines] == [500, 500]
-    assert cells.refusal(0, time.monotonic()).levels[1] == pytest.approx(-120, abs=0.1)
-
-
-def await_committed(counters: MemoryCounters, line: BudgetLine) -> int:
-    return asyncio.run(counters.committed(line))
-
-
-def test_a_changed_key_a_new_utc_day_and_an_unknown_model_each_get_a_fresh_plan(
-    upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with gateway(config(upstream), tmp_path) as (base, app):
+def test_a_changed_key_takes_effect_at_once(upstream: FakeUpstream, tmp_path: Path) -> None:
+    with gateway(config(upstream), tmp_path) as (base, _):
         created = create_key(base, rpm=100)
         key, key_id = created["key"], created["id"]
         assert chat(base, key).headers["x-ratelimit-limit-requests"] == "100"
         changed = httpx.patch(base + f"/admin/keys/{key_id}", json={"rpm": 200},
                               headers={"Authorization": f"Bearer {MASTER}"})
         assert changed.status_code == 200
-        assert chat(base, key).headers["x-ratelimit-limit-requests"] == "200"  # the changed key's plan
-        plans = app.access.rate_limits._plans
-        assert set(plans) == {(key_id, "m")}
-        stale = plans[(key_id, "m")][1]
-        now = time.time()
-        monkeypatch.setattr(limits.time, "time", lambda: now + 86_400)  # the same key, the next UTC day
-        assert chat(base, key).status_code == 200
-        assert plans[(key_id, "m")][1] is not stale and plans[(key_id, "m")][1].until > stale.until
-        assert chat(base, key, model="no-such-model").status_code == 404
-        assert set(plans) == {(key_id, "m")}  # a model the gateway does not serve is not kept
-        monkeypatch.setattr(limits, "MAX_PLANS", 1)
-        assert chat(base, key, model="other").status_code == 200
-        assert set(plans) == {(key_id, "other")}  # the table stays within its bound
+        assert chat(base, key).headers["x-ratelimit-limit-requests"] == "200"
 
 
-@pytest.mark.parametrize("http", [CoalescingHttpToolsProtocol, "httptools"])
 def test_each_answer_on_a_kept_alive_connection_carries_its_own_limit_headers(
-    upstream: FakeUpstream, tmp_path: Path, http: Any
+    upstream: FakeUpstream, tmp_path: Path
 ) -> None:
-    """The gateway's own server takes the x-ratelimit headers as rendered lines (no per-header
-    checks); another server gets them as ordinary headers. Either way each response, streamed or
-    not, carries its own, once, and a refusal on the same connection carries its own too."""
-    with gateway(config(upstream), tmp_path, http=http) as (base, _):
+    """Each response, streamed or not, carries its own x-ratelimit headers, once, and a refusal on
+    the same connection carries its own too."""
+    with gateway(config(upstream), tmp_path) as (base, _):
         key = create_key(base, rpm=3, tpm=1000)["key"]
         client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30)
         request = {"model": "m", "messages": MESSAGES}
@@ -191,22 +119,3 @@ def test_each_answer_on_a_kept_alive_connection_carries_its_own_limit_headers(
         assert response.headers.get_list("x-ratelimit-limit-tokens") == ["1000"]
         assert len(response.headers.get_list("x-ratelimit-reset-tokens")) == 1
     assert refused.json()["error"]["type"] == "rate_limit_error"
-
-
-@pytest.mark.skipif(COMPILED, reason="patches a method, which a compiled class does not allow")
-def test_a_failing_money_settle_still_frees_the_slot_and_settles_the_tokens(
-    upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with gateway(config(upstream), tmp_path) as (base, app):
-        key = create_key(base, max_parallel=1, tpm=100, budget="5.00/day")["key"]  # refills 1.7 tokens/s
-
-        def broken(*_: Any) -> int:
-            raise RuntimeError("a bug in working out the cost")
-
-        monkeypatch.setattr(app.access.budgets, "hold_settlement", broken)
-        first = chat(base, key)  # its settle raises (logged), after the response
-        second = chat(base, key)  # admitted: the one slot was freed all the same
-    assert (first.status_code, second.status_code) == (200, 200)
-    # the first request's real 13 tokens were settled against its 8-token estimate: 100 - 13 - 8 left
-    # (84 had they not been), plus what refilled in between
-    assert 100 - 13 - 8 <= int(second.headers["x-ratelimit-remaining-tokens"]) < 100 - 8 - 8

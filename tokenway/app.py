@@ -48,7 +48,8 @@ def upstream_caller(metrics: Metrics) -> Handler:
     """The end of the policy list: hand the call to the deployment routing chose (one attempt)."""
 
     async def call_provider(ctx: RequestContext, call: Call) -> Answer:
-        deployment: Deployment = ctx.target
+        deployment = ctx.target
+        assert deployment is not None, "routing sets the target before the provider call"
         if ctx.deadline is None:
             ctx.deadline = ctx.started + deployment.config.timeouts.total
         provider = deployment.provider
@@ -95,13 +96,10 @@ class Gateway:
         """The request path, top to bottom. Adding a policy is adding a module and a line here."""
         self.route = Route(models, self.config, self.routing)
         return [
-            self.access.authenticate,  # master key or virtual key (cached key table)
-            self.access.record,  # one usage ledger record per authenticated request
-            self.access.rate_limits,  # rpm/tpm per key, team, IP, model; concurrency per key
+            self.access.policy,  # keys -> rate limits + budget hold (one atomic step) -> settle + ledger at the end
             *([self.cache] if self.cache is not None else []),
-            Resilience(models, self.config, self.routing),
-            self.route,
-            self.access.budgets,  # reserve the worst case at the chosen deployment's price, settle after
+            Resilience(models, self.config, self.routing),  # retries, fallbacks (within the key's allow-list)
+            self.route,  # picks ctx.target, the deployment of this attempt
             LimitConcurrency(),
         ]
 

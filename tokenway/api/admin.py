@@ -12,10 +12,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from tokenway.access import Access, key_record, new_key
+from tokenway.access import Access
 from tokenway.api.guards import presented_key, require_master_key
 from tokenway.errors import AuthenticationFailed, NotFound
-from tokenway.policies.budget import budget_lines
+from tokenway.keys import key_record, new_key
+from tokenway.policies.access import budget_lines
 from tokenway.stores.base import NANOS_PER_DOLLAR, Budget, GroupBy, KeyRecord
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import time
 
+from tokenway.clock import SYSTEM_CLOCK, Clock
 from tokenway.context import RequestContext
 from tokenway.deployments import Deployment
 from tokenway.errors import Overloaded
@@ -33,10 +33,11 @@ class Shed(Overloaded):
 
 
 class AdmissionQueue:
-    __slots__ = ("_config", "_heap", "_seq", "handed", "service_ewma", "slots")
+    __slots__ = ("_clock", "_config", "_heap", "_seq", "handed", "service_ewma", "slots")
 
-    def __init__(self, config: QueueConfig, slots: int) -> None:
+    def __init__(self, config: QueueConfig, slots: int, clock: Clock = SYSTEM_CLOCK) -> None:
         self._config = config
+        self._clock = clock
         self._heap: list[tuple[int, int, asyncio.Future[None]]] = []
         self._seq = 0
         self.handed = 0  # waiters woken for a freed slot that have not taken it yet
@@ -70,17 +71,18 @@ class AdmissionQueue:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._seq += 1
         heapq.heappush(self._heap, (-priority, self._seq, future))
+        timer = asyncio.ensure_future(self._clock.sleep(limit))
         try:
-            async with asyncio.timeout(limit):
-                await future
-        except TimeoutError:
-            raise Shed(f"No capacity freed up within {limit:.3g}s of queueing; retry shortly.",
-                       retry_after=self._estimate(len(self._heap))) from None
+            await asyncio.wait((future, timer), return_when=asyncio.FIRST_COMPLETED)
+            if not future.done():
+                raise Shed(f"No capacity freed up within {limit:.3g}s of queueing; retry shortly.",
+                           retry_after=self._estimate(len(self._heap)))
         except BaseException:
             if future.done() and not future.cancelled():
                 self._pass_on()  # woken and cancelled at once: the slot goes to the next waiter
             raise
         finally:
+            timer.cancel()
             if not future.done():
                 future.cancel()  # left in the heap; wake() skips cancelled entries
 
@@ -116,8 +118,12 @@ class AdmissionQueue:
 class LimitConcurrency:
     """Hold a slot on the chosen deployment until the answer (or the stream) is finished."""
 
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._clock = clock  # times how long a slot is held: the queue's wait estimate learns from it
+
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
-        deployment: Deployment = ctx.target
+        deployment = ctx.target
+        assert deployment is not None, "routing sets the target before this policy"
         if deployment.full:
             raise Overloaded(
                 f"The deployment {deployment.name} is at its limit of {deployment.config.max_concurrency} "
@@ -125,18 +131,17 @@ class LimitConcurrency:
                 retry_after=1,
             )
         deployment.in_flight += 1
-        started = time.perf_counter()
+        started = self._clock.now()
         try:
             answer = await next(ctx, call)
         except BaseException:
-            _release(deployment, started)
+            self._release(deployment, started)
             raise
         if isinstance(answer, Stream):
-            answer.on_close(lambda _: _release(deployment, started))
+            answer.on_close(lambda _: self._release(deployment, started))
         else:
-            _release(deployment, started)
+            self._release(deployment, started)
         return answer
 
-
-def _release(deployment: Deployment, started: float) -> None:
-    deployment.release(time.perf_counter() - started)
+    def _release(self, deployment: Deployment, started: float) -> None:
+        deployment.release(self._clock.now() - started)

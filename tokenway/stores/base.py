@@ -11,8 +11,7 @@ import calendar
 import hashlib
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
@@ -139,15 +138,16 @@ class UsageRecord:
     cost_nanos: int
     latency_ms: float
     status: int
+    partial: bool = False  # a stream cut short: billed for its prompt and the tokens delivered
 
     def row(self) -> tuple[Any, ...]:
         return (self.id, self.request_id, self.ts, self.key_id, self.team, self.model, self.deployment,
                 self.prompt_tokens, self.completion_tokens, self.cached_tokens, self.cost_nanos,
-                self.latency_ms, self.status)
+                self.latency_ms, self.status, self.partial)
 
 
 USAGE_COLUMNS = ("id", "request_id", "ts", "key_id", "team", "model", "deployment", "prompt_tokens",
-                 "completion_tokens", "cached_tokens", "cost_nanos", "latency_ms", "status")
+                 "completion_tokens", "cached_tokens", "cost_nanos", "latency_ms", "status", "partial")
 
 # How a database writes a batch of usage records: in slices with a pause between them. One
 # statement of 500 rows kept a core busy for ~2 ms (the SQLite writer thread, or Postgres and the
@@ -195,116 +195,3 @@ class Database(Protocol):
 
     async def spent(self, since: float, key_id: str | None = None, team: str | None = None) -> int:
         """Nano-dollars recorded since ``since`` for a key or a team."""
-
-
-class CountersUnavailable(Exception):
-    """The shared counter store cannot be reached (the policy decides: fail open or closed)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Bucket:
-    """A token bucket of ``capacity`` per minute, refilled continuously. A request takes one from a
-    ``requests`` bucket and its (estimated) prompt tokens from a ``tokens`` bucket."""
-
-    key: str
-    capacity: int
-    kind: Literal["requests", "tokens"]
-    scope: str  # "key", "team", "ip" or "model": named in the 429 message
-
-
-@dataclass(slots=True)
-class Slot:
-    """One concurrency slot of at most ``limit`` held under ``key`` (lease expires after ``ttl_s``)."""
-
-    key: str
-    limit: int
-    member: str
-    ttl_s: int = 3600
-
-
-@dataclass(slots=True)
-class Admission:
-    denied: int | None  # index of the first bucket that said no; len(buckets) when the slot did
-    retry_after: float  # seconds
-    # Per bucket, its level after this request (what is left; below zero while in debt). What the
-    # headers say, remaining and seconds until full, follows from it and the capacity.
-    levels: list[float] = field(default_factory=list)
-    held: bool = False  # the reservation asked for with the buckets was taken (it fits every budget line)
-
-
-@dataclass(slots=True)
-class BudgetLine:
-    """One budget counter a request reserves against (a key's or a team's, for the current period)."""
-
-    key: str
-    limit: int  # nano-dollars
-    ttl_s: int
-    scope: str
-    budget: Budget
-
-
-class Reservation(Protocol):
-    """``amount`` nano-dollars held on every one of ``lines`` (a key's and its team's budget): what
-    the budget policy's hold gives the stores."""
-
-    lines: list[BudgetLine]
-    amount: int
-
-
-class CounterCells(Protocol):
-    """What a plan takes from on every request: the counters' own state (the embedded store) or this
-    process's share of them (a shared store's lease). ``take`` and then ``reserve`` decide in process,
-    with no store call, what they can; ``acquire`` asks the store what they cannot."""
-
-    def take(self, tokens: int, now: float, member: str | None = None) -> list[float] | None:
-        """Take one request from every ``requests`` bucket, ``tokens`` from every ``tokens`` bucket and a
-        place in the slot for ``member``, and return each bucket's level after it; or nothing (None)."""
-
-    def reserve(self, amount: int) -> int | None:
-        """Reserve ``amount`` on every budget line, or nothing and the index of the first line short."""
-
-    async def acquire(self, tokens: int, slot: Slot | None, reservation: Reservation | None) -> Admission:
-        """What ``take`` did not decide: ``Counters.acquire`` for these counters."""
-
-    def settle(self, member: str | None, delta: int, money: int = 0) -> None:
-        """The request is over: ``Counters.finish`` for these counters."""
-
-
-class Counters(Protocol):
-    """Rate limits, concurrency slots and budget reservations; every check-and-take is one atomic op."""
-
-    settle_failures: int  # settles that failed after their request had ended (a store may send them late)
-
-    async def acquire(
-        self, buckets: Sequence[Bucket], tokens: int, slot: Slot | None = None, reservation: Reservation | None = None
-    ) -> Admission:
-        """Take one from every ``requests`` bucket, ``tokens`` from every ``tokens`` bucket and the slot,
-        or nothing. When they are taken, also reserve ``reservation`` in the same atomic step if it fits
-        every line (``Admission.held``); a budget that does not fit refuses nothing here."""
-
-    def finish(
-        self, slot: Slot | None, buckets: Sequence[Bucket], delta: int, lines: Sequence[BudgetLine] = (), money: int = 0
-    ) -> None:
-        """A request is over: free its slot, take ``delta`` more tokens from each of ``buckets`` (give
-        back when negative) now that the real count is known (a bucket may go into debt), and move
-        every budget line of ``lines`` by ``money`` (actual cost minus what was reserved). Nobody
-        waits for it: a shared store applies it a moment later, merged with other requests' settles,
-        and counts a failure in ``settle_failures`` instead of raising."""
-
-    def cells(
-        self, buckets: Sequence[Bucket], slot: tuple[str, int] | None = None, lines: Sequence[BudgetLine] = ()
-    ) -> CounterCells:
-        """A plan's handle on these counters (its buckets, slot and budget lines), made once."""
-
-    async def reserve(self, lines: list[BudgetLine], amount: int) -> tuple[int | None, int]:
-        """Reserve ``amount`` on every line or on none: (index of the line that is full, its committed)."""
-
-    def settle(self, lines: list[BudgetLine], delta: int) -> None:
-        """Move every line by ``delta`` (actual cost minus what was reserved): ``finish`` with money only."""
-
-    async def committed(self, line: BudgetLine) -> int: ...
-
-    async def seed(self, line: BudgetLine, amount: int) -> None:
-        """Start a counter at ``amount`` if it does not exist yet (embedded: spend read from the ledger)."""
-
-    async def aclose(self) -> None: ...

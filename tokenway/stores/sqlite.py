@@ -26,7 +26,7 @@ CREATE INDEX IF NOT EXISTS tokenway_keys_seq ON tokenway_keys (seq);
 CREATE TABLE IF NOT EXISTS tokenway_usage (
   id TEXT PRIMARY KEY, request_id TEXT, ts REAL NOT NULL, key_id TEXT, team TEXT, model TEXT,
   deployment TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, cached_tokens INTEGER,
-  cost_nanos INTEGER NOT NULL, latency_ms REAL, status INTEGER);
+  cost_nanos INTEGER NOT NULL, latency_ms REAL, status INTEGER, partial INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS tokenway_usage_key_ts ON tokenway_usage (key_id, ts);
 CREATE INDEX IF NOT EXISTS tokenway_usage_team_ts ON tokenway_usage (team, ts);
 CREATE INDEX IF NOT EXISTS tokenway_usage_ts ON tokenway_usage (ts);
@@ -60,6 +60,9 @@ class SqliteDatabase:
             # slices are) stay in memory: as temporary files they cost 4x the writes of the data.
             db.execute("PRAGMA temp_store=MEMORY")
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(tokenway_usage)")}
+            if "partial" not in columns:  # a ledger made before streams cut short were marked
+                db.execute("ALTER TABLE tokenway_usage ADD COLUMN partial INTEGER NOT NULL DEFAULT 0")
             self._db = db
 
         await asyncio.get_running_loop().run_in_executor(self._thread, open_db)

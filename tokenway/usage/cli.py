@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, settings: Any) -> int:
-    from tokenway.access import key_record, new_key, open_database
+    from tokenway.access import open_database
+    from tokenway.keys import key_record, new_key
     from tokenway.stores.base import KeyRecord
 
     db = open_database(settings)

@@ -1,0 +1,253 @@
+"""Access: who is calling, whether they may now, and what they pay. One policy, three steps.
+
+1. **Keys.** The master key, a virtual key from the key table (``KeyCache``), or, without a
+   master key, anonymous callers. A virtual key's model allow-list is checked here (and by
+   resilience for every fallback).
+2. **Limits and the budget hold**, in one atomic step of the counter store: one request from every
+   requests-per-minute bucket (the key's, its team's, the client address's for anonymous callers,
+   the model's), the estimated prompt tokens from every tokens-per-minute bucket, a place in the
+   key's concurrency slot, and the request's worst case in money on the key's and the team's
+   budget lines. The worst case is the prompt estimate plus ``max_tokens`` (a budgeted request
+   without one is given ``access.budget_max_tokens``) at the dearest rates of every deployment that
+   may serve it, fallbacks included, so no attempt can cost more than was held.
+3. **Settle and record**, when the response is over, whatever happened: tokens and money move to
+   the real usage, and the ledger gets one row. A stream cut short (client hang-up, upstream error,
+   timeout) before the backend reported usage is billed for its prompt estimate and the tokens
+   delivered, and marked partial.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+
+from tokenway.config import ModelConfig
+from tokenway.context import RequestContext
+from tokenway.errors import AuthenticationFailed, BudgetExceeded, Overloaded, PermissionDenied, RateLimited
+from tokenway.ids import IdGenerator
+from tokenway.keys import KeyCache
+from tokenway.observability.logging import JsonLog
+from tokenway.policies.base import Handler
+from tokenway.protocol import Usage
+from tokenway.providers.base import Answer, Call
+from tokenway.stores.base import NANOS_PER_DOLLAR, KeyRecord, UsageRecord
+from tokenway.stores.counters import Ask, Bucket, BudgetLine, Counters, CountersUnavailable, Decision
+from tokenway.usage.cost import Rates, deployment_price, estimate_prompt_tokens
+from tokenway.usage.ledger import Ledger
+from tokenway.usage.options import AccessConfig
+
+
+def budget_lines(key: KeyRecord, access: AccessConfig, now: float | None = None) -> list[BudgetLine]:
+    """The budget counters a key's requests reserve on: its own and its team's, for the current period."""
+    owners = [("key", key.id, key.budget)]
+    team = access.teams.get(key.team or "")
+    if team is not None:
+        owners.append(("team", key.team or "", team.budget))
+    return [BudgetLine(f"budget:{scope}:{name}:{budget.label(now)}", budget.nanos, budget.ttl_s(), scope, budget)
+            for scope, name, budget in owners if budget is not None]
+
+
+class Access:
+    def __init__(
+        self, master_key: str | None, keys: KeyCache, counters: Counters, ledger: Ledger, access: AccessConfig,
+        models: list[ModelConfig], log: JsonLog, clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._master = master_key.encode() if master_key else None
+        self._keys = keys
+        self._counters = counters
+        self._ledger = ledger
+        self._access = access
+        self._fail_open = access.on_store_down == "open"
+        self._log = log
+        self._clock = clock
+        self._new_id = IdGenerator("u_")
+        self._store_down_logged = 0.0
+        self._models = {m.name: m for m in models}
+        self._rates = {m.name: Rates.dearest([Rates.of(deployment_price(d)) for d in m.deployments]) for m in models}
+
+    async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
+        model = call.body.get("model") or ""
+        key = self._authenticate(ctx, model)
+        if model in self._models:  # a refusal here is still logged and recorded under its model
+            ctx.model = model
+        ask = Ask([], estimate_prompt_tokens(call))
+        ctx.defer(lambda done: self._record(done, ask.tokens))  # every request past the keys, refused ones too
+        self._limit(ctx, key, call, model, ask)
+        if ask.buckets or ask.lines or ask.slot:
+            decision = await self._admit(ask)
+            if decision is not None:
+                headers = rate_limit_headers(ask.buckets, decision.levels)
+                _refuse(ask, decision, headers)
+                ctx.response_headers += headers
+                ctx.defer(lambda done: self._settle(done, ask))
+        return await next(ctx, call)
+
+    def _authenticate(self, ctx: RequestContext, model: str) -> KeyRecord | None:
+        presented = ctx.api_key
+        if presented and self._master is not None and hmac.compare_digest(presented.encode(), self._master):
+            ctx.key_alias = "master"
+            return None
+        key = self._keys.lookup(presented) if presented else None
+        if key is None:
+            if self._master is None:
+                return None  # an open gateway: anonymous callers, limited per client address
+            if not presented:
+                raise AuthenticationFailed(
+                    "No API key provided. Send it as 'Authorization: Bearer <key>' or an 'api-key' header.")
+            raise AuthenticationFailed("Incorrect API key provided.")
+        if key.revoked:
+            raise AuthenticationFailed(f"The API key {key.id} has been revoked; ask your admin for a new one.")
+        if key.expired(self._clock()):
+            raise AuthenticationFailed(f"The API key {key.id} has expired; ask your admin to extend or replace it.")
+        if key.models and model not in key.models:
+            raise PermissionDenied(
+                f"The API key {key.id} may not use the model '{model}'. Allowed: {', '.join(key.models)}.",
+                param="model", code="model_not_allowed",
+            )
+        ctx.key, ctx.key_alias = key, key.name or key.id
+        return key
+
+    def _limit(self, ctx: RequestContext, key: KeyRecord | None, call: Call, model: str, ask: Ask) -> None:
+        """Fill in what this request takes from the counters: its buckets, slot and budget hold."""
+        access = self._access
+        if key is not None:
+            _add(ask.buckets, "key", key.id, key.rpm, key.tpm)
+            team = access.teams.get(key.team or "")
+            if team is not None:
+                _add(ask.buckets, "team", key.team or "", team.rpm, team.tpm)
+            if key.max_parallel:
+                ask.slot, ask.slot_limit = f"conc:key:{key.id}", key.max_parallel
+                ask.member = ctx.request_id + secrets.token_hex(4)
+            ask.lines = budget_lines(key, access, self._clock())
+        elif ctx.key_alias is None and ctx.client_ip and (access.anonymous.rpm or access.anonymous.tpm):
+            _add(ask.buckets, "ip", ctx.client_ip, access.anonymous.rpm, access.anonymous.tpm)
+        limit = access.models.get(model)
+        if limit is not None:
+            _add(ask.buckets, "model", model, limit.rpm, limit.tpm)
+        tightest = min((b for b in ask.buckets if b.kind == "tokens"), key=lambda b: b.capacity, default=None)
+        if tightest is not None and ask.tokens > tightest.capacity:  # waiting would never help
+            raise RateLimited(
+                f"This request needs about {ask.tokens} tokens, more than the {tightest.scope}'s limit of "
+                f"{tightest.capacity} tokens per minute; send a shorter prompt.", code="tokens_exceeded")
+        if ask.lines:
+            max_tokens = call.max_tokens
+            if max_tokens is None:  # the backend must stop where the hold does
+                max_tokens = call.body["max_tokens"] = access.budget_max_tokens
+            ask.amount = self._dearest(model, key).nanos(ask.tokens, max_tokens)
+            if ask.amount == 0:  # every deployment that may serve it is free
+                ask.lines = []
+
+    def _dearest(self, model: str, key: KeyRecord | None) -> Rates:
+        """Rates no cheaper than any deployment that may serve ``model`` for this key, fallbacks included."""
+        seen, chain = {model}, [model]
+        for name in chain:
+            config = self._models.get(name)
+            for fallback in [] if config is None else [*config.fallbacks, *config.context_fallbacks]:
+                if fallback not in seen and (key is None or not key.models or fallback in key.models):
+                    seen.add(fallback)
+                    chain.append(fallback)
+        return Rates.dearest([self._rates[name] for name in chain if name in self._rates])
+
+    async def _admit(self, ask: Ask) -> Decision | None:
+        """The store's decision; None when the store is down and the gateway serves without limits."""
+        try:
+            return await self._counters.admit(ask)
+        except CountersUnavailable as exc:
+            self._counters.failures += 1
+            now = time.monotonic()
+            if now - self._store_down_logged >= 10.0:  # loudly, but not on every request
+                self._store_down_logged = now
+                self._log.event(
+                    "limits_store_down", level="error", error=str(exc), failures=self._counters.failures,
+                    mode="open: serving without rate limits or budgets" if self._fail_open else "closed: refusing",
+                )
+            if not self._fail_open:
+                raise Overloaded("The rate-limit store is unavailable; retry shortly.", retry_after=1) from exc
+            return None
+
+    def _settle(self, ctx: RequestContext, ask: Ask) -> None:
+        """The admitted request is over: move the counters to its real usage and cost."""
+        usage, _, cost = self._bill(ctx, ask.tokens)
+        tokens = 0 if usage is None else usage.prompt_tokens + usage.completion_tokens - ask.tokens
+        self._counters.settle(ask, tokens, cost - ask.amount if ask.lines else 0)
+
+    def _record(self, ctx: RequestContext, estimate: int) -> None:
+        """The ledger row, written last (after the settle)."""
+        usage, partial, cost = self._bill(ctx, estimate)
+        key = ctx.key
+        self._ledger.record(UsageRecord(
+            id=self._new_id(), request_id=ctx.request_id, ts=self._clock(),
+            key_id=key.id if key is not None else None, team=key.team if key is not None else None,
+            model=ctx.model, deployment=ctx.deployment,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            cached_tokens=usage.cached_tokens if usage else 0,
+            cost_nanos=cost, latency_ms=round(ctx.elapsed_ms(), 3), status=ctx.status, partial=partial,
+        ))
+
+    @staticmethod
+    def _bill(ctx: RequestContext, estimate: int) -> tuple[Usage | None, bool, int]:
+        """What the request used, whether it was cut short, and what it costs at the rates of the
+        deployment that answered (also noted on the context, for the log and the metrics)."""
+        partial = ctx.stream and ctx.upstream_first_at is not None and ctx.status != 200
+        if partial and ctx.usage is None:  # the backend generated (and charged for) what it sent
+            ctx.usage = Usage(prompt_tokens=estimate, completion_tokens=ctx.delivered_tokens)
+        if ctx.cost_nanos is None:
+            ctx.cost_nanos = 0 if ctx.target is None else ctx.target.rates.usage_nanos(ctx.usage)
+        return ctx.usage, partial, ctx.cost_nanos
+
+
+def _add(buckets: list[Bucket], scope: str, name: str, rpm: int | None, tpm: int | None) -> None:
+    if rpm:
+        buckets.append(Bucket(f"rpm:{scope}:{name}", rpm, "requests", scope))
+    if tpm:
+        buckets.append(Bucket(f"tpm:{scope}:{name}", tpm, "tokens", scope))
+
+
+def rate_limit_headers(buckets: list[Bucket], levels: list[float]) -> list[tuple[bytes, bytes]]:
+    """OpenAI's ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``, each kind from its tightest
+    bucket (the least left as a share of its capacity). A bucket refills at its capacity per minute."""
+    headers = []
+    for kind in ("requests", "tokens"):
+        mine = [(level, b.capacity) for b, level in zip(buckets, levels, strict=True) if b.kind == kind]
+        if not mine:
+            continue
+        level, capacity = min(mine, key=lambda pair: pair[0] / pair[1])
+        headers += [
+            (b"x-ratelimit-limit-" + kind.encode(), str(capacity).encode()),
+            (b"x-ratelimit-remaining-" + kind.encode(), str(max(0, int(level))).encode()),
+            (b"x-ratelimit-reset-" + kind.encode(), duration((capacity - level) * 60.0 / capacity).encode()),
+        ]
+    return headers
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's reset format: ``120ms``, ``17s``, ``6m0s``."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    whole = round(seconds)
+    return f"{whole}s" if whole < 60 else f"{whole // 60}m{whole % 60}s"
+
+
+def _refuse(ask: Ask, decision: Decision, headers: list[tuple[bytes, bytes]]) -> None:
+    """Raise the 429 that says which limit or budget refused the request, if one did."""
+    extra = {name.decode(): value.decode() for name, value in headers}
+    if decision.denied is not None:
+        retry = max(decision.retry_after, 0.001)
+        if decision.denied == len(ask.buckets):
+            message = "Too many requests in flight for this API key; wait for one to finish."
+        else:
+            bucket = ask.buckets[decision.denied]
+            message = (f"Rate limit reached for the {bucket.scope}: {bucket.capacity} {bucket.kind} per minute. "
+                       f"Retry in {duration(retry)}.")
+        raise RateLimited(message, retry_after=retry, headers=extra)
+    if decision.budget_full is not None:
+        line = ask.lines[decision.budget_full]
+        period = {"day": "today (UTC)", "month": "this month (UTC)", "total": "in total"}[line.budget.period]
+        raise BudgetExceeded(
+            f"The {line.scope} budget of ${line.budget.amount:.2f} {period} is spent: "
+            f"${decision.committed / NANOS_PER_DOLLAR:.6f} used or reserved, and this request may cost up to "
+            f"${ask.amount / NANOS_PER_DOLLAR:.6f}. Lower max_tokens, wait for the next period, or ask your "
+            "admin to raise the budget.")
