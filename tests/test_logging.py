@@ -1,10 +1,19 @@
-"""The request log: one JSON line per request, no content or keys unless asked, redaction, levels."""
+"""The one log: a JSON line per request, no content or keys unless asked, redaction, levels, and
+stdlib ``logging`` records (ours and libraries') as JSON lines of the same log."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import logging
+import time
 
+import pytest
+
+from tests.fakes import FakeUpstream
+from tests.servers import running_gateway
+from tests.test_gateway_openai import config
 from tokenway.context import RequestContext
 from tokenway.observability.logging import JsonLog, redact
 
@@ -53,3 +62,68 @@ def test_level_and_sampling() -> None:
     log.event("starting")
     log.flush()
     assert [line["request_id"] for line in lines(buffer)] == ["b"]
+
+
+def test_stdlib_records_are_json_lines_while_the_log_runs() -> None:
+    buffer = io.BytesIO()
+    log = JsonLog(buffer, level="info")
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    engine = logging.getLogger("tokenway.providers.local.x")
+
+    async def serve_a_while() -> None:
+        log.start()
+        engine.warning("slot %d stuck for %.1fs", 3, 2.5)
+        engine.debug("below the log level")
+        try:
+            raise RuntimeError("decode failed")
+        except RuntimeError:
+            engine.exception("the decode loop failed")
+        # The llama decode loop logs from its own thread.
+        await asyncio.to_thread(logging.getLogger("some.library").error, "from a thread")
+        await log.aclose()
+
+    asyncio.run(serve_a_while())
+    engine.warning("after shutdown")
+    warning, failure, threaded = lines(buffer)
+    assert {k: warning[k] for k in ("level", "event", "logger", "message")} == {
+        "level": "warning", "event": "log", "logger": "tokenway.providers.local.x", "message": "slot 3 stuck for 2.5s",
+    }
+    assert str(warning["ts"]).endswith("Z") and "traceback" not in warning
+    assert failure["level"] == "error" and failure["message"] == "the decode loop failed"
+    assert "RuntimeError: decode failed" in str(failure["traceback"])
+    assert threaded["logger"] == "some.library" and threaded["message"] == "from a thread"
+    assert root.handlers == handlers and root.level == level  # nothing leaks into the next test
+
+
+def test_stdlib_records_follow_the_log_level() -> None:
+    buffer = io.BytesIO()
+    log = JsonLog(buffer, level="error")
+    log.capture_stdlib()
+    try:
+        logging.getLogger("tokenway.test").warning("not at error level")
+        logging.getLogger("tokenway.test").error("at error level")
+    finally:
+        log.release_stdlib()
+    assert [line["message"] for line in lines(buffer)] == ["at error level"]
+
+
+def test_a_running_gateway_writes_library_records_to_its_stdout(
+    upstream: FakeUpstream, capfd: pytest.CaptureFixture[str]
+) -> None:
+    handlers = list(logging.getLogger().handlers)
+    with running_gateway(config(upstream)):
+        capfd.readouterr()
+        logging.getLogger("tokenway.providers.local.x").warning("engine warning")
+        try:
+            raise KeyError("missing")
+        except KeyError:
+            logging.getLogger("tokenway.providers.local.x").exception("engine failure")
+        time.sleep(0.5)  # the log's flusher writes a few times a second
+        out = capfd.readouterr().out
+    records = [json.loads(line) for line in out.splitlines() if '"event":"log"' in line]
+    by_message = {record["message"]: record for record in records}
+    assert by_message["engine warning"]["level"] == "warning"
+    assert by_message["engine failure"]["level"] == "error"
+    assert "KeyError: 'missing'" in by_message["engine failure"]["traceback"]
+    assert logging.getLogger().handlers == handlers  # the gateway's shutdown took its handler away

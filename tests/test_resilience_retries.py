@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 
 from tests.fakes import WORDS, FakeUpstream
 from tests.servers import running_gateway
+from tokenway.config import load_config
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 TEXT = "".join(WORDS)
@@ -124,3 +128,37 @@ def test_retry_budget_caps_extra_load(upstream: FakeUpstream) -> None:
     # the bucket starts with 10 retries: 5 calls use two each, the last 3 get none
     assert calls_to(upstream, "ok") == 5 * 3 + 3
     assert stats["retry.budget_exhausted"] == 3
+
+
+RETRY_ON_5XX = """models:
+  - name: m
+    deployments:
+      - {provider: openai, api_base: 'http://127.0.0.1:9/v1'}
+    retry: {on: [5xx]}
+"""
+
+
+def test_retry_on_as_the_docs_write_it_loads(tmp_path: Path) -> None:
+    # A bare `on` is the boolean True in YAML 1.1; the loader keeps it the key "on".
+    path = tmp_path / "tokenway.yaml"
+    path.write_text(RETRY_ON_5XX)
+    assert load_config(path).models[0].retry.on == ["5xx"]
+    checked = subprocess.run([sys.executable, "-m", "tokenway", "check-config", str(path)],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0 and "OK" in checked.stdout, checked.stderr
+
+
+def test_check_config_points_at_a_bad_retry_on_line(tmp_path: Path) -> None:
+    path = tmp_path / "tokenway.yaml"
+    path.write_text(RETRY_ON_5XX.replace("retry: {on: [5xx]}", "retry:\n      attempts: 2\n      on: [5xx, 6xx]"))
+    checked = subprocess.run([sys.executable, "-m", "tokenway", "check-config", str(path)],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 1
+    assert checked.stderr.startswith(f"{path}:7: models[0].retry.on[1]: Input should be 'connect'")
+
+
+def test_errors_outside_retry_on_are_not_retried(upstream: FakeUpstream) -> None:
+    upstream.fail_times["ok"] = 1  # one 503, then fine
+    with running_gateway(gateway_yaml(upstream, "ok", model="retry: {on: [timeout, connect]}")) as base:
+        r = chat(base)
+    assert r.status_code == 502 and calls_to(upstream, "ok") == 1

@@ -1,4 +1,9 @@
-"""``tokenway``: serve, check-config, bench. Every ``serve`` flag is also a ``TOKENWAY_*`` env var."""
+"""``tokenway``: serve, check-config, bench. Every ``serve`` flag is also a ``TOKENWAY_*`` env var.
+
+``serve`` builds one ``Settings`` (env vars, its flags on top) and passes it down: to the app
+object with one worker; with several, uvicorn imports ``worker_app`` in each worker process,
+which reads the same validated ``Settings`` back from one env var holding their JSON.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,16 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tokenway.config import ConfigError, Settings, load_config
+from tokenway.config import ConfigError, Settings, SettingsError, load_config, load_settings
 from tokenway.usage import cli as access_commands
+
+if TYPE_CHECKING:
+    from tokenway.app import Gateway
+
+# The parent's Settings as JSON, for the worker processes of ``serve --workers N``.
+WORKER_SETTINGS_ENV = "TOKENWAY_WORKER_SETTINGS"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,16 +47,19 @@ def main(argv: list[str] | None = None) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenway", description="An OpenAI-compatible LLM gateway.")
     commands = parser.add_subparsers(dest="command")
-    defaults = Settings()
-    serve = commands.add_parser("serve", help="run the gateway (flags default to TOKENWAY_* env vars)")
-    serve.add_argument("--host", default=defaults.host, help="bind address [TOKENWAY_HOST] (default %(default)s)")
-    serve.add_argument("--port", type=int, default=defaults.port, help="[TOKENWAY_PORT] (default %(default)s)")
-    serve.add_argument("--workers", type=int, default=defaults.workers, help="processes [TOKENWAY_WORKERS]")
-    serve.add_argument("--config", type=Path, default=defaults.config,
+    # Flags not given stay out of the namespace, so the env var (or the Settings default) decides.
+    serve = commands.add_parser("serve", help="run the gateway (flags override TOKENWAY_* env vars)",
+                                argument_default=argparse.SUPPRESS)
+    fields = Settings.model_fields
+    serve.add_argument("--host", help=f"bind address [TOKENWAY_HOST] (default {fields['host'].default})")
+    serve.add_argument("--port", type=int, help=f"[TOKENWAY_PORT] (default {fields['port'].default})")
+    serve.add_argument("--workers", type=int,
+                       help="processes; more than one needs TOKENWAY_REDIS_URL [TOKENWAY_WORKERS] (default 1)")
+    serve.add_argument("--config", type=Path,
                        help="YAML config [TOKENWAY_CONFIG]; none: serve the embedded local model")
-    serve.add_argument("--log-level", default=defaults.log_level, choices=["debug", "info", "warning", "error"],
-                       help="[TOKENWAY_LOG_LEVEL]")
-    serve.add_argument("--allow-open", action="store_true", default=defaults.allow_open,
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                       help=f"[TOKENWAY_LOG_LEVEL] (default {fields['log_level'].default})")
+    serve.add_argument("--allow-open", action="store_true",
                        help="serve without a master key on a non-loopback address [TOKENWAY_ALLOW_OPEN]")
     check = commands.add_parser("check-config", help="validate a config file and point at the bad line")
     check.add_argument("file", type=Path)
@@ -65,54 +80,87 @@ def check_config(path: Path) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from tokenway.http_protocol import server_options
-
     try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    master_key = os.environ.get("TOKENWAY_MASTER_KEY")
-    if not master_key and not _is_loopback(args.host) and not args.allow_open:
+        settings = load_settings(**{k: v for k, v in vars(args).items() if k in Settings.model_fields})
+    except SettingsError as exc:
+        print(f"tokenway serve: {exc}", file=sys.stderr)
+        return 2
+    if not settings.master_key and not _is_loopback(settings.host) and not settings.allow_open:
         print(
-            f"Refusing to serve on {args.host} without authentication. Set TOKENWAY_MASTER_KEY, "
+            f"Refusing to serve on {settings.host} without authentication. Set TOKENWAY_MASTER_KEY, "
             "bind to 127.0.0.1, or pass --allow-open if an open gateway is what you want.",
             file=sys.stderr,
         )
         return 2
-    # The workers read their settings from the environment, so flags are exported there.
-    os.environ["TOKENWAY_HOST"] = args.host
-    os.environ["TOKENWAY_PORT"] = str(args.port)
-    os.environ["TOKENWAY_LOG_LEVEL"] = args.log_level
-    if args.config:
-        os.environ["TOKENWAY_CONFIG"] = str(args.config.resolve())
+    try:
+        config = load_config(settings.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    models = ", ".join(m.name for m in config.models)
+    print(
+        f"tokenway: serving {models} on http://{settings.host}:{settings.port}/v1 ({settings.workers} worker(s))",
+        file=sys.stderr,
+    )
+    if settings.workers == 1:
+        from tokenway.app import create_app
+
+        _run_uvicorn(create_app(settings, config), settings)
+        return 0
+    return _serve_workers(settings)
+
+
+def _serve_workers(settings: Settings) -> int:
+    """Several worker processes, each with its own app from ``worker_app``; this one supervises."""
+    from tokenway.observability.logging import JsonLog
+
+    os.environ[WORKER_SETTINGS_ENV] = settings.model_dump_json()  # the workers are this process's children
     metrics_dir = None
-    if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Workers share metric values through files here, so any worker's /metrics sees them all.
         metrics_dir = tempfile.mkdtemp(prefix="tokenway-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    models = ", ".join(m.name for m in config.models)
-    print(
-        f"tokenway: serving {models} on http://{args.host}:{args.port}/v1 ({args.workers} worker(s))", file=sys.stderr
-    )
+    # Each worker's app logs through its own JsonLog; this process has no app, so uvicorn's notes on
+    # the workers (one died, one was restarted) get a JsonLog of their own.
+    log = JsonLog(level=settings.log_level)
+    log.capture_stdlib()
+    try:
+        _run_uvicorn(f"{__name__}:worker_app", settings)
+    finally:
+        log.release_stdlib()
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def worker_app() -> Gateway:
+    """uvicorn's app factory in each worker process of ``serve --workers N``: the parent's Settings."""
+    from tokenway.app import create_app
+
+    return create_app(Settings.model_validate_json(os.environ[WORKER_SETTINGS_ENV]))
+
+
+def _run_uvicorn(app: Gateway | str, settings: Settings) -> None:
+    import uvicorn
+
+    from tokenway.http_protocol import server_options
+
     uvicorn.run(
-        "tokenway.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
+        app,
+        factory=isinstance(app, str),
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
         lifespan="on",
-        log_level=args.log_level,
+        log_level=settings.log_level,
+        # No logging config of uvicorn's own: its records reach the root logger, where the app's JsonLog
+        # writes them as JSON lines (server_options turns its access log off: the app logs requests).
+        log_config=None,
         backlog=4096,
         timeout_keep_alive=75,
-        timeout_graceful_shutdown=Settings().shutdown_grace_s,  # type: ignore[arg-type]  # drain: tokenway/drain.py
+        timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]  # drain: tokenway/drain.py
         **server_options(),  # tokenway/http_protocol.py
     )
-    if metrics_dir:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-    return 0
 
 
 def _is_loopback(host: str) -> bool:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tokenway.cache.options import CacheConfig, ModelCacheConfig
@@ -33,7 +35,10 @@ Positive = Annotated[float, Field(gt=0)]
 
 
 class Settings(BaseSettings):
-    """Process settings: every field is a ``tokenway serve`` flag and a ``TOKENWAY_*`` env var."""
+    """Process settings: every field is a ``TOKENWAY_*`` env var; ``tokenway serve`` has flags for some.
+
+    Built once at start (``load_settings``) and passed down to whatever needs them.
+    """
 
     model_config = SettingsConfigDict(env_prefix="TOKENWAY_", extra="ignore")
 
@@ -61,6 +66,27 @@ class Settings(BaseSettings):
                 "TOKENWAY_REDIS_URL (e.g. redis://127.0.0.1:6379/0), or serve with one worker."
             )
         return self
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used; the message names the env var and what to do."""
+
+
+def load_settings(**flags: Any) -> Settings:
+    """``TOKENWAY_*`` env vars, with the flags the user passed on top (pass only those: a flag left at
+    its default must not hide the env var)."""
+    try:
+        return Settings(**flags)
+    except ValidationError as exc:
+        raise SettingsError("\n".join(_settings_problem(error) for error in exc.errors(include_url=False))) from None
+
+
+def _settings_problem(error: ErrorDetails) -> str:
+    message = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
+    if not error["loc"]:
+        return message  # a rule across fields (workers and Redis): the message names what to set
+    # Flags arrive already typed by argparse, so a value that fails here came from the environment.
+    return f"TOKENWAY_{str(error['loc'][0]).upper()}: {message}"
 
 
 class _Strict(BaseModel):
@@ -214,6 +240,25 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file, line and field."""
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML with YAML 1.2's booleans: only ``true`` and ``false``.
+
+    YAML 1.1 also reads ``on``, ``off``, ``yes`` and ``no`` as booleans, which made the documented
+    ``retry: {on: [5xx]}`` a ``True`` key and ``requantize: off`` the value ``False``. Boolean fields
+    still take those words: pydantic reads "on", "off", "yes" and "no" as booleans.
+    """
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def load_config(path: Path | None) -> GatewayConfig:
     if path is None:
         return default_config()
@@ -226,8 +271,12 @@ def load_config(path: Path | None) -> GatewayConfig:
 
 def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        loader = _Yaml12Loader(text)
+        try:
+            node = loader.get_single_node()  # kept to find the line of each error below
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source

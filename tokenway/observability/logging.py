@@ -1,17 +1,23 @@
-"""JSON lines to stdout: one per request, plus lifecycle events.
+"""The one log: JSON lines on stdout for requests, lifecycle events and stdlib ``logging`` records.
 
 Lines are built with orjson and appended to a buffer that a background task flushes a few
 times a second, so a request pays for a dict and a serialisation, not for a write syscall.
 Message content and keys are never logged unless content logging is turned on, and then
 redacted.
+
+While the log runs (``start()`` to ``aclose()``, the app's lifespan) it also owns the root
+logger: records from any module, ours (the local engines) or a library's (uvicorn's error
+logger), become lines of the same shape, so stdout carries one format only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import re
 import sys
+import threading
 import time
 import traceback
 from typing import IO, Any
@@ -38,7 +44,8 @@ def redact(text: str) -> str:
 
 
 class JsonLog:
-    """Buffered JSON-lines writer. ``start()``/``aclose()`` run the flusher inside the app's lifespan."""
+    """Buffered JSON-lines writer. ``start()``/``aclose()`` run the flusher and the stdlib capture
+    inside the app's lifespan."""
 
     def __init__(
         self, out: IO[bytes] | None = None, *, sample: float = 1.0, requests: bool = True, content: bool = False,
@@ -47,6 +54,10 @@ class JsonLog:
         self._out = out or sys.stdout.buffer
         self._min_level = _LEVELS.get(level, 20)
         self._buffer: list[bytes] = []
+        # Records also come from other threads (the llama decode loop, llama.cpp's own log callback).
+        self._lock = threading.Lock()
+        self._records = _RecordsToJson(self, self._min_level)
+        self._root_level: int | None = None  # the root logger's level before capture, restored after
         self._sample = sample
         self._requests = requests
         self.content = content
@@ -55,12 +66,34 @@ class JsonLog:
 
     def start(self) -> None:
         self._flusher = asyncio.get_running_loop().create_task(self._flush_periodically())
+        self.capture_stdlib()
 
     async def aclose(self) -> None:
+        self.release_stdlib()
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
         self.flush()
+
+    def capture_stdlib(self) -> None:
+        """Write every stdlib ``logging`` record at or above this log's level here, until ``release_stdlib()``."""
+        root = logging.getLogger()
+        if self._records in root.handlers:
+            return
+        self._root_level = root.level
+        # The root's level decides whether a record is made at all (Python's default lets only warnings
+        # through): lowered to ours, never raised above what another handler may already be getting.
+        root.setLevel(min(root.level, self._min_level))
+        root.addHandler(self._records)
+
+    def release_stdlib(self) -> None:
+        """Hand the root logger back as it was (tests run many gateways in one process)."""
+        root = logging.getLogger()
+        if self._records not in root.handlers:
+            return
+        root.removeHandler(self._records)
+        if self._root_level is not None:
+            root.setLevel(self._root_level)
 
     def event(self, event: str, level: str = "info", **fields: Any) -> None:
         if _LEVELS.get(level, 20) < self._min_level:
@@ -68,6 +101,18 @@ class JsonLog:
         self._write({"ts": self._now(), "level": level, "event": event, **fields})
         if self._flusher is None:
             self.flush()  # before start or after shutdown: write through
+
+    def record(self, record: logging.LogRecord) -> None:
+        """One stdlib ``logging`` record as a line: ``event`` "log", the logger's name, its message."""
+        line: dict[str, Any] = {
+            "ts": _timestamp(record.created), "level": record.levelname.lower(), "event": "log",
+            "logger": record.name, "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["traceback"] = "".join(traceback.format_exception(*record.exc_info))
+        self._write(line)
+        if self._flusher is None:
+            self.flush()  # no flusher (a process without the app, e.g. the workers' supervisor): write through
 
     def request(self, ctx: RequestContext, end: float) -> None:
         failed = ctx.status >= 400
@@ -120,12 +165,15 @@ class JsonLog:
         return f"{self._second_text}.{int((t - second) * 1000):03d}Z"
 
     def _write(self, line: dict[str, Any]) -> None:
-        self._buffer.append(orjson.dumps(line, default=str) + b"\n")
+        data = orjson.dumps(line, default=str) + b"\n"
+        with self._lock:
+            self._buffer.append(data)
 
     def flush(self) -> None:
         if self._buffer:
-            data = b"".join(self._buffer)
-            self._buffer.clear()
+            with self._lock:
+                data = b"".join(self._buffer)
+                self._buffer.clear()
             try:
                 self._out.write(data)
                 self._out.flush()
@@ -136,6 +184,26 @@ class JsonLog:
         while True:
             await asyncio.sleep(0.2)
             self.flush()
+
+
+class _RecordsToJson(logging.Handler):
+    """The root logger's handler while a ``JsonLog`` runs: each record becomes one of its lines."""
+
+    def __init__(self, log: JsonLog, level: int) -> None:
+        super().__init__(level)
+        self._log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._log.record(record)
+        except Exception:
+            self.handleError(record)  # a bad format string in someone's log call must not break theirs
+
+
+def _timestamp(t: float) -> str:
+    # Uncached, unlike JsonLog._now: records come from any thread, and they are few.
+    second = int(t)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(second))}.{int((t - second) * 1000):03d}Z"
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -27,7 +27,7 @@ from tokenway.providers.local.model_files import resolve_gguf
 from tokenway.providers.local.options import LocalOptions
 from tokenway.providers.local.requantize import converted_copy
 
-log = logging.getLogger("tokenway.local.llama")
+log = logging.getLogger(__name__)
 
 # Tokens decoded in one step when nothing else says: big enough that a prompt is prefilled in a
 # few steps, small enough that decoding sequences wait at most one chunk (~100 ms here).

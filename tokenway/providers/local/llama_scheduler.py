@@ -36,7 +36,7 @@ from tokenway.errors import GatewayError, Overloaded, UpstreamError
 from tokenway.providers.local.engine import EngineLoad, GenerationRequest, SamplingParams, TokenPiece
 from tokenway.providers.local.token_sampler import TokenSampler
 
-log = logging.getLogger("tokenway.local.llama")
+log = logging.getLogger(__name__)
 
 Item = TokenPiece | BaseException
 Put = Callable[[Item], None]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import llama_cpp as llama
 
-log = logging.getLogger("tokenway.local.llama")
+log = logging.getLogger(__name__)
 
 FILE_TYPES = {"q4_0": llama.LLAMA_FTYPE_MOSTLY_Q4_0}
 
