@@ -128,6 +128,7 @@ class Gateway:
         try:
             await self.startup()
         except Exception as exc:
+            await self.log.aclose()  # the log took over stdlib logging when it started: give it back
             await send({"type": "lifespan.startup.failed", "message": str(exc)})
             return
         await send({"type": "lifespan.startup.complete"})

@@ -104,7 +104,7 @@ async def run_variant(name: str, extra_yaml: str, settings: dict[str, Any], key:
 
 
 async def create_virtual_key(app: Gateway) -> str:
-    from tokenway.access import key_record, new_key
+    from tokenway.keys import key_record, new_key
 
     secret, key_id = new_key()
     record = key_record(secret, key_id, models=["mock-json"], rpm=10**9, tpm=10**12,

@@ -233,7 +233,6 @@ def duration(seconds: float) -> str:
 
 def _refuse(ask: Ask, decision: Decision, headers: list[tuple[bytes, bytes]]) -> None:
     """Raise the 429 that says which limit or budget refused the request, if one did."""
-    extra = {name.decode(): value.decode() for name, value in headers}
     if decision.denied is not None:
         retry = max(decision.retry_after, 0.001)
         if decision.denied == len(ask.buckets):
@@ -242,7 +241,7 @@ def _refuse(ask: Ask, decision: Decision, headers: list[tuple[bytes, bytes]]) ->
             bucket = ask.buckets[decision.denied]
             message = (f"Rate limit reached for the {bucket.scope}: {bucket.capacity} {bucket.kind} per minute. "
                        f"Retry in {duration(retry)}.")
-        raise RateLimited(message, retry_after=retry, headers=extra)
+        raise RateLimited(message, retry_after=retry, headers={k.decode(): v.decode() for k, v in headers})
     if decision.budget_full is not None:
         line = ask.lines[decision.budget_full]
         period = {"day": "today (UTC)", "month": "this month (UTC)", "total": "in total"}[line.budget.period]

@@ -61,13 +61,12 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenway.config import Settings
+    from tokenway.config import SettingsError, load_settings
 
     try:
-        return asyncio.run(_run(args, Settings()))
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        print(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
+        return asyncio.run(_run(args, load_settings()))
+    except (SettingsError, ValidationError) as exc:
+        print(exc)
         return 2
     except LookupError as exc:
         print(exc.args[0])
