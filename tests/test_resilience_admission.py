@@ -1,54 +1,14 @@
-"""Admission: a bounded priority queue in front of max_concurrency, shedding with Retry-After."""
+"""Admission: the queue's order and shedding, unit by unit.
+
+Through the whole chain, on a fake clock: tests/test_chain_admission.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from concurrent.futures import ThreadPoolExecutor
 
-from tests.fakes import FakeUpstream
-from tests.servers import running_gateway
-from tests.test_resilience_retries import chat, decisions, gateway_yaml
 from tokenway.policies.admission import AdmissionQueue, Shed
 from tokenway.routing.options import QueueConfig
-
-
-def test_queued_calls_wait_for_a_slot_instead_of_failing(upstream: FakeUpstream) -> None:
-    upstream.first_delay = 0.3
-    yaml = gateway_yaml(upstream, "slowfirst", model="queue: {size: 8}", deployment=", max_concurrency: 1")
-    with running_gateway(yaml) as base:
-        with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(lambda _: chat(base, stream=True), range(4)))
-        stats = decisions(base)
-    assert [r.status_code for r in results] == [200] * 4
-    assert stats["queue.wait"] >= 3
-
-
-def test_full_queue_sheds_with_retry_after(upstream: FakeUpstream) -> None:
-    upstream.first_delay = 0.5
-    yaml = gateway_yaml(upstream, "slowfirst", model="queue: {size: 1}", deployment=", max_concurrency: 1")
-    with running_gateway(yaml) as base:
-        with ThreadPoolExecutor(3) as pool:
-            results = list(pool.map(lambda _: chat(base, stream=True), range(3)))
-    statuses = sorted(r.status_code for r in results)
-    assert statuses == [200, 200, 503]
-    shed = next(r for r in results if r.status_code == 503)
-    assert shed.json()["error"]["code"] == "overloaded" and "retry-after" in shed.headers
-
-
-def test_a_wait_that_cannot_meet_the_deadline_is_shed_early(upstream: FakeUpstream) -> None:
-    upstream.first_delay = 1.5
-    yaml = gateway_yaml(upstream, "slowfirst", model="queue: {size: 8, max_wait: 0.3}",
-                        deployment=", max_concurrency: 1")
-    with running_gateway(yaml) as base:
-        with ThreadPoolExecutor(2) as pool:
-            first = pool.submit(chat, base, stream=True)
-            time.sleep(0.2)
-            started = time.perf_counter()
-            second = chat(base)
-            waited = time.perf_counter() - started
-            assert first.result().status_code == 200
-    assert second.status_code == 503 and waited < 1.2  # gave up at max_wait, did not wait for the slot
 
 
 def test_priority_then_arrival_order() -> None:

@@ -1,4 +1,7 @@
-"""Fallback chains, context-window fallbacks, degradation and circuit breakers over real sockets."""
+"""Fallback chains, context-window fallbacks, degradation and circuit breakers over real sockets.
+
+The same policies in process, on a fake clock: tests/test_chain_fallbacks.py and test_chain_breaker.py.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import httpx
 import openai
 
 from tests.fakes import WORDS, FakeUpstream
+from tests.inprocess import FakeClock
 from tests.test_resilience_retries import MESSAGES, calls_to, chat, decisions
 from tokenway.routing.breaker import CircuitBreaker
 from tokenway.routing.options import BreakerConfig
@@ -90,20 +94,26 @@ def test_all_breakers_open_sheds_with_retry_after(upstream: FakeUpstream) -> Non
 
 
 def test_breaker_state_machine() -> None:
+    clock = FakeClock()
     breaker = CircuitBreaker(BreakerConfig(window=10, min_calls=4, error_rate=0.5, consecutive_failures=3,
-                                           cooldown=5, half_open_probes=1))
-    t = 1000.0
+                                           cooldown=5, half_open_probes=1), clock)
     for failed in (False, True, False, True):  # 2/4 failed: the rate threshold, judged on a failure
-        breaker.failure(t) if failed else breaker.success(t)
+        breaker.failure() if failed else breaker.success()
     assert breaker.state == "open" and "2/4" in breaker.reason
-    assert not breaker.allows(t + 1) and breaker.allows(t + 5)
-    assert breaker.acquire(t + 5) and breaker.state == "half_open"
-    assert not breaker.acquire(t + 5)  # one probe at a time
-    breaker.failure(t + 6)
+    clock.advance(1)
+    assert not breaker.allows()
+    clock.advance(4)
+    assert breaker.allows()
+    assert breaker.acquire() and breaker.state == "half_open"
+    assert not breaker.acquire()  # one probe at a time
+    clock.advance(1)
+    breaker.failure()
     assert breaker.state == "open"  # the probe failed: open again for a full cooldown
-    assert breaker.acquire(t + 11)
-    breaker.success(t + 11)
+    clock.advance(5)
+    assert breaker.acquire()
+    breaker.success()
     assert breaker.state == "closed"
+    clock.advance(1)
     for _ in range(3):
-        breaker.failure(t + 12)
+        breaker.failure()
     assert breaker.state == "open" and "3 consecutive" in breaker.reason

@@ -16,13 +16,13 @@ else the last error goes to the client, with a Retry-After.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
 
 import orjson
 
+from tokenway.clock import SYSTEM_CLOCK, Clock
 from tokenway.config import GatewayConfig, ModelConfig
 from tokenway.context import RequestContext
 from tokenway.deployments import ModelTable
@@ -51,16 +51,17 @@ class RetryBudget:
     retry. Capped at ten seconds' worth, so a long calm does not bank a retry storm.
     """
 
-    __slots__ = ("_at", "_cap", "_config", "tokens")
+    __slots__ = ("_at", "_cap", "_clock", "_config", "tokens")
 
-    def __init__(self, config: RetryConfig) -> None:
+    def __init__(self, config: RetryConfig, clock: Clock = SYSTEM_CLOCK) -> None:
         self._config = config
+        self._clock = clock
         self._cap = max(10.0, 10.0 * config.budget_min_per_s)
         self.tokens = self._cap
-        self._at = time.monotonic()
+        self._at = clock.now()
 
     def deposit(self) -> None:
-        now = time.monotonic()
+        now = self._clock.now()
         config = self._config
         self.tokens = min(self._cap, self.tokens + config.budget_ratio + (now - self._at) * config.budget_min_per_s)
         self._at = now
@@ -95,11 +96,14 @@ def is_context_overflow(error: GatewayError) -> bool:
 
 
 class Resilience:
-    def __init__(self, models: ModelTable, config: GatewayConfig, stats: RoutingStats) -> None:
+    def __init__(
+        self, models: ModelTable, config: GatewayConfig, stats: RoutingStats, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self._table = models
         self._configs: dict[str, ModelConfig] = {m.name: m for m in config.models}
-        self._budgets = {m.name: RetryBudget(m.retry) for m in config.models}
+        self._budgets = {m.name: RetryBudget(m.retry, clock) for m in config.models}
         self._stats = stats
+        self._clock = clock  # must be routing's: Retry-After cooldowns are times on it
 
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
         requested = call.body["model"]
@@ -156,7 +160,7 @@ class Resilience:
     ) -> None:
         """Sleep before attempt ``attempt``, or raise ``last`` if the retry cannot happen."""
         delay = random.uniform(0, min(retry.backoff_max, retry.backoff_base * 2 ** (attempt - 1)))
-        now = time.monotonic()
+        now = self._clock.now()
         if all(d.cooldown_until > now for d in self._table.lookup(name)):
             # every deployment asked us to stay away: wait for the first to be free again
             wait = min(d.cooldown_until for d in self._table.lookup(name)) - now
@@ -174,7 +178,7 @@ class Resilience:
             raise last
         self._stats.count("retry.attempt")
         if delay > 0:
-            await asyncio.sleep(delay)
+            await self._clock.sleep(delay)
 
     def _degrade(self, ctx: RequestContext, call: Call, requested: str, last: GatewayError) -> Answer:
         degradation = self._configs[requested].degradation

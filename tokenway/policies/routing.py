@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+from tokenway.clock import SYSTEM_CLOCK, Clock
 from tokenway.config import GatewayConfig
 from tokenway.context import RequestContext
 from tokenway.deployments import Deployment, ModelTable
@@ -37,16 +38,19 @@ class _Model:
 
 
 class Route:
-    def __init__(self, models: ModelTable, config: GatewayConfig, stats: RoutingStats) -> None:
+    def __init__(
+        self, models: ModelTable, config: GatewayConfig, stats: RoutingStats, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self._table = models
         self._stats = stats
+        self._clock = clock  # breakers, Retry-After cooldowns and the queue all read this one
         self._models: dict[str, _Model] = {}
         for model in config.models:
             deployments = models.lookup(model.name)
             limits = [d.config.max_concurrency for d in deployments]
-            queue = AdmissionQueue(model.queue, sum(limit or 1 for limit in limits))
+            queue = AdmissionQueue(model.queue, sum(limit or 1 for limit in limits), clock)
             for deployment in deployments:
-                deployment.breaker = CircuitBreaker(model.breaker)
+                deployment.breaker = CircuitBreaker(model.breaker, clock)
                 deployment.on_release = queue.released
             self._models[model.name] = _Model(deployments, balancers.build(model.routing), queue, model.retry)
 
@@ -94,14 +98,14 @@ class Route:
                     model.queue.taken()
                     woken = False
                 self._stats.count("queue.wait")
-                queued_at = time.perf_counter()
+                queued_at = self._clock.now()
                 try:
                     await model.queue.wait(ctx.priority, ctx.remaining())
                 except Shed as shed:
                     self._stats.count("shed.queue" if model.queue.enabled else "shed.no_queue")
                     raise shed from None
                 finally:
-                    ctx.queue_wait_s = (ctx.queue_wait_s or 0.0) + time.perf_counter() - queued_at
+                    ctx.queue_wait_s = (ctx.queue_wait_s or 0.0) + self._clock.now() - queued_at
                 woken = True
         finally:
             if woken:
@@ -113,12 +117,12 @@ class Route:
 
     def _routable(self, ctx: RequestContext, model: _Model) -> list[Deployment]:
         """Deployments worth a try now, dropping the least suitable first while any remain."""
-        now = time.monotonic()
+        now = self._clock.now()
         tried = ctx.tried
-        allowed = [d for d in model.deployments if d.breaker.allows(now)]
+        allowed = [d for d in model.deployments if d.breaker.allows()]
         if not allowed:
             self._stats.count("skip.all_breakers_open")
-            wait = min(d.breaker.closes_in(now) for d in model.deployments)
+            wait = min(d.breaker.closes_in() for d in model.deployments)
             raise Shed(f"Every deployment of '{ctx.model}' is failing (circuit breakers open); retry shortly.",
                        code="no_healthy_deployment", retry_after=max(1.0, wait))
         if len(allowed) < len(model.deployments):
@@ -141,7 +145,7 @@ class Route:
             deployment.failures += 1
             deployment.breaker.failure()
             if error.retry_after:
-                deployment.cooldown_until = time.monotonic() + error.retry_after
+                deployment.cooldown_until = self._clock.now() + error.retry_after
         elif not error.retryable and not isinstance(error, Shed):
             deployment.breaker.success()  # it answered properly, with a 4xx about the request
         else:

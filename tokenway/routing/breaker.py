@@ -6,14 +6,15 @@ failing every call is ejected within N calls, whatever its history). While open,
 the deployment; after the cooldown a few probe calls are let through (half-open), and one
 success closes it again while one failure re-opens it.
 
-The window is a ring of one-second buckets: O(1) per call, no per-call allocation.
+The window is a ring of one-second buckets: O(1) per call, no per-call allocation. Time is
+read from the clock the breaker is given (tests pass a fake one and move it forward).
 """
 
 from __future__ import annotations
 
-import time
 from typing import Literal
 
+from tokenway.clock import SYSTEM_CLOCK, Clock
 from tokenway.routing.options import BreakerConfig
 
 State = Literal["closed", "open", "half_open"]
@@ -21,11 +22,12 @@ State = Literal["closed", "open", "half_open"]
 
 class CircuitBreaker:
     __slots__ = (
-        "_buckets", "_config", "_probes", "consecutive", "opened_at", "opens", "reason", "state",
+        "_buckets", "_clock", "_config", "_probes", "consecutive", "opened_at", "opens", "reason", "state",
     )
 
-    def __init__(self, config: BreakerConfig) -> None:
+    def __init__(self, config: BreakerConfig, clock: Clock = SYSTEM_CLOCK) -> None:
         self._config = config
+        self._clock = clock
         size = max(1, int(config.window + 0.999))
         # each bucket: [second, calls, failures]
         self._buckets: list[list[int]] = [[-1, 0, 0] for _ in range(size)]
@@ -36,22 +38,20 @@ class CircuitBreaker:
         self.opens = 0  # how many times it opened, for the admin view
         self.reason = ""
 
-    def allows(self, now: float | None = None) -> bool:
+    def allows(self) -> bool:
         """Whether routing may pick this deployment now (does not take a probe slot)."""
         if self.state == "closed":
             return True
-        now = time.monotonic() if now is None else now
         if self.state == "open":
-            return now - self.opened_at >= self._config.cooldown
+            return self._clock.now() - self.opened_at >= self._config.cooldown
         return self._probes < self._config.half_open_probes
 
-    def acquire(self, now: float | None = None) -> bool:
+    def acquire(self) -> bool:
         """Take the right to call: always when closed, one probe slot when half-open."""
         if self.state == "closed":
             return True
-        now = time.monotonic() if now is None else now
         if self.state == "open":
-            if now - self.opened_at < self._config.cooldown:
+            if self._clock.now() - self.opened_at < self._config.cooldown:
                 return False
             self.state, self._probes = "half_open", 0
         if self._probes >= self._config.half_open_probes:
@@ -59,14 +59,14 @@ class CircuitBreaker:
         self._probes += 1
         return True
 
-    def success(self, now: float | None = None) -> None:
+    def success(self) -> None:
         self.consecutive = 0
-        self._count(time.monotonic() if now is None else now, failed=False)
+        self._count(self._clock.now(), failed=False)
         if self.state == "half_open":
             self._close()
 
-    def failure(self, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
+    def failure(self) -> None:
+        now = self._clock.now()
         self.consecutive += 1
         calls, failures = self._count(now, failed=True)
         if self.state == "half_open":
@@ -78,21 +78,22 @@ class CircuitBreaker:
             elif calls >= config.min_calls and failures / calls >= config.error_rate:
                 self._open(now, f"{failures}/{calls} calls failed in {config.window:g}s")
 
-    def closes_in(self, now: float) -> float:
+    def closes_in(self) -> float:
         """Seconds until an open breaker lets a probe through (0 when it already would)."""
         if self.state != "open":
             return 0.0
-        return max(0.0, self.opened_at + self._config.cooldown - now)
+        return max(0.0, self.opened_at + self._config.cooldown - self._clock.now())
 
     def release_probe(self) -> None:
         """A probe that ended without a verdict (client hung up, non-retryable error)."""
         if self.state == "half_open" and self._probes > 0:
             self._probes -= 1
 
-    def window(self, now: float | None = None) -> tuple[int, int]:
+    def window(self) -> tuple[int, int]:
         """(calls, failures) in the window ending now."""
-        now = time.monotonic() if now is None else now
-        second = int(now)
+        return self._totals(int(self._clock.now()))
+
+    def _totals(self, second: int) -> tuple[int, int]:
         horizon = second - len(self._buckets)
         calls = failures = 0
         for stamp, c, f in self._buckets:
@@ -108,7 +109,7 @@ class CircuitBreaker:
             bucket[0], bucket[1], bucket[2] = second, 0, 0
         bucket[1] += 1
         bucket[2] += failed
-        return self.window(now)
+        return self._totals(second)
 
     def _open(self, now: float, reason: str) -> None:
         self.state, self.opened_at, self.reason = "open", now, reason
@@ -118,7 +119,7 @@ class CircuitBreaker:
     def _close(self) -> None:
         self.state, self.reason, self.consecutive = "closed", "", 0
         for bucket in self._buckets:  # a recovered deployment starts with a clean slate
-            bucket[0] = -1
+            bucket[0], bucket[1], bucket[2] = -1, 0, 0
 
     def snapshot(self) -> dict[str, object]:
         calls, failures = self.window()
