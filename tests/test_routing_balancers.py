@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -90,6 +92,19 @@ def test_metrics_parsing_for_vllm_and_sglang() -> None:
     assert engine_load("vllm", sglang, 0) is None
 
 
+def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until ``check()`` holds: the probes and scrapes run on their own schedule."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "the gateway's view of its deployments never changed"
+        time.sleep(0.02)
+
+
+def deployment_states(base: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    states = httpx.get(base + "/admin/deployments", headers=headers).json()["models"]["m"]
+    return {d["name"]: d for d in states}
+
+
 def _engine_yaml(upstream: FakeUpstream) -> str:
     rows = "".join(
         f"      - {{provider: openai, name: {w}, api_base: '{upstream.url(w)}', "
@@ -105,12 +120,17 @@ def test_engine_aware_routing_follows_the_scraped_queues(upstream: FakeUpstream)
     upstream.gauges.update(w1=busy, w2=idle)
     with running_gateway(_engine_yaml(upstream), master_key="sk-admin") as base:
         auth = {"authorization": "Bearer sk-admin"}
-        time.sleep(0.3)
+
+        def scraped(w1: float, w2: float) -> bool:
+            state = deployment_states(base, auth)
+            return [(state[w]["engine"] or {}).get("waiting") for w in ("w1", "w2")] == [w1, w2]
+
+        eventually(lambda: scraped(12, 0))
         for _ in range(5):
             assert httpx.post(base + "/v1/chat/completions", headers=auth, timeout=10,
                               json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
         upstream.gauges.update(w1=idle, w2=busy)
-        time.sleep(0.3)
+        eventually(lambda: scraped(0, 12))
         for _ in range(5):
             httpx.post(base + "/v1/chat/completions", headers=auth, timeout=10,
                        json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
@@ -129,11 +149,11 @@ def test_failing_health_checks_take_a_deployment_out_and_back(upstream: FakeUpst
             f"      - {{provider: openai, name: b, api_base: '{upstream.url('b')}', {check}}}\n")
     upstream.down.add("a")
     with running_gateway(yaml) as base:
-        time.sleep(0.3)
+        eventually(lambda: not deployment_states(base)["a"]["healthy"])
         for _ in range(4):
             assert chat(base).status_code == 200
         upstream.down.clear()
-        time.sleep(0.3)
+        eventually(lambda: deployment_states(base)["a"]["healthy"])
         for _ in range(4):
             assert chat(base).status_code == 200
         stats = decisions(base)
