@@ -30,7 +30,7 @@ import orjson
 from tokenway.app import Gateway
 from tokenway.asgi import Message, Scope
 from tokenway.clock import SYSTEM_CLOCK, Clock
-from tokenway.config import DeploymentConfig, Settings, parse_config
+from tokenway.config import DeploymentConfig, GatewayConfig, Settings, parse_config
 from tokenway.context import RequestContext
 from tokenway.deployments import Deployment, ModelTable
 from tokenway.errors import GatewayError, UpstreamError, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
@@ -203,20 +203,21 @@ class ScriptedProvider:
         usage = Usage(prompt_tokens=7, completion_tokens=len(step.pieces))
         if call.stream:
             return Stream(lambda stream: self._chunks(stream, call, step, usage))
-        text = "".join(step.pieces)
-        message = ({"message": {"role": "assistant", "content": text}} if call.kind == "chat" else {"text": text})
-        body = {"id": "fake-1", "object": "chat.completion" if call.kind == "chat" else "text_completion",
+        text, chat = "".join(step.pieces), call.kind == "chat"
+        message = {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
+        body = {"id": "fake-1", "object": "chat.completion" if chat else "text_completion",
                 "created": 1, "model": self.model, "usage": usage.as_dict(),
                 "choices": [{"index": 0, **message, "finish_reason": "stop"}]}
         return Completion(body=orjson.dumps(body), usage=usage)
 
     async def _chunks(self, stream: Stream, call: Call, step: Step, usage: Usage) -> AsyncIterator[bytes]:
+        chat = call.kind == "chat"
         for i, piece in enumerate(step.pieces):
             if step.error is not None and i == step.after:
                 raise _fresh(step.error)
-            delta = ({"delta": {"content": piece}} if call.kind == "chat" else {"text": piece})
-            yield sse_event({"id": "fake-1", "object": "chat.completion.chunk", "created": 1, "model": self.model,
-                             "choices": [{"index": 0, **delta, "finish_reason": None}]})
+            choice = {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
+            yield sse_event({"id": "fake-1", "object": "chat.completion.chunk" if chat else "text_completion",
+                             "created": 1, "model": self.model, "choices": [{**choice, "finish_reason": None}]})
         if step.error is not None:
             raise _fresh(step.error)
         stream.usage = usage
@@ -241,7 +242,7 @@ class InProcessGateway(Gateway):
     for copies built with the fake clock; ``extra`` policies run just before retries and fallbacks.
     """
 
-    def __init__(self, settings: Settings, config: Any, clock: Clock, extra: Sequence[Policy] = ()) -> None:
+    def __init__(self, settings: Settings, config: GatewayConfig, clock: Clock, extra: Sequence[Policy] = ()) -> None:
         super().__init__(settings, config)
         self.clock = clock
         self.extra = list(extra)
@@ -268,6 +269,8 @@ class InProcessGateway(Gateway):
 
 @dataclass
 class Harness:
+    """What a test holds: the started app, a client bound to it in process, and the app's clock."""
+
     app: InProcessGateway
     client: httpx.AsyncClient
     clock: FakeClock
@@ -321,11 +324,10 @@ async def gateway(
     clock = clock or FakeClock()
     app = InProcessGateway(Settings(master_key=master_key), parse_config(config_yaml), clock, extra)
     async with _lifespan(app):
-        for _ in range(_SETTLE_TURNS):  # providers start in the background; fakes start at once
-            if app.is_ready():
-                break
-            await asyncio.sleep(0)
-        assert app.is_ready(), "the gateway did not become ready: every deployment failed to start (see the log)"
+        started = asyncio.get_running_loop().time()
+        while not app.is_ready():  # providers start in the background (fakes at once)
+            assert asyncio.get_running_loop().time() - started < 10, "no deployment started (see the log)"
+            await asyncio.sleep(0.001)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://tokenway.test") as client:
             yield Harness(app, client, clock)
