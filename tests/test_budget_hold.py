@@ -105,7 +105,9 @@ access:
     assert after == spent
 
 
-def test_with_redis_a_budgeted_request_makes_one_call_before_its_answer(upstream: FakeUpstream, tmp_path: Path) -> None:
+def test_with_redis_a_budgeted_request_near_its_limit_makes_one_call_before_its_answer_and_fewer_far_from_it(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
     yaml = f"""
 models:
   - name: m
@@ -116,15 +118,25 @@ access:
   redis_prefix: "tw-test-{secrets.token_hex(4)}:"
 """
     client = redis.Redis.from_url(REDIS)
-    with gateway(yaml, tmp_path, redis_url=REDIS) as (base, _):
-        key = create_key(base, rpm=20, budget="1/day")["key"]
-        assert chat(base, key, max_tokens=6).status_code == 200  # scripts loaded, key cached
-        time.sleep(0.3)  # the warm-up's settle is sent after its answer
+
+    def script_calls(key: str) -> int:
         client.config_resetstat()
         for _ in range(5):
             assert chat(base, key, max_tokens=6).status_code == 200
-        time.sleep(0.3)
+        time.sleep(0.3)  # the last settle is sent after its answer
         stats = client.info("commandstats")
+        return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
+
+    with gateway(yaml, tmp_path, redis_url=REDIS) as (base, _):
+        near = create_key(base, rpm=20, budget="1/day")["key"]
+        far = create_key(base, rpm=100_000, budget="1000/day")["key"]
+        for key in (near, far):  # scripts loaded, keys cached
+            assert chat(base, key, max_tokens=6).status_code == 200
+        time.sleep(1.2)  # the warm-up's settle is sent after its answer, and the far key's share goes back
+        near_calls, far_calls = script_calls(near), script_calls(far)
     client.close()
-    # One script per request on its way in (limits and budget together), one settle after it.
-    assert sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval")) == 10
+    # Near a limit, one script per request on its way in (limits and budget together), one settle after it.
+    assert near_calls == 10
+    # Far from its limits, the first request's call also takes a share that the next four spend in
+    # process: one call on the way in, one settle each (and the share's return, if it expired meanwhile).
+    assert far_calls <= 7

@@ -2,18 +2,22 @@
 
 Every admission takes all of its buckets, its slot and its budget hold, or nothing; settles move
 the counters to the real usage; a shared store merges the settles of one loop turn into one call.
+Redis leases (far from its limits, a process spends a share of the counters without a call) are
+tested at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import redis
 
 from tests.access_support import REDIS
 from tests.servers import free_port
+from tokenway.stores import redis as redis_store
 from tokenway.stores.base import Budget
 from tokenway.stores.counters import Ask, Bucket, BudgetLine, Counters, CountersUnavailable
 from tokenway.stores.memory import MemoryCounters
@@ -135,3 +139,115 @@ async def test_a_dead_redis_raises_unavailable_fast_and_a_lost_settle_is_counted
     await counters.flush()
     assert counters.failures == 1
     await counters.aclose()
+
+
+# Redis leases: far from its limits, the script call that admits a request also takes a share for
+# the process, and the next asks of the same shape spend it without a call.
+
+
+def _script_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
+
+
+@pytest.fixture
+def stats() -> Iterator[redis.Redis]:
+    """Server-wide command counts, zeroed: other clients of the same Redis would add to them."""
+    client = redis.Redis.from_url(REDIS)
+    client.config_resetstat()
+    yield client
+    client.close()
+
+
+def _redis_counters(prefix: str | None = None) -> RedisCounters:
+    return RedisCounters(REDIS, prefix=prefix or f"tw-test-{secrets.token_hex(4)}:")
+
+
+async def test_redis_far_from_the_limits_most_admissions_make_no_script_call(stats: redis.Redis) -> None:
+    prefix = f"tw-test-{secrets.token_hex(4)}:"
+    counters = _redis_counters(prefix)
+    rpm = Bucket("rpm:key:f", 1_000_000, "requests", "key")
+    tpm = Bucket("tpm:key:f", 100_000_000, "tokens", "key")
+    line = _line("f", 1000.0)
+    sequential = [await counters.admit(Ask([rpm, tpm], 10, [line], 1_000)) for _ in range(300)]
+    concurrent = await asyncio.gather(*(counters.admit(Ask([rpm, tpm], 10, [line], 1_000)) for _ in range(300)))
+    calls = _script_calls(stats)
+    assert all(d.admitted for d in [*sequential, *concurrent])
+    assert calls <= 8  # 129 requests a call (one, and a share of 128), against 600 without a lease
+    # The headers count down from the shared level as the share is spent.
+    assert [d.levels[0] - sequential[0].levels[0] for d in sequential[:4]] == [0, -1, -2, -3]
+    assert [d.levels[1] - sequential[0].levels[1] for d in sequential[:4]] == [0, -10, -20, -30]
+    assert await counters.committed(line) >= 600 * 1_000  # what this process holds counts as spent
+    await counters.aclose()
+    again = _redis_counters(prefix)
+    assert await again.committed(line) == 600 * 1_000  # the unspent units went back at shutdown
+    await again.aclose()
+
+
+async def test_redis_near_a_limit_nothing_is_leased_and_limits_stay_exact(stats: redis.Redis) -> None:
+    counters = _redis_counters()
+    rpm = Bucket("rpm:key:n", 50, "requests", "key")
+    results = await asyncio.gather(*(counters.admit(Ask([rpm], 0)) for _ in range(200)))
+    assert sum(r.admitted for r in results) == 50
+    assert _script_calls(stats) == 200  # every ask decided by Redis
+    # A budget with room for 1,000 requests: leased while far from it, exact at its end.
+    line = _line("n", 1.0)
+    rpm = Bucket("rpm:key:n2", 1_000_000, "requests", "key")
+    results = await asyncio.gather(*(counters.admit(Ask([rpm], 0, [line], 1_000_000)) for _ in range(1_500)))
+    assert sum(r.admitted for r in results) == 1_000
+    assert {r.budget_full for r in results if not r.admitted} == {0}
+    assert await counters.committed(line) == 1_000_000_000
+    await counters.aclose()
+
+
+async def test_redis_unspent_units_go_back_when_the_share_expires_and_the_rest_of_a_unit_at_once(
+    stats: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_store, "LEASE_TTL_S", 0.3)
+    counters = _redis_counters()
+    rpm = Bucket("rpm:key:e", 100_000, "requests", "key")
+    line = _line("e", 1000.0)
+    assert (await counters.admit(Ask([rpm], 100, [line], 1_000))).admitted
+    assert await counters.committed(line) == 129 * 1_000  # the request and a share of 128
+    assert (await counters.admit(Ask([rpm], 50, [line], 400))).admitted  # fits in a unit: spends one
+    await counters.flush()
+    assert await counters.committed(line) == 129 * 1_000 - 600  # what the unit held beyond the ask is back
+    await asyncio.sleep(0.5)
+    await counters.flush()
+    assert await counters.committed(line) == 1_400  # the share expired: its 127 units went back
+    assert _script_calls(stats) == 3  # one admission, two settles
+    await counters.aclose()
+
+
+async def test_redis_a_cancelled_request_gives_back_what_it_took_and_keeps_the_share() -> None:
+    prefix = f"tw-test-{secrets.token_hex(4)}:"
+    counters = _redis_counters(prefix)
+    line = _line("c", 1000.0)
+    first = asyncio.ensure_future(counters.admit(Ask([], 0, [line], 1_000)))
+    await asyncio.sleep(0)  # its call is on its way
+    second = asyncio.ensure_future(counters.admit(Ask([], 0, [line], 1_000)))  # waits for that call
+    await asyncio.sleep(0)
+    first.cancel()
+    assert (await second).admitted  # from the share the cancelled request's call took
+    await counters.aclose()
+    assert first.cancelled()
+    again = _redis_counters(prefix)
+    assert await again.committed(line) == 1_000
+    await again.aclose()
+
+
+async def test_redis_two_processes_leasing_one_budget_never_overspend() -> None:
+    prefix = f"tw-test-{secrets.token_hex(4)}:"
+    a, b = _redis_counters(prefix), _redis_counters(prefix)
+    line = _line("p", 2.0)  # room for 2,000 requests
+    rpm = Bucket("rpm:key:p", 1_000_000, "requests", "key")
+    results = await asyncio.gather(*(
+        store.admit(Ask([rpm], 10, [line], 1_000_000)) for _ in range(1_500) for store in (a, b)))
+    admitted = sum(r.admitted for r in results)
+    assert await a.committed(line) <= 2_000_000_000
+    await a.aclose()
+    await b.aclose()
+    check = _redis_counters(prefix)
+    assert 1_900 <= admitted <= 2_000  # refused early only while the other process held a share
+    assert await check.committed(line) == admitted * 1_000_000
+    await check.aclose()

@@ -6,12 +6,31 @@ sent as one script call per event-loop turn, which no request waits for. A dead 
 most a timeout: after three failures in a row, ``CountersUnavailable`` is raised at once for a
 second, and the access policy fails open or closed. The counters need one Redis endpoint (a single
 node, or a managed primary behind one address), not Redis Cluster.
+
+A request far from its limits need not wait for Redis at all: the script call that admits it also
+takes a *share* for this process, up to ``LEASE_MOST`` more units of the same ask (a unit: one
+request, the ask's tokens from each tokens bucket, its amount on each budget line), never more than
+1/``LEASE_FRACTION`` of what any counter has left. Later asks of the same shape (the same buckets
+and lines) that fit in a unit spend one in process, and what a unit holds beyond the ask goes back
+with the next settle call. What a share has not spent after ``LEASE_TTL_S`` (or at shutdown) goes
+back too. What that changes:
+
+- Overspending stays impossible: every unit was taken atomically in Redis and counts as spent there.
+- Near a limit (less than ``LEASE_FRACTION`` times the ask left) nothing is leased, so the last
+  requests a bucket or a budget allows are decided by Redis one by one, exactly.
+- A process may refuse early while another holds unspent units (at most 1/``LEASE_FRACTION`` of
+  what was left, for at most ``LEASE_TTL_S``); a crashed process's units stay spent until the bucket
+  refills or the budget's period ends.
+- ``x-ratelimit-remaining-*`` is the shared level when the share was taken, less the units spent.
+- An ask with a concurrency slot is never leased: Redis decides each one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import redis.asyncio
@@ -37,20 +56,23 @@ local function store(key, level, now, ttl_ms)
 end
 """
 
-# KEYS: n buckets, the slot if s = 1, then the budget lines. ARGV: n, s, (capacity, cost) per bucket,
-# (limit, member, ttl ms) if s = 1, the amount, (limit, ttl s) per line. Everything is taken, or
-# nothing. Returns {denied (1-based bucket, n + 1: the slot), retry ms, full line (1-based),
-# its committed, level per bucket (after the take; before it when refused)}.
+# KEYS: n buckets, the slot if s = 1, then the budget lines. ARGV: n, s, most, fraction, (capacity,
+# cost) per bucket, (limit, member, ttl ms) if s = 1, the amount, (limit, ttl s) per line. Everything
+# is taken, or nothing; when it is, up to ``most`` more of the same are taken for the caller's share,
+# at most 1/fraction of what any counter has left after the first. Returns {denied (1-based bucket,
+# n + 1: the slot), retry ms, full line (1-based), its committed, how many more were taken, level per
+# bucket (after the first take alone; before it when refused)}.
 _ADMIT = _LEVEL + """
 local now = clock()
-local n, s = tonumber(ARGV[1]), tonumber(ARGV[2])
+local n, s, most, fraction = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local levels, denied, retry = {}, 0, 0
 for i = 1, n do
-  local cap, cost = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
+  local cap, cost = tonumber(ARGV[3 + 2 * i]), tonumber(ARGV[4 + 2 * i])
   levels[i] = level_of(KEYS[i], cap, now)
   if denied == 0 and levels[i] < cost then denied = i; retry = math.ceil((cost - levels[i]) * 60000.0 / cap) end
+  if cost > 0 then most = math.min(most, math.floor((levels[i] - cost) / (fraction * cost))) end
 end
-local a = 3 + 2 * n
+local a = 5 + 2 * n
 if s == 1 and denied == 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[n + 1], '-inf', now)
   if redis.call('ZCARD', KEYS[n + 1]) >= tonumber(ARGV[a]) then denied = n + 1; retry = 1000 end
@@ -59,15 +81,15 @@ local b = a + 3 * s
 local amount, full, committed = tonumber(ARGV[b]), 0, 0
 if denied == 0 then
   for i = n + s + 1, #KEYS do
-    local used = tonumber(redis.call('GET', KEYS[i]) or '0')
-    if full == 0 and used + amount > tonumber(ARGV[b - 1 + 2 * (i - n - s)]) then
-      full = i - n - s; committed = used
-    end
+    local used, limit = tonumber(redis.call('GET', KEYS[i]) or '0'), tonumber(ARGV[b - 1 + 2 * (i - n - s)])
+    if full == 0 and used + amount > limit then full = i - n - s; committed = used end
+    if amount > 0 then most = math.min(most, math.floor((limit - used - amount) / (fraction * amount))) end
   end
 end
+if denied ~= 0 or full ~= 0 or most < 0 then most = 0 end
 if denied == 0 and full == 0 then
   for i = 1, n do
-    levels[i] = levels[i] - tonumber(ARGV[2 + 2 * i])
+    levels[i] = levels[i] - tonumber(ARGV[4 + 2 * i]) * (1 + most)
     store(KEYS[i], levels[i], now, 120000)
   end
   if s == 1 then
@@ -76,20 +98,20 @@ if denied == 0 and full == 0 then
     redis.call('PEXPIRE', KEYS[n + 1], ttl)
   end
   for i = n + s + 1, #KEYS do
-    redis.call('INCRBY', KEYS[i], amount)
+    redis.call('INCRBY', KEYS[i], amount * (1 + most))
     local ttl = tonumber(ARGV[b + 2 * (i - n - s)])
     if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) end
   end
 end
-local out = {denied, retry, full, committed}
-for i = 1, n do out[4 + i] = math.floor(levels[i]) end
+local out = {denied, retry, full, committed, most}
+for i = 1, n do out[5 + i] = math.floor(levels[i] + most * tonumber(ARGV[4 + 2 * i])) end
 return out
 """
 
-# Requests are over: everything settled during one event-loop turn, merged per counter. KEYS: n
-# token buckets, m slots, then budget lines. ARGV: n, m, (capacity, tokens) per bucket, member per
-# slot, nano-dollars per line. Tokens counted after the fact go into a bucket even below zero (by
-# at most a minute's capacity).
+# Requests are over (and shares given back): everything settled during one event-loop turn, merged
+# per counter. KEYS: n buckets, m slots, then budget lines. ARGV: n, m, (capacity, requests or tokens
+# to take) per bucket, member per slot, nano-dollars per line. Tokens counted after the fact go into a
+# bucket even below zero (by at most a minute's capacity).
 _SETTLE = _LEVEL + """
 local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
 if n > 0 then
@@ -107,6 +129,9 @@ return 1
 _OUTAGES = (OSError, RedisConnectionError, RedisTimeoutError)
 MAX_CONNECTIONS = 16  # per process: scripts are short, and settles are merged per loop turn
 SLOT_TTL_MS = 3_600_000  # a request that never settles gives its place in the slot back after an hour
+LEASE_MOST = 128  # a share is at most this many units ...
+LEASE_FRACTION = 64  # ... and at most 1/64 of what any counter has left: near a limit, nothing is leased
+LEASE_TTL_S = 1.0  # what a share has not spent by then goes back
 
 
 class RedisCounters:
@@ -125,12 +150,70 @@ class RedisCounters:
         self._failures_in_a_row = 0  # one slow answer under load is not an outage
         self._pending = _Settles()
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._shares: dict[tuple[str, ...], _Share] = {}  # by the ask's shape: its bucket and line keys
+        self._renewals: dict[tuple[str, ...], asyncio.Future[tuple[Decision, int]]] = {}  # script calls on their way
         self.failures = 0
 
     async def admit(self, ask: Ask) -> Decision:
+        if ask.slot is not None:  # Redis decides every request that takes a place in a slot
+            return (await self._take(ask, 0))[0]
+        shape = (*(b.key for b in ask.buckets), *(line.key for line in ask.lines))
+        while True:
+            share = self._shares.get(shape)
+            if share is not None and share.units and ask.tokens <= share.ask.tokens and ask.amount <= share.ask.amount:
+                return self._spend(share, ask)
+            renewal = self._renewals.get(shape)
+            if renewal is None:
+                break
+            # Requests arriving while a call renews the share wait for it rather than each calling Redis.
+            if not (await asyncio.shield(renewal))[1]:  # nothing leased: near a limit, Redis decides each
+                return (await self._take(ask, 0))[0]
+        renewal = self._renewals[shape] = asyncio.ensure_future(self._renew(shape, ask))
+        try:
+            return (await asyncio.shield(renewal))[0]  # the share arrives even if this request is cancelled
+        except asyncio.CancelledError:
+            renewal.add_done_callback(partial(self._abandoned, ask))
+            raise
+
+    def _spend(self, share: _Share, ask: Ask) -> Decision:
+        share.units -= 1
+        spent, unit = share.granted - share.units, share.ask
+        # What the unit holds beyond this ask goes back, so the ask settles as if Redis had admitted it.
+        self._owe(ask, 0, ask.tokens - unit.tokens, ask.amount - unit.amount)
+        return Decision([level - spent * (unit.tokens if b.kind == "tokens" else 1)
+                         for b, level in zip(ask.buckets, share.levels, strict=True)])
+
+    async def _renew(self, shape: tuple[str, ...], ask: Ask) -> tuple[Decision, int]:
+        try:
+            decision, granted = await self._take(ask, LEASE_MOST)
+        finally:
+            del self._renewals[shape]
+        if granted:
+            old = self._shares.get(shape)
+            if old is not None:
+                self._end(shape, old)
+            self._shares[shape] = share = _Share(ask, granted, granted, decision.levels)
+            asyncio.get_running_loop().call_later(LEASE_TTL_S, self._end, shape, share)
+        return decision, granted
+
+    def _abandoned(self, ask: Ask, renewal: asyncio.Future[tuple[Decision, int]]) -> None:
+        """The request whose call renewed a share was cancelled meanwhile: what Redis took for it goes back."""
+        if not renewal.cancelled() and renewal.exception() is None and renewal.result()[0].admitted:
+            self._owe(ask, -1, -ask.tokens, -ask.amount)
+
+    def _end(self, shape: tuple[str, ...], share: _Share) -> None:
+        """The share is over (expired, replaced, or the store closes): its units go back with the next settle."""
+        if self._shares.get(shape) is share:
+            del self._shares[shape]
+        units, share.units = share.units, 0
+        if units:
+            self._owe(share.ask, -units, -units * share.ask.tokens, -units * share.ask.amount)
+
+    async def _take(self, ask: Ask, most: int) -> tuple[Decision, int]:
+        """The admit script: the decision, and how many more units it took for this process's share."""
         p = self._prefix
         keys = [p + b.key for b in ask.buckets]
-        args: list[Any] = [len(ask.buckets), 0 if ask.slot is None else 1]
+        args: list[Any] = [len(ask.buckets), 0 if ask.slot is None else 1, most, LEASE_FRACTION]
         for bucket in ask.buckets:
             args += (bucket.capacity, ask.tokens if bucket.kind == "tokens" else 1)
         if ask.slot is not None:
@@ -140,21 +223,26 @@ class RedisCounters:
         for line in ask.lines:
             keys.append(p + line.key)
             args += (line.limit, line.ttl_s)
-        denied, retry_ms, full, committed, *levels = await self._call(self._admit(keys=keys, args=args))
+        denied, retry_ms, full, committed, more, *levels = await self._call(self._admit(keys=keys, args=args))
         return Decision(
             [float(level) for level in levels], denied=int(denied) - 1 if denied else None,
             retry_after=int(retry_ms) / 1000.0, budget_full=int(full) - 1 if full else None, committed=int(committed),
-        )
+        ), int(more)
 
     def settle(self, ask: Ask, tokens: int, money: int) -> None:
-        pending = self._pending
         if ask.slot is not None:
-            pending.slots.append((ask.slot, ask.member))
-        if tokens:
-            for bucket in ask.buckets:
-                if bucket.kind == "tokens":
-                    _, owed = pending.tokens.get(bucket.key, (0, 0))
-                    pending.tokens[bucket.key] = (bucket.capacity, owed + tokens)
+            self._pending.slots.append((ask.slot, ask.member))
+        self._owe(ask, 0, tokens, money)
+
+    def _owe(self, ask: Ask, requests: int, tokens: int, money: int) -> None:
+        """Queue for the next settle call: ``requests`` more from the ask's requests buckets, ``tokens``
+        from its tokens buckets, ``money`` on its budget lines (less than zero: given back)."""
+        pending = self._pending
+        for bucket in ask.buckets:
+            more = requests if bucket.kind == "requests" else tokens
+            if more:
+                _, owed = pending.tokens.get(bucket.key, (0, 0))
+                pending.tokens[bucket.key] = (bucket.capacity, owed + more)
         if money:
             for line in ask.lines:
                 pending.money[line.key] = pending.money.get(line.key, 0) + money
@@ -210,15 +298,29 @@ class RedisCounters:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     async def aclose(self) -> None:
+        await asyncio.gather(*self._renewals.values(), return_exceptions=True)
+        for shape, share in list(self._shares.items()):
+            self._end(shape, share)
         await self.flush()
         await self._redis.aclose()
+
+
+@dataclass(slots=True)
+class _Share:
+    """Units this process took for one ask shape: each is what ``ask`` took (a request, its tokens from
+    every tokens bucket, its amount on every budget line). ``levels``: the buckets' after that ask."""
+
+    ask: Ask
+    units: int  # not spent yet
+    granted: int
+    levels: list[float]
 
 
 class _Settles:
     """Settles not sent yet, merged per counter."""
 
     def __init__(self) -> None:
-        self.tokens: dict[str, tuple[int, int]] = {}  # bucket -> (capacity, tokens to take)
+        self.tokens: dict[str, tuple[int, int]] = {}  # bucket -> (capacity, requests or tokens to take)
         self.slots: list[tuple[str, str]] = []  # (slot, member) to free
         self.money: dict[str, int] = {}  # budget line -> nano-dollars to add
         self.scheduled = False
