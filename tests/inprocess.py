@@ -34,10 +34,8 @@ from tokenway.config import DeploymentConfig, GatewayConfig, Settings, parse_con
 from tokenway.context import RequestContext
 from tokenway.deployments import Deployment, ModelTable
 from tokenway.errors import GatewayError, UpstreamError, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
-from tokenway.policies.admission import LimitConcurrency
 from tokenway.policies.base import Policy
 from tokenway.policies.resilience import Resilience
-from tokenway.policies.routing import Route
 from tokenway.protocol import SSE_DONE, Usage, sse_event
 from tokenway.providers.base import Answer, Call, Completion, ProviderOptions, ProviderResources, Stream
 from tokenway.providers.registry import register_provider
@@ -236,34 +234,21 @@ register_provider("fake", ScriptedProvider)
 
 
 class InProcessGateway(Gateway):
-    """The real gateway with the fake clock handed to every policy that keeps time.
-
-    Until ``app.py`` passes a clock itself, the clock-keeping policies of the real list are swapped
-    for copies built with the fake clock; ``extra`` policies run just before retries and fallbacks.
-    """
+    """The real gateway on the fake clock; ``extra`` policies run just before retries and fallbacks."""
 
     def __init__(self, settings: Settings, config: GatewayConfig, clock: Clock, extra: Sequence[Policy] = ()) -> None:
-        super().__init__(settings, config)
-        self.clock = clock
+        super().__init__(settings, config, clock=clock)
         self.extra = list(extra)
-        self.models = ModelTable({})
 
     def policies(self, models: ModelTable) -> list[Policy]:
-        self.models = models
         for deployment in models.all():
             if isinstance(deployment.provider, ScriptedProvider):
                 deployment.provider.clock = self.clock
         chain: list[Policy] = []
         for policy in super().policies(models):
             if isinstance(policy, Resilience):
-                chain += [*self.extra, Resilience(models, self.config, self.routing, self.clock)]
-            elif isinstance(policy, Route):
-                self.route = Route(models, self.config, self.routing, self.clock)
-                chain.append(self.route)
-            elif isinstance(policy, LimitConcurrency):
-                chain.append(LimitConcurrency(self.clock))
-            else:
-                chain.append(policy)
+                chain += self.extra
+            chain.append(policy)
         return chain
 
 

@@ -23,6 +23,7 @@ from tokenway.api.admin_status import status_router
 from tokenway.api.control import control_app
 from tokenway.api.openai import DataPlane
 from tokenway.asgi import Receive, Scope, Send, send_error
+from tokenway.clock import SYSTEM_CLOCK, Clock
 from tokenway.config import GatewayConfig, Settings, load_config
 from tokenway.context import RequestContext
 from tokenway.deployments import Deployment, ModelTable
@@ -69,9 +70,12 @@ def upstream_caller(metrics: Metrics) -> Handler:
 class Gateway:
     """The ASGI application."""
 
-    def __init__(self, settings: Settings, config: GatewayConfig, log: JsonLog | None = None) -> None:
+    def __init__(
+        self, settings: Settings, config: GatewayConfig, log: JsonLog | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.settings = settings
         self.config = config
+        self.clock = clock  # what the policies that keep time (retries, breakers, queues) read and sleep on
         self.log = log or JsonLog(
             sample=config.logging.sample, requests=config.logging.requests, content=config.logging.content,
             level=settings.log_level,
@@ -94,14 +98,19 @@ class Gateway:
 
     def policies(self, models: ModelTable) -> list[Policy]:
         """The request path, top to bottom. Adding a policy is adding a module and a line here."""
-        self.route = Route(models, self.config, self.routing)
+        self.route = Route(models, self.config, self.routing, self.clock)
         return [
             self.access.policy,  # keys -> rate limits + budget hold (one atomic step) -> settle + ledger at the end
             *([self.cache] if self.cache is not None else []),
-            Resilience(models, self.config, self.routing),  # retries, fallbacks (within the key's allow-list)
+            Resilience(models, self.config, self.routing, self.clock),  # retries, fallbacks within the allow-list
             self.route,  # picks ctx.target, the deployment of this attempt
-            LimitConcurrency(),
+            LimitConcurrency(self.clock),
         ]
+
+    @property
+    def models(self) -> ModelTable:
+        """Every model's deployments, with their providers (empty until start-up)."""
+        return self._models
 
     def _state(self) -> dict[str, bool]:
         return {"ready": self.is_ready(), "draining": self.draining}
@@ -237,6 +246,8 @@ class Gateway:
         await self.log.aclose()
 
 
-def create_app(settings: Settings | None = None, config: GatewayConfig | None = None) -> Gateway:
+def create_app(
+    settings: Settings | None = None, config: GatewayConfig | None = None, clock: Clock = SYSTEM_CLOCK
+) -> Gateway:
     settings = settings or Settings()
-    return Gateway(settings, config if config is not None else load_config(settings.config))
+    return Gateway(settings, config if config is not None else load_config(settings.config), clock=clock)

@@ -33,7 +33,7 @@ class Deployment:
     in_flight: int = 0
     breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(BreakerConfig()))
     healthy: bool = True  # the active health check's verdict; True when none is configured
-    cooldown_until: float = 0.0  # time.monotonic() before which its Retry-After asks us to stay away
+    cooldown_until: float = 0.0  # routing clock time (Clock.now()) before which its Retry-After asks us to stay away
     ttft_ewma: float | None = None  # seconds to the first byte (whole answer when not streaming)
     engine: EngineLoad | None = None  # None: no scrape configured, or the last one failed
     picks: int = 0
