@@ -8,6 +8,9 @@
 # Two gateways run side by side (memory and Redis counters); the three variants are measured in turn,
 # ROUNDS times, so that the box's drift hits all three alike. Compare within a round.
 # Needs Debian's nginx and wrk. Env: SECONDS_EACH (default 10), ROUNDS (default 3), PIN (0).
+# BASE=<commit>: also an embedded gateway from that commit's source tree (a git worktree under the
+# temporary folder, same venv), measured in every round as "embedded@BASE": a same-run A/B of the
+# access path.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(cd "$here/../.." && pwd); shared=$root/../shared/bench
 secs=${SECONDS_EACH:-10}; rounds=${ROUNDS:-3}; port=${PORT:-8301}
@@ -38,11 +41,18 @@ measure() { # name port key gateway-pid
     "$(( (after - before) * 1000000 / ticks / requests ))" "$(( (redis_after - redis_before) * 1000000 / ticks / requests ))"
 }
 start "$port" "$run/memory"; memory_pid=${pids[-1]}
+if [ -n "${BASE:-}" ]; then
+  git -C "$root" worktree add --detach "$run/base" "$BASE" >/dev/null 2>&1
+  trap 'cleanup; git -C "$root" worktree remove --force "$run/base" 2>/dev/null' EXIT
+  start "$((port + 2))" "$run/based" PYTHONPATH="$run/base" PYTHONSAFEPATH=1; base_pid=${pids[-1]}
+  base_key=$(newkey "$((port + 2))")
+fi
 start "$((port + 1))" "$run/redis" TOKENWAY_REDIS_URL=redis://127.0.0.1:6379/0; redis_gateway_pid=${pids[-1]}
 memory_key=$(newkey "$port"); redis_key=$(newkey "$((port + 1))")
 for round in $(seq "$rounds"); do
   echo "round $round"
   measure master "$port" sk-bench "$memory_pid"
   measure embedded "$port" "$memory_key" "$memory_pid"
+  if [ -n "${BASE:-}" ]; then measure "embedded@$BASE" "$((port + 2))" "$base_key" "$base_pid"; fi
   measure redis "$((port + 1))" "$redis_key" "$redis_gateway_pid"
 done
