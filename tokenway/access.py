@@ -13,8 +13,7 @@ import time
 from tokenway.config import GatewayConfig, Settings
 from tokenway.keys import KeyCache
 from tokenway.observability.logging import JsonLog
-from tokenway.policies.access import Access as AccessPolicy
-from tokenway.policies.access import budget_lines
+from tokenway.policies.access import AccessPolicy, budget_lines
 from tokenway.stores.base import Database
 from tokenway.stores.counters import Counters
 from tokenway.usage.ledger import Ledger

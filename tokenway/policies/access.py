@@ -49,7 +49,7 @@ def budget_lines(key: KeyRecord, access: AccessConfig, now: float | None = None)
             for scope, name, budget in owners if budget is not None]
 
 
-class Access:
+class AccessPolicy:
     def __init__(
         self, master_key: str | None, keys: KeyCache, counters: Counters, ledger: Ledger, access: AccessConfig,
         models: list[ModelConfig], log: JsonLog, clock: Callable[[], float] = time.time,
