@@ -28,17 +28,26 @@ class EngineLoad:
 
 @dataclass(eq=False, slots=True)
 class Deployment:
+    """One deployment of a model and its live state. Each field of that state has one writer, named
+    beside it; everything else only reads it."""
+
     config: DeploymentConfig
     provider: Provider
+    # policies/admission.py (LimitConcurrency), through acquire and release:
     in_flight: int = 0
+    # policies/routing.py (Route), at start-up and per attempt:
     breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(BreakerConfig()))
-    healthy: bool = True  # the active health check's verdict; True when none is configured
-    cooldown_until: float = 0.0  # routing clock time (Clock.now()) before which its Retry-After asks us to stay away
-    ttft_ewma: float | None = None  # seconds to the first byte (whole answer when not streaming)
-    engine: EngineLoad | None = None  # None: no scrape configured, or the last one failed
-    picks: int = 0
-    failures: int = 0
     on_release: Callable[[float], None] | None = None  # (seconds the slot was held): wakes the model's queue
+    cooldown_until: float = 0.0  # routing clock time (Clock.now()) before which its Retry-After asks us to stay away
+    picks: int = 0
+    # policies/routing.py for failures before the answer, routing/observe.py for failures mid-stream:
+    failures: int = 0
+    # routing/observe.py and policies/routing.py, through observe_ttft:
+    ttft_ewma: float | None = None  # seconds to the first byte (whole answer when not streaming)
+    # routing/health.py (active health checks):
+    healthy: bool = True  # the active health check's verdict; True when none is configured
+    # routing/engine_metrics.py (scrapes of a vLLM/SGLang worker's /metrics):
+    engine: EngineLoad | None = None  # None: no scrape configured, or the last one failed
     rates: Rates = field(init=False)  # its price (configured or listed), as integers: budgets and the ledger use it
 
     def __post_init__(self) -> None:
@@ -52,6 +61,9 @@ class Deployment:
     def full(self) -> bool:
         limit = self.config.max_concurrency
         return limit is not None and self.in_flight >= limit
+
+    def acquire(self) -> None:
+        self.in_flight += 1
 
     def release(self, held: float) -> None:
         self.in_flight -= 1

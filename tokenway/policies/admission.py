@@ -130,7 +130,7 @@ class LimitConcurrency:
                 "concurrent requests; retry shortly.",
                 retry_after=1,
             )
-        deployment.in_flight += 1
+        deployment.acquire()
         started = self._clock.now()
         try:
             answer = await next(ctx, call)
