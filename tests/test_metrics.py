@@ -79,7 +79,8 @@ def test_metrics_add_up_across_worker_processes(tmp_path: Path, upstream: FakeUp
     path = tmp_path / "tokenway.yaml"
     path.write_text(config(upstream))
     port = free_port()
-    env = {**os.environ, "TOKENWAY_PORT": str(port), "TOKENWAY_CONFIG": str(path), "TOKENWAY_WORKERS": "2"}
+    env = {**os.environ, "TOKENWAY_PORT": str(port), "TOKENWAY_CONFIG": str(path), "TOKENWAY_WORKERS": "2",
+           "TOKENWAY_REDIS_URL": "redis://127.0.0.1:6379/0"}  # several workers share their counters there
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     proc = subprocess.Popen([sys.executable, "-m", "tokenway", "serve"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -30,17 +30,11 @@ STREAM_HEADERS = [
 
 
 # An ASGI extension of tokenway's own server protocol (tokenway/http_protocol.py): a dict of hooks
-# in ``scope["extensions"]``, one per request:
-# - ``ON_DISCONNECT``: the app may put a callable there, which the server calls when the client
-#   hangs up before the response is complete. It spares a watcher task per request.
-# - ``HEAD_LINES``: the server offers a callable that takes header lines the app rendered itself
-#   (``b"name: value\r\n"`` each, of names and values it made, so there is nothing to check) and
-#   puts them in the next response head as they are. It spares the server's per-header checks
-#   (two regular expressions, a lowercase and a list extend per header: for the six
-#   ``x-ratelimit-*`` headers that was more work than the rate limits themselves).
+# in ``scope["extensions"]``, one per request. The app may put a callable under ``ON_DISCONNECT``,
+# which the server calls when the client hangs up before the response is complete: it spares a
+# watcher task per request.
 SERVER_HOOKS = "tokenway.server"
 ON_DISCONNECT = "on_disconnect"
-HEAD_LINES = "head_lines"
 
 
 class ClientDisconnected(Exception):
@@ -51,27 +45,6 @@ def server_hooks(scope: Scope) -> dict[str, Any] | None:
     """The server's hooks for this request (``SERVER_HOOKS``), when the server offers them."""
     extensions = scope.get("extensions")
     return extensions.get(SERVER_HOOKS) if extensions else None
-
-
-def with_head_lines(
-    headers: list[tuple[bytes, bytes]], lines: bytes, hooks: dict[str, Any] | None
-) -> list[tuple[bytes, bytes]]:
-    """The headers to send with the app's pre-rendered ``lines``: handed to the server where it takes
-    them (``HEAD_LINES``), else parsed back into name-value pairs. Call it just before the response
-    starts."""
-    if not lines:
-        return headers
-    set_head_lines = hooks.get(HEAD_LINES) if hooks is not None else None
-    if set_head_lines is not None:
-        set_head_lines(lines)
-        return headers
-    return headers + head_line_pairs(lines)
-
-
-def head_line_pairs(lines: bytes) -> list[tuple[bytes, bytes]]:
-    """Rendered header lines (``b"name: value\r\n"`` each) as name-value pairs."""
-    pairs = (line.split(b": ", 1) for line in lines.split(b"\r\n") if line)
-    return [(name, value) for name, value in pairs]
 
 
 async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes:

@@ -1,14 +1,17 @@
 """uvicorn's httptools protocol, with the writes of one event-loop turn sent to the socket together,
-a hang-up callback for the app instead of a watcher task per request, and header lines the app
-rendered itself put in the response head as they are.
+and a hang-up callback for the app instead of a watcher task per request.
 
 uvicorn writes a response's status line and headers, then its body, each with its own
-``transport.write``; on an idle socket each one is a ``send`` system call, and on a small JSON
-answer the two calls cost more CPU than most of the gateway's own work. Here the head is held
+``transport.write``; on an idle socket each one is a ``send`` system call. Here the head is held
 back and goes out with the first body write: a non-streaming response leaves in one ``send``.
 A head that no body follows in the same turn of the event loop (a stream waiting for its first
 chunk) is sent at the start of the next turn; body writes are never held, so a stream's chunks
 leave exactly when they are written.
+
+``HttpToolsProtocol`` is uvicorn's private class. This subclass is kept because plain uvicorn
+measured ≥ 5% fewer requests per second end to end (benchmarks/ab/RESULTS.md), and only for the
+uvicorn versions in ``TESTED_UVICORN``: tests/test_http_protocol.py fails on any other, and
+pyproject.toml's uvicorn range names the same ones.
 """
 
 from __future__ import annotations
@@ -18,46 +21,32 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from tokenway.asgi import HEAD_LINES, ON_DISCONNECT, SERVER_HOOKS
+from tokenway.asgi import ON_DISCONNECT, SERVER_HOOKS
+
+TESTED_UVICORN = ("0.55",)  # minor versions this subclass was measured and tested on
 
 
 class CoalescingTransport:
     """Holds a response head back until the body's first write (or the loop's next turn); the rest is
     the transport's."""
 
-    __slots__ = ("_head_lines", "_loop", "_pending", "_transport")
+    __slots__ = ("_loop", "_pending", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] = []
-        self._head_lines = b""
 
     def write(self, data: bytes) -> None:
-        head = data.startswith(b"HTTP/")  # a status line and headers
-        # The app's own lines go before the blank line that ends the final head; never into an
-        # interim one ("HTTP/1.1 100 Continue", which may itself still be held here).
-        if head and self._head_lines and data[9:10] != b"1":
-            data = data[:-2] + self._head_lines + b"\r\n"
-            self._head_lines = b""
         pending = self._pending
         if pending:
             pending.append(data)
             self.flush()
-        elif head:  # the body is likely written next
+        elif data.startswith(b"HTTP/"):  # a status line and headers: the body is likely written next
             pending.append(data)
             self._loop.call_soon(self.flush)
         else:
             self._transport.write(data)
-
-    def set_head_lines(self, lines: bytes) -> None:
-        """Lines for the next response head. A connection runs one request's app at a time (uvicorn
-        queues pipelined ones), and that app sets them just before it starts its response."""
-        self._head_lines = lines
-
-    def response_complete(self) -> None:
-        """Lines no head took (the response never started) belong to no later response."""
-        self._head_lines = b""
 
     def flush(self) -> None:
         pending = self._pending
@@ -76,22 +65,14 @@ class CoalescingTransport:
 
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """Also offers the app its hooks (``SERVER_HOOKS``: a hang-up callback, head lines) in every
-    request's scope."""
+    """Also offers the app a hang-up hook (``SERVER_HOOKS``) in every request's scope."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        coalescing = self._coalescing = CoalescingTransport(transport, self.loop)
-        self._set_head_lines = coalescing.set_head_lines  # made once: offered to every request
-        super().connection_made(coalescing)  # type: ignore[arg-type]
+        super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        hooks: dict[str, Any] = {HEAD_LINES: self._set_head_lines}
-        self.scope["extensions"] = {SERVER_HOOKS: hooks}  # type: ignore[typeddict-unknown-key,dict-item]
-
-    def on_response_complete(self) -> None:
-        self._coalescing.response_complete()
-        super().on_response_complete()
+        self.scope["extensions"] = {SERVER_HOOKS: {}}  # type: ignore[typeddict-unknown-key]
 
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle

@@ -1,11 +1,10 @@
 """Prometheus metrics: the golden signals and the LLM ones, recorded once per request.
 
-Every metric lives in the app's own registry (no global state). One process keeps its values
-as plain numbers (``families.py``: no lock per update). With several worker processes the CLI
-points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder before the workers start, values go to
-prometheus-client's shared files, and a scrape of any worker aggregates all of them.
-Labels are bounded: configured model and deployment names, status codes, key aliases —
-never request ids or raw user ids.
+Every metric lives in the app's own registry (no global state), as prometheus-client's own
+classes. With several worker processes the CLI points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh
+folder before the workers start, values go to prometheus-client's shared files, and a scrape of
+any worker aggregates all of them. Labels are bounded: configured model and deployment names,
+status codes, key aliases — never request ids or raw user ids.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from tokenway.context import RequestContext
-from tokenway.observability.families import Family, Kind
 from tokenway.protocol import Usage
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -31,67 +29,60 @@ _UPSTREAM_ERRORS = {"UpstreamError", "UpstreamTimeout", "UpstreamUnavailable", "
 class Metrics:
     def __init__(self) -> None:
         self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
-        self.registry = CollectorRegistry()
-        family = self._family
-        self.requests = family(
-            "counter", "tokenway_requests", "Requests answered, by outcome.",
-            ["model", "deployment", "endpoint", "status_code", "stream"],
+        self.registry = registry = CollectorRegistry()
+        self.requests = Counter(
+            "tokenway_requests", "Requests answered, by outcome.",
+            ["model", "deployment", "endpoint", "status_code", "stream"], registry=registry,
         )
-        self.duration = family(
-            "histogram", "tokenway_request_duration_seconds", "Time from request to the last byte of the response.",
-            ["model", "stream"], LATENCY_BUCKETS,
+        self.duration = Histogram(
+            "tokenway_request_duration_seconds", "Time from request to the last byte of the response.",
+            ["model", "stream"], buckets=LATENCY_BUCKETS, registry=registry,
         )
-        self.ttft = family(
-            "histogram", "tokenway_time_to_first_token_seconds",
-            "Time from request to the first streamed chunk, at the gateway.", ["model", "deployment"], TTFT_BUCKETS,
+        self.ttft = Histogram(
+            "tokenway_time_to_first_token_seconds", "Time from request to the first streamed chunk, at the gateway.",
+            ["model", "deployment"], buckets=TTFT_BUCKETS, registry=registry,
         )
-        self.itl = family(
-            "histogram", "tokenway_inter_token_latency_seconds",
-            "Gaps between streamed chunks, measured at the gateway.", ["model", "deployment"], ITL_BUCKETS,
+        self.itl = Histogram(
+            "tokenway_inter_token_latency_seconds", "Gaps between streamed chunks, measured at the gateway.",
+            ["model", "deployment"], buckets=ITL_BUCKETS, registry=registry,
         )
-        self.overhead = family(
-            "histogram", "tokenway_gateway_overhead_seconds", "Time spent in tokenway itself, excluding the upstream.",
-            ["endpoint"], OVERHEAD_BUCKETS,
+        self.overhead = Histogram(
+            "tokenway_gateway_overhead_seconds", "Time spent in tokenway itself, excluding the upstream.",
+            ["endpoint"], buckets=OVERHEAD_BUCKETS, registry=registry,
         )
-        self.tokens = family("counter", "tokenway_tokens", "Tokens processed.", ["model", "deployment", "type"])
-        self.cost = family(
-            "counter", "tokenway_cost_usd", "Spend in US dollars at the configured prices.", ["model", "key_alias"],
+        self.tokens = Counter(
+            "tokenway_tokens", "Tokens processed.", ["model", "deployment", "type"], registry=registry,
         )
-        self.in_flight = family("gauge", "tokenway_in_flight_requests", "Requests being served now.", ["endpoint"])
-        self.upstream_errors = family(
-            "counter", "tokenway_upstream_errors",
-            "Failed backend attempts (before or during the answer), by error class.", ["deployment", "type"],
+        self.cost = Counter(
+            "tokenway_cost_usd", "Spend in US dollars at the configured prices.", ["model", "key_alias"],
+            registry=registry,
         )
-        self.retries = family(
-            "counter", "tokenway_retries", "Extra attempts made on other deployments or later.", ["model"],
+        # With several workers, one that exits takes its in-flight count with it.
+        self.in_flight = Gauge(
+            "tokenway_in_flight_requests", "Requests being served now.", ["endpoint"], registry=registry,
+            multiprocess_mode="livesum",
         )
-        self.cache_lookups = family("counter", "tokenway_cache_lookups", "Response cache lookups.", ["model", "result"])
-        self.queue_wait = family(
-            "histogram", "tokenway_queue_wait_seconds", "Time spent in the admission queue waiting for a slot.",
-            ["model"], LATENCY_BUCKETS,
+        self.upstream_errors = Counter(
+            "tokenway_upstream_errors", "Failed backend attempts (before or during the answer), by error class.",
+            ["deployment", "type"], registry=registry,
         )
-        self.rate_limited = family(
-            "counter", "tokenway_rate_limited", "Requests refused with 429.", ["model", "source"],
+        self.retries = Counter(
+            "tokenway_retries", "Extra attempts made on other deployments or later.", ["model"], registry=registry,
+        )
+        self.cache_lookups = Counter(
+            "tokenway_cache_lookups", "Response cache lookups.", ["model", "result"], registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "tokenway_queue_wait_seconds", "Time spent in the admission queue waiting for a slot.",
+            ["model"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.rate_limited = Counter(
+            "tokenway_rate_limited", "Requests refused with 429.", ["model", "source"], registry=registry,
         )
         # Live state read at scrape time (breakers, queues, worker load): this process's own view.
         self._live = CollectorRegistry()
         self._by_labels: dict[tuple[str, str, str, bool], _Series] = {}
         self._in_flight_children: dict[str, Any] = {}
-
-    def _family(
-        self, kind: Kind, name: str, documentation: str, labelnames: list[str], buckets: tuple[float, ...] = ()
-    ) -> Any:
-        """A metric with ``labels(...)`` children: kept in this process (``Family``), or, with several worker
-        processes, prometheus-client's, whose values live in the shared files."""
-        if not self.multiprocess:
-            family = Family(kind, name, documentation, labelnames, buckets)
-            self.registry.register(family)
-            return family
-        if kind == "histogram":
-            return Histogram(name, documentation, labelnames, buckets=buckets, registry=self.registry)
-        if kind == "gauge":  # a worker that exits takes its in-flight count with it
-            return Gauge(name, documentation, labelnames, registry=self.registry, multiprocess_mode="livesum")
-        return Counter(name, documentation, labelnames, registry=self.registry)
 
     def close(self) -> None:
         """Drop this process's live gauges from the shared files (multiprocess mode)."""
@@ -166,7 +157,8 @@ class Metrics:
         return child
 
     def _series(self, model: str, deployment: str, endpoint: str, stream: bool) -> _Series:
-        # prometheus-client's labels() costs about a microsecond per call; resolve each label set once.
+        # labels() takes a lock and checks every value on each call: each label set is resolved once
+        # (benchmarks/ab/RESULTS.md).
         key = (model, deployment, endpoint, stream)
         series = self._by_labels.get(key)
         if series is None:
@@ -185,7 +177,7 @@ class Metrics:
 
 
 class _Series:
-    """The labelled children one kind of request updates, resolved once per label set."""
+    """The labelled children one kind of request updates, from ``labels()`` once per label set."""
 
     __slots__ = (
         "_cache",
