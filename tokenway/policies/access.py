@@ -22,6 +22,7 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from tokenway.config import ModelConfig
 from tokenway.context import RequestContext
@@ -49,6 +50,23 @@ def budget_lines(key: KeyRecord, access: AccessConfig, now: float | None = None)
             for scope, name, budget in owners if budget is not None]
 
 
+MAX_PLANS = 4096  # plans kept; past that the table starts over
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What one caller's requests for one model take from the counters, worked out once."""
+
+    key: KeyRecord | None  # the key record it was made for: a changed key is a new record
+    day: int  # the UTC day it was made on
+    buckets: list[Bucket] = field(default_factory=list)
+    tightest: Bucket | None = None  # the tokens bucket with the least capacity
+    slot: tuple[str, int] | None = None  # the key's concurrency slot and its limit
+    lines: list[BudgetLine] = field(default_factory=list)
+    # The dearest rates of every deployment that may serve the request (fallbacks included).
+    rates: Rates = field(default_factory=lambda: Rates(0, 0))
+
+
 class AccessPolicy:
     def __init__(
         self, master_key: str | None, keys: KeyCache, counters: Counters, ledger: Ledger, access: AccessConfig,
@@ -66,6 +84,7 @@ class AccessPolicy:
         self._store_down_logged = 0.0
         self._models = {m.name: m for m in models}
         self._rates = {m.name: Rates.dearest([Rates.of(deployment_price(d)) for d in m.deployments]) for m in models}
+        self._plans: dict[tuple[str, str], _Plan] = {}  # (key id, "ip:<address>" or ""; model) -> plan
 
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
         model = call.body.get("model") or ""
@@ -110,42 +129,63 @@ class AccessPolicy:
         return key
 
     def _limit(self, ctx: RequestContext, key: KeyRecord | None, call: Call, model: str, ask: Ask) -> None:
-        """Fill in what this request takes from the counters: its buckets, slot and budget hold."""
-        access = self._access
-        if key is not None:
-            _add(ask.buckets, "key", key.id, key.rpm, key.tpm)
-            team = access.teams.get(key.team or "")
-            if team is not None:
-                _add(ask.buckets, "team", key.team or "", team.rpm, team.tpm)
-            if key.max_parallel:
-                ask.slot, ask.slot_limit = f"conc:key:{key.id}", key.max_parallel
-                ask.member = ctx.request_id + secrets.token_hex(4)
-            ask.lines = budget_lines(key, access, self._clock())
-        elif ctx.key_alias is None and ctx.client_ip and (access.anonymous.rpm or access.anonymous.tpm):
-            _add(ask.buckets, "ip", ctx.client_ip, access.anonymous.rpm, access.anonymous.tpm)
-        limit = access.models.get(model)
-        if limit is not None:
-            _add(ask.buckets, "model", model, limit.rpm, limit.tpm)
-        tightest = min((b for b in ask.buckets if b.kind == "tokens"), key=lambda b: b.capacity, default=None)
-        if tightest is not None and ask.tokens > tightest.capacity:  # waiting would never help
+        """Fill in what this request takes from the counters: its plan's buckets, slot and budget hold."""
+        anonymous = self._access.anonymous
+        ip = ctx.client_ip if key is None and ctx.key_alias is None and (anonymous.rpm or anonymous.tpm) else None
+        plan = self._plan(key, ip, model)
+        ask.buckets = plan.buckets
+        if plan.tightest is not None and ask.tokens > plan.tightest.capacity:  # waiting would never help
             raise RateLimited(
-                f"This request needs about {ask.tokens} tokens, more than the {tightest.scope}'s limit of "
-                f"{tightest.capacity} tokens per minute; send a shorter prompt.", code="tokens_exceeded")
-        if ask.lines:
+                f"This request needs about {ask.tokens} tokens, more than the {plan.tightest.scope}'s limit of "
+                f"{plan.tightest.capacity} tokens per minute; send a shorter prompt.", code="tokens_exceeded")
+        if plan.slot is not None:
+            ask.slot, ask.slot_limit = plan.slot
+            ask.member = ctx.request_id + secrets.token_hex(4)
+        if plan.lines:
             max_tokens = call.max_tokens
             if max_tokens is None:  # the backend must stop where the hold does
-                max_tokens = call.body["max_tokens"] = access.budget_max_tokens
-            ask.amount = self._dearest(model, key).nanos(ask.tokens, max_tokens)
-            if ask.amount == 0:  # every deployment that may serve it is free
-                ask.lines = []
+                max_tokens = call.body["max_tokens"] = self._access.budget_max_tokens
+            ask.amount = plan.rates.nanos(ask.tokens, max_tokens)
+            ask.lines = plan.lines if ask.amount else []  # every deployment that may serve it is free
 
-    def _dearest(self, model: str, key: KeyRecord | None) -> Rates:
+    def _plan(self, key: KeyRecord | None, ip: str | None, model: str) -> _Plan:
+        """The plan for a key's (or a client address's) requests for a model, made again when the key
+        changes or the UTC day turns (a budget line is a counter per period)."""
+        day = int(self._clock() // 86400)
+        name = key.id if key is not None else f"ip:{ip}" if ip else ""
+        kept = self._plans.get((name, model))
+        if kept is not None and kept.key is key and kept.day == day:
+            return kept
+        access = self._access
+        plan = _Plan(key, day)
+        if key is not None:
+            _add(plan.buckets, "key", key.id, key.rpm, key.tpm)
+            team = access.teams.get(key.team or "")
+            if team is not None:
+                _add(plan.buckets, "team", key.team or "", team.rpm, team.tpm)
+            if key.max_parallel:
+                plan.slot = (f"conc:key:{key.id}", key.max_parallel)
+            plan.lines = budget_lines(key, access, self._clock())
+            plan.rates = self._dearest(model, key)
+        elif ip:
+            _add(plan.buckets, "ip", ip, access.anonymous.rpm, access.anonymous.tpm)
+        limit = access.models.get(model)
+        if limit is not None:
+            _add(plan.buckets, "model", model, limit.rpm, limit.tpm)
+        plan.tightest = min((b for b in plan.buckets if b.kind == "tokens"), key=lambda b: b.capacity, default=None)
+        if model in self._models:  # names of models the gateway does not serve are not kept
+            if len(self._plans) >= MAX_PLANS:
+                self._plans.clear()
+            self._plans[(name, model)] = plan
+        return plan
+
+    def _dearest(self, model: str, key: KeyRecord) -> Rates:
         """Rates no cheaper than any deployment that may serve ``model`` for this key, fallbacks included."""
         seen, chain = {model}, [model]
         for name in chain:
             config = self._models.get(name)
             for fallback in [] if config is None else [*config.fallbacks, *config.context_fallbacks]:
-                if fallback not in seen and (key is None or not key.models or fallback in key.models):
+                if fallback not in seen and (not key.models or fallback in key.models):
                     seen.add(fallback)
                     chain.append(fallback)
         return Rates.dearest([self._rates[name] for name in chain if name in self._rates])
