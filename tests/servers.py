@@ -26,16 +26,19 @@ def free_port() -> int:
 
 @contextmanager
 def running_gateway(
-    config_yaml: str, *, master_key: str | None = None, wait_ready: bool = True
+    config_yaml: str, *, master_key: str | None = None, wait_ready: bool = True, http: Any = None
 ) -> Iterator[str]:
-    """Yield the gateway's base URL (``http://127.0.0.1:PORT``) while it serves ``config_yaml``."""
-    with running_app(config_yaml, master_key=master_key, wait_ready=wait_ready) as (base, _):
+    """Yield the gateway's base URL (``http://127.0.0.1:PORT``) while it serves ``config_yaml``.
+
+    ``http``: uvicorn's HTTP protocol; by default the one ``tokenway serve`` runs."""
+    with running_app(config_yaml, master_key=master_key, wait_ready=wait_ready, http=http) as (base, _):
         yield base
 
 
 @contextmanager
 def running_app(
-    config_yaml: str, *, master_key: str | None = None, wait_ready: bool = True, **settings: Any
+    config_yaml: str, *, master_key: str | None = None, wait_ready: bool = True, http: Any = None,
+    **settings: Any
 ) -> Iterator[tuple[str, Gateway]]:
     """Like ``running_gateway``, and also yield the app object itself; ``settings`` are more ``Settings``."""
     port = free_port()
@@ -43,7 +46,8 @@ def running_app(
         Settings(host="127.0.0.1", port=port, master_key=master_key, **settings), parse_config(config_yaml)
     )
     server = uvicorn.Server(uvicorn.Config(
-        app, host="127.0.0.1", port=port, lifespan="on", log_level="warning", **server_options(),
+        app, host="127.0.0.1", port=port, lifespan="on", log_level="warning",
+        **{**server_options(), **({"http": http} if http is not None else {})},
     ))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
