@@ -15,7 +15,7 @@ from tokenway.cache.keys import exact_key, is_deterministic, semantic_scope, ten
 from tokenway.cache.options import CacheConfig, ModelCacheConfig
 from tokenway.context import RequestContext
 from tokenway.policies.cache import ResponseCache
-from tokenway.protocol import Usage, iter_sse_data, sse_event
+from tokenway.protocol import Usage, ends_stream, iter_sse_data, sse_event
 from tokenway.providers.base import Call, Completion, Stream
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
@@ -156,6 +156,21 @@ async def test_a_departed_leader_does_not_cancel_the_followers() -> None:
     assert backend.calls == 1 and backend.cancelled == 0
 
 
+async def test_a_follower_cut_short_owes_nothing_and_the_leader_its_delivered_tokens() -> None:
+    # A stream that ends early is billed from its usage, or from the tokens delivered when it has
+    # none yet: the follower's answer is free from its first block, the leader's is not.
+    cache, backend = policy(), Backend(delay=0.05, stream=True)
+    body = {**BODY, "stream": True}
+    leader = await cache(ctx(), Call("chat", body), backend)
+    follower = await cache(ctx(), Call("chat", body), backend)
+    assert isinstance(leader, Stream) and isinstance(follower, Stream)
+    assert b'"a"' in await leader.__anext__() and b'"a"' in await follower.__anext__()
+    assert leader.usage is None
+    assert follower.usage == Usage()
+    await follower.aclose()
+    await leader.aclose()
+
+
 async def test_the_backend_call_stops_when_every_caller_left() -> None:
     cache, backend = policy(), Backend(delay=0.2)
     tasks = [asyncio.ensure_future(cache(ctx(), Call("chat", BODY), backend)) for _ in range(3)]
@@ -191,7 +206,7 @@ async def test_a_reader_that_stops_at_done_still_pays_and_the_answer_is_stored()
     answer = await cache(ctx(), Call("chat", body), lagging)
     assert isinstance(answer, Stream)
     async for block in answer:
-        if block.endswith(b"data: [DONE]\n\n"):
+        if ends_stream(block):
             break
     assert answer.usage == Usage(1, 2)
     await answer.aclose()

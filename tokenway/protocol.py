@@ -177,6 +177,13 @@ class Usage:
 
 
 # ---- SSE framing ----------------------------------------------------------------------------
+#
+# Every stream inside the gateway is canonical: each event is ``data: <payload>\n\n`` (a payload
+# of several lines gets a ``data: `` line each), and the stream ends with ``SSE_DONE``. Upstream
+# bytes are decoded once, by ``SSEDecoder`` in the OpenAI-compatible relay, which hands them on
+# in that framing; the other providers, the cache and the gateway's own events write canonical
+# events to begin with. So a consumer of a ``Stream`` finds its payloads with ``iter_sse_data``
+# and its end with ``ends_stream``, and nothing else matches SSE bytes itself.
 
 SSE_DONE = b"data: [DONE]\n\n"
 SSE_HEARTBEAT = b": keep-alive\n\n"
@@ -186,6 +193,22 @@ def sse_event(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+def sse_data(payload: bytes) -> bytes:
+    """One canonical event carrying ``payload``."""
+    if _LF in payload:
+        payload = payload.replace(b"\n", b"\ndata: ")
+    return b"data: " + payload + b"\n\n"
+
+
+def sse_events(payloads: list[bytes]) -> bytes:
+    """Canonical events carrying ``payloads``, as one block."""
+    if not payloads:
+        return b""
+    if _LF in b"".join(payloads):  # a payload of several lines
+        return b"".join([sse_data(payload) for payload in payloads])
+    return b"data: " + b"\n\ndata: ".join(payloads) + b"\n\n"
+
+
 def sse_error(error: Exception) -> bytes:
     """An error event in the middle of a stream (what OpenAI sends; the SDK raises on it)."""
     envelope = getattr(error, "envelope", None)
@@ -193,14 +216,103 @@ def sse_error(error: Exception) -> bytes:
     return b"data: " + body + b"\n\n"
 
 
+def is_done(payload: bytes) -> bool:
+    """Whether an event's payload is the end-of-stream marker ``[DONE]``."""
+    return payload == b"[DONE]"
+
+
+def ends_stream(block: bytes) -> bool:
+    """Whether a block of a ``Stream`` (canonical events) ends with ``[DONE]``: nothing follows it."""
+    return block.endswith(SSE_DONE)
+
+
 def iter_sse_data(block: bytes) -> list[bytes]:
-    """The ``data:`` payloads of complete SSE events in ``block`` (comments and other fields skipped)."""
+    """The payloads of the events in ``block``, a whole number of events in any framing (the blank
+    line after the last one may be missing)."""
+    if _CR in block:
+        block = _to_lf(block)
+    return _payloads(block)
+
+
+class SSEDecoder:
+    """Server-sent events in any framing, from a byte stream that arrives in pieces of any size.
+
+    ``feed`` each piece; it returns the events the piece completed, framed canonically, as one
+    block (``b""`` when it completed none; ``iter_sse_data`` gives their payloads). Lines may end
+    in ``\\r\\n``, ``\\r`` or ``\\n`` (a ``\\r\\n`` may be split between two pieces); ``data:`` may be
+    followed by one space or none; an event's ``data`` lines make one payload, joined by ``\\n``.
+    Comments and the other fields (``event``, ``id``, ``retry``) are dropped: OpenAI's streams
+    say everything in ``data``, and ``[DONE]`` is a payload like any other.
+    """
+
+    __slots__ = ("_after_cr", "_pending")
+
+    def __init__(self) -> None:
+        self._pending = b""  # the start of an event whose blank line has not arrived, with \n line ends
+        self._after_cr = False  # the last piece ended in \r: a \n starting the next one is that line's end
+
+    def feed(self, piece: bytes) -> bytes:
+        if not piece:
+            return b""
+        if self._after_cr and piece.startswith(b"\n"):
+            piece = piece[1:]
+        self._after_cr = piece.endswith(b"\r")
+        if _CR in piece:
+            piece = _to_lf(piece)
+        buf = self._pending + piece if self._pending else piece
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            self._pending = buf
+            return b""
+        end += 2
+        self._pending = buf[end:]
+        events = buf if end == len(buf) else buf[:end]
+        # Most backends already write canonical events: those go on as they came, not copied.
+        return events if _canonical_payloads(events) is not None else sse_events(_payloads(events))
+
+
+# ``in`` finds a byte given as an int several times faster than one given as bytes.
+_CR, _LF = ord("\r"), ord("\n")
+
+
+def _to_lf(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
+def _canonical_payloads(text: bytes) -> list[bytes] | None:
+    """The payloads of ``text`` (whole events, \\n line ends) if every event in it is one non-empty
+    ``data: `` line, else None. A few calls into C where parsing would be a Python loop over the
+    events: this runs on every block of every stream."""
+    if not (text.startswith(b"data: ") and text.endswith(b"\n\n")):
+        return None
+    payloads = text[6:-2].split(b"\n\ndata: ")
+    if _LF in b"".join(payloads) or not all(payloads):  # a line of another kind, or an empty event
+        return None
+    return payloads
+
+
+def _payloads(text: bytes) -> list[bytes]:
+    """The payloads of the events in ``text`` (\\n line ends; events apart by blank lines)."""
+    payloads = _canonical_payloads(text)
+    if payloads is not None:
+        return payloads
     out = []
-    for event in block.replace(b"\r\n", b"\n").split(b"\n\n"):
-        data = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
-        if data:
-            out.append(b"\n".join(data))
+    for event in text.split(b"\n\n"):
+        data = _event_data(event) if event else b""
+        if data:  # an event without data is not dispatched (the SSE spec)
+            out.append(data)
     return out
+
+
+def _event_data(event: bytes) -> bytes:
+    values = []
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            value = line[5:]
+            values.append(value[1:] if value.startswith(b" ") else value)
+        elif line == b"data":  # a field name alone is that field with an empty value
+            values.append(b"")
+    return b"\n".join(values)
 
 
 # ---- builders for backends that do not speak OpenAI natively (Ollama, local engines) ----------

@@ -3,6 +3,9 @@
 Response headers go out with the first upstream bytes, or with the first heartbeat if the
 first token is slow; until then a failure can still be a plain HTTP error with its status.
 After that, a failure ends the stream with an OpenAI-style ``data: {"error": ...}`` event.
+
+The writer also counts the completion tokens it hands to the client (``ctx.delivered_tokens``):
+a stream that ends early (a hang-up, a broken backend, a timeout) is billed from that count.
 """
 
 from __future__ import annotations
@@ -10,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from tokenway.asgi import STREAM_HEADERS, Send
 from tokenway.context import RequestContext
 from tokenway.errors import GatewayError, InternalError, UpstreamError, UpstreamTimeout
-from tokenway.protocol import SSE_DONE, SSE_HEARTBEAT, sse_error
+from tokenway.protocol import SSE_HEARTBEAT, ends_stream, iter_sse_data, sse_error
 from tokenway.providers.base import Stream
 
 
@@ -48,11 +54,13 @@ class _Writer:
 
     async def body(self, data: bytes) -> None:
         # The block that carries [DONE] also ends the response: one write fewer per stream.
-        if data.endswith(SSE_DONE):
+        if ends_stream(data):
             self.finished = self.ctx.responded = True
             await self.send({"type": "http.response.body", "body": data, "more_body": False})
         else:
             await self.send({"type": "http.response.body", "body": data, "more_body": True})
+        # Counted once ``send`` has taken the block: a hang-up cancels the wait before that.
+        self.ctx.delivered_tokens += completion_tokens(data)
 
     async def first_block(self) -> bytes | None:
         """Await the first bytes, sending ``: keep-alive`` comments while they take their time."""
@@ -117,6 +125,48 @@ class _Writer:
             if total_deadline is not None and loop.time() >= total_deadline - 1e-3:
                 raise UpstreamTimeout("The request ran past its total time limit.") from None
             raise UpstreamTimeout(f"The backend sent nothing for {idle:.3g}s in the middle of the stream.") from None
+
+
+def completion_tokens(block: bytes) -> int:
+    """The completion tokens in a block of a stream: one per chunk choice that carries generated text.
+
+    OpenAI, vLLM, SGLang and the embedded model send one token per chunk, so a choice whose delta
+    has content, reasoning, a refusal or tool-call arguments (or, for completions, text) is one
+    token; a role, a finish reason, usage or an error is none. ``/chat``'s ``{"delta": text}``
+    events are one each.
+    """
+    tokens = 0
+    for payload in iter_sse_data(block):
+        if payload.startswith(b"{"):  # a chunk is a JSON object ([DONE] is not)
+            try:
+                tokens += _chunk_tokens(orjson.loads(payload))
+            except (ValueError, AttributeError, TypeError):
+                pass  # not JSON, or not shaped like a chunk: the client got it as it came, nothing to count
+    return tokens
+
+
+def _chunk_tokens(chunk: dict[str, Any]) -> int:
+    choices = chunk.get("choices")
+    if choices is None:  # /chat's own events
+        delta = chunk.get("delta")
+        return 1 if isinstance(delta, str) and delta else 0
+    tokens = 0
+    for choice in choices:
+        delta = choice.get("delta")
+        if delta is None:  # a completions chunk
+            tokens += bool(choice.get("text"))
+        elif (delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
+              or delta.get("refusal") or _has_arguments(delta)):
+            tokens += 1
+    return tokens
+
+
+def _has_arguments(delta: dict[str, Any]) -> bool:
+    calls = delta.get("tool_calls")
+    if calls:
+        return any((call.get("function") or {}).get("arguments") for call in calls)
+    call = delta.get("function_call")
+    return bool(call and call.get("arguments"))
 
 
 async def write_stream(

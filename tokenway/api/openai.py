@@ -38,8 +38,10 @@ from tokenway.protocol import (
     COMPLETION_REQUEST,
     SIMPLE_CHAT_REQUEST,
     SSE_DONE,
+    is_done,
     iter_sse_data,
     parse_body,
+    sse_data,
     sse_event,
 )
 from tokenway.providers.base import Call, Completion, Stream
@@ -256,25 +258,27 @@ def _safe_request_id(value: bytes) -> str | None:
 
 def _simple_answer(answer: Completion | Stream, ctx: RequestContext) -> Completion | Stream:
     """``/chat``'s shape: ``{"content", "cached", "elapsed_ms"}``, or SSE deltas then that object."""
+    cached = ctx.cache is not None and ctx.cache.status == "hit"
     if isinstance(answer, Completion):
         try:
             content = orjson.loads(answer.body)["choices"][0]["message"].get("content") or ""
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
             raise UpstreamError("The backend's answer had no message content.") from None
-        body = {"content": content, "cached": False, "elapsed_ms": round(ctx.elapsed_ms(), 3)}
+        body = {"content": content, "cached": cached, "elapsed_ms": round(ctx.elapsed_ms(), 3)}
         return Completion(body=orjson.dumps(body), usage=answer.usage, headers=answer.headers)
 
     async def deltas(stream: Stream) -> AsyncIterator[bytes]:
         parts: list[str] = []
         try:
             async for block in answer:
+                stream.usage = answer.usage  # known so far: a stream cut short is billed from it
                 out = []
                 for data in iter_sse_data(block):
-                    if data == b"[DONE]":
+                    if is_done(data):
                         continue
                     chunk = orjson.loads(data)
                     if "error" in chunk:
-                        out.append(b"data: " + data + b"\n\n")
+                        out.append(sse_data(data))
                         continue
                     for choice in chunk.get("choices") or []:
                         text = (choice.get("delta") or {}).get("content")
@@ -286,7 +290,7 @@ def _simple_answer(answer: Completion | Stream, ctx: RequestContext) -> Completi
         finally:
             stream.usage = answer.usage
             await answer.aclose()
-        final = {"content": "".join(parts), "cached": False, "elapsed_ms": round(ctx.elapsed_ms(), 3)}
+        final = {"content": "".join(parts), "cached": cached, "elapsed_ms": round(ctx.elapsed_ms(), 3)}
         yield sse_event(final) + SSE_DONE
 
     return Stream(deltas)

@@ -19,6 +19,7 @@ import orjson
 
 from tokenway.bench.client import Exchange
 from tokenway.bench.tokens import count_tokens
+from tokenway.protocol import is_done, iter_sse_data
 
 
 @dataclass
@@ -121,9 +122,10 @@ def build_record(ex: Exchange, rec: RequestRecord) -> RequestRecord:
     cumulative: list[int | None] = []
     last_data_t = None
     usage: dict[str, Any] | None = None
-    for t, raw in ex.events:
-        data = b"\n".join(line[5:].lstrip() for line in raw.split(b"\n") if line.startswith(b"data:"))
-        if not data or data == b"[DONE]":
+    # The client cut the stream into events as they arrived; an event's payload keeps its arrival time.
+    payloads = [(t, data) for t, raw in ex.events for data in iter_sse_data(raw)]
+    for t, data in payloads:
+        if is_done(data):
             continue
         try:
             obj = orjson.loads(data)

@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from tokenway.protocol import SSE_DONE, Usage
+from tokenway.protocol import Usage, ends_stream
 from tokenway.providers.base import Answer, Completion, Stream
 
 # Called once the flight finished cleanly: (the answer, the stream blocks if it streamed).
@@ -41,7 +41,7 @@ class Flight:
     @property
     def answered(self) -> bool:
         """The whole answer is here (its [DONE] arrived); only the backend's end of stream is pending."""
-        return bool(self.blocks) and self.blocks[-1].endswith(SSE_DONE)
+        return bool(self.blocks) and ends_stream(self.blocks[-1])
 
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
@@ -136,6 +136,9 @@ class Coalescer:
         return stream
 
     async def _follow(self, flight: Flight, stream: Stream, leader: bool) -> AsyncIterator[bytes]:
+        if not leader:
+            # Free from its first block: a follower cut short must not be billed for what it was sent.
+            stream.usage = Usage()
         sent = 0
         while True:
             if sent < len(flight.blocks):

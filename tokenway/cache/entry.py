@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from tokenway.protocol import SSE_DONE, Usage, iter_sse_data, sse_event
+from tokenway.protocol import SSE_DONE, Usage, is_done, iter_sse_data, sse_event
 
 _SEPARATOR = b"\n"  # orjson never writes a raw newline, so the first one ends the header
 
@@ -50,7 +50,7 @@ def assemble(kind: str, blocks: list[bytes], usage: Usage | None) -> bytes:
     done = False
     for block in blocks:
         for data in iter_sse_data(block):
-            if data == b"[DONE]":
+            if is_done(data):
                 done = True
                 continue
             chunk = orjson.loads(data)

@@ -1,8 +1,10 @@
 """Any backend that speaks OpenAI's API: OpenAI, vLLM, SGLang, TGI, llama.cpp server, LM Studio.
 
 Bodies are relayed, not rebuilt: the request is the client's dict with ``model`` swapped for
-the upstream name; the response bytes go back as they came. Streams are cut only at SSE event
-boundaries, so a client never sees half an event, and each upstream read is forwarded at once.
+the upstream name; a non-streaming body goes back as it came. A stream is decoded as it arrives
+and handed on in the gateway's one framing (``protocol``'s SSE section), so no one downstream
+sees half an event or the backend's own line ends; each upstream read's whole events are
+forwarded at once.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tokenway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from tokenway.protocol import Usage, iter_sse_data
+from tokenway.protocol import SSEDecoder, Usage, ends_stream, iter_sse_data, sse_events
 from tokenway.providers.base import Answer, Call, Completion, ProviderOptions, ProviderResources, Stream
 from tokenway.providers.http import close_response, connect_timeout
 from tokenway.providers.upstream import (
@@ -157,23 +159,19 @@ def _completion(raw: bytes, deployment: str) -> Completion:
 async def _relay(
     resp: Response, stream: Stream, strip_usage: bool, deployment: str
 ) -> AsyncIterator[bytes]:
-    """Forward whole SSE events as they arrive; note usage; drop the usage chunk if we added it."""
-    pending = b""
+    """Forward each upstream read's whole events, framed canonically; note usage; drop the usage
+    chunk if we added it."""
+    decoder = SSEDecoder()
     done = False
     try:
         async for data in resp.chunks():
-            buf = pending + data if pending else data
-            cut = _last_event_end(buf)
-            if cut == 0:
-                pending = buf
-                continue
-            block, pending = buf[:cut], buf[cut:]
+            block = decoder.feed(data)
             if b'"usage"' in block and _USAGE_OBJECT.search(block):
                 block = _take_usage(block, stream, strip_usage)
-            if block.endswith(b"data: [DONE]\n\n"):
-                done = True
-            if block:
-                yield block
+            if not block:
+                continue
+            done = ends_stream(block)  # before the yield: the reader closes us once it has [DONE]
+            yield block
             if done:
                 return  # nothing follows [DONE]; a backend that holds the stream open must not hold us
     except UpstreamHttpError as exc:
@@ -184,12 +182,6 @@ async def _relay(
         raise UpstreamError(f"The backend {deployment} ended the stream without [DONE].")
 
 
-def _last_event_end(buf: bytes) -> int:
-    lf = buf.rfind(b"\n\n")
-    crlf = buf.rfind(b"\r\n\r\n")
-    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
-
-
 # A chunk that reports usage, as opposed to the ``"usage": null`` that OpenAI puts in every other
 # chunk of a stream that asked for usage: only such chunks are parsed.
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
@@ -198,7 +190,7 @@ _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 def _take_usage(block: bytes, stream: Stream, strip: bool) -> bytes:
     kept: list[bytes] = []
     for data in iter_sse_data(block):
-        if data != b"[DONE]" and _USAGE_OBJECT.search(data):
+        if _USAGE_OBJECT.search(data):
             try:
                 chunk: Any = orjson.loads(data)
             except orjson.JSONDecodeError:
@@ -209,5 +201,5 @@ def _take_usage(block: bytes, stream: Stream, strip: bool) -> bytes:
                     stream.usage = usage
                     if strip and not chunk.get("choices"):
                         continue
-        kept.append(b"data: " + data + b"\n\n")
-    return b"".join(kept)
+        kept.append(data)
+    return sse_events(kept)

@@ -16,6 +16,7 @@ import time
 from tokenway.context import RequestContext
 from tokenway.deployments import Deployment
 from tokenway.errors import GatewayError, UpstreamError
+from tokenway.protocol import ends_stream
 from tokenway.providers.base import Stream
 
 
@@ -53,7 +54,7 @@ class _Observed:
                 block = await self._inner.__anext__()
             if self._started:
                 self._arrived()
-            if block.endswith(b"[DONE]\n\n"):
+            if ends_stream(block):
                 self._verdict = True  # the writer stops reading at [DONE]
             return block
         except StopAsyncIteration:
