@@ -16,6 +16,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from tokenway.protocol import SSEDecoder
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -78,22 +80,16 @@ class Exchange:
 
 
 async def _read_sse(resp: aiohttp.ClientResponse, ex: Exchange) -> None:
-    buf = b""
+    # The gateway's one SSE decoder: any line ends, events cut anywhere across reads. The events a
+    # read completed keep that read's arrival time; an event the stream never finished is dropped.
+    decoder = SSEDecoder()
     clock = time.perf_counter
     async for data in resp.content.iter_any():
         now = clock()
-        buf += data
-        if b"\r" in buf:
-            buf = buf.replace(b"\r\n", b"\n")
-        if b"\n\n" not in buf:
-            continue
-        *complete, buf = buf.split(b"\n\n")
-        for raw in complete:
-            if raw:
-                ex.events.append((now, raw))
+        events = decoder.feed(data)
+        if events:
+            ex.events.append((now, events))
     ex.end = clock()
-    if buf.strip():
-        ex.events.append((ex.end, buf))
 
 
 async def send(session: aiohttp.ClientSession, ep: Endpoint, payload: bytes, headers: dict[str, str]) -> Exchange:
