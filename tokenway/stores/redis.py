@@ -8,21 +8,13 @@ second, and the access policy fails open or closed. The counters need one Redis 
 node, or a managed primary behind one address), not Redis Cluster.
 
 A request far from its limits need not wait for Redis at all: the script call that admits it also
-takes a *share* for this process, up to ``LEASE_MOST`` more units of the same ask (a unit: one
-request, the ask's tokens from each tokens bucket, its amount on each budget line), never more than
-1/``LEASE_FRACTION`` of what any counter has left. Later asks of the same shape (the same buckets
-and lines) that fit in a unit spend one in process, and what a unit holds beyond the ask goes back
-with the next settle call. What a share has not spent after ``LEASE_TTL_S`` (or at shutdown) goes
-back too. What that changes:
-
-- Overspending stays impossible: every unit was taken atomically in Redis and counts as spent there.
-- Near a limit (less than ``LEASE_FRACTION`` times the ask left) nothing is leased, so the last
-  requests a bucket or a budget allows are decided by Redis one by one, exactly.
-- A process may refuse early while another holds unspent units (at most 1/``LEASE_FRACTION`` of
-  what was left, for at most ``LEASE_TTL_S``); a crashed process's units stay spent until the bucket
-  refills or the budget's period ends.
-- ``x-ratelimit-remaining-*`` is the shared level when the share was taken, less the units spent.
-- An ask with a concurrency slot is never leased: Redis decides each one.
+takes a *share* for this process, up to ``LEASE_MOST`` more units of the same ask (one request, its
+tokens, its amount), never more than 1/``LEASE_FRACTION`` of what any counter has left. Later asks
+of the same shape spend a unit in process; what a share has not spent after ``LEASE_TTL_S`` goes
+back. Every unit was taken atomically, so nothing can be overspent; near a limit nothing is leased,
+so the last requests a bucket or budget allows are decided one by one; an ask with a concurrency
+slot is never leased. What this trades (an early refusal while another process holds units, a
+crashed process's units spent until the period ends) is in ``benchmarks/budgets/LEASE.md``.
 """
 
 from __future__ import annotations
