@@ -134,5 +134,9 @@ def test_two_processes_share_rate_limits(
         elapsed = time.monotonic() - started
     served = sum(1 for r in answers if r.status_code == 200)
     refill = int(elapsed * (20 / 60)) + 1  # what the buckets may have refilled during the burst
-    assert 20 <= served <= 20 + refill
+    # Shared, not twice over: at most 20 (plus the refill). rpm admits exactly 20; tpm takes each
+    # request's 8-token estimate at admission and its real 13 tokens once settled, so as few as
+    # 160 // 13 fit when early requests settle before the last ones are admitted.
+    least = 20 if limit == "rpm" else 160 // 13
+    assert least <= served <= 20 + refill
     assert {r.status_code for r in answers} == {200, 429}
