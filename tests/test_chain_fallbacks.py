@@ -22,7 +22,7 @@ class AsKey:
     """A policy that makes every call as a virtual key allowed only ``models`` (no key table needed)."""
 
     def __init__(self, *models: str) -> None:
-        self.key = KeyRecord.parse({"id": "key_test", "hash": "0" * 64, "models": list(models)})
+        self.key = KeyRecord.model_validate({"id": "key_test", "hash": "0" * 64, "models": list(models)})
 
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
         ctx.key = self.key

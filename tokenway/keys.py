@@ -22,7 +22,7 @@ def new_key() -> tuple[str, str]:
 
 
 def key_record(secret: str, key_id: str, **fields: object) -> KeyRecord:
-    return KeyRecord.parse({"id": key_id, "hash": hash_key(secret), "hint": secret[-4:], **fields})
+    return KeyRecord.model_validate({"id": key_id, "hash": hash_key(secret), "hint": secret[-4:], **fields})
 
 
 class KeyCache:

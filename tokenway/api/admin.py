@@ -74,7 +74,7 @@ def admin_router(access: Access, master_key: str | None) -> APIRouter:
     @admin.patch("/keys/{key_id}", summary="Change a key's settings")
     async def update_key(key_id: str, fields: KeyFields) -> dict[str, Any]:
         record = await get_or_404(key_id)
-        updated = KeyRecord.parse({**record.fields(), **fields.values()})
+        updated = KeyRecord.model_validate({**record.model_dump(), **fields.values()})
         await access.db.put_key(updated)
         await access.keys.refresh()
         return updated.public()

@@ -14,8 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
-from pydantic.dataclasses import dataclass as validated_dataclass
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 NANOS_PER_DOLLAR = 1_000_000_000
 Period = Literal["day", "month", "total"]
@@ -69,11 +68,11 @@ class Budget(BaseModel):
 _COUNTER_TTL_S = {"day": 2 * 86400, "month": 32 * 86400, "total": 0}
 
 
-@validated_dataclass(slots=True, config=ConfigDict(extra="forbid"))
-class KeyRecord:
+class KeyRecord(BaseModel):
     """A virtual API key. Only the SHA-256 of the secret is stored: keys are 32 random bytes, so a
-    fast hash is enough (no dictionary to attack) and lookups stay O(1). A pydantic dataclass: its
-    fields are validated like a model's and read as plain attributes."""
+    fast hash is enough (no dictionary to attack) and lookups stay O(1)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     id: str
     hash: str
@@ -91,29 +90,12 @@ class KeyRecord:
     revoked: bool = False
     created_at: float = Field(default_factory=time.time)
 
-    @classmethod
-    def parse(cls, fields: dict[str, Any]) -> KeyRecord:
-        return _KEY_RECORD.validate_python(fields)
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> KeyRecord:
-        return _KEY_RECORD.validate_json(text)
-
-    def to_json(self) -> str:
-        return _KEY_RECORD.dump_json(self).decode()
-
-    def fields(self) -> dict[str, Any]:
-        return _KEY_RECORD.dump_python(self)
-
     def public(self) -> dict[str, Any]:
         """What the admin API and CLI show: everything but the hash."""
-        return _KEY_RECORD.dump_python(self, exclude={"hash"})
+        return self.model_dump(exclude={"hash"})
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
-
-
-_KEY_RECORD = TypeAdapter(KeyRecord)
 
 
 def hash_key(secret: str) -> str:

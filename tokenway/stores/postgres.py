@@ -67,23 +67,23 @@ class PostgresDatabase:
             await conn.execute(
                 "INSERT INTO tokenway_keys (id, hash, seq, data) VALUES ($1, $2, nextval('tokenway_keys_seq'), $3) "
                 "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, data = excluded.data",
-                record.id, record.hash, record.to_json(),
+                record.id, record.hash, record.model_dump_json(),
             )
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         data = await self.pool.fetchval("SELECT data FROM tokenway_keys WHERE id = $1", key_id)
-        return KeyRecord.from_json(data) if data else None
+        return KeyRecord.model_validate_json(data) if data else None
 
     async def list_keys(self) -> list[KeyRecord]:
         rows = await self.pool.fetch("SELECT data FROM tokenway_keys ORDER BY seq")
-        return [KeyRecord.from_json(r[0]) for r in rows]
+        return [KeyRecord.model_validate_json(r[0]) for r in rows]
 
     async def keys_changed_since(self, seq: int) -> tuple[list[KeyRecord], int]:
         newest = await self.pool.fetchval("SELECT coalesce(max(seq), 0) FROM tokenway_keys")
         if newest <= seq:
             return [], seq
         rows = await self.pool.fetch("SELECT data, seq FROM tokenway_keys WHERE seq > $1 ORDER BY seq", seq)
-        return [KeyRecord.from_json(r[0]) for r in rows], max(int(r[1]) for r in rows)
+        return [KeyRecord.model_validate_json(r[0]) for r in rows], max(int(r[1]) for r in rows)
 
     async def insert_usage(self, records: list[UsageRecord]) -> None:
         # In paced slices (``paced_slices`` says why): here the rows are encoded in the event loop

@@ -81,17 +81,17 @@ class SqliteDatabase:
             "VALUES (?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM tokenway_keys), ?) "
             "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, data = excluded.data"
         )
-        args = (record.id, record.hash, record.to_json())
+        args = (record.id, record.hash, record.model_dump_json())
         await self._run(lambda db: db.execute(sql, args))
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         sql = "SELECT data FROM tokenway_keys WHERE id = ?"
         row = await self._run(lambda db: db.execute(sql, (key_id,)).fetchone())
-        return KeyRecord.from_json(row[0]) if row else None
+        return KeyRecord.model_validate_json(row[0]) if row else None
 
     async def list_keys(self) -> list[KeyRecord]:
         rows = await self._run(lambda db: db.execute("SELECT data FROM tokenway_keys ORDER BY seq").fetchall())
-        return [KeyRecord.from_json(r[0]) for r in rows]
+        return [KeyRecord.model_validate_json(r[0]) for r in rows]
 
     async def keys_changed_since(self, seq: int) -> tuple[list[KeyRecord], int]:
         def changed(db: sqlite3.Connection) -> tuple[list[Any], int]:
@@ -99,7 +99,7 @@ class SqliteDatabase:
             return rows, max((r[1] for r in rows), default=seq)
 
         rows, newest = await self._run(changed)
-        return [KeyRecord.from_json(r[0]) for r in rows], newest
+        return [KeyRecord.model_validate_json(r[0]) for r in rows], newest
 
     async def insert_usage(self, records: list[UsageRecord]) -> None:
         # Many rows per statement, not executemany: the driver releases and retakes the GIL around

@@ -100,7 +100,7 @@ async def _run(args: argparse.Namespace, settings: Any) -> int:
             if existing is None:
                 raise LookupError(f"No key with id {args.id!r}; see `tokenway keys list`.")
             changes = {"revoked": True} if args.action == "revoke" else _fields(args)
-            updated = KeyRecord.parse({**existing.fields(), **changes})
+            updated = KeyRecord.model_validate({**existing.model_dump(), **changes})
             await db.put_key(updated)
             print(json.dumps(updated.public(), indent=2))
     finally:
