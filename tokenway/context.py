@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tokenway.protocol import Usage
 
@@ -67,7 +67,6 @@ class RequestContext:
     error_type: str | None = None
     failed_mid_stream: bool = False  # the error came after the stream had started
     exception: BaseException | None = None  # a bug's exception, for the log's traceback
-    budget_hold: Any = None  # interim: the access rewrite replaces it
     cost_nanos: int | None = None  # what the request was charged (access settles it; metrics and the ledger read it)
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     upstream_headers: dict[str, str] = field(default_factory=dict)  # e.g. traceparent, sent to the backend

@@ -120,7 +120,7 @@ class AccessPolicy:
             raise AuthenticationFailed(f"The API key {key.id} has been revoked; ask your admin for a new one.")
         if key.expired(self._clock()):
             raise AuthenticationFailed(f"The API key {key.id} has expired; ask your admin to extend or replace it.")
-        if key.models and model not in key.models:
+        if not key.allows(model):
             raise PermissionDenied(
                 f"The API key {key.id} may not use the model '{model}'. Allowed: {', '.join(key.models)}.",
                 param="model", code="model_not_allowed",
@@ -185,7 +185,7 @@ class AccessPolicy:
         for name in chain:
             config = self._models.get(name)
             for fallback in [] if config is None else [*config.fallbacks, *config.context_fallbacks]:
-                if fallback not in seen and (not key.models or fallback in key.models):
+                if fallback not in seen and key.allows(fallback):
                     seen.add(fallback)
                     chain.append(fallback)
         return Rates.dearest([self._rates[name] for name in chain if name in self._rates])

@@ -194,7 +194,7 @@ class Resilience:
 
 def _allowed(ctx: RequestContext, model: str) -> bool:
     """A key's allow-list holds through every fallback: a model it may not use is skipped."""
-    return ctx.key is None or not ctx.key.models or model in ctx.key.models
+    return ctx.key is None or ctx.key.allows(model)
 
 
 def canned_answer(call: Call, model: str, text: str) -> Answer:

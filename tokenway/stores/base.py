@@ -94,6 +94,10 @@ class KeyRecord(BaseModel):
         """What the admin API and CLI show: everything but the hash."""
         return self.model_dump(exclude={"hash"})
 
+    def allows(self, model: str) -> bool:
+        """Whether the key may use ``model`` (an empty allow-list allows every model)."""
+        return not self.models or model in self.models
+
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
 

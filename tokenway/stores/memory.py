@@ -26,36 +26,35 @@ class MemoryCounters:
 
     async def admit(self, ask: Ask) -> Decision:
         now = self._clock()
-        full_at: list[float] = []
+        full_at: list[float] = []  # when each bucket would be full again after this request
         before: list[float] = []  # each bucket's level now
         for bucket in ask.buckets:
             per_unit = _MINUTE / bucket.capacity
             full = max(self._full_at.get(bucket.key, now), now)
-            cost = ask.tokens if bucket.kind == "tokens" else 1
-            full_at.append(full + cost * per_unit)
+            full_at.append(full + (ask.tokens if bucket.kind == "tokens" else 1) * per_unit)
             before.append((now + _MINUTE - full) / per_unit)
         for i, when in enumerate(full_at):
             if when > now + _MINUTE:
                 return Decision(before, denied=i, retry_after=when - now - _MINUTE)
-        levels = [(now + _MINUTE - when) * b.capacity / _MINUTE for b, when in zip(ask.buckets, full_at, strict=True)]
         members = None
         if ask.slot is not None:
             members = self._slots.setdefault(ask.slot, {})
             for gone in [m for m, expiry in members.items() if expiry <= now]:
                 del members[gone]
             if len(members) >= ask.slot_limit:
-                return Decision(levels, denied=len(ask.buckets), retry_after=1.0)
+                return Decision(before, denied=len(ask.buckets), retry_after=1.0)
         for i, line in enumerate(ask.lines):
             committed = self._spent.get(line.key, 0)
             if committed + ask.amount > line.limit:
-                return Decision(levels, budget_full=i, committed=committed)
+                return Decision(before, budget_full=i, committed=committed)
         for bucket, when in zip(ask.buckets, full_at, strict=True):
             self._full_at[bucket.key] = when
         if members is not None:
             members[ask.member] = now + 3600.0  # a request that never settles gives its place back in an hour
         for line in ask.lines:
             self._spent[line.key] = self._spent.get(line.key, 0) + ask.amount
-        return Decision(levels)
+        after = [(now + _MINUTE - when) * b.capacity / _MINUTE for b, when in zip(ask.buckets, full_at, strict=True)]
+        return Decision(after)
 
     def settle(self, ask: Ask, tokens: int, money: int) -> None:
         if ask.slot is not None:
