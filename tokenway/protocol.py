@@ -189,15 +189,15 @@ SSE_DONE = b"data: [DONE]\n\n"
 SSE_HEARTBEAT = b": keep-alive\n\n"
 
 
-def sse_event(payload: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
 def sse_data(payload: bytes) -> bytes:
     """One canonical event carrying ``payload``."""
     if _LF in payload:
         payload = payload.replace(b"\n", b"\ndata: ")
     return b"data: " + payload + b"\n\n"
+
+
+def sse_event(payload: dict[str, Any]) -> bytes:
+    return sse_data(orjson.dumps(payload))
 
 
 def sse_events(payloads: list[bytes]) -> bytes:
@@ -213,7 +213,7 @@ def sse_error(error: Exception) -> bytes:
     """An error event in the middle of a stream (what OpenAI sends; the SDK raises on it)."""
     envelope = getattr(error, "envelope", None)
     body = envelope() if callable(envelope) else orjson.dumps({"error": {"message": str(error), "type": "api_error"}})
-    return b"data: " + body + b"\n\n"
+    return sse_data(body)
 
 
 def is_done(payload: bytes) -> bool:
