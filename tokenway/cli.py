@@ -153,9 +153,6 @@ def _run_uvicorn(app: Gateway | str, settings: Settings) -> None:
         workers=settings.workers,
         lifespan="on",
         log_level=settings.log_level,
-        # No logging config of uvicorn's own: its records reach the root logger, where the app's JsonLog
-        # writes them as JSON lines (server_options turns its access log off: the app logs requests).
-        log_config=None,
         backlog=4096,
         timeout_keep_alive=75,
         timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]  # drain: tokenway/drain.py

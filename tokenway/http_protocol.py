@@ -90,5 +90,8 @@ def server_options() -> dict[str, Any]:
         "loop": "uvloop",
         "http": CoalescingHttpToolsProtocol,  # httptools, one send per response
         "access_log": False,  # the gateway logs each request itself
+        # No logging config of uvicorn's own: its records reach the root logger, where the app's
+        # JsonLog writes them as JSON lines.
+        "log_config": None,
         "server_header": False,  # "server: uvicorn" says what runs here, to no client's use
     }
