@@ -62,7 +62,6 @@ class JsonLog:
         self._requests = requests
         self.content = content
         self._flusher: asyncio.Task[None] | None = None
-        self._second, self._second_text = -1, ""  # strftime once a second, not once a line
 
     def start(self) -> None:
         self._flusher = asyncio.get_running_loop().create_task(self._flush_periodically())
@@ -98,7 +97,7 @@ class JsonLog:
     def event(self, event: str, level: str = "info", **fields: Any) -> None:
         if _LEVELS.get(level, 20) < self._min_level:
             return
-        self._write({"ts": self._now(), "level": level, "event": event, **fields})
+        self._write({"ts": _timestamp(time.time()), "level": level, "event": event, **fields})
         if self._flusher is None:
             self.flush()  # before start or after shutdown: write through
 
@@ -121,7 +120,7 @@ class JsonLog:
         if not self._requests or (not failed and self._sample < 1.0 and random.random() >= self._sample):
             return
         line: dict[str, Any] = {
-            "ts": self._now(),
+            "ts": _timestamp(time.time()),
             "level": "error" if ctx.status >= 500 else "info",
             "event": "request",
             "request_id": ctx.request_id,
@@ -156,13 +155,6 @@ class JsonLog:
         if self.content and ctx.content is not None:
             line["content"] = redact(ctx.content)
         self._write(line)
-
-    def _now(self) -> str:
-        t = time.time()
-        second = int(t)
-        if second != self._second:
-            self._second, self._second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._second_text}.{int((t - second) * 1000):03d}Z"
 
     def _write(self, line: dict[str, Any]) -> None:
         data = orjson.dumps(line, default=str) + b"\n"
@@ -201,7 +193,7 @@ class _RecordsToJson(logging.Handler):
 
 
 def _timestamp(t: float) -> str:
-    # Uncached, unlike JsonLog._now: records come from any thread, and they are few.
+    # UTC, to the millisecond.
     second = int(t)
     return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(second))}.{int((t - second) * 1000):03d}Z"
 
