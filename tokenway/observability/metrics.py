@@ -16,7 +16,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from tokenway.context import RequestContext
-from tokenway.protocol import Usage
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2, 5, 10, 30, 60)
@@ -120,9 +119,8 @@ class Metrics:
             series.completion_tokens.inc(usage.completion_tokens)
             if usage.cached_tokens:
                 series.cached_tokens.inc(usage.cached_tokens)
-            spend = self._spend(ctx, usage)
-            if spend:
-                series.cost(ctx.key_alias or "anonymous").inc(spend)
+            if ctx.cost_nanos:  # what the access policy charged in the ledger, shipped price table included
+                series.cost(ctx.key_alias or "anonymous").inc(ctx.cost_nanos / 1e9)
         if ctx.status == 429:
             upstream = ctx.error_type in _UPSTREAM_ERRORS
             self.rate_limited.labels(series.model, "upstream" if upstream else "gateway").inc()
@@ -139,16 +137,6 @@ class Metrics:
         if ctx.error_type in _UPSTREAM_ERRORS and ctx.failed_mid_stream:
             # attempts that failed before the answer started are counted by upstream_attempt_failed
             self.upstream_errors.labels(series.deployment, ctx.error_type).inc()
-
-    @staticmethod
-    def _spend(ctx: RequestContext, usage: Usage) -> float:
-        nanos = ctx.cost_nanos  # what the ledger charged (shipped price table included)
-        if nanos is not None:
-            return float(nanos) / 1e9
-        if ctx.target is None:
-            return 0.0
-        price = ctx.target.config.price
-        return (usage.prompt_tokens * price.input_per_1m + usage.completion_tokens * price.output_per_1m) / 1e6
 
     def _in_flight(self, endpoint: str) -> Any:
         child = self._in_flight_children.get(endpoint)
