@@ -1,4 +1,6 @@
-"""``GET /admin/status``: one page an operator reads first (master key required when set)."""
+"""``GET /admin/status``, one page an operator reads first, and ``POST /admin/drain``, which starts the
+same drain as SIGTERM (for a cloud's interruption notice or a preStop hook; see docs/drain.md).
+The master key is required when one is set."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from tokenway.routing.stats import RoutingStats
 
 def status_router(
     config: GatewayConfig, models: ModelTable, routing: RoutingStats, queue_lengths: Callable[[], dict[str, int]],
-    state: Callable[[], dict[str, bool]], master_key: str | None,
+    state: Callable[[], dict[str, bool]], begin_drain: Callable[[], bool], master_key: str | None,
 ) -> APIRouter:
     router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_master_key(master_key))])
     started = time.time()
@@ -38,5 +40,12 @@ def status_router(
             },
             "routing_decisions": routing.snapshot(),
         }
+
+    @router.post("/drain", status_code=202,
+                 summary="Start draining: /ready answers 503 and new calls are refused; calls in flight finish")
+    async def drain() -> dict[str, bool]:
+        # The process keeps serving what it has until its SIGTERM, which then stops it without the
+        # drain delay: the load balancer has had its time since this call.
+        return {"draining": True, "already_draining": not begin_drain()}
 
     return router
