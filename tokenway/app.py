@@ -189,7 +189,7 @@ class Gateway:
         self._control = control_app(self._models, self.is_ready, int(time.time()), metrics,
                                     routers=[routing_router(self._models, self.routing, self.settings.master_key),
                                              status_router(self.config, self._models, self.routing,
-                                                           self.route.queue_lengths, self._state,
+                                                           self.route.queue_lengths, self._state, self.begin_drain,
                                                            self.settings.master_key),
                                              admin_router(self.access, self.settings.master_key)])
         self._starting = asyncio.get_running_loop().create_task(self._start_providers())
