@@ -3,16 +3,24 @@ type and labels it has always had."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.fakes import FakeUpstream
+from tests.servers import free_port, wait_until_ready
+from tests.test_gateway_openai import MESSAGES, config
 from tokenway.context import CacheOutcome, RequestContext
 from tokenway.observability.live_state import LiveState
 from tokenway.observability.metrics import Metrics
@@ -99,4 +107,59 @@ def test_promtool_accepts_the_exposition() -> None:
     result = subprocess.run(
         ["promtool", "check", "metrics"], input=_gateway_exposition(), capture_output=True, text=True
     )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_family_is_declared_before_first_use_with_several_workers(tmp_path: Path,
+                                                                       upstream: FakeUpstream) -> None:
+    """``serve --workers 2`` (prometheus-client's multiprocess files): /metrics declares each family from the
+    start, e.g. the queue wait before any call has queued, so panels and alerts read zero, not "no data"."""
+    path = tmp_path / "tokenway.yaml"
+    path.write_text(config(upstream))
+    port = free_port()
+    env = {**os.environ, "TOKENWAY_PORT": str(port), "TOKENWAY_CONFIG": str(path), "TOKENWAY_WORKERS": "2",
+           "TOKENWAY_REDIS_URL": "redis://127.0.0.1:6379/0"}  # several workers share their counters there
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "tokenway", "serve"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(base, alive=lambda: proc.poll() is None)
+        before = httpx.get(base + "/metrics").text  # no call yet
+        httpx.post(base + "/v1/chat/completions", json={"model": "m", "messages": MESSAGES})
+        after = httpx.get(base + "/metrics").text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    for text in (before, after):
+        declared = {name.removesuffix("_total") if kind == "counter" else name: kind
+                    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M)}
+        missing = {name: kind for name, (kind, _) in FAMILIES.items() if declared.get(name) != kind}
+        assert not missing, f"not declared on /metrics: {missing}"
+    assert "tokenway_queue_wait_seconds_count" not in after  # declared empty, not given a made-up sample
+    assert 'tokenway_requests_total{' in after  # the observed ones come from the shared files as before
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian: prometheus) is not installed")
+def test_dashboard_cache_hit_rate_counts_only_hits_and_misses(tmp_path: Path) -> None:
+    """4 hits and 1 miss a minute among 19 bypasses (uncacheable requests, unknown models) read 80%, not 17%."""
+    dashboard = json.loads((DEPLOY / "grafana" / "tokenway.json").read_text())
+    panel = next(p for p in dashboard["panels"] if p["title"] == "Cache hit rate")
+    expr = panel["targets"][0]["expr"]
+    series = {"hit": 4, "miss": 1, "bypass": 19}
+    test = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": f'tokenway_cache_lookups_total{{model="m",result="{result}"}}', "values": f"0+{n}x30"}
+                for result, n in series.items()
+            ],
+            "promql_expr_test": [{"expr": expr, "eval_time": "20m", "exp_samples": [{"labels": "{}", "value": 0.8}]}],
+        }],
+    }
+    path = tmp_path / "hit_rate_test.yml"
+    path.write_text(json.dumps(test))  # JSON is YAML
+    result = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

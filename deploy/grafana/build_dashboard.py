@@ -29,9 +29,12 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ]),
     ("Tokens per second", "short", [("{{type}}", "sum by (type) (rate(tokenway_tokens_total[1m]))")]),
     ("Cost per hour (USD)", "currencyUSD", [("{{model}}", "sum by (model) (rate(tokenway_cost_usd_total[5m])) * 3600")]),
+    # Of the requests the cache could have served: bypasses (uncacheable requests, no-store, models
+    # without caching) and refreshes are not lookups that could hit, so they stay out of the denominator.
     ("Cache hit rate", "percentunit", [(
-        "hit share",
-        'sum(rate(tokenway_cache_lookups_total{result="hit"}[5m])) / clamp_min(sum(rate(tokenway_cache_lookups_total[5m])), 1e-9)',
+        "hits / (hits + misses)",
+        'sum(rate(tokenway_cache_lookups_total{result="hit"}[5m]))'
+        ' / clamp_min(sum(rate(tokenway_cache_lookups_total{result=~"hit|miss"}[5m])), 1e-9)',
     )]),
     ("In flight and queued", "short", [
         ("in flight", "sum(tokenway_in_flight_requests)"),

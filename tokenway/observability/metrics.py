@@ -10,9 +10,11 @@ status codes, key aliases — never request ids or raw user ids.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from tokenway.context import RequestContext
@@ -78,6 +80,8 @@ class Metrics:
         self.rate_limited = Counter(
             "tokenway_rate_limited", "Requests refused with 429.", ["model", "source"], registry=registry,
         )
+        # (name, help, type) of every family above, declared on /metrics before first use (see render)
+        self._declared = [(family.name, family.documentation, family.type) for family in registry.collect()]
         # Live state read at scrape time (breakers, queues, worker load): this process's own view.
         self._live = CollectorRegistry()
         self._by_labels: dict[tuple[str, str, str, bool], _Series] = {}
@@ -158,10 +162,28 @@ class Metrics:
         if self.multiprocess:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
-            text = generate_latest(registry)
+            found = list(registry.collect())
+            names = {family.name for family in found}
+            # The shared files hold a labelled family only once some worker has used one of its label
+            # sets: declare the others empty, as one process does, so that a family nobody observed yet
+            # (the queue wait before the first queued call) reads as zero rather than "no data".
+            found += [Metric(*declared) for declared in self._declared if declared[0] not in names]
+            shown = CollectorRegistry()
+            shown.register(_Families(found))
+            text = generate_latest(shown)
         else:
             text = generate_latest(self.registry)
         return text + generate_latest(self._live)
+
+
+class _Families:
+    """Metric families already collected, as a collector ``generate_latest`` can write."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
 
 
 class _Series:
