@@ -94,4 +94,8 @@ def server_options() -> dict[str, Any]:
         # JsonLog writes them as JSON lines.
         "log_config": None,
         "server_header": False,  # "server: uvicorn" says what runs here, to no client's use
+        # uvicorn would believe X-Forwarded-For from 127.0.0.1 (FORWARDED_ALLOW_IPS) before the app sees
+        # the request, letting any local client pick its own address; the gateway decides that itself,
+        # from TOKENWAY_TRUSTED_PROXIES only (tokenway/api/client_address.py).
+        "proxy_headers": False,
     }

@@ -128,6 +128,7 @@ class JsonLog:
             "model": ctx.model,
             "deployment": ctx.deployment,
             "key": ctx.key_alias,
+            "client": ctx.client_ip,  # the client's address, not the proxy's (tokenway/api/client_address.py)
             "stream": ctx.stream,
             "status": ctx.status,
             "latency_ms": _ms(end - ctx.started),
