@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tokenway.cache.options import CacheConfig, ModelCacheConfig
 from tokenway.providers.base import ProviderOptions
@@ -55,6 +55,15 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     drain_delay_s: float = 3.0  # on SIGTERM: /ready false and new calls refused this long before listeners close
     shutdown_grace_s: float = 30.0  # then in-flight requests and streams get this long to finish
+    # Reverse proxies (nginx, a cloud load balancer) whose X-Forwarded-For / X-Real-IP name the client,
+    # comma-separated addresses or CIDRs: "127.0.0.1,10.0.0.0/8". Empty: the socket's peer is the client
+    # (tokenway/api/client_address.py). A process setting, not YAML: it says where this process runs.
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = []
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _shared_counters_for_workers(self) -> Settings:
