@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter
 
+from tokenway.api.client_address import TrustedProxies
 from tokenway.asgi import (
     ClientDisconnected,
     Receive,
@@ -56,9 +57,10 @@ class DataPlane:
 
     def __init__(
         self, config: GatewayConfig, handle: Handler, log: JsonLog, metrics: Metrics | None,
-        is_ready: Callable[[], bool], tracing: Tracing | None = None,
+        is_ready: Callable[[], bool], tracing: Tracing | None = None, proxies: TrustedProxies | None = None,
     ) -> None:
         self._config = config
+        self._proxies = proxies  # None: no trusted proxies, the socket's peer is the client
         self._tracing = tracing
         self._new_request_id = IdGenerator("req_")
         self._metrics = metrics
@@ -93,6 +95,8 @@ class DataPlane:
         required: tuple[str, ...],
     ) -> None:
         ctx, declared_length = _context(scope, kind, self._new_request_id)
+        if self._proxies is not None and ctx.client_ip is not None:
+            ctx.client_ip = self._proxies.client(ctx.client_ip, scope["headers"])
         hook = server_hooks(scope)
         if self._tracing is None:
             await self._respond(ctx, declared_length, receive, send, hook, adapter, required)
