@@ -20,6 +20,7 @@ from tokenway.access import Access
 from tokenway.api.admin import admin_router
 from tokenway.api.admin_routing import routing_router
 from tokenway.api.admin_status import status_router
+from tokenway.api.client_address import TrustedProxies
 from tokenway.api.control import control_app
 from tokenway.api.openai import DataPlane
 from tokenway.asgi import Receive, Scope, Send, send_error
@@ -184,7 +185,8 @@ class Gateway:
             LiveState(self._models, self.routing, self.route.queue_lengths, self.access.store_failures)
         )
         metrics = self.metrics if self.config.observability.metrics else None
-        plane = DataPlane(self.config, handler, self.log, metrics, self.is_ready, self.tracing)
+        plane = DataPlane(self.config, handler, self.log, metrics, self.is_ready, self.tracing,
+                          TrustedProxies.of(self.settings.trusted_proxies))
         self._data_routes = plane.routes()
         self._control = control_app(self._models, self.is_ready, int(time.time()), metrics,
                                     routers=[routing_router(self._models, self.routing, self.settings.master_key),
