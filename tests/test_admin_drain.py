@@ -10,10 +10,20 @@ import httpx
 
 from tests.fakes import FakeUpstream
 from tests.servers import running_app
-from tests.test_drain import BODY, stream_lines
+from tests.test_drain import BODY
 from tests.test_gateway_openai import config
 
 ADMIN = {"authorization": "Bearer master"}
+
+
+def stream_lines(base: str, started: list[float]) -> list[str]:
+    with httpx.stream("POST", base + "/v1/chat/completions", json=BODY, headers=ADMIN, timeout=30) as r:
+        lines = []
+        for line in r.iter_lines():
+            if line:
+                started.append(time.perf_counter())
+                lines.append(line)
+        return lines
 
 
 def test_admin_drain_refuses_new_work_and_lets_the_stream_in_flight_finish(upstream: FakeUpstream) -> None:
