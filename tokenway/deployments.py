@@ -108,12 +108,19 @@ class Deployment:
 
 
 class ModelTable:
-    """Public model name -> its deployments, in config order."""
+    """Public model name -> its deployments now.
+
+    The models are fixed at start; a model's deployments may change while requests run, as
+    discovered workers join and leave (``routing/discovery.py``). A change never edits a sequence
+    that a reader may hold: it puts a new tuple in the model's place, so a request keeps the
+    consistent view it looked up, and the request path reads without locks (one event loop; the
+    tuple swap is a single store).
+    """
 
     def __init__(self, models: dict[str, list[Deployment]]) -> None:
-        self._models = models
+        self._models: dict[str, tuple[Deployment, ...]] = {name: tuple(group) for name, group in models.items()}
 
-    def lookup(self, name: str) -> list[Deployment]:
+    def lookup(self, name: str) -> tuple[Deployment, ...]:
         try:
             return self._models[name]
         except KeyError:
@@ -128,5 +135,13 @@ class ModelTable:
     def all(self) -> list[Deployment]:
         return [d for deployments in self._models.values() for d in deployments]
 
-    def items(self) -> list[tuple[str, list[Deployment]]]:
+    def items(self) -> list[tuple[str, tuple[Deployment, ...]]]:
         return list(self._models.items())
+
+    def add(self, name: str, deployment: Deployment) -> None:
+        """``deployment`` takes calls for model ``name`` from now on."""
+        self._models[name] = (*self.lookup(name), deployment)
+
+    def remove(self, name: str, deployment: Deployment) -> None:
+        """No new call goes to ``deployment``; calls that already have it finish there."""
+        self._models[name] = tuple(d for d in self.lookup(name) if d is not deployment)

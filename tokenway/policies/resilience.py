@@ -161,9 +161,10 @@ class Resilience:
         """Sleep before attempt ``attempt``, or raise ``last`` if the retry cannot happen."""
         delay = random.uniform(0, min(retry.backoff_max, retry.backoff_base * 2 ** (attempt - 1)))
         now = self._clock.now()
-        if all(d.cooldown_until > now for d in self._table.lookup(name)):
+        deployments = self._table.lookup(name)  # discovered workers may have come or gone since the last try
+        if deployments and all(d.cooldown_until > now for d in deployments):
             # every deployment asked us to stay away: wait for the first to be free again
-            wait = min(d.cooldown_until for d in self._table.lookup(name)) - now
+            wait = min(d.cooldown_until for d in deployments) - now
             if wait > retry.max_retry_after:
                 self._stats.count("retry.retry_after_too_long")
                 raise last

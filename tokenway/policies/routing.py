@@ -23,18 +23,18 @@ from tokenway.providers.base import Answer, Call, Stream
 from tokenway.routing import balancers
 from tokenway.routing.breaker import CircuitBreaker
 from tokenway.routing.observe import observe_stream
-from tokenway.routing.options import RetryConfig
+from tokenway.routing.options import BreakerConfig, RetryConfig
 from tokenway.routing.stats import RoutingStats
 
 _HEALTH_FAILURES = (UpstreamError, UpstreamTimeout, UpstreamUnavailable)
 
 
 class _Model:
-    __slots__ = ("balancer", "deployments", "queue", "retry")
+    __slots__ = ("balancer", "breaker", "name", "queue", "retry")
 
-    def __init__(self, deployments: list[Deployment], balancer: balancers.Balancer, queue: AdmissionQueue,
-                 retry: RetryConfig) -> None:
-        self.deployments, self.balancer, self.queue, self.retry = deployments, balancer, queue, retry
+    def __init__(self, name: str, balancer: balancers.Balancer, queue: AdmissionQueue, retry: RetryConfig,
+                 breaker: BreakerConfig) -> None:
+        self.name, self.balancer, self.queue, self.retry, self.breaker = name, balancer, queue, retry, breaker
 
 
 class Route:
@@ -47,12 +47,11 @@ class Route:
         self._models: dict[str, _Model] = {}
         for model in config.models:
             deployments = models.lookup(model.name)
-            limits = [d.config.max_concurrency for d in deployments]
-            queue = AdmissionQueue(model.queue, sum(limit or 1 for limit in limits), clock)
+            queue = AdmissionQueue(model.queue, sum(d.config.max_concurrency or 1 for d in deployments), clock)
+            state = _Model(model.name, balancers.build(model.routing), queue, model.retry, model.breaker)
             for deployment in deployments:
-                deployment.breaker = CircuitBreaker(model.breaker, clock)
-                deployment.on_release = queue.released
-            self._models[model.name] = _Model(deployments, balancers.build(model.routing), queue, model.retry)
+                self._adopt(state, deployment)
+            self._models[model.name] = state
 
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
         if ctx.model is None:
@@ -111,6 +110,23 @@ class Route:
             if woken:
                 model.queue.taken()
 
+    def join(self, model: str, deployment: Deployment) -> None:
+        """A worker found while running (discovery) starts taking ``model``'s calls."""
+        state = self._models[model]
+        self._adopt(state, deployment)
+        state.queue.slots += deployment.config.max_concurrency or 1
+        self._table.add(model, deployment)
+
+    def leave(self, model: str, deployment: Deployment) -> None:
+        """No new call goes to ``deployment``; the calls it has go on to their end."""
+        state = self._models[model]
+        self._table.remove(model, deployment)
+        state.queue.slots = max(1, state.queue.slots - (deployment.config.max_concurrency or 1))
+
+    def _adopt(self, state: _Model, deployment: Deployment) -> None:
+        deployment.breaker = CircuitBreaker(state.breaker, self._clock)
+        deployment.on_release = state.queue.released
+
     def queue_lengths(self) -> dict[str, int]:
         """Calls waiting for a slot, per model (exported as ``tokenway_queue_length``)."""
         return {name: len(model.queue) for name, model in self._models.items()}
@@ -119,13 +135,18 @@ class Route:
         """Deployments worth a try now, dropping the least suitable first while any remain."""
         now = self._clock.now()
         tried = ctx.tried
-        allowed = [d for d in model.deployments if d.breaker.allows()]
+        deployments = self._table.lookup(model.name)
+        if not deployments:  # discovery has found no worker yet, or the last one left
+            self._stats.count("skip.no_workers")
+            raise Shed(f"No worker of '{ctx.model}' is known right now (discovery found none); retry shortly.",
+                       code="no_healthy_deployment", retry_after=5.0)
+        allowed = [d for d in deployments if d.breaker.allows()]
         if not allowed:
             self._stats.count("skip.all_breakers_open")
-            wait = min(d.breaker.closes_in() for d in model.deployments)
+            wait = min(d.breaker.closes_in() for d in deployments)
             raise Shed(f"Every deployment of '{ctx.model}' is failing (circuit breakers open); retry shortly.",
                        code="no_healthy_deployment", retry_after=max(1.0, wait))
-        if len(allowed) < len(model.deployments):
+        if len(allowed) < len(deployments):
             self._stats.count("skip.breaker_open")
         if all(d.healthy and d.cooldown_until <= now and d.name not in tried for d in allowed):
             return allowed  # the usual case, in one pass

@@ -52,22 +52,29 @@ async def check_forever(deployment: Deployment, config: HealthCheckConfig, http:
 
 
 class Monitors:
-    """The health-check and metrics-scrape tasks of every deployment that asks for them."""
+    """The health-check and metrics-scrape tasks of every deployment that asks for them, started
+    when a deployment joins and stopped when it leaves (discovered workers come and go)."""
 
-    def __init__(self, deployments: list[Deployment]) -> None:
-        self._deployments = deployments
-        self._tasks: list[asyncio.Task[None]] = []
+    def __init__(self, http: aiohttp.ClientSession) -> None:
+        self._http = http
+        self._tasks: dict[Deployment, list[asyncio.Task[None]]] = {}
 
-    def start(self, http: aiohttp.ClientSession) -> None:
+    def watch(self, deployment: Deployment) -> None:
         loop = asyncio.get_running_loop()
-        for deployment in self._deployments:
-            if deployment.config.health_check is not None:
-                self._tasks.append(loop.create_task(check_forever(deployment, deployment.config.health_check, http)))
-            if deployment.config.engine_metrics is not None:
-                self._tasks.append(loop.create_task(scrape_forever(deployment, deployment.config.engine_metrics, http)))
+        tasks = []
+        if deployment.config.health_check is not None:
+            tasks.append(loop.create_task(check_forever(deployment, deployment.config.health_check, self._http)))
+        if deployment.config.engine_metrics is not None:
+            tasks.append(loop.create_task(scrape_forever(deployment, deployment.config.engine_metrics, self._http)))
+        if tasks:
+            self._tasks[deployment] = tasks
+
+    async def forget(self, deployment: Deployment) -> None:
+        tasks = self._tasks.pop(deployment, [])
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def aclose(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        for deployment in list(self._tasks):
+            await self.forget(deployment)

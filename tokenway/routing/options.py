@@ -6,9 +6,10 @@ them on ``ModelConfig`` and ``DeploymentConfig``. Seconds everywhere.
 
 from __future__ import annotations
 
+from ipaddress import ip_address
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Positive = Annotated[float, Field(gt=0)]
 NonNegative = Annotated[float, Field(ge=0)]
@@ -95,3 +96,62 @@ class EngineConfig(_Strict):
     kind: Literal["vllm", "sglang"] = "vllm"
     metrics_url: str | None = None  # default: ``/metrics`` on the host of ``api_base``
     interval: Positive = 0.1
+
+
+class KubernetesDiscovery(_Strict):
+    """The ready endpoints of a Service, watched through the EndpointSlice API with the pod's
+    service-account credentials (it needs ``get``, ``list`` and ``watch`` on ``endpointslices``)."""
+
+    service: Annotated[str, Field(min_length=1)]
+    namespace: str | None = None  # default: the pod's own (the service account's namespace file)
+
+
+class DiscoveryConfig(_Strict):
+    """Workers found rather than listed: each address the source finds becomes a deployment with the
+    entry's other fields and ``api_base`` ``{scheme}://{address}:{port}{path}``, once its ``/models``
+    lists the entry's ``model``. Exactly one source: ``dns`` or ``kubernetes``.
+
+    ``dns``: a name whose A/AAAA records are the workers (a Kubernetes headless Service), resolved
+    again every ``interval_s``. ``kubernetes``: a Service's EndpointSlices, watched (changes arrive
+    at once; ``interval_s`` is how often a worker whose ``/models`` did not answer is asked again).
+    """
+
+    dns: Annotated[str, Field(min_length=1)] | None = None
+    kubernetes: KubernetesDiscovery | None = None
+    # dns: required. kubernetes: a port number, or the name of the Service's port; default its only port.
+    port: Annotated[int, Field(ge=1, le=65535)] | str | None = None
+    interval_s: Positive = 10.0
+    scheme: Literal["http", "https"] = "http"
+    path: str = "/v1"  # the OpenAI-compatible API's path on each worker
+    nameserver: str | None = None  # dns: "host" or "host:port" instead of the system's resolver
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DiscoveryConfig:
+        if (self.dns is None) == (self.kubernetes is None):
+            raise ValueError("give exactly one source: 'dns: <name>' or 'kubernetes: {service: <name>}'")
+        if self.dns is not None and not isinstance(self.port, int):
+            raise ValueError("dns discovery needs the workers' port as a number, e.g. 'port: 8000'")
+        if self.nameserver is not None and self.dns is None:
+            raise ValueError("'nameserver' goes with 'dns' discovery")
+        self.nameserver_address()
+        return self
+
+    def nameserver_address(self) -> tuple[str, int] | None:
+        """``nameserver`` as (IP, port): "10.0.0.10", "127.0.0.1:8600", "[fd00::10]:53" or "fd00::10"."""
+        text = self.nameserver
+        if text is None:
+            return None
+        host, port = text, "53"
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else port
+        elif text.count(":") == 1:
+            host, port = text.split(":")
+        try:
+            ip_address(host)
+            number = int(port)
+        except ValueError:
+            raise ValueError(
+                f"nameserver {text!r}: give an IP address, optionally with a port (127.0.0.1:8600)"
+            ) from None
+        return host, number
