@@ -23,6 +23,7 @@ from tokenway.providers.registry import UnknownProvider, provider_class
 from tokenway.routing.options import (
     BreakerConfig,
     DegradationConfig,
+    DiscoveryConfig,
     EngineConfig,
     HealthCheckConfig,
     QueueConfig,
@@ -135,7 +136,14 @@ class DeploymentConfig(BaseModel):
     headers: dict[str, str] = {}
     health_check: HealthCheckConfig | None = None  # active checks; off when absent
     engine_metrics: EngineConfig | None = None  # scrape a vLLM/SGLang worker's /metrics for engine-aware routing
+    discovery: DiscoveryConfig | None = None  # find the workers (DNS, Kubernetes) instead of one api_base
     options: ProviderOptions = ProviderOptions()
+
+    @model_validator(mode="after")
+    def _found_or_listed(self) -> DeploymentConfig:
+        if self.discovery is not None and self.api_base is not None:
+            raise ValueError("with 'discovery', each worker's api_base comes from its address: remove 'api_base'")
+        return self
 
     @model_validator(mode="after")
     def _provider_options(self) -> DeploymentConfig:
