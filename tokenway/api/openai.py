@@ -70,9 +70,6 @@ class DataPlane:
         self._log = log
         self._is_ready = is_ready
         self._default_model = config.models[0].name if config.models else ""
-        self._deployment_timeouts = {
-            d.name: d.timeouts for model in config.models for d in model.deployments
-        }
 
     def routes(self) -> dict[str, Endpoint]:
         return {
@@ -157,10 +154,11 @@ class DataPlane:
             self._log.request(ctx, end)
 
     def _stream_limits(self, ctx: RequestContext) -> StreamLimits:
-        timeouts = self._deployment_timeouts.get(ctx.deployment or "")
+        target = ctx.target  # the deployment of the last attempt: listed, or a discovered worker
         heartbeat = self._config.streaming.heartbeat_s
-        if timeouts is None:
+        if target is None:
             return StreamLimits(60.0, 30.0, heartbeat, self._overhead_header)
+        timeouts = target.config.timeouts
         return StreamLimits(timeouts.first_token, timeouts.idle, heartbeat, self._overhead_header)
 
     def _check_limits(self, call: Call) -> None:
