@@ -25,7 +25,7 @@ from tokenway.api.control import control_app
 from tokenway.api.openai import DataPlane
 from tokenway.asgi import Receive, Scope, Send, send_error
 from tokenway.clock import SYSTEM_CLOCK, Clock
-from tokenway.config import GatewayConfig, Settings, load_config
+from tokenway.config import DeploymentConfig, GatewayConfig, Settings, load_config
 from tokenway.context import RequestContext
 from tokenway.deployments import Deployment, ModelTable
 from tokenway.drain import install_drain_on_sigterm
@@ -45,6 +45,7 @@ from tokenway.providers.upstream import HttpClient
 from tokenway.routing.health import Monitors
 from tokenway.routing.stats import RoutingStats
 
+from tokenway.routing.discovery import Discovery
 
 def upstream_caller(metrics: Metrics) -> Handler:
     """The end of the policy list: hand the call to the deployment routing chose (one attempt)."""
@@ -90,6 +91,7 @@ class Gateway:
         self._http: aiohttp.ClientSession | None = None
         self._upstream: HttpClient | None = None
         self.redis: Any = None  # redis.asyncio.Redis when TOKENWAY_REDIS_URL is set; shared by every store
+        self._discovery: Discovery | None = None  # workers found by DNS or Kubernetes (started in startup)
         self.cache: ResponseCache | None = None  # None when caching is off for every model
         self._models = ModelTable({})
         self._starting: asyncio.Task[None] | None = None
@@ -169,12 +171,14 @@ class Gateway:
         self.cache = await open_cache(self.config, self.redis)
         self._upstream = HttpClient()
         resources = ProviderResources(http=self._http, upstream=self._upstream, data_dir=self.settings.data_dir)
-        table: dict[str, list[Deployment]] = {}
-        for model in self.config.models:
-            table[model.name] = [
-                Deployment(d, provider_class(d.provider)(d, d.options, resources)) for d in model.deployments
-            ]
-        self._models = ModelTable(table)
+
+        def build(d: DeploymentConfig) -> Deployment:
+            return Deployment(d, provider_class(d.provider)(d, d.options, resources))
+
+        # Entries with a discovery block are templates: their workers join once found (routing/discovery.py).
+        self._models = ModelTable({
+            model.name: [build(d) for d in model.deployments if d.discovery is None] for model in self.config.models
+        })
         await self.access.start()
         policies, upstream = self.policies(self._models), upstream_caller(self.metrics)
         if self.config.observability.tracing.enabled:
@@ -189,14 +193,18 @@ class Gateway:
                           TrustedProxies.of(self.settings.trusted_proxies))
         self._data_routes = plane.routes()
         self._control = control_app(self._models, self.is_ready, int(time.time()), metrics,
-                                    routers=[routing_router(self._models, self.routing, self.settings.master_key),
+                                    routers=[routing_router(self._models, self.routing, self.settings.master_key,
+                                                            self._discovered),
                                              status_router(self.config, self._models, self.routing,
                                                            self.route.queue_lengths, self._state, self.begin_drain,
                                                            self.settings.master_key),
                                              admin_router(self.access, self.settings.master_key)])
         self._starting = asyncio.get_running_loop().create_task(self._start_providers())
-        self._monitors = Monitors(self._models.all())
-        self._monitors.start(self._http)
+        self._monitors = Monitors(self._http)
+        for deployment in self._models.all():
+            self._monitors.watch(deployment)
+        self._discovery = Discovery(self.config, self.route, build, self._monitors, self._http, self.log)
+        self._discovery.start()
         install_drain_on_sigterm(self.begin_drain, self.settings.drain_delay_s)
         open_note = "" if self.settings.master_key else " (no master key: anyone who can reach it may call it)"
         self.log.event(
@@ -225,6 +233,9 @@ class Gateway:
         self.log.event("draining", pid=os.getpid(), delay_s=self.settings.drain_delay_s)
         return True
 
+    def _discovered(self) -> dict[str, Any]:
+        return self._discovery.snapshot() if self._discovery is not None else {}
+
     async def shutdown(self) -> None:
         self.ready = False
         if self._monitors is not None:
@@ -235,6 +246,8 @@ class Gateway:
         if self._http is not None:
             await self._http.close()
         if self._upstream is not None:
+        if self._discovery is not None:
+            await self._discovery.aclose()
             await self._upstream.aclose()
         await self.access.aclose()  # flushes the usage ledger
         if self.cache is not None:
