@@ -238,6 +238,8 @@ class Gateway:
 
     async def shutdown(self) -> None:
         self.ready = False
+        if self._discovery is not None:
+            await self._discovery.aclose()
         if self._monitors is not None:
             await self._monitors.aclose()
         if self._starting is not None and not self._starting.done():
@@ -246,8 +248,6 @@ class Gateway:
         if self._http is not None:
             await self._http.close()
         if self._upstream is not None:
-        if self._discovery is not None:
-            await self._discovery.aclose()
             await self._upstream.aclose()
         await self.access.aclose()  # flushes the usage ledger
         if self.cache is not None:
