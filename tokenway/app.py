@@ -42,10 +42,10 @@ from tokenway.policies.routing import Route
 from tokenway.providers.base import Answer, Call, Completion, ProviderResources
 from tokenway.providers.registry import provider_class
 from tokenway.providers.upstream import HttpClient
+from tokenway.routing.discovery import Discovery
 from tokenway.routing.health import Monitors
 from tokenway.routing.stats import RoutingStats
 
-from tokenway.routing.discovery import Discovery
 
 def upstream_caller(metrics: Metrics) -> Handler:
     """The end of the policy list: hand the call to the deployment routing chose (one attempt)."""
@@ -88,10 +88,10 @@ class Gateway:
         self.draining = False
         self.routing = RoutingStats()  # routing decisions by reason (GET /admin/routing)
         self._monitors: Monitors | None = None
+        self._discovery: Discovery | None = None  # workers found by DNS or Kubernetes (started in startup)
         self._http: aiohttp.ClientSession | None = None
         self._upstream: HttpClient | None = None
         self.redis: Any = None  # redis.asyncio.Redis when TOKENWAY_REDIS_URL is set; shared by every store
-        self._discovery: Discovery | None = None  # workers found by DNS or Kubernetes (started in startup)
         self.cache: ResponseCache | None = None  # None when caching is off for every model
         self._models = ModelTable({})
         self._starting: asyncio.Task[None] | None = None
@@ -225,6 +225,9 @@ class Gateway:
         self.ready = True
         self.log.event("ready", models=self._models.names(), seconds=round(time.perf_counter() - started, 3))
 
+    def _discovered(self) -> dict[str, Any]:
+        return self._discovery.snapshot() if self._discovery is not None else {}
+
     def begin_drain(self) -> bool:
         """Stop taking new work (``/ready`` → 503); in-flight calls go on. False if already draining."""
         if self.draining:
@@ -232,9 +235,6 @@ class Gateway:
         self.draining = True
         self.log.event("draining", pid=os.getpid(), delay_s=self.settings.drain_delay_s)
         return True
-
-    def _discovered(self) -> dict[str, Any]:
-        return self._discovery.snapshot() if self._discovery is not None else {}
 
     async def shutdown(self) -> None:
         self.ready = False
