@@ -88,3 +88,27 @@ def write_config(tmp: Path, text: str) -> Path:
     path = tmp / "tokenway.yaml"
     path.write_text(text)
     return path
+
+
+@contextmanager
+def serving_workers(config_yaml: str, tmp: Path, workers: int = 2, **env: str) -> Iterator[str]:
+    """``tokenway serve --workers N`` as a child process (real worker processes, shared Redis counters);
+    yield its base URL once ready, SIGTERM it after. ``env``: more ``TOKENWAY_*`` variables."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    variables = {**os.environ, "TOKENWAY_PORT": str(port), "TOKENWAY_CONFIG": str(write_config(tmp, config_yaml)),
+                 "TOKENWAY_WORKERS": str(workers), "TOKENWAY_REDIS_URL": "redis://127.0.0.1:6379/0", **env}
+    variables.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the server makes its own
+    proc = subprocess.Popen([sys.executable, "-m", "tokenway", "serve"], env=variables,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(base, alive=lambda: proc.poll() is None)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)

@@ -4,12 +4,9 @@ type and labels it has always had."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes import FakeUpstream
-from tests.servers import free_port, wait_until_ready
+from tests.servers import serving_workers
 from tests.test_gateway_openai import MESSAGES, config
 from tokenway.context import CacheOutcome, RequestContext
 from tokenway.observability.live_state import LiveState
@@ -114,23 +111,10 @@ def test_every_family_is_declared_before_first_use_with_several_workers(tmp_path
                                                                        upstream: FakeUpstream) -> None:
     """``serve --workers 2`` (prometheus-client's multiprocess files): /metrics declares each family from the
     start, e.g. the queue wait before any call has queued, so panels and alerts read zero, not "no data"."""
-    path = tmp_path / "tokenway.yaml"
-    path.write_text(config(upstream))
-    port = free_port()
-    env = {**os.environ, "TOKENWAY_PORT": str(port), "TOKENWAY_CONFIG": str(path), "TOKENWAY_WORKERS": "2",
-           "TOKENWAY_REDIS_URL": "redis://127.0.0.1:6379/0"}  # several workers share their counters there
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subprocess.Popen([sys.executable, "-m", "tokenway", "serve"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(base, alive=lambda: proc.poll() is None)
+    with serving_workers(config(upstream), tmp_path) as base:
         before = httpx.get(base + "/metrics").text  # no call yet
         httpx.post(base + "/v1/chat/completions", json={"model": "m", "messages": MESSAGES})
         after = httpx.get(base + "/metrics").text
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
     for text in (before, after):
         declared = {name.removesuffix("_total") if kind == "counter" else name: kind
                     for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M)}

@@ -1,4 +1,4 @@
-"""Graceful drain on SIGTERM: refuse new work first, then let uvicorn close and wait.
+"""Graceful drain on SIGTERM (or ``POST /admin/drain``): refuse new work first, then let uvicorn close and wait.
 
 uvicorn stops on SIGTERM by closing its listeners and waiting up to
 ``timeout_graceful_shutdown`` for open requests and streams. A load balancer would still be
@@ -9,6 +9,10 @@ to notice. In-flight work keeps running throughout. A second SIGTERM stops witho
 
 Installed from the lifespan, so it runs in every worker process (``--workers N``), inside
 uvicorn's own signal capture; off the main thread (tests) there is nothing to install.
+
+``POST /admin/drain`` starts the same drain without the signal (a cloud's interruption notice, a
+preStop hook): the process serves what it has until its SIGTERM comes, which then stops it at once.
+With several workers the call reaches one of them; the drain file carries it to the others.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 
@@ -36,3 +41,17 @@ def install_drain_on_sigterm(begin_drain: Callable[[], bool], delay: float) -> N
         loop.call_soon_threadsafe(loop.call_later, delay, previous, sig, None)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+async def drain_when_file_appears(path: Path, begin_drain: Callable[[], bool], interval: float = 0.25) -> None:
+    """Call ``begin_drain()`` once ``path`` exists, then return.
+
+    ``serve --workers N`` gives its workers one such file: ``POST /admin/drain`` reaches one worker,
+    which creates the file, and the others see it here within ``interval``. Any process on the box
+    may create it as well (a spot-notice watcher sharing the volume). A stat every quarter second is
+    the whole cost.
+    """
+    # Another process makes the file: there is no event to wait on, and a stat is cheap.
+    while not path.exists():  # noqa: ASYNC240, ASYNC110
+        await asyncio.sleep(interval)
+    begin_drain()
