@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     drain_delay_s: float = 3.0  # on SIGTERM: /ready false and new calls refused this long before listeners close
     shutdown_grace_s: float = 30.0  # then in-flight requests and streams get this long to finish
+    # The drain starts when this file appears (tokenway/drain.py). `serve --workers N` sets one up so that
+    # POST /admin/drain reaches every worker; a spot-notice watcher sharing the volume may create it too.
+    drain_file: Path | None = None
     # Reverse proxies (nginx, a cloud load balancer) whose X-Forwarded-For / X-Real-IP name the client,
     # comma-separated addresses or CIDRs: "127.0.0.1,10.0.0.0/8". Empty: the socket's peer is the client
     # (tokenway/api/client_address.py). A process setting, not YAML: it says where this process runs.
