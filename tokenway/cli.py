@@ -124,6 +124,11 @@ def _serve_workers(settings: Settings) -> int:
     """Several worker processes, each with its own app from ``worker_app``; this one supervises."""
     from tokenway.observability.logging import JsonLog
 
+    drain_dir = None
+    if settings.drain_file is None:
+        # POST /admin/drain reaches one worker; the file it creates here drains the others (tokenway/drain.py).
+        drain_dir = tempfile.mkdtemp(prefix="tokenway-drain-")
+        settings = settings.model_copy(update={"drain_file": Path(drain_dir) / "drain"})
     os.environ[WORKER_SETTINGS_ENV] = settings.model_dump_json()  # the workers are this process's children
     metrics_dir = None
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
@@ -140,6 +145,8 @@ def _serve_workers(settings: Settings) -> int:
         log.release_stdlib()
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+        if drain_dir:
+            shutil.rmtree(drain_dir, ignore_errors=True)
     return 0
 
 
