@@ -28,7 +28,7 @@ from tokenway.clock import SYSTEM_CLOCK, Clock
 from tokenway.config import DeploymentConfig, GatewayConfig, Settings, load_config
 from tokenway.context import RequestContext
 from tokenway.deployments import Deployment, ModelTable
-from tokenway.drain import install_drain_on_sigterm
+from tokenway.drain import drain_when_file_appears, install_drain_on_sigterm
 from tokenway.errors import GatewayError, MethodNotAllowed
 from tokenway.observability.live_state import LiveState
 from tokenway.observability.logging import JsonLog
@@ -95,6 +95,7 @@ class Gateway:
         self.cache: ResponseCache | None = None  # None when caching is off for every model
         self._models = ModelTable({})
         self._starting: asyncio.Task[None] | None = None
+        self._drain_watch: asyncio.Task[None] | None = None  # waits for the drain file (settings.drain_file)
         self._data_routes: dict[str, Any] = {}
         self._control: Any = None
         self.access = Access(settings, config, self.log)  # keys, limits, budgets, ledger (started in startup)
@@ -196,7 +197,7 @@ class Gateway:
                                     routers=[routing_router(self._models, self.routing, self.settings.master_key,
                                                             self._discovered),
                                              status_router(self.config, self._models, self.routing,
-                                                           self.route.queue_lengths, self._state, self.begin_drain,
+                                                           self.route.queue_lengths, self._state, self.request_drain,
                                                            self.settings.master_key),
                                              admin_router(self.access, self.settings.master_key)])
         self._starting = asyncio.get_running_loop().create_task(self._start_providers())
@@ -206,6 +207,9 @@ class Gateway:
         self._discovery = Discovery(self.config, self.route, build, self._monitors, self._http, self.log)
         self._discovery.start()
         install_drain_on_sigterm(self.begin_drain, self.settings.drain_delay_s)
+        if self.settings.drain_file is not None:
+            self._drain_watch = asyncio.get_running_loop().create_task(
+                drain_when_file_appears(self.settings.drain_file, self.begin_drain))
         open_note = "" if self.settings.master_key else " (no master key: anyone who can reach it may call it)"
         self.log.event(
             "starting", version=__version__, pid=os.getpid(), models=self._models.names(),
@@ -228,6 +232,15 @@ class Gateway:
     def _discovered(self) -> dict[str, Any]:
         return self._discovery.snapshot() if self._discovery is not None else {}
 
+    def request_drain(self) -> bool:
+        """``POST /admin/drain``: this process now, every other worker of the server through the drain file."""
+        if self.settings.drain_file is not None:
+            try:
+                self.settings.drain_file.touch()
+            except OSError as exc:  # this process drains all the same
+                self.log.event("drain_file_failed", level="error", path=str(self.settings.drain_file), error=str(exc))
+        return self.begin_drain()
+
     def begin_drain(self) -> bool:
         """Stop taking new work (``/ready`` → 503); in-flight calls go on. False if already draining."""
         if self.draining:
@@ -238,6 +251,8 @@ class Gateway:
 
     async def shutdown(self) -> None:
         self.ready = False
+        if self._drain_watch is not None:
+            self._drain_watch.cancel()
         if self._discovery is not None:
             await self._discovery.aclose()
         if self._monitors is not None:
