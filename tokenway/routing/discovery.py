@@ -121,11 +121,12 @@ class Workers:
         self._leaving.clear()
 
     def snapshot(self) -> dict[str, Any]:
+        kubernetes = self._discovery.kubernetes
+        source = f"dns:{self._discovery.dns}" if kubernetes is None else f"kubernetes:{kubernetes.service}"
         return {
-            "source": f"dns:{self._discovery.dns}" if self._discovery.dns is not None
-            else f"kubernetes:{self._discovery.kubernetes.service if self._discovery.kubernetes else ''}",
+            "source": source,
             "workers": sorted(d.name for d in self.live.values()),
-            "waiting": {str(address): why for address, why in sorted(self.waiting.items(), key=lambda i: str(i[0]))},
+            "waiting": {str(address): why for address, why in self.waiting.items()},
             "leaving": sorted(d.name for d in self._leaving.values()),
         }
 
