@@ -46,6 +46,7 @@ FAMILIES = {  # name: (type, label names)
     "tokenway_worker_queue_length": ("gauge", {"deployment"}),
     "tokenway_worker_running_requests": ("gauge", {"deployment"}),
     "tokenway_worker_kv_cache_usage_ratio": ("gauge", {"deployment"}),
+    "tokenway_model_deployments": ("gauge", {"model"}),
     "tokenway_queue_length": ("gauge", {"model"}),
     "tokenway_routing_decisions": ("counter", {"reason"}),
     "tokenway_limits_store_failures": ("counter", set()),
@@ -75,7 +76,7 @@ def _gateway_exposition() -> str:
                                  engine=engine)
     routing = RoutingStats()
     routing.count("least_busy")
-    models = SimpleNamespace(all=lambda: [deployment])
+    models = SimpleNamespace(all=lambda: [deployment], items=lambda: [("m", (deployment,))])
     metrics.add_collector(LiveState(models, routing, lambda: {"m": 4}, lambda: 0))  # type: ignore[arg-type]
     return metrics.render().decode()
 

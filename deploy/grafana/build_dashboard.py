@@ -43,6 +43,9 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("Queue wait p95", "s", [(
         "{{model}}", "histogram_quantile(0.95, sum by (le, model) (rate(tokenway_queue_wait_seconds_bucket[5m])))",
     )]),
+    ("Deployments per model (discovered workers included)", "short", [
+        ("{{model}}", "min by (model) (tokenway_model_deployments)"),
+    ]),
     ("Worker KV-cache use", "percentunit", [("{{deployment}}", "max by (deployment) (tokenway_worker_kv_cache_usage_ratio)")]),
     ("Circuit state (0 closed, 1 half-open, 2 open)", "short", [
         ("{{deployment}}", "max by (deployment) (tokenway_deployment_circuit_state)"),

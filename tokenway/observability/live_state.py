@@ -52,6 +52,12 @@ class LiveState:
                 waiting.add_metric([name], engine.waiting)
                 running.add_metric([name], engine.running)
                 kv_usage.add_metric([name], engine.kv_usage)
+        deployments = GaugeMetricFamily(
+            "tokenway_model_deployments",
+            "Deployments that can take the model's calls now, discovered workers included.", labels=["model"],
+        )
+        for model, group in self._models.items():
+            deployments.add_metric([model], len(group))
         queue = GaugeMetricFamily("tokenway_queue_length", "Calls waiting in the gateway's admission queue.",
                                   labels=["model"])
         for model, length in self._queue_lengths().items():
@@ -64,4 +70,4 @@ class LiveState:
             "tokenway_limits_store_failures", "Rate-limit/budget store calls that failed (Redis down or slow).",
         )
         store.add_metric([], self._store_failures())
-        return [in_flight, circuit, healthy, waiting, running, kv_usage, queue, decisions, store]
+        return [in_flight, circuit, healthy, waiting, running, kv_usage, deployments, queue, decisions, store]
