@@ -32,6 +32,7 @@ def headers(*pairs: tuple[str, str]) -> list[tuple[bytes, bytes]]:
     ("127.0.0.1", [("x-real-ip", "203.0.113.9")], "203.0.113.9"),
     ("127.0.0.1", [("x-forwarded-for", "2001:db8::1")], "2001:db8::1"),
     ("127.0.0.1", [], "127.0.0.1"),  # a trusted proxy that forwarded nothing is the client
+    ("::ffff:10.0.0.5", [("x-forwarded-for", "203.0.113.7")], "203.0.113.7"),  # an IPv4 peer on a "::" listener
     ("127.0.0.1", [("x-forwarded-for", "10.0.0.5, 10.0.0.6")], "10.0.0.5"),  # all trusted: the first hop
     ("127.0.0.1", [("x-forwarded-for", "not-an-ip")], "127.0.0.1"),
     ("198.51.100.1", [("x-forwarded-for", "203.0.113.7"), ("x-real-ip", "203.0.113.9")], "198.51.100.1"),

@@ -34,6 +34,8 @@ class TrustedProxies:
             ip = ip_address(address)
         except ValueError:
             return False  # e.g. a Unix socket peer or garbage in a header
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # a dual-stack listener ("::") sees IPv4 peers as ::ffff:a.b.c.d
         return any(ip in network for network in self._networks)
 
     def client(self, peer: str, headers: Iterable[tuple[bytes, bytes]]) -> str:
