@@ -121,7 +121,11 @@ class FakeUpstream:
         if scenario == "badjson":
             return web.Response(text="{not json", content_type="application/json")
         if scenario == "hang":
-            await asyncio.sleep(30)
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:  # the gateway hung up (handler_cancellation is on)
+                self.hangups.append(request.path)
+                raise
         text_mode = tail == "completions"
         if not body.get("stream"):
             return web.json_response(_completion(body, text_mode))

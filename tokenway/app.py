@@ -20,8 +20,10 @@ from tokenway.access import Access
 from tokenway.api.admin import admin_router
 from tokenway.api.admin_routing import routing_router
 from tokenway.api.admin_status import status_router
+from tokenway.api.batches import batches_router
 from tokenway.api.client_address import TrustedProxies
 from tokenway.api.control import control_app
+from tokenway.api.jobs import Callers, jobs_router
 from tokenway.api.openai import DataPlane
 from tokenway.asgi import Receive, Scope, Send, send_error
 from tokenway.clock import SYSTEM_CLOCK, Clock
@@ -30,6 +32,7 @@ from tokenway.context import RequestContext
 from tokenway.deployments import Deployment, ModelTable
 from tokenway.drain import drain_when_file_appears, install_drain_on_sigterm
 from tokenway.errors import GatewayError, MethodNotAllowed
+from tokenway.jobs.runtime import Jobs
 from tokenway.observability.live_state import LiveState
 from tokenway.observability.logging import JsonLog
 from tokenway.observability.metrics import Metrics
@@ -99,6 +102,7 @@ class Gateway:
         self._data_routes: dict[str, Any] = {}
         self._control: Any = None
         self.access = Access(settings, config, self.log)  # keys, limits, budgets, ledger (started in startup)
+        self.jobs = Jobs(settings, config, self.log, self.metrics)  # async jobs and batches (started in startup)
 
     def policies(self, models: ModelTable) -> list[Policy]:
         """The request path, top to bottom. Adding a policy is adding a module and a line here."""
@@ -193,13 +197,17 @@ class Gateway:
         plane = DataPlane(self.config, handler, self.log, metrics, self.is_ready, self.tracing,
                           TrustedProxies.of(self.settings.trusted_proxies))
         self._data_routes = plane.routes()
+        await self.jobs.start(handler, self.clock, self.is_ready, metrics)  # jobs re-enter the same policy list
+        callers = Callers(self.access.policy, self.config.limits, self._models.names)
         self._control = control_app(self._models, self.is_ready, int(time.time()), metrics,
                                     routers=[routing_router(self._models, self.routing, self.settings.master_key,
                                                             self._discovered),
                                              status_router(self.config, self._models, self.routing,
                                                            self.route.queue_lengths, self._state, self.request_drain,
                                                            self.settings.master_key),
-                                             admin_router(self.access, self.settings.master_key)])
+                                             admin_router(self.access, self.settings.master_key),
+                                             jobs_router(self.jobs.service, callers, self.settings.master_key),
+                                             batches_router(self.jobs.service, callers)])
         self._starting = asyncio.get_running_loop().create_task(self._start_providers())
         self._monitors = Monitors(self._http)
         for deployment in self._models.all():
@@ -264,6 +272,7 @@ class Gateway:
             await self._http.close()
         if self._upstream is not None:
             await self._upstream.aclose()
+        await self.jobs.aclose()  # running jobs go back to the queue; their requests' ledger rows are written
         await self.access.aclose()  # flushes the usage ledger
         if self.cache is not None:
             await self.cache.aclose()

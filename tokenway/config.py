@@ -18,6 +18,7 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tokenway.cache.options import CacheConfig, ModelCacheConfig
+from tokenway.jobs.options import JobsConfig
 from tokenway.providers.base import ProviderOptions
 from tokenway.providers.registry import UnknownProvider, provider_class
 from tokenway.routing.options import (
@@ -59,6 +60,10 @@ class Settings(BaseSettings):
     # The drain starts when this file appears (tokenway/drain.py). `serve --workers N` sets one up so that
     # POST /admin/drain reaches every worker; a spot-notice watcher sharing the volume may create it too.
     drain_file: Path | None = None
+    # Jobs on a fleet: the Celery broker (redis://... or amqp://...). Set, the gateway only queues jobs
+    # and `tokenway worker` processes run them; unset, workers inside the gateway run them.
+    jobs_broker_url: str | None = None
+    files_dir: Path | None = None  # Batch API files; default <data_dir>/files (a shared volume for a fleet)
     # Reverse proxies (nginx, a cloud load balancer) whose X-Forwarded-For / X-Real-IP name the client,
     # comma-separated addresses or CIDRs: "127.0.0.1,10.0.0.0/8". Empty: the socket's peer is the client
     # (tokenway/api/client_address.py). A process setting, not YAML: it says where this process runs.
@@ -231,6 +236,7 @@ class GatewayConfig(_Strict):
     cache: CacheConfig = CacheConfig()
     observability: Observability = Observability()
     access: AccessConfig = AccessConfig()  # keys, rate limits, budgets (tokenway.usage.options)
+    jobs: JobsConfig = JobsConfig()  # the async API and batches (tokenway.jobs.options)
 
     @field_validator("models")
     @classmethod

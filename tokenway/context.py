@@ -27,6 +27,16 @@ class CacheOutcome:
     similarity: float | None = None  # a semantic hit's similarity
 
 
+@dataclass(slots=True, frozen=True)
+class JobRef:
+    """The job a request runs for (written by the job runner; read by access, which takes the job's
+    owner as the caller, and by the ledger and the log)."""
+
+    id: str
+    owner: str  # the key id that submitted it, or "master" / "anonymous"
+    batch_id: str | None = None
+
+
 @dataclass(slots=True)
 class RequestContext:
     # The front door (api/openai.py), from the request.
@@ -41,6 +51,7 @@ class RequestContext:
     stream: bool = False
     content: str | None = None  # what the client asked, for content logging (only when it is on)
     trace_id: str | None = None  # the request span's trace id, when tracing is on (read by the log)
+    job: JobRef | None = None  # set by the job runner: the request runs for a job, not a live caller
     # Access (policies/access.py): who is calling.
     key: KeyRecord | None = None  # the virtual key; None for the master key and anonymous callers
     key_alias: str | None = None  # who the key belongs to, safe to log

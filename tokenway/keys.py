@@ -33,6 +33,7 @@ class KeyCache:
         self._log = log
         self._refresh_s = refresh_s
         self._by_hash: dict[str, KeyRecord] = {}
+        self._by_id: dict[str, KeyRecord] = {}  # for jobs, which run as the key that submitted them
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
         self._failing = False
@@ -50,6 +51,9 @@ class KeyCache:
     def lookup(self, secret: str) -> KeyRecord | None:
         return self._by_hash.get(hash_key(secret))
 
+    def by_id(self, key_id: str) -> KeyRecord | None:
+        return self._by_id.get(key_id)
+
     def records(self) -> list[KeyRecord]:
         return list(self._by_hash.values())
 
@@ -58,6 +62,7 @@ class KeyCache:
         changed, self._seq = await self._db.keys_changed_since(self._seq)
         for record in changed:
             self._by_hash[record.hash] = record
+            self._by_id[record.id] = record
 
     async def _poll(self) -> None:
         while True:

@@ -26,7 +26,7 @@ from tokenway.asgi import (
     send_error,
     server_hooks,
 )
-from tokenway.config import GatewayConfig
+from tokenway.config import GatewayConfig, Limits
 from tokenway.context import RequestContext
 from tokenway.errors import GatewayError, InternalError, InvalidRequest, Overloaded, UpstreamError
 from tokenway.ids import IdGenerator
@@ -120,7 +120,7 @@ class DataPlane:
             if simple:
                 request.setdefault("model", self._default_model)
             call = Call("chat" if simple else kind, request)  # type: ignore[arg-type]
-            self._check_limits(call)
+            check_limits(call, self._limits)
             ctx.stream = call.stream
             if self._log.content:
                 ctx.content = _content_for_log(call)
@@ -146,12 +146,7 @@ class DataPlane:
             ctx.exception = exc
             await send_error(send, InternalError(f"Internal error; request id {ctx.request_id}."), headers)
         finally:
-            if ctx.finalizers:
-                await _run_finalizers(ctx)
-            end = time.perf_counter()
-            if self._metrics is not None:
-                self._metrics.request_finished(ctx, end)
-            self._log.request(ctx, end)
+            await end_request(ctx, self._metrics, self._log)
 
     def _stream_limits(self, ctx: RequestContext) -> StreamLimits:
         target = ctx.target  # the deployment of the last attempt: listed, or a discovered worker
@@ -161,29 +156,43 @@ class DataPlane:
         timeouts = target.config.timeouts
         return StreamLimits(timeouts.first_token, timeouts.idle, heartbeat, self._overhead_header)
 
-    def _check_limits(self, call: Call) -> None:
-        limits = self._limits
-        body = call.body
-        if call.kind == "chat":
-            messages = body["messages"]
-            if len(messages) > limits.max_messages:
-                raise InvalidRequest(
-                    f"Too many messages: {len(messages)}; the limit is {limits.max_messages}.", param="messages"
-                )
-        chars, count = prompt_size(call)
-        call.prompt_estimate = tokens_for_chars(chars, count)  # the limits and the budget need not count again
-        param = "prompt" if count is None else "messages"
-        if chars > limits.max_total_chars:
+REQUESTS: dict[str, tuple[TypeAdapter[Any], tuple[str, ...]]] = {
+    "chat": (CHAT_REQUEST, ("model", "messages")),
+    "completions": (COMPLETION_REQUEST, ("model", "prompt")),
+}
+
+
+def read_call(kind: str, body: bytes, limits: Limits) -> Call:
+    """A ``chat`` or ``completions`` body checked as its live endpoint checks it (the job API submits with it)."""
+    adapter, required = REQUESTS[kind]
+    call = Call(kind, parse_body(adapter, body, required))  # type: ignore[arg-type]
+    check_limits(call, limits)
+    return call
+
+
+def check_limits(call: Call, limits: Limits) -> None:
+    """The gateway's bounds on a request (400 naming the field), and its prompt estimate, counted once."""
+    body = call.body
+    if call.kind == "chat":
+        messages = body["messages"]
+        if len(messages) > limits.max_messages:
             raise InvalidRequest(
-                f"The input is {chars} characters; the limit is {limits.max_total_chars}.", param=param,
-                code="context_length_exceeded",
+                f"Too many messages: {len(messages)}; the limit is {limits.max_messages}.", param="messages"
             )
-        for field in ("max_tokens", "max_completion_tokens"):
-            value = body.get(field)
-            if value is not None and value > limits.max_tokens:
-                raise InvalidRequest(
-                    f"'{field}' is {value}; this gateway allows at most {limits.max_tokens}.", param=field
-                )
+    chars, count = prompt_size(call)
+    call.prompt_estimate = tokens_for_chars(chars, count)  # the limits and the budget need not count again
+    param = "prompt" if count is None else "messages"
+    if chars > limits.max_total_chars:
+        raise InvalidRequest(
+            f"The input is {chars} characters; the limit is {limits.max_total_chars}.", param=param,
+            code="context_length_exceeded",
+        )
+    for field in ("max_tokens", "max_completion_tokens"):
+        value = body.get(field)
+        if value is not None and value > limits.max_tokens:
+            raise InvalidRequest(
+                f"'{field}' is {value}; this gateway allows at most {limits.max_tokens}.", param=field
+            )
 
 
 def _content_for_log(call: Call) -> str:
@@ -198,7 +207,18 @@ def _overhead_header(ctx: RequestContext) -> tuple[bytes, bytes]:
     return (b"x-tokenway-overhead-ms", f"{overhead * 1000:.3f}".encode())
 
 
-async def _run_finalizers(ctx: RequestContext) -> None:
+async def end_request(ctx: RequestContext, metrics: Metrics | None, log: JsonLog) -> None:
+    """Whatever happened: the finalizers (settle, ledger), the metrics and the log line."""
+    if ctx.finalizers:
+        await run_finalizers(ctx)
+    end = time.perf_counter()
+    if metrics is not None:
+        metrics.request_finished(ctx, end)
+    log.request(ctx, end)
+
+
+async def run_finalizers(ctx: RequestContext) -> None:
+    """The context's finalizers, last deferred first; one that fails is noted and the rest still run."""
     for finalizer in reversed(ctx.finalizers):
         try:
             result = finalizer(ctx)

@@ -88,7 +88,7 @@ class AccessPolicy:
 
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
         model = call.body.get("model") or ""
-        key = self._authenticate(ctx, model)
+        key = self.authenticate(ctx, model)
         if model in self._models:  # a refusal here is still logged and recorded under its model
             ctx.model = model
         ask = Ask([], estimate_prompt_tokens(call))
@@ -103,7 +103,15 @@ class AccessPolicy:
                 ctx.defer(lambda done: self._settle(done, ask))
         return await next(ctx, call)
 
-    def _authenticate(self, ctx: RequestContext, model: str) -> KeyRecord | None:
+    def authenticate(self, ctx: RequestContext, model: str | None) -> KeyRecord | None:
+        """The caller's key (None for the master key and anonymous callers), or the error that refuses it.
+
+        A job's request runs as the key that submitted the job, checked again now: a key revoked or
+        expired since then, or whose allow-list changed, no longer runs its queued work. With no
+        ``model`` (reading one's own jobs and files), the allow-list is not asked.
+        """
+        if ctx.job is not None:
+            return self._job_owner(ctx, ctx.job.owner, model)
         presented = ctx.api_key
         if presented and self._master is not None and hmac.compare_digest(presented.encode(), self._master):
             ctx.key_alias = "master"
@@ -116,17 +124,29 @@ class AccessPolicy:
                 raise AuthenticationFailed(
                     "No API key provided. Send it as 'Authorization: Bearer <key>' or an 'api-key' header.")
             raise AuthenticationFailed("Incorrect API key provided.")
+        return self._admit_key(ctx, key, model)
+
+    def _admit_key(self, ctx: RequestContext, key: KeyRecord, model: str | None) -> KeyRecord:
         if key.revoked:
             raise AuthenticationFailed(f"The API key {key.id} has been revoked; ask your admin for a new one.")
         if key.expired(self._clock()):
             raise AuthenticationFailed(f"The API key {key.id} has expired; ask your admin to extend or replace it.")
-        if not key.allows(model):
+        if model is not None and not key.allows(model):
             raise PermissionDenied(
                 f"The API key {key.id} may not use the model '{model}'. Allowed: {', '.join(key.models)}.",
                 param="model", code="model_not_allowed",
             )
         ctx.key, ctx.key_alias = key, key.name or key.id
         return key
+
+    def _job_owner(self, ctx: RequestContext, owner: str, model: str | None) -> KeyRecord | None:
+        if owner in ("master", "anonymous"):
+            ctx.key_alias = "master" if owner == "master" else None
+            return None
+        key = self._keys.by_id(owner)
+        if key is None:
+            raise AuthenticationFailed(f"The API key {owner} that submitted this job no longer exists.")
+        return self._admit_key(ctx, key, model)
 
     def _limit(self, ctx: RequestContext, key: KeyRecord | None, call: Call, model: str, ask: Ask) -> None:
         """Fill in what this request takes from the counters: its plan's buckets, slot and budget hold."""
@@ -225,6 +245,7 @@ class AccessPolicy:
             completion_tokens=usage.completion_tokens if usage else 0,
             cached_tokens=usage.cached_tokens if usage else 0,
             cost_nanos=cost, latency_ms=round(ctx.elapsed_ms(), 3), status=ctx.status, partial=partial,
+            job_id=ctx.job.id if ctx.job else None, batch_id=ctx.job.batch_id if ctx.job else None,
         ))
 
     @staticmethod

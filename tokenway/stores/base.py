@@ -124,15 +124,18 @@ class UsageRecord:
     latency_ms: float
     status: int
     partial: bool = False  # a stream cut short: billed for its prompt and the tokens delivered
+    job_id: str | None = None  # the async job or batch line the request ran for
+    batch_id: str | None = None
 
     def row(self) -> tuple[Any, ...]:
         return (self.id, self.request_id, self.ts, self.key_id, self.team, self.model, self.deployment,
                 self.prompt_tokens, self.completion_tokens, self.cached_tokens, self.cost_nanos,
-                self.latency_ms, self.status, self.partial)
+                self.latency_ms, self.status, self.partial, self.job_id, self.batch_id)
 
 
 USAGE_COLUMNS = ("id", "request_id", "ts", "key_id", "team", "model", "deployment", "prompt_tokens",
-                 "completion_tokens", "cached_tokens", "cost_nanos", "latency_ms", "status", "partial")
+                 "completion_tokens", "cached_tokens", "cost_nanos", "latency_ms", "status", "partial",
+                 "job_id", "batch_id")
 
 # How a database writes a batch of usage records: in slices with a pause between them. One
 # statement of 500 rows kept a core busy for ~2 ms (the SQLite writer thread, or Postgres and the

@@ -23,8 +23,11 @@ CREATE INDEX IF NOT EXISTS tokenway_keys_seq_idx ON tokenway_keys (seq);
 CREATE TABLE IF NOT EXISTS tokenway_usage (
   id TEXT PRIMARY KEY, request_id TEXT, ts DOUBLE PRECISION NOT NULL, key_id TEXT, team TEXT, model TEXT,
   deployment TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, cached_tokens INTEGER,
-  cost_nanos BIGINT NOT NULL, latency_ms REAL, status INTEGER, partial BOOLEAN NOT NULL DEFAULT false);
+  cost_nanos BIGINT NOT NULL, latency_ms REAL, status INTEGER, partial BOOLEAN NOT NULL DEFAULT false,
+  job_id TEXT, batch_id TEXT);
 ALTER TABLE tokenway_usage ADD COLUMN IF NOT EXISTS partial BOOLEAN NOT NULL DEFAULT false;
+ALTER TABLE tokenway_usage ADD COLUMN IF NOT EXISTS job_id TEXT;
+ALTER TABLE tokenway_usage ADD COLUMN IF NOT EXISTS batch_id TEXT;
 CREATE INDEX IF NOT EXISTS tokenway_usage_key_ts ON tokenway_usage (key_id, ts);
 CREATE INDEX IF NOT EXISTS tokenway_usage_team_ts ON tokenway_usage (team, ts);
 CREATE INDEX IF NOT EXISTS tokenway_usage_ts ON tokenway_usage (ts);

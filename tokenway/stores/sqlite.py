@@ -26,7 +26,8 @@ CREATE INDEX IF NOT EXISTS tokenway_keys_seq ON tokenway_keys (seq);
 CREATE TABLE IF NOT EXISTS tokenway_usage (
   id TEXT PRIMARY KEY, request_id TEXT, ts REAL NOT NULL, key_id TEXT, team TEXT, model TEXT,
   deployment TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, cached_tokens INTEGER,
-  cost_nanos INTEGER NOT NULL, latency_ms REAL, status INTEGER, partial INTEGER NOT NULL DEFAULT 0);
+  cost_nanos INTEGER NOT NULL, latency_ms REAL, status INTEGER, partial INTEGER NOT NULL DEFAULT 0,
+  job_id TEXT, batch_id TEXT);
 CREATE INDEX IF NOT EXISTS tokenway_usage_key_ts ON tokenway_usage (key_id, ts);
 CREATE INDEX IF NOT EXISTS tokenway_usage_team_ts ON tokenway_usage (team, ts);
 CREATE INDEX IF NOT EXISTS tokenway_usage_ts ON tokenway_usage (ts);
@@ -36,33 +37,35 @@ CREATE INDEX IF NOT EXISTS tokenway_usage_ts ON tokenway_usage (ts);
 GROUP_SQL = {"key": "key_id", "team": "team", "model": "model", "day": "date(ts, 'unixepoch')"}
 
 
-class SqliteDatabase:
-    def __init__(self, path: Path) -> None:
+class SqliteFile:
+    """One SQLite file served by one dedicated thread: a connection is not shared across threads, and
+    the event loop never waits on disk. Each ``_run`` is one transaction."""
+
+    def __init__(self, path: Path, thread_name: str) -> None:
         self._path = path
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenway-sqlite")
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
         self._db: sqlite3.Connection | None = None
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
-            assert self._db is not None, "SqliteDatabase.start() was not awaited"
+            assert self._db is not None, f"{type(self).__name__}.start() was not awaited"
             with self._db:  # one transaction per call
                 return fn(self._db)
 
         return await asyncio.get_running_loop().run_in_executor(self._thread, call)
 
-    async def start(self) -> None:
+    async def _open(self, prepare: Callable[[sqlite3.Connection], None]) -> None:
         def open_db() -> None:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self._path, check_same_thread=False, timeout=5.0)
+            db = sqlite3.connect(self._path, check_same_thread=False, timeout=10.0)
             db.execute("PRAGMA journal_mode=WAL")  # readers in other processes (the CLI) never block us
+            # With WAL, NORMAL loses nothing when the process is killed (only on power loss), at a
+            # fraction of FULL's fsyncs: a job accepted with a 202 survives a kill -9.
             db.execute("PRAGMA synchronous=NORMAL")
             # Statement journals (every statement after the first in a transaction, as the ledger's
             # slices are) stay in memory: as temporary files they cost 4x the writes of the data.
             db.execute("PRAGMA temp_store=MEMORY")
-            db.executescript(_SCHEMA)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(tokenway_usage)")}
-            if "partial" not in columns:  # a ledger made before streams cut short were marked
-                db.execute("ALTER TABLE tokenway_usage ADD COLUMN partial INTEGER NOT NULL DEFAULT 0")
+            prepare(db)
             self._db = db
 
         await asyncio.get_running_loop().run_in_executor(self._thread, open_db)
@@ -72,6 +75,23 @@ class SqliteDatabase:
             await asyncio.get_running_loop().run_in_executor(self._thread, self._db.close)
             self._db = None
         self._thread.shutdown(wait=False)
+
+
+class SqliteDatabase(SqliteFile):
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, "tokenway-sqlite")
+
+    async def start(self) -> None:
+        def prepare(db: sqlite3.Connection) -> None:
+            db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(tokenway_usage)")}
+            if "partial" not in columns:  # a ledger made before streams cut short were marked
+                db.execute("ALTER TABLE tokenway_usage ADD COLUMN partial INTEGER NOT NULL DEFAULT 0")
+            for column in ("job_id", "batch_id"):  # a ledger made before jobs
+                if column not in columns:
+                    db.execute(f"ALTER TABLE tokenway_usage ADD COLUMN {column} TEXT")
+
+        await self._open(prepare)
 
     async def put_key(self, record: KeyRecord) -> None:
         # The change number is computed inside the one INSERT, under SQLite's write lock, so two

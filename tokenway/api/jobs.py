@@ -1,0 +1,143 @@
+"""The async API: ``POST /v1/async/chat/completions`` (or ``/completions``) → 202 and a job id;
+``GET /v1/async/{id}`` for its status and result; ``POST /v1/async/{id}/cancel``; ``GET /v1/async``.
+And ``/admin/jobs`` (master key): every tenant's jobs and the queue's state.
+
+A submit takes exactly the live endpoint's body (plus an optional ``webhook_url``) and is checked
+as the live endpoint checks it, at submit time: a bad field, an unknown model, a key that may not
+use the model are answered now, not found out by a worker later. Each caller sees only its own
+jobs; another tenant's id is a 404, the same as an id that never existed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import Response
+
+from tokenway.api.guards import presented_key, require_master_key
+from tokenway.api.openai import read_call
+from tokenway.config import Limits
+from tokenway.context import RequestContext
+from tokenway.errors import InvalidRequest, PermissionDenied
+from tokenway.jobs.records import Job
+from tokenway.jobs.service import JobService
+from tokenway.jobs.webhooks import check_webhook_url
+from tokenway.policies.access import AccessPolicy
+from tokenway.stores.base import KeyRecord
+
+JobStatusFilter = Query(default=None, pattern="^(queued|running|succeeded|failed|cancelled|expired)$")
+
+
+class Callers:
+    """Who is calling a jobs endpoint (the same keys as live traffic), and what they may submit."""
+
+    def __init__(self, access: AccessPolicy, limits: Limits, models: Callable[[], list[str]]) -> None:
+        self._access = access
+        self._limits = limits
+        self._models = models
+
+    def identify(self, request: Request, model: str | None = None) -> tuple[str, KeyRecord | None]:
+        """The caller's owner name (key id, "master" or "anonymous") and key; 401/403 as live traffic gets."""
+        headers = request.headers
+        ctx = RequestContext(request_id="", endpoint="jobs",
+                             api_key=presented_key(headers.get("authorization"), headers.get("api-key")),
+                             client_ip=request.client.host if request.client else None)
+        key = self._access.authenticate(ctx, model)
+        if key is not None:
+            return key.id, key
+        return ("master" if ctx.key_alias == "master" else "anonymous"), None
+
+    def owner(self, request: Request) -> str:
+        return self.identify(request)[0]
+
+    def check_request(self, kind: str, body: bytes, key: KeyRecord | None) -> dict[str, Any]:
+        """A job's request body, checked as the live endpoint checks it, before it is queued."""
+        call = read_call(kind, body, self._limits)
+        if call.stream:
+            raise InvalidRequest("Jobs cannot stream: leave out 'stream' and collect the result when it is done.",
+                                 param="stream")
+        model = call.body["model"]
+        if model not in self._models():
+            raise InvalidRequest(f"The model '{model}' does not exist on this gateway. Known: "
+                                 f"{', '.join(self._models())}.", param="model", code="model_not_found")
+        if key is not None and not key.allows(model):  # a batch line's model; a submit's was checked with the key
+            raise PermissionDenied(f"The API key {key.id} may not use the model '{model}'. Allowed: "
+                                   f"{', '.join(key.models)}.", param="model", code="model_not_allowed")
+        return call.body
+
+
+def jobs_router(service: JobService, callers: Callers, master_key: str | None) -> APIRouter:
+    router = APIRouter(tags=["jobs"])
+
+    async def submit(kind: str, request: Request, idempotency_key: str | None) -> Response:
+        raw = await request.body()
+        try:
+            fields = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            fields = None
+        model = fields.get("model") if isinstance(fields, dict) and isinstance(fields.get("model"), str) else None
+        owner, key = callers.identify(request, model)
+        webhook_url = None
+        if isinstance(fields, dict) and "webhook_url" in fields:
+            webhook_url = check_webhook_url(fields.pop("webhook_url"), service.config.webhooks)
+            raw = orjson.dumps(fields)
+        body = callers.check_request(kind, raw, key)
+        job, created = await service.submit(owner, kind, orjson.dumps(body), idempotency_key, webhook_url)
+        headers = {} if created else {"idempotent-replayed": "true"}
+        return Response(orjson.dumps(job.public()), status_code=202, media_type="application/json", headers=headers)
+
+    @router.post("/v1/async/chat/completions", status_code=202, summary="Submit a chat completion as a job")
+    async def submit_chat(request: Request, idempotency_key: Annotated[str | None, Header()] = None) -> Response:
+        return await submit("chat", request, idempotency_key)
+
+    @router.post("/v1/async/completions", status_code=202, summary="Submit a text completion as a job")
+    async def submit_completion(request: Request,
+                                idempotency_key: Annotated[str | None, Header()] = None) -> Response:
+        return await submit("completions", request, idempotency_key)
+
+    @router.get("/v1/async", summary="List your jobs, newest first")
+    async def list_jobs(request: Request, status: str | None = JobStatusFilter,
+                        limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None) -> dict[str, Any]:
+        jobs = await service.store.list_jobs(callers.owner(request), status, limit + 1, after)
+        return page([job.public() for job in jobs], limit)
+
+    @router.get("/v1/async/{job_id}", summary="A job's status, result or error, attempts and timings")
+    @router.get("/v1/async/completions/{job_id}", include_in_schema=False)
+    @router.get("/v1/async/chat/completions/{job_id}", include_in_schema=False)
+    async def get_job(job_id: str, request: Request) -> dict[str, Any]:
+        return (await service.job(callers.owner(request), job_id)).public()
+
+    @router.post("/v1/async/{job_id}/cancel", summary="Cancel a queued or running job")
+    async def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
+        return (await service.cancel(callers.owner(request), job_id)).public()
+
+    admin = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_master_key(master_key))])
+
+    @admin.get("/jobs", summary="Every tenant's jobs, and the queue's state")
+    async def admin_jobs(status: str | None = JobStatusFilter, owner: str | None = None,
+                         limit: Annotated[int, Query(ge=1, le=500)] = 50, after: str | None = None) -> dict[str, Any]:
+        counts = await service.counts()
+        jobs = await service.store.list_jobs(owner, status, limit + 1, after)
+        batches = await service.store.list_batches(owner, 20, None)
+        return {
+            "counts": counts.by_status, "oldest_queued_at": counts.oldest_queued_at,
+            "jobs": page([_admin_view(job) for job in jobs], limit),
+            "batches": [await service.batch_view(batch) | {"owner": batch.owner} for batch in batches],
+        }
+
+    router.include_router(admin)
+    return router
+
+
+def _admin_view(job: Job) -> dict[str, Any]:
+    return job.public() | {"owner": job.owner}
+
+
+def page(items: list[dict[str, Any]], limit: int) -> dict[str, Any]:
+    """OpenAI's list shape; the caller fetched ``limit + 1`` rows to know whether there are more."""
+    data = items[:limit]
+    return {"object": "list", "data": data, "has_more": len(items) > limit,
+            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}

@@ -1,0 +1,389 @@
+"""What the API, the workers and the CLI do with jobs, files and batches.
+
+Submitting writes the job to the store before the 202 goes out (nothing accepted is lost) and
+tells the dispatcher: the workers in this process, or Celery. A batch is checked line by line in
+the background (``validating``), each valid line becomes a job (``in_progress``), and when the
+last line is done its output and error files are written (``finalizing`` → ``completed``). A
+batch whose completion window ends has its lines not yet started reported as expired; one that
+is cancelled stops its queued lines at once and its running ones within ``jobs.cancel_poll_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from tokenway.errors import (
+    BudgetExceeded,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+)
+from tokenway.ids import IdGenerator
+from tokenway.jobs.batch_lines import Validate, output_line, read_input
+from tokenway.jobs.files import FileContents
+from tokenway.jobs.options import JobsConfig
+from tokenway.jobs.records import ENDPOINTS, FINISHED, Batch, BatchStatus, Job, JobStatus, StoredFile
+from tokenway.jobs.store import JobStore
+from tokenway.jobs.webhooks import Webhooks
+from tokenway.observability.logging import JsonLog
+
+
+class Conflict(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class Dispatch(Protocol):
+    """Where new jobs go to be run, and where a cancel is passed on."""
+
+    def submitted(self, jobs: list[Job]) -> None: ...
+
+    def cancelled(self, job_ids: Iterable[str]) -> None: ...
+
+
+@dataclass(slots=True)
+class JobCounts:
+    """A snapshot of the store for metrics and ``/admin/jobs``."""
+
+    by_status: dict[str, int]
+    oldest_queued_at: float | None
+
+
+_WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def window_seconds(window: object) -> float:
+    """``24h`` (OpenAI's only value), or any ``<n>s|m|h|d`` from a minute to a week."""
+    if isinstance(window, str) and len(window) > 1 and window[:-1].isdigit() and window[-1] in _WINDOW_UNITS:
+        seconds = int(window[:-1]) * _WINDOW_UNITS[window[-1]]
+        if 1 <= seconds <= 7 * 86400:
+            return float(seconds)
+    raise InvalidRequest("'completion_window' must be like '24h' (from '1s' up to '7d').", param="completion_window")
+
+
+class JobService:
+    def __init__(self, store: JobStore, contents: FileContents, config: JobsConfig, log: JsonLog,
+                 webhooks: Webhooks | None = None) -> None:
+        self.store = store
+        self.contents = contents
+        self.config = config
+        self._log = log
+        self._webhooks = webhooks
+        self.dispatch: Dispatch | None = None  # set once the workers or the Celery client exist
+        self._new_job_id = IdGenerator("job_")
+        self._new_file_id = IdGenerator("file-")
+        self._new_batch_id = IdGenerator("batch_")
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.on_finished: list[Callable[[Job], None]] = []  # metrics
+
+    # Async jobs.
+    async def submit(self, owner: str, kind: str, body: bytes, idempotency_key: str | None = None,
+                     webhook_url: str | None = None) -> tuple[Job, bool]:
+        """The new job (True), or the one already submitted under ``idempotency_key`` (False)."""
+        digest = hashlib.sha256(body).hexdigest()
+        if idempotency_key is not None:
+            kept = await self._by_idempotency_key(owner, idempotency_key, digest)
+            if kept is not None:
+                return kept, False
+        await self._check_room(owner, 1)
+        job = Job(id=self._new_job_id(), owner=owner, kind=kind, body=body, created_at=time.time(),
+                  idempotency_key=idempotency_key, body_hash=digest, webhook_url=webhook_url)
+        stored, created = await self.store.add_job(job)
+        if not created:
+            _same_body(stored, digest, idempotency_key or "")
+            return stored, False
+        self._dispatch().submitted([job])
+        return job, True
+
+    async def _by_idempotency_key(self, owner: str, key: str, digest: str) -> Job | None:
+        # The store's unique index decides in the end (two submits at once); this read answers the
+        # common case, a client retrying, before the queue bounds are checked.
+        job = await self.store.find_job(owner, key)
+        return None if job is None else _same_body(job, digest, key)
+
+    async def _check_room(self, owner: str, adding: int) -> None:
+        total, mine = await self.store.queued_counts(owner)
+        if total + adding > self.config.max_queued:
+            raise RateLimited(f"The gateway has {total} jobs queued, its limit (jobs.max_queued is "
+                              f"{self.config.max_queued}); retry later.", retry_after=30, code="jobs_queue_full")
+        if mine + adding > self.config.max_queued_per_key:
+            raise RateLimited(f"This key has {mine} jobs queued; the limit per key is "
+                              f"{self.config.max_queued_per_key} (jobs.max_queued_per_key). Wait for some to "
+                              "finish.", retry_after=30, code="jobs_queue_full")
+
+    async def job(self, owner: str | None, job_id: str) -> Job:
+        """The job, if ``owner`` may see it (None: an admin, who sees every job); else 404."""
+        job = await self.store.get_job(job_id)
+        if job is None or (owner is not None and job.owner != owner):
+            raise NotFound(f"No job with id '{job_id}'.", param="job_id")
+        return job
+
+    async def cancel(self, owner: str | None, job_id: str) -> Job:
+        job = await self.job(owner, job_id)
+        if job.batch_id is not None:
+            raise InvalidRequest(f"Job '{job_id}' is a line of batch '{job.batch_id}'; cancel the batch.")
+        cancelled = await self.store.cancel_job(job_id, time.time())
+        if cancelled is None:
+            latest = await self.job(owner, job_id)
+            raise Conflict(f"Job '{job_id}' has already finished ({latest.status}); there is nothing to cancel.")
+        self._dispatch().cancelled([job_id])
+        self.finished(cancelled)
+        return cancelled
+
+    def finished(self, job: Job) -> None:
+        """A job's outcome is recorded: tell whoever listens, call its webhook."""
+        for listener in self.on_finished:
+            listener(job)
+        if self._webhooks is not None and job.webhook_url is not None:
+            self._webhooks.send(job)
+
+    async def job_done(self, job: Job) -> None:
+        """After a worker recorded a job's result: the finish hooks, and the batch's progress."""
+        self.finished(job)
+        if job.batch_id is None:
+            return
+        if job.status_code == BudgetExceeded.status and _error_code(job.result) == BudgetExceeded.code:
+            # The budget is spent: the batch stops here, its remaining lines fail with the same error.
+            await self.store.fail_queued(job.batch_id, "failed", BudgetExceeded.status, job.result, time.time())
+        await self.finish_batch_if_done(job.batch_id)
+
+    # Files.
+    async def upload(self, owner: str, filename: str, purpose: str, chunks: AsyncIterator[bytes]) -> StoredFile:
+        if purpose != "batch":
+            raise InvalidRequest(f"'purpose' must be 'batch' here, not {purpose!r}.", param="purpose")
+        file_id = self._new_file_id()
+        size = await self.contents.write_upload(file_id, chunks, self.config.max_file_bytes)
+        record = StoredFile(file_id, owner, purpose, filename, size, time.time())
+        await self.store.add_file(record)
+        return record
+
+    async def file(self, owner: str | None, file_id: str) -> StoredFile:
+        record = await self.store.get_file(file_id)
+        if record is None or (owner is not None and record.owner != owner):
+            raise NotFound(f"No file with id '{file_id}'.", param="file_id")
+        return record
+
+    async def delete_file(self, owner: str | None, file_id: str) -> StoredFile:
+        record = await self.file(owner, file_id)
+        await self.store.delete_file(file_id)
+        self.contents.delete(file_id)
+        return record
+
+    # Batches.
+    async def create_batch(self, owner: str, input_file_id: object, endpoint: object, completion_window: object,
+                           metadata: object, validate: Validate) -> Batch:
+        if endpoint not in ENDPOINTS.values():
+            raise InvalidRequest(f"'endpoint' must be one of {', '.join(ENDPOINTS.values())}.", param="endpoint")
+        if not isinstance(input_file_id, str):
+            raise InvalidRequest("'input_file_id' must be a file id.", param="input_file_id")
+        window = window_seconds(completion_window)
+        if metadata is not None and not (isinstance(metadata, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
+            raise InvalidRequest("'metadata' must map strings to strings.", param="metadata")
+        source = await self.file(owner, input_file_id)
+        if source.purpose != "batch":
+            raise InvalidRequest(f"File '{input_file_id}' has purpose {source.purpose!r}, not 'batch'.",
+                                 param="input_file_id")
+        now = time.time()
+        batch = Batch(id=self._new_batch_id(), owner=owner, endpoint=str(endpoint), input_file_id=input_file_id,
+                      completion_window=str(completion_window), created_at=now, expires_at=now + window,
+                      metadata=metadata)  # type: ignore[arg-type]
+        await self.store.add_batch(batch)
+        self._background(self._start_batch(batch, validate))
+        return batch
+
+    async def _start_batch(self, batch: Batch, validate: Validate) -> None:
+        """``validating`` → ``in_progress``: every line checked, the valid ones queued as jobs."""
+        try:
+            data = await self.contents.read(batch.input_file_id)
+            lines = list(read_input(data, batch.endpoint, validate, self.config.max_batch_lines))
+            if not lines:
+                raise InvalidRequest("The input file has no lines.", param="input_file_id")
+            await self._check_room(batch.owner, sum(1 for line in lines if line.error is None))
+        except GatewayError as error:
+            await self._fail_batch(batch, error)
+            return
+        now = time.time()
+        kind = "chat" if batch.endpoint == ENDPOINTS["chat"] else "completions"
+        jobs = []
+        for line in lines:
+            job = Job(id=self._new_job_id(), owner=batch.owner, kind=kind, body=line.body, created_at=now,
+                      priority=-1, batch_id=batch.id, line=line.line, custom_id=line.custom_id)
+            if line.error is not None:
+                job.status, job.status_code, job.result, job.finished_at = (
+                    "failed", line.error.status, line.error.envelope(), now)
+            jobs.append(job)
+        await self.store.add_jobs(jobs)
+
+        def started(kept: Batch) -> None:
+            kept.status, kept.total = "in_progress", len(lines)
+            kept.times["in_progress_at"] = time.time()
+
+        if await self.store.update_batch(batch.id, ("validating",), started) is None:
+            # Cancelled while it was being read: its lines never run.
+            await self.store.fail_queued(batch.id, "cancelled", None, None, time.time())
+            await self.finish_batch_if_done(batch.id)
+            return
+        self._dispatch().submitted([job for job in jobs if job.status == "queued"])
+        await self.finish_batch_if_done(batch.id)  # every line may have been invalid
+
+    async def _fail_batch(self, batch: Batch, error: GatewayError) -> None:
+        def failed(kept: Batch) -> None:
+            kept.status = "failed"
+            kept.times["failed_at"] = time.time()
+            kept.errors = [{"code": error.code or "invalid_file", "message": error.message, "param": error.param,
+                            "line": None}]
+
+        await self.store.update_batch(batch.id, ("validating",), failed)
+
+    async def batch(self, owner: str | None, batch_id: str) -> Batch:
+        batch = await self.store.get_batch(batch_id)
+        if batch is None or (owner is not None and batch.owner != owner):
+            raise NotFound(f"No batch with id '{batch_id}'.", param="batch_id")
+        return batch
+
+    async def batch_view(self, batch: Batch) -> dict[str, Any]:
+        return batch.public(await self.store.batch_counts(batch.id))
+
+    async def cancel_batch(self, owner: str | None, batch_id: str) -> Batch:
+        batch = await self.batch(owner, batch_id)
+
+        def cancelling(kept: Batch) -> None:
+            kept.status = "cancelling"
+            kept.times["cancelling_at"] = time.time()
+
+        changed = await self.store.update_batch(batch_id, ("validating", "in_progress"), cancelling)
+        if changed is None:
+            if batch.status in ("cancelling", "cancelled"):
+                return batch
+            raise Conflict(f"Batch '{batch_id}' is {batch.status}; only a validating or in-progress batch can be "
+                           "cancelled.")
+        await self.store.fail_queued(batch_id, "cancelled", None, None, time.time())
+        await self._stop_running(batch_id, "cancelled")
+        await self.finish_batch_if_done(batch_id)
+        return changed
+
+    async def expire_batches(self) -> None:
+        """Batches past their completion window: what is not done is stopped and reported expired."""
+        now = time.time()
+        for batch in await self.store.batches_in(("in_progress",)):
+            if batch.expires_at <= now:
+                expired = await self.store.fail_queued(batch.id, "expired", None, None, now)
+                expired += len(await self._stop_running(batch.id, "expired"))
+                if expired:
+                    self._log.event("batch_expired", batch_id=batch.id, owner=batch.owner, lines=expired)
+                await self.finish_batch_if_done(batch.id)
+
+    async def _stop_running(self, batch_id: str, status: JobStatus) -> list[str]:
+        """End a batch's running lines with ``status``; their workers stop calling the backend."""
+        running = await self.store.running_lines(batch_id)
+        for job_id in running:
+            await self.store.cancel_job(job_id, time.time(), status)
+        self._dispatch().cancelled(running)
+        return running
+
+    async def finish_batch_if_done(self, batch_id: str) -> None:
+        """When no line is queued or running, write the output and error files and end the batch."""
+        if await self.store.batch_open(batch_id):
+            return
+        counts = await self.store.batch_counts(batch_id)
+        finalizing_at = time.time()
+        final: list[BatchStatus] = []
+
+        def finalizing(kept: Batch) -> None:
+            final.append("cancelled" if kept.status == "cancelling"
+                         else "expired" if counts.get("expired", 0) else "completed")
+            kept.status = "finalizing"
+            kept.times["finalizing_at"] = finalizing_at
+
+        batch = await self.store.update_batch(batch_id, ("in_progress", "cancelling"), finalizing)
+        if batch is None:
+            return  # another worker finalizes it, or it is already done
+        succeeded: list[bytes] = []
+        failed: list[bytes] = []
+        async for job in self._lines(batch_id):
+            if job.status in FINISHED:
+                (succeeded if job.status == "succeeded" else failed).append(output_line(job))
+        output_id = error_id = None
+        now = time.time()
+        if succeeded:
+            output_id = await self._result_file(batch, "batch_output", succeeded, now)
+        if failed:
+            error_id = await self._result_file(batch, "batch_error", failed, now)
+
+        def ended(kept: Batch) -> None:
+            kept.status = final[0]
+            kept.output_file_id, kept.error_file_id = output_id, error_id
+            kept.times[f"{final[0]}_at"] = time.time()
+
+        await self.store.update_batch(batch_id, ("finalizing",), ended)
+        self._log.event("batch_finished", batch_id=batch_id, status=final[0], owner=batch.owner, lines=counts)
+
+    async def _result_file(self, batch: Batch, purpose: str, lines: list[bytes], now: float) -> str:
+        file_id = self._new_file_id()
+        size = await self.contents.write_lines(file_id, lines)
+        await self.store.add_file(StoredFile(file_id, batch.owner, purpose, f"{batch.id}_{purpose}.jsonl", size, now))
+        return file_id
+
+    async def _lines(self, batch_id: str) -> AsyncIterator[Job]:
+        """A batch's lines in order, read a page at a time (a batch may hold 50,000)."""
+        after = 0
+        while True:
+            page = await self.store.batch_lines(batch_id, after, 1000)
+            for job in page:
+                yield job
+            if len(page) < 1000:
+                return
+            after = page[-1].line or 0
+
+    # Housekeeping.
+    async def counts(self) -> JobCounts:
+        by_status, oldest = await self.store.status_counts()
+        return JobCounts(by_status, oldest)
+
+    async def maintain(self) -> None:
+        """Once a second or so: leases that ran out go back to the queue, windows that ended expire."""
+        requeued = await self.store.requeue_expired(time.time())
+        if requeued:
+            self._log.event("jobs_requeued", count=requeued, reason="their worker stopped renewing the claim")
+            self._dispatch().submitted([])
+        await self.expire_batches()
+
+    def _dispatch(self) -> Dispatch:
+        assert self.dispatch is not None, "JobService.dispatch is set when the jobs start"
+        return self.dispatch
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._webhooks is not None:
+            await self._webhooks.aclose()
+
+
+def _same_body(job: Job, digest: str, key: str) -> Job:
+    if job.body_hash != digest:
+        raise Conflict(f"The Idempotency-Key {key!r} was already used with a different request body; use a new "
+                       "key for a new request.", param="Idempotency-Key")
+    return job
+
+
+def _error_code(envelope: bytes | None) -> str | None:
+    try:
+        return str(orjson.loads(envelope or b"{}")["error"]["code"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
