@@ -152,6 +152,8 @@ def test_bad_input_is_a_message_and_an_exit_status(upstream: FakeUpstream, tmp_p
     bare = write_lines(tmp_path / "bare.jsonl", {"messages": [{"role": "user", "content": "hi"}]})
     code, _, err = cli(capsys, nowhere, None, "submit", str(bare))
     assert code == 2 and "line 1" in err and "--model" in err
+    code, _, err = cli(capsys, nowhere, None, "submit", str(bare), "--model", "m", "--output", "r.jsonl")
+    assert code == 2 and "--output goes with --wait" in err
     code, _, err = cli(capsys, nowhere, None, "show", "nope")
     assert code == 2 and "neither a job id" in err
     with gateway(config(upstream), tmp_path / "data") as (base, _):

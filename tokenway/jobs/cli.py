@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: the lines' url, else /v1/completions for bodies with a 'prompt', "
                              "else /v1/chat/completions")
     submit.add_argument("--window", default="24h", help="completion window, e.g. 24h, 90m (default %(default)s)")
-    submit.add_argument("--metadata", action="append", default=[], metavar="NAME=VALUE")
+    submit.add_argument("--metadata", action="append", default=[], metavar="NAME=VALUE",
+                        help="the batch's metadata (repeatable)")
     submit.add_argument("--wait", action="store_true", help="show progress until the batch ends")
     submit.add_argument("--output", type=Path, help="with --wait: write the results here (errors beside it)")
     submit.add_argument("--poll", type=float, default=1.0, help="seconds between progress checks")
@@ -147,6 +148,9 @@ class _Client:
 # submit
 
 def _submit(client: _Client, args: argparse.Namespace) -> int:
+    if args.output is not None and not args.wait:
+        raise CommandError("--output goes with --wait; without it, collect the results later with "
+                           "`tokenway jobs results BATCH_ID --output FILE`.", code=2)
     data, endpoint, count = batch_file(args.file, args.model, args.endpoint)
     metadata = dict(_pair(item) for item in args.metadata) or None
     uploaded = client.call("POST", "/v1/files", data={"purpose": "batch"},
