@@ -126,6 +126,8 @@ class FakeUpstream:
             except asyncio.CancelledError:  # the gateway hung up (handler_cancellation is on)
                 self.hangups.append(request.path)
                 raise
+        if scenario == "slow":  # every answer takes first_delay seconds
+            await asyncio.sleep(self.first_delay)
         text_mode = tail == "completions"
         if not body.get("stream"):
             return web.json_response(_completion(body, text_mode))

@@ -35,10 +35,6 @@ class Executor:
         self._running: dict[str, tuple[Job, asyncio.Task[None]]] = {}  # by job id
         self._renewer: asyncio.Task[None] | None = None
 
-    @property
-    def busy(self) -> int:
-        return len(self._running)
-
     def new_token(self) -> str:
         return secrets.token_hex(12)
 
@@ -140,7 +136,7 @@ class LocalWorkers:
                         self._owners.setdefault(owner)
                 except Exception as exc:
                     self._log.event("jobs_store_failed", level="error", error=repr(exc))
-            free = self._config.workers - self._executor.busy
+            free = self._config.workers - len(self._tasks)  # tasks made but not started yet count too
             if free <= 0 or not self._owners:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
