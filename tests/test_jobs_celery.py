@@ -1,0 +1,212 @@
+"""Jobs on a fleet: gateways queue on Celery, ``tokenway worker`` processes run the jobs.
+
+Real processes throughout: a gateway (``tokenway serve`` with TOKENWAY_JOBS_BROKER_URL), worker
+processes, Postgres as the shared job store and ledger, a shared files directory, Redis (and once
+RabbitMQ) as the broker, and a scripted upstream that answers after a delay.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import redis
+
+from tests.access_support import create_key, drop_schema, gateway_process, pg_schema, pg_url
+from tests.celery_support import (
+    RABBITMQ_BROKER,
+    REDIS_BROKER,
+    SlowUpstream,
+    drop_rabbitmq_queues,
+    drop_redis_keys,
+    fleet_config,
+    new_prefix,
+    pg_fetch,
+    wait_for,
+    worker_process,
+)
+from tests.jobs_support import auth, batch_lines, jsonl, wait_job
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@dataclass
+class Fleet:
+    """What a gateway and its workers share: the config file, the env, the job store's schema."""
+
+    config: Path
+    env: dict[str, str]
+    schema: str
+    prefix: str
+    tmp: Path
+
+    def worker(self, name: str, concurrency: int = 4) -> AbstractContextManager[subprocess.Popen[bytes]]:
+        return worker_process(self.config, self.env, self.tmp / f"{name}.log", concurrency)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.tmp.glob("*.log")))
+
+
+def fleet(upstream: SlowUpstream, tmp: Path, broker: str, **jobs: float) -> Iterator[Fleet]:
+    schema, prefix = pg_schema(), new_prefix()
+    config = tmp / "tokenway.yaml"
+    config.write_text(fleet_config(upstream, prefix, **jobs))
+    (tmp / "data").mkdir()
+    env = {"TOKENWAY_DATABASE_URL": pg_url(schema), "TOKENWAY_JOBS_BROKER_URL": broker,
+           "TOKENWAY_FILES_DIR": str(tmp / "files"), "TOKENWAY_DATA_DIR": str(tmp / "data"),
+           "TOKENWAY_MASTER_KEY": "sk-master-test"}
+    try:
+        yield Fleet(config, env, schema, prefix, tmp)
+    finally:
+        drop_schema(schema)
+        if broker.startswith("redis"):
+            drop_redis_keys(prefix)
+        else:
+            drop_rabbitmq_queues([f"{prefix}.jobs", f"{prefix}.batch"])
+
+
+@pytest.fixture
+def upstream() -> Iterator[SlowUpstream]:
+    server = SlowUpstream(first_delay=0.0, chunk_delay=0.0).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def on_redis(upstream: SlowUpstream, tmp_path: Path) -> Iterator[Fleet]:
+    yield from fleet(upstream, tmp_path, REDIS_BROKER)
+
+
+def gateway(f: Fleet) -> AbstractContextManager[str]:
+    return gateway_process(f.config, f.tmp / "data", **f.env)
+
+
+def ledger(f: Fleet, column: str, value: str) -> list[tuple[str, int]]:
+    return pg_fetch(f.schema, f"SELECT job_id, status FROM tokenway_usage WHERE {column} = $1", value)
+
+
+def test_an_async_job_runs_on_a_worker_and_overtakes_a_queued_batch(upstream: SlowUpstream, on_redis: Fleet) -> None:
+    upstream.delay = 0.2
+    with gateway(on_redis) as base, on_redis.worker("w1", concurrency=2):
+        key = create_key(base, name="reports")["key"]
+        sdk = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+        uploaded = sdk.files.create(file=("in.jsonl", batch_lines(40)), purpose="batch")
+        batch = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                   completion_window="24h")
+        wait_for(lambda: sdk.batches.retrieve(batch.id).status == "in_progress", 10, "the batch to start")
+        r = httpx.post(base + "/v1/async/chat/completions", json=CHAT, headers=auth(key))
+        assert r.status_code == 202, r.text
+        job = wait_job(base, key, r.json()["id"], timeout=30)
+        assert job["status"] == "succeeded", (job, on_redis.logs())
+        assert job["result"]["choices"][0]["message"]["content"] == "Hello from the fake upstream."
+        assert job["attempts"] == 1
+        # Behind 40 queued lines on 2 threads (4 s of work), the async job took one of the next free threads.
+        counts = sdk.batches.retrieve(batch.id).request_counts
+        assert counts.completed + counts.failed < 20, counts
+        assert wait_for(lambda: ledger(on_redis, "job_id", job["id"]), 5, "the job's ledger row") == [(job["id"], 200)]
+
+
+def test_the_sdk_runs_a_batch_end_to_end_on_celery_workers(upstream: SlowUpstream, on_redis: Fleet) -> None:
+    data = batch_lines(30) + b'{"custom_id": "broken"\n'
+    with gateway(on_redis) as base, on_redis.worker("w1"), on_redis.worker("w2"):
+        sdk = openai.OpenAI(base_url=base + "/v1", api_key=create_key(base)["key"], max_retries=0)
+        uploaded = sdk.files.create(file=("input.jsonl", data), purpose="batch")
+        batch = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                   completion_window="24h")
+        done = wait_for(lambda: (b := sdk.batches.retrieve(batch.id)).status in ("completed", "failed") and b,
+                        40, "the batch to finish")
+        assert done.status == "completed", (done, on_redis.logs())
+        assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (31, 30, 1)
+        output = jsonl(sdk.files.content(done.output_file_id).content)
+        assert sorted(line["custom_id"] for line in output) == sorted(f"r{i}" for i in range(30))
+        assert all(line["response"]["status_code"] == 200 for line in output)
+        errors = jsonl(sdk.files.content(done.error_file_id).content)
+        assert [line["error"]["line"] for line in errors] == [31]
+        assert len(upstream.seen) == 30
+        # Both workers ran lines: the batch queue is shared.
+        logs = [(on_redis.tmp / f"{name}.log").read_text() for name in ("w1", "w2")]
+        assert all(log.count('"event":"request"') > 0 for log in logs), on_redis.logs()
+
+
+def test_a_killed_worker_leaves_no_line_without_its_one_result(upstream: SlowUpstream, on_redis: Fleet) -> None:
+    upstream.delay = 0.2
+    lines = 60
+    with gateway(on_redis) as base:
+        sdk = openai.OpenAI(base_url=base + "/v1", api_key=create_key(base)["key"], max_retries=0)
+        uploaded = sdk.files.create(file=("input.jsonl", batch_lines(lines)), purpose="batch")
+        batch = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                   completion_window="24h")
+        with on_redis.worker("doomed") as doomed:
+            wait_for(lambda: sdk.batches.retrieve(batch.id).request_counts.completed >= 8, 30,
+                     "the first worker to get going")
+            doomed.send_signal(signal.SIGKILL)  # mid-batch, four lines in flight
+            doomed.wait(5)
+        in_flight = pg_fetch(on_redis.schema, "SELECT count(*) FROM tokenway_jobs WHERE batch_id = $1 AND "
+                                              "status = 'running'", batch.id)[0][0]
+        assert in_flight > 0
+        time.sleep(4.5)  # the Redis visibility timeout: the next worker finds the dead one's messages due
+        with on_redis.worker("successor"):
+            done = wait_for(lambda: (b := sdk.batches.retrieve(batch.id)).status == "completed" and b, 45,
+                            "the batch to finish on the second worker")
+        assert (done.request_counts.completed, done.request_counts.failed) == (lines, 0), on_redis.logs()
+        output = jsonl(sdk.files.content(done.output_file_id).content)
+        assert sorted(line["custom_id"] for line in output) == sorted(f"r{i}" for i in range(lines))  # once each
+        assert done.error_file_id is None
+        retried = pg_fetch(on_redis.schema, "SELECT count(*) FROM tokenway_jobs WHERE batch_id = $1 AND attempts > 1",
+                           batch.id)[0][0]
+        assert retried >= in_flight  # the lines the dead worker was running ran again
+        # The ledger shows every call the upstream answered: each line's, and the dead worker's
+        # calls that finished before the kill (written ahead, replayed by the successor).
+        rows = wait_for(lambda: (r := ledger(on_redis, "batch_id", batch.id)) and len(r) >= lines and r, 10,
+                        "the ledger rows")
+        assert {job_id for job_id, status in rows if status == 200} == set(
+            r[0] for r in pg_fetch(on_redis.schema, "SELECT id FROM tokenway_jobs WHERE batch_id = $1", batch.id))
+        assert len(rows) <= len(upstream.seen)
+
+
+def test_sigterm_lets_a_worker_finish_its_running_jobs(upstream: SlowUpstream, on_redis: Fleet) -> None:
+    upstream.delay = 2.0
+    with gateway(on_redis) as base:
+        key = create_key(base)["key"]
+        with on_redis.worker("w1", concurrency=2) as worker:
+            ids = [httpx.post(base + "/v1/async/chat/completions", json=CHAT, headers=auth(key)).json()["id"]
+                   for _ in range(2)]
+            wait_for(lambda: all(httpx.get(f"{base}/v1/async/{i}", headers=auth(key)).json()["status"] == "running"
+                                 for i in ids), 20, "both jobs to run")
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(20) == 0
+        for job_id in ids:
+            job = httpx.get(f"{base}/v1/async/{job_id}", headers=auth(key)).json()
+            assert job["status"] == "succeeded" and job["attempts"] == 1, (job, on_redis.logs())
+        assert len(upstream.seen) == 2
+        client = redis.Redis.from_url(REDIS_BROKER)
+        # Acknowledged: nothing left in the queue or among the messages taken and not acknowledged.
+        assert client.hlen(f"{on_redis.prefix}:unacked") == 0
+        assert client.llen(f"{on_redis.prefix}:{on_redis.prefix}.jobs") == 0
+        client.close()
+
+
+def test_a_rabbitmq_broker_runs_an_async_job(upstream: SlowUpstream, tmp_path: Path) -> None:
+    for f in fleet(upstream, tmp_path, RABBITMQ_BROKER):
+        with gateway(f) as base, f.worker("w1", concurrency=2):
+            key = create_key(base)["key"]
+            r = httpx.post(base + "/v1/async/chat/completions", json=CHAT, headers=auth(key))
+            assert r.status_code == 202, r.text
+            job = wait_job(base, key, r.json()["id"], timeout=30)
+            assert job["status"] == "succeeded", (job, f.logs())
+
+
+def test_a_worker_without_a_broker_says_what_to_set(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("TOKENWAY_JOBS_BROKER_URL", "TOKENWAY_REDIS_URL")}
+    done = subprocess.run([sys.executable, "-m", "tokenway", "worker"], env=env, capture_output=True, timeout=60)
+    assert done.returncode == 2 and b"TOKENWAY_JOBS_BROKER_URL" in done.stderr
