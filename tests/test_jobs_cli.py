@@ -119,7 +119,7 @@ def test_list_show_and_cancel_jobs(upstream: FakeUpstream, tmp_path: Path,
         stuck = httpx.post(base + "/v1/async/chat/completions", json={**CHAT, "model": "slow"},
                            headers=auth(key)).json()
 
-        code, out, _ = cli(capsys, base, key, "list")
+        code, out, _ = cli(capsys, base + "/v1/", key, "list")  # an OpenAI-style base URL works too
         assert code == 0 and done["id"] in out and stuck["id"] in out
         code, out, _ = cli(capsys, base, key, "list", "--status", "succeeded", "--json")
         assert code == 0 and [job["id"] for job in orjson.loads(out)["data"]] == [done["id"]]
