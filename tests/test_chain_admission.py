@@ -74,3 +74,15 @@ async def test_without_a_queue_a_busy_model_sheds() -> None:
         results = await together(gw, gw.request(), gw.request())
         assert results == [(200, 1.0), (503, 0.0)]
         assert gw.decisions()["shed.no_queue"] == 1
+
+
+async def test_a_full_queue_sheds_its_lowest_waiter_for_a_higher_priority_call() -> None:
+    # Jobs queue at priority -5: a live call arriving at a queue full of them takes a job's place.
+    low = {"x-tokenway-priority": "-5"}
+    async with gateway(queued("{size: 2}")) as gw:
+        gw.fake("a").script(then=reply(delay=1))
+        results = await together(gw, gw.request(), gw.request(headers=low), gw.request(headers=low),
+                                 gw.request(), gw.request(headers=low))
+        # The live call displaces the later job (503 at once) and is served next; a full queue of
+        # calls that do not rank below the newcomer still sheds it.
+        assert results == [(200, 1.0), (200, 3.0), (503, 0.0), (200, 2.0), (503, 0.0)]

@@ -5,7 +5,8 @@ whole call, stream included. ``AdmissionQueue`` (one per model, used by routing)
 call waits when every routable deployment is at ``max_concurrency``: highest priority first,
 then first come; a freed slot is handed to the head waiter so newcomers cannot barge past it.
 The queue sheds with 503 + Retry-After when it is full, when the wait would outlast the
-request's deadline, or when the wait times out.
+request's deadline, or when the wait times out. A full queue makes room for a call that outranks
+its lowest waiter, shedding that one: jobs (below live traffic) never keep live calls out.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class AdmissionQueue:
         config = self._config
         if not self.enabled:
             raise Shed("Every deployment of this model is at its concurrency limit; retry shortly.", retry_after=1)
-        if len(self._heap) >= config.size:
+        if len(self._heap) >= config.size and not self._displace(priority):
             raise Shed(f"The queue for this model is full ({config.size} waiting); retry shortly.",
                        retry_after=self._estimate(len(self._heap)))
         limit = config.max_wait if remaining is None else min(config.max_wait, remaining)
@@ -77,8 +78,9 @@ class AdmissionQueue:
             if not future.done():
                 raise Shed(f"No capacity freed up within {limit:.3g}s of queueing; retry shortly.",
                            retry_after=self._estimate(len(self._heap)))
+            future.result()  # raises the Shed of a waiter displaced by a higher-priority call
         except BaseException:
-            if future.done() and not future.cancelled():
+            if future.done() and not future.cancelled() and future.exception() is None:
                 self._pass_on()  # woken and cancelled at once: the slot goes to the next waiter
             raise
         finally:
@@ -107,6 +109,24 @@ class AdmissionQueue:
     def _pass_on(self) -> None:
         self.taken()
         self.wake()
+
+    def _displace(self, priority: int) -> bool:
+        """A full queue makes room for a call that outranks its lowest waiter (jobs, by default), which
+        is shed to retry later: low-priority work never keeps interactive calls out."""
+        waiting = [entry for entry in self._heap if not entry[2].done()]
+        if len(waiting) < len(self._heap):  # drop the entries of waiters that already left
+            self._heap = waiting
+            heapq.heapify(self._heap)
+            if len(self._heap) < self._config.size:
+                return True
+        lowest = max(self._heap, default=None)  # the lowest priority, and the latest among those
+        if lowest is None or -lowest[0] >= priority:
+            return False
+        self._heap.remove(lowest)
+        heapq.heapify(self._heap)
+        lowest[2].set_exception(Shed("A higher-priority call took this place in the queue; retry shortly.",
+                                     retry_after=self._estimate(len(self._heap))))
+        return True
 
     def _ahead(self, priority: int) -> int:
         return sum(1 for p, _, f in self._heap if -p >= priority and not f.done())
