@@ -188,6 +188,9 @@ def test_compose_fleet() -> None:
         assert env["TOKENWAY_REDIS_URL"].startswith("redis://redis:")
         database = env["TOKENWAY_DATABASE_URL"]
         assert database.startswith("postgresql://") and "@postgres:5432/" in database
+        # Jobs: one broker, and batch files on one volume, for the gateways and the worker.
+        assert env["TOKENWAY_JOBS_BROKER_URL"].startswith("redis://redis:")
+        assert f"job-files:{env['TOKENWAY_FILES_DIR']}" in services[name]["volumes"]
     # Only nginx's fixed address may name the client.
     nginx_ip = services["nginx"]["networks"]["tokenway"]["ipv4_address"]
     assert services["gateway-1"]["environment"]["TOKENWAY_TRUSTED_PROXIES"] == nginx_ip
@@ -315,6 +318,24 @@ def test_fleet_scales_on_cpu_and_in_flight_requests() -> None:
     services = [d for d in docs if d["kind"] == "Service"]
     external = {d["metadata"]["name"] for d in services if d["spec"].get("type") == "ExternalName"}
     assert external == {"redis", "postgres"}
+
+
+@pytest.mark.parametrize("overlay", ["fleet", "gpu-workers"])
+def test_fleet_runs_the_job_worker_from_the_same_image(overlay: str) -> None:
+    docs = render(overlay)
+    gateway = by_kind(docs, "Deployment")["spec"]["template"]["spec"]
+    worker = by_kind(docs, "Deployment", "tokenway-worker")["spec"]["template"]["spec"]
+    assert worker["containers"][0]["args"] == ["worker"]
+    assert worker["containers"][0]["image"] == gateway["containers"][0]["image"]
+    for pod in (gateway, worker):
+        env = env_of(pod["containers"][0])
+        assert env["TOKENWAY_JOBS_BROKER_URL"].startswith("redis://")
+        files = next(v for v in pod["volumes"] if v["name"] == "files")
+        assert files["persistentVolumeClaim"]["claimName"] == "tokenway-files"
+        mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        assert mounts["files"] == env["TOKENWAY_FILES_DIR"]
+    claim = by_kind(docs, "PersistentVolumeClaim", "tokenway-files")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # gateways write, any worker reads
 
 
 def test_gpu_workers_overlay_routes_to_vllm_by_engine_and_prefix() -> None:
