@@ -3,6 +3,7 @@ one result, and the ledger holds every call whose answer came back."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -14,8 +15,9 @@ from pathlib import Path
 
 import httpx
 import openai
+import orjson
 
-from tests.access_support import MASTER, config, create_key
+from tests.access_support import MASTER, config, create_key, gateway
 from tests.fakes import FakeUpstream
 from tests.jobs_support import batch_lines, jsonl
 from tests.servers import free_port, wait_until_ready
@@ -81,5 +83,48 @@ def test_kill_9_mid_batch_then_restart_gives_every_line_one_result(tmp_path: Pat
         # Every line's answer is in the ledger; calls in flight when the process was killed (at most
         # one per worker) reached the upstream but died with the process before their answer came back.
         assert LINES <= recorded <= calls <= LINES + 8
+    finally:
+        upstream.stop()
+
+
+def test_batches_left_validating_or_finalizing_by_a_dead_process_are_taken_over(tmp_path: Path) -> None:
+    from tokenway.jobs.files import FileContents
+    from tokenway.jobs.records import Batch, Job, StoredFile
+    from tokenway.jobs.sqlite import SqliteJobStore
+
+    long_ago = time.time() - 600
+    data = batch_lines(3)
+
+    async def leave_behind() -> None:
+        store = SqliteJobStore(tmp_path / "jobs.db")
+        await store.start()
+        await FileContents(tmp_path / "files").write_lines("file-in", [data])
+        await store.add_file(StoredFile("file-in", "master", "batch", "in.jsonl", len(data), long_ago))
+        for batch_id, status in (("batch_validating", "validating"), ("batch_finalizing", "finalizing")):
+            await store.add_batch(Batch(batch_id, "master", "/v1/chat/completions", "file-in", "24h", long_ago,
+                                        long_ago + 86400, status=status, total=3, outcome="completed",
+                                        times={"finalizing_at": long_ago} if status == "finalizing" else {}))
+        body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        await store.add_jobs([Job(f"job_{i}", "master", "chat", body, long_ago, status="succeeded", priority=-1,
+                                  batch_id="batch_finalizing", line=i + 1, custom_id=f"r{i}", attempts=1,
+                                  finished_at=long_ago, status_code=200, request_id=f"req_{i}",
+                                  result=b'{"choices": []}') for i in range(3)])
+        await store.aclose()
+
+    asyncio.run(leave_behind())
+    upstream = FakeUpstream().start()
+    try:
+        with gateway(config(upstream), tmp_path) as (base, _):
+            sdk = openai.OpenAI(base_url=base + "/v1", api_key=MASTER, max_retries=0)
+            deadline = time.time() + 15
+            while {sdk.batches.retrieve(b).status for b in ("batch_validating", "batch_finalizing")} != {"completed"}:
+                assert time.time() < deadline, [sdk.batches.retrieve(b).status for b in ("batch_validating",
+                                                                                         "batch_finalizing")]
+                time.sleep(0.1)
+            for batch_id in ("batch_validating", "batch_finalizing"):
+                done = sdk.batches.retrieve(batch_id)
+                lines = jsonl(sdk.files.content(done.output_file_id).content)
+                assert sorted(line["custom_id"] for line in lines) == ["r0", "r1", "r2"]
+            assert len(upstream.seen) == 3  # only the batch that had not run yet called the upstream
     finally:
         upstream.stop()

@@ -199,6 +199,7 @@ class Gateway:
         self._data_routes = plane.routes()
         await self.jobs.start(handler, self.clock, self.is_ready, metrics)  # jobs re-enter the same policy list
         callers = Callers(self.access.policy, self.config.limits, self._models.names)
+        self.jobs.service.validator = callers.validator
         self._control = control_app(self._models, self.is_ready, int(time.time()), metrics,
                                     routers=[routing_router(self._models, self.routing, self.settings.master_key,
                                                             self._discovered),

@@ -69,7 +69,7 @@ def batches_router(service: JobService, callers: Callers) -> APIRouter:
 
     @router.post("/v1/batches", summary="Run a file of requests as a batch")
     async def create_batch(request: Request) -> dict[str, Any]:
-        owner, key = callers.identify(request)
+        owner = callers.owner(request)
         try:
             fields = orjson.loads(await request.body())
         except orjson.JSONDecodeError:
@@ -81,11 +81,8 @@ def batches_router(service: JobService, callers: Callers) -> APIRouter:
                 raise InvalidRequest(f"Missing required parameter: '{name}'.", param=name,
                                      code="missing_required_parameter")
 
-        def validate(kind: str, body: bytes) -> None:
-            callers.check_request(kind, body, key)
-
         batch = await service.create_batch(owner, fields["input_file_id"], fields["endpoint"],
-                                           fields["completion_window"], fields.get("metadata"), validate)
+                                           fields["completion_window"], fields.get("metadata"))
         return await service.batch_view(batch)
 
     @router.get("/v1/batches", summary="List your batches, newest first")

@@ -20,8 +20,9 @@ from fastapi.responses import Response
 from tokenway.api.guards import presented_key, require_master_key
 from tokenway.api.openai import read_call
 from tokenway.config import Limits
-from tokenway.context import RequestContext
+from tokenway.context import JobRef, RequestContext
 from tokenway.errors import InvalidRequest, PermissionDenied
+from tokenway.jobs.batch_lines import Validate
 from tokenway.jobs.records import Job
 from tokenway.jobs.service import JobService
 from tokenway.jobs.webhooks import check_webhook_url
@@ -52,6 +53,15 @@ class Callers:
 
     def owner(self, request: Request) -> str:
         return self.identify(request)[0]
+
+    def validator(self, owner: str) -> Validate:
+        """How a batch line of ``owner`` is checked (the key as it is now: revoked keys run nothing)."""
+        key = self._access.authenticate(RequestContext(request_id="", endpoint="jobs", job=JobRef("", owner)), None)
+
+        def validate(kind: str, body: bytes) -> None:
+            self.check_request(kind, body, key)
+
+        return validate
 
     def check_request(self, kind: str, body: bytes, key: KeyRecord | None) -> dict[str, Any]:
         """A job's request body, checked as the live endpoint checks it, before it is queued."""

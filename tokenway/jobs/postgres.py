@@ -231,7 +231,7 @@ class PostgresJobStore:
             "SELECT data FROM tokenway_batches WHERE status = ANY($1::text[]) ORDER BY seq", list(statuses))
         return [batch_from_data(r[0]) for r in rows]
 
-    async def update_batch(self, batch_id: str, expect: tuple[BatchStatus, ...], change: Callable[[Batch], None]
+    async def update_batch(self, batch_id: str, expect: tuple[BatchStatus, ...], change: Callable[[Batch], bool | None]
                            ) -> Batch | None:
         async with self.pool.acquire() as conn, conn.transaction():
             data = await conn.fetchval("SELECT data FROM tokenway_batches WHERE id = $1 FOR UPDATE", batch_id)
@@ -240,7 +240,8 @@ class PostgresJobStore:
             batch = batch_from_data(data)
             if batch.status not in expect:
                 return None
-            change(batch)
+            if change(batch) is False:
+                return None
             await conn.execute("UPDATE tokenway_batches SET status = $1, data = $2 WHERE id = $3",
                                batch.status, batch_data(batch), batch_id)
             return batch

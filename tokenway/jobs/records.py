@@ -109,6 +109,7 @@ class Batch:
     errors: list[dict[str, Any]] | None = None  # a batch that failed as a whole says why here
     times: dict[str, float] = field(default_factory=dict)  # in_progress_at, finalizing_at, completed_at, ...
     total: int = 0  # lines in the input file, valid or not
+    outcome: BatchStatus | None = None  # what it ends as, decided when finalizing starts
 
     def public(self, counts: dict[str, int]) -> dict[str, Any]:
         """OpenAI's batch object; ``counts`` are the batch's lines by job status."""

@@ -30,7 +30,7 @@ from tokenway.ids import IdGenerator
 from tokenway.jobs.batch_lines import Validate, output_line, read_input
 from tokenway.jobs.files import FileContents
 from tokenway.jobs.options import JobsConfig
-from tokenway.jobs.records import ENDPOINTS, FINISHED, Batch, BatchStatus, Job, JobStatus, StoredFile
+from tokenway.jobs.records import ENDPOINTS, FINISHED, Batch, Job, JobStatus, StoredFile
 from tokenway.jobs.store import JobStore
 from tokenway.jobs.webhooks import Webhooks
 from tokenway.observability.logging import JsonLog
@@ -59,6 +59,7 @@ class JobCounts:
 
 
 _WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+STALE_STEP_S = 60.0  # a batch validating or finalizing this long without progress lost its process
 
 
 def window_seconds(window: object) -> float:
@@ -79,10 +80,13 @@ class JobService:
         self._log = log
         self._webhooks = webhooks
         self.dispatch: Dispatch | None = None  # set once the workers or the Celery client exist
+        # The check of a batch line for an owner, as the live endpoint checks a request from that key.
+        self.validator: Callable[[str], Validate] | None = None
         self._new_job_id = IdGenerator("job_")
         self._new_file_id = IdGenerator("file-")
         self._new_batch_id = IdGenerator("batch_")
         self._tasks: set[asyncio.Task[None]] = set()
+        self._starting: set[str] = set()  # batches this process is validating now
         self.on_finished: list[Callable[[Job], None]] = []  # metrics
 
     # Async jobs.
@@ -180,7 +184,7 @@ class JobService:
 
     # Batches.
     async def create_batch(self, owner: str, input_file_id: object, endpoint: object, completion_window: object,
-                           metadata: object, validate: Validate) -> Batch:
+                           metadata: object) -> Batch:
         if endpoint not in ENDPOINTS.values():
             raise InvalidRequest(f"'endpoint' must be one of {', '.join(ENDPOINTS.values())}.", param="endpoint")
         if not isinstance(input_file_id, str):
@@ -198,14 +202,25 @@ class JobService:
                       completion_window=str(completion_window), created_at=now, expires_at=now + window,
                       metadata=metadata)  # type: ignore[arg-type]
         await self.store.add_batch(batch)
-        self._background(self._start_batch(batch, validate))
+        self._background(self._start_batch(batch))
         return batch
 
-    async def _start_batch(self, batch: Batch, validate: Validate) -> None:
+    async def _start_batch(self, batch: Batch) -> None:
         """``validating`` → ``in_progress``: every line checked, the valid ones queued as jobs."""
+        self._starting.add(batch.id)
+        try:
+            await self._check_lines(batch)
+        finally:
+            self._starting.discard(batch.id)
+
+    async def _check_lines(self, batch: Batch) -> None:
+        assert self.validator is not None, "JobService.validator is set when the jobs start"
+        if await self.store.batch_counts(batch.id):  # its lines were written before a restart
+            await self._begin(batch, [])
+            return
         try:
             data = await self.contents.read(batch.input_file_id)
-            lines = list(read_input(data, batch.endpoint, validate, self.config.max_batch_lines))
+            lines = list(read_input(data, batch.endpoint, self.validator(batch.owner), self.config.max_batch_lines))
             if not lines:
                 raise InvalidRequest("The input file has no lines.", param="input_file_id")
             await self._check_room(batch.owner, sum(1 for line in lines if line.error is None))
@@ -223,9 +238,13 @@ class JobService:
                     "failed", line.error.status, line.error.envelope(), now)
             jobs.append(job)
         await self.store.add_jobs(jobs)
+        await self._begin(batch, jobs)
+
+    async def _begin(self, batch: Batch, jobs: list[Job]) -> None:
+        total = sum((await self.store.batch_counts(batch.id)).values())
 
         def started(kept: Batch) -> None:
-            kept.status, kept.total = "in_progress", len(lines)
+            kept.status, kept.total = "in_progress", total
             kept.times["in_progress_at"] = time.time()
 
         if await self.store.update_batch(batch.id, ("validating",), started) is None:
@@ -233,6 +252,8 @@ class JobService:
             await self.store.fail_queued(batch.id, "cancelled", None, None, time.time())
             await self.finish_batch_if_done(batch.id)
             return
+        if not jobs:  # resumed after a restart: its queued lines may never have reached a worker
+            jobs = [job async for job in self._lines(batch.id) if job.status == "queued"]
         self._dispatch().submitted([job for job in jobs if job.status == "queued"])
         await self.finish_batch_if_done(batch.id)  # every line may have been invalid
 
@@ -296,21 +317,21 @@ class JobService:
         if await self.store.batch_open(batch_id):
             return
         counts = await self.store.batch_counts(batch_id)
-        finalizing_at = time.time()
-        final: list[BatchStatus] = []
-
         def finalizing(kept: Batch) -> None:
-            final.append("cancelled" if kept.status == "cancelling"
-                         else "expired" if counts.get("expired", 0) else "completed")
+            kept.outcome = ("cancelled" if kept.status == "cancelling"
+                            else "expired" if counts.get("expired", 0) else "completed")
             kept.status = "finalizing"
-            kept.times["finalizing_at"] = finalizing_at
+            kept.times["finalizing_at"] = time.time()
 
         batch = await self.store.update_batch(batch_id, ("in_progress", "cancelling"), finalizing)
-        if batch is None:
-            return  # another worker finalizes it, or it is already done
+        if batch is not None:  # else another worker finalizes it, or it is already done
+            await self._write_results(batch)
+
+    async def _write_results(self, batch: Batch) -> None:
+        """``finalizing`` → its outcome: the output and error files written, the batch ended."""
         succeeded: list[bytes] = []
         failed: list[bytes] = []
-        async for job in self._lines(batch_id):
+        async for job in self._lines(batch.id):
             if job.status in FINISHED:
                 (succeeded if job.status == "succeeded" else failed).append(output_line(job))
         output_id = error_id = None
@@ -319,14 +340,16 @@ class JobService:
             output_id = await self._result_file(batch, "batch_output", succeeded, now)
         if failed:
             error_id = await self._result_file(batch, "batch_error", failed, now)
+        outcome = batch.outcome or "completed"
 
         def ended(kept: Batch) -> None:
-            kept.status = final[0]
+            kept.status = outcome
             kept.output_file_id, kept.error_file_id = output_id, error_id
-            kept.times[f"{final[0]}_at"] = time.time()
+            kept.times[f"{outcome}_at"] = time.time()
 
-        await self.store.update_batch(batch_id, ("finalizing",), ended)
-        self._log.event("batch_finished", batch_id=batch_id, status=final[0], owner=batch.owner, lines=counts)
+        await self.store.update_batch(batch.id, ("finalizing",), ended)
+        self._log.event("batch_finished", batch_id=batch.id, status=outcome, owner=batch.owner,
+                        lines=len(succeeded) + len(failed), failed=len(failed))
 
     async def _result_file(self, batch: Batch, purpose: str, lines: list[bytes], now: float) -> str:
         file_id = self._new_file_id()
@@ -351,12 +374,37 @@ class JobService:
         return JobCounts(by_status, oldest)
 
     async def maintain(self) -> None:
-        """Once a second or so: leases that ran out go back to the queue, windows that ended expire."""
+        """Once a second or so: leases that ran out go back to the queue, windows that ended expire, and
+        batches left half-way through a step by a process that died are taken over."""
         requeued = await self.store.requeue_expired(time.time())
         if requeued:
             self._log.event("jobs_requeued", count=requeued, reason="their worker stopped renewing the claim")
             self._dispatch().submitted([])
         await self.expire_batches()
+        await self._resume_batches()
+
+    async def _resume_batches(self) -> None:
+        """A batch still validating or finalizing long after that step began lost the process doing it."""
+        now = time.time()
+        for batch in await self.store.batches_in(("validating", "finalizing")):
+            step = "finalizing_at" if batch.status == "finalizing" else "validating_at"
+            if now - batch.times.get(step, batch.created_at) < STALE_STEP_S or batch.id in self._starting:
+                continue
+
+            def take_over(kept: Batch, step: str = step) -> bool:
+                if now - kept.times.get(step, kept.created_at) < STALE_STEP_S:
+                    return False  # another process took it over first
+                kept.times[step] = now
+                return True
+
+            taken = await self.store.update_batch(batch.id, (batch.status,), take_over)
+            if taken is None:
+                continue
+            self._log.event("batch_resumed", batch_id=batch.id, step=batch.status)
+            if taken.status == "finalizing":
+                await self._write_results(taken)
+            else:
+                self._background(self._start_batch(taken))
 
     def _dispatch(self) -> Dispatch:
         assert self.dispatch is not None, "JobService.dispatch is set when the jobs start"

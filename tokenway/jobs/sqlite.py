@@ -243,7 +243,7 @@ class SqliteJobStore(SqliteFile):
         rows = await self._run(lambda db: db.execute(sql, statuses).fetchall())
         return [batch_from_data(r[0]) for r in rows]
 
-    async def update_batch(self, batch_id: str, expect: tuple[BatchStatus, ...], change: Callable[[Batch], None]
+    async def update_batch(self, batch_id: str, expect: tuple[BatchStatus, ...], change: Callable[[Batch], bool | None]
                            ) -> Batch | None:
         def update(db: sqlite3.Connection) -> Batch | None:
             db.execute("BEGIN IMMEDIATE")  # the read and the write in one transaction, also across processes
@@ -253,7 +253,8 @@ class SqliteJobStore(SqliteFile):
             batch = batch_from_data(row[0])
             if batch.status not in expect:
                 return None
-            change(batch)
+            if change(batch) is False:
+                return None
             db.execute("UPDATE tokenway_batches SET status = ?, data = ? WHERE id = ?",
                        (batch.status, batch_data(batch), batch_id))
             return batch

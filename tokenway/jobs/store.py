@@ -103,9 +103,10 @@ class JobStore(Protocol):
 
     async def batches_in(self, statuses: tuple[BatchStatus, ...]) -> list[Batch]: ...
 
-    async def update_batch(self, batch_id: str, expect: tuple[BatchStatus, ...], change: Callable[[Batch], None]
+    async def update_batch(self, batch_id: str, expect: tuple[BatchStatus, ...], change: Callable[[Batch], bool | None]
                            ) -> Batch | None:
-        """Apply ``change`` to the batch in one transaction if its status is one of ``expect``."""
+        """Apply ``change`` to the batch in one transaction if its status is one of ``expect`` (and
+        ``change`` does not return False); the batch as changed, or None."""
 
 
 def open_job_store(database_url: str | None, data_dir: Path) -> JobStore:

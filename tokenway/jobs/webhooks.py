@@ -33,6 +33,10 @@ def check_webhook_url(url: object, config: WebhookConfig) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest("'webhook_url' must be an http(s) URL.", param="webhook_url")
+    if not os.environ.get(config.secret_env):
+        raise InvalidRequest(f"Webhooks are off on this gateway: it has no signing secret ({config.secret_env} is "
+                             "unset), and an unsigned webhook could not be told from a forged one.",
+                             param="webhook_url")
     if parts.hostname not in config.allowed_hosts:
         allowed = ", ".join(config.allowed_hosts) or "none are configured"
         raise InvalidRequest(f"The webhook host {parts.hostname!r} is not allowed (jobs.webhooks.allowed_hosts: "
