@@ -45,6 +45,7 @@ class JobsConfig(_Strict):
     # expire, and the job runs again. Renewed every third of it while the job runs.
     lease_s: Annotated[float, Field(ge=1)] = 30.0
     cancel_poll_s: Annotated[float, Field(gt=0, le=5)] = 0.5  # how soon a worker sees a cancel from elsewhere
+    keep_days: Annotated[float, Field(gt=0)] = 30.0  # finished jobs, ended batches and files are deleted after this
     webhooks: WebhookConfig = WebhookConfig()
     # A fleet (`tokenway worker`, Celery): the queues are <prefix>.jobs and <prefix>.batch, and on a
     # Redis broker every key starts with "<prefix>:", so two installations can share one broker.

@@ -189,6 +189,23 @@ class PostgresJobStore:
             f"{_SELECT_JOB} WHERE batch_id = $1 AND line > $2 ORDER BY line LIMIT $3", batch_id, after_line, limit)
         return [job_from_row(r) for r in rows]
 
+    async def purge(self, before: float) -> list[str]:
+        ended = ["completed", "failed", "expired", "cancelled"]
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch("SELECT data FROM tokenway_batches WHERE status = ANY($1::text[])", ended)
+            old = [b.id for b in (batch_from_data(r[0]) for r in rows)
+                   if max(b.times.values(), default=b.created_at) < before]
+            await conn.execute("DELETE FROM tokenway_jobs WHERE batch_id = ANY($1::text[])", old)
+            await conn.execute("DELETE FROM tokenway_batches WHERE id = ANY($1::text[])", old)
+            await conn.execute("DELETE FROM tokenway_jobs WHERE batch_id IS NULL AND finished_at < $1", before)
+            open_rows = await conn.fetch("SELECT data FROM tokenway_batches WHERE NOT (status = ANY($1::text[]))",
+                                         ended)
+            in_use = [batch_from_data(r[0]).input_file_id for r in open_rows]
+            deleted = await conn.fetch(
+                "DELETE FROM tokenway_files WHERE created_at < $1 AND NOT (id = ANY($2::text[])) RETURNING id",
+                before, in_use)
+            return [r[0] for r in deleted]
+
     # Files.
     async def add_file(self, file: StoredFile) -> None:
         await self.pool.execute(

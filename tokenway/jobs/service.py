@@ -60,6 +60,7 @@ class JobCounts:
 
 _WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 STALE_STEP_S = 60.0  # a batch validating or finalizing this long without progress lost its process
+PURGE_EVERY_S = 3600.0  # how often what is older than jobs.keep_days is deleted
 
 
 def window_seconds(window: object) -> float:
@@ -87,6 +88,7 @@ class JobService:
         self._new_batch_id = IdGenerator("batch_")
         self._tasks: set[asyncio.Task[None]] = set()
         self._starting: set[str] = set()  # batches this process is validating now
+        self._purged = -PURGE_EVERY_S  # the first maintenance purges at once
         self.on_finished: list[Callable[[Job], None]] = []  # metrics
 
     # Async jobs.
@@ -382,6 +384,10 @@ class JobService:
             self._dispatch().submitted([])
         await self.expire_batches()
         await self._resume_batches()
+        if time.monotonic() - self._purged >= PURGE_EVERY_S:
+            self._purged = time.monotonic()
+            for file_id in await self.store.purge(time.time() - self.config.keep_days * 86400):
+                self.contents.delete(file_id)
 
     async def _resume_batches(self) -> None:
         """A batch still validating or finalizing long after that step began lost the process doing it."""

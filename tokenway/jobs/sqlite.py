@@ -199,6 +199,26 @@ class SqliteJobStore(SqliteFile):
         rows = await self._run(lambda db: db.execute(sql, (batch_id, after_line, limit)).fetchall())
         return [job_from_row(r) for r in rows]
 
+    async def purge(self, before: float) -> list[str]:
+        ended = "('completed', 'failed', 'expired', 'cancelled')"
+
+        def purge(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute(f"SELECT data FROM tokenway_batches WHERE status IN {ended}").fetchall()
+            old = [b for b in (batch_from_data(r[0]) for r in rows)
+                   if max(b.times.values(), default=b.created_at) < before]
+            for batch in old:
+                db.execute("DELETE FROM tokenway_jobs WHERE batch_id = ?", (batch.id,))
+                db.execute("DELETE FROM tokenway_batches WHERE id = ?", (batch.id,))
+            db.execute("DELETE FROM tokenway_jobs WHERE batch_id IS NULL AND finished_at < ?", (before,))
+            in_use = {b.input_file_id for b in map(batch_from_data, (r[0] for r in db.execute(
+                f"SELECT data FROM tokenway_batches WHERE status NOT IN {ended}").fetchall()))}
+            files = [r[0] for r in db.execute("SELECT id FROM tokenway_files WHERE created_at < ?", (before,))
+                     if r[0] not in in_use]
+            db.executemany("DELETE FROM tokenway_files WHERE id = ?", [(f,) for f in files])
+            return files
+
+        return await self._run(purge)
+
     # Files.
     async def add_file(self, file: StoredFile) -> None:
         sql = f"INSERT INTO tokenway_files ({_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"

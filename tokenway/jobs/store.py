@@ -84,6 +84,10 @@ class JobStore(Protocol):
     async def batch_lines(self, batch_id: str, after_line: int, limit: int) -> list[Job]:
         """A batch's lines in line order, for its output and error files."""
 
+    async def purge(self, before: float) -> list[str]:
+        """Delete async jobs finished, batches ended (with their lines) and files made before ``before``,
+        except files an unfinished batch reads; the ids of the files deleted."""
+
     # Files.
     async def add_file(self, file: StoredFile) -> None: ...
 
