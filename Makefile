@@ -83,6 +83,7 @@ image: docker-engine
 		-f deploy/docker/Dockerfile -t $(IMAGE) .
 	DOCKER_BUILDKIT=1 $(DOCKER) build --network host --secret id=ca,src=$(BUILD_CA) --build-arg BASE=$(BASE_IMAGE) \
 		-f deploy/docker/Dockerfile --target slim -t $(IMAGE)-slim .
+	@$(DOCKER) image prune -f >/dev/null  # the previous builds' untagged images (the build cache stays)
 
 # Two containers of the image behind nginx: the openai SDK, health, non-root, docker stop drains.
 image-test: setup services image
