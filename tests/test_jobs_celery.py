@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,37 +36,47 @@ from tests.celery_support import (
     worker_process,
 )
 from tests.jobs_support import auth, batch_lines, jsonl, wait_job
+from tokenway.config import parse_config
+from tokenway.jobs.celery_dispatch import TASK, celery_app
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
 @dataclass
 class Fleet:
-    """What a gateway and its workers share: the config file, the env, the job store's schema."""
+    """A gateway and what its workers share with it: the config file, the env, the job store's schema."""
 
     config: Path
     env: dict[str, str]
     schema: str
     prefix: str
     tmp: Path
+    base: str = ""  # the gateway's URL
+    test: str = ""  # the test running: its workers' log files are named after it
 
     def worker(self, name: str, concurrency: int = 4) -> AbstractContextManager[subprocess.Popen[bytes]]:
-        return worker_process(self.config, self.env, self.tmp / f"{name}.log", concurrency)
+        return worker_process(self.config, self.env, self.log(name), concurrency)
+
+    def log(self, name: str) -> Path:
+        return self.tmp / f"{self.test}-{name}.log"
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.tmp.glob("*.log")))
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.tmp.glob(f"{self.test}-*.log")))
 
 
-def fleet(upstream: SlowUpstream, tmp: Path, broker: str, **jobs: float) -> Iterator[Fleet]:
+@contextmanager
+def fleet(upstream: SlowUpstream, tmp: Path, broker: str) -> Iterator[Fleet]:
+    """A gateway (``tokenway serve``) queueing on ``broker``; workers are started by each test."""
     schema, prefix = pg_schema(), new_prefix()
     config = tmp / "tokenway.yaml"
-    config.write_text(fleet_config(upstream, prefix, **jobs))
+    config.write_text(fleet_config(upstream, prefix))
     (tmp / "data").mkdir()
     env = {"TOKENWAY_DATABASE_URL": pg_url(schema), "TOKENWAY_JOBS_BROKER_URL": broker,
            "TOKENWAY_FILES_DIR": str(tmp / "files"), "TOKENWAY_DATA_DIR": str(tmp / "data"),
            "TOKENWAY_MASTER_KEY": "sk-master-test"}
     try:
-        yield Fleet(config, env, schema, prefix, tmp)
+        with gateway_process(config, tmp / "data", **env) as base:
+            yield Fleet(config, env, schema, prefix, tmp, base)
     finally:
         drop_schema(schema)
         if broker.startswith("redis"):
@@ -75,20 +85,26 @@ def fleet(upstream: SlowUpstream, tmp: Path, broker: str, **jobs: float) -> Iter
             drop_rabbitmq_queues([f"{prefix}.jobs", f"{prefix}.batch"])
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def upstream() -> Iterator[SlowUpstream]:
     server = SlowUpstream(first_delay=0.0, chunk_delay=0.0).start()
     yield server
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def redis_fleet(upstream: SlowUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    with fleet(upstream, tmp_path_factory.mktemp("fleet"), REDIS_BROKER) as f:
+        yield f
+
+
 @pytest.fixture
-def on_redis(upstream: SlowUpstream, tmp_path: Path) -> Iterator[Fleet]:
-    yield from fleet(upstream, tmp_path, REDIS_BROKER)
-
-
-def gateway(f: Fleet) -> AbstractContextManager[str]:
-    return gateway_process(f.config, f.tmp / "data", **f.env)
+def on_redis(redis_fleet: Fleet, upstream: SlowUpstream, request: pytest.FixtureRequest) -> Fleet:
+    """The module's gateway, for one test: the upstream's record and delay start afresh."""
+    upstream.seen.clear()
+    upstream.delay = 0.05
+    redis_fleet.test = request.node.name
+    return redis_fleet
 
 
 def ledger(f: Fleet, column: str, value: str) -> list[tuple[str, int]]:
@@ -97,7 +113,8 @@ def ledger(f: Fleet, column: str, value: str) -> list[tuple[str, int]]:
 
 def test_an_async_job_runs_on_a_worker_and_overtakes_a_queued_batch(upstream: SlowUpstream, on_redis: Fleet) -> None:
     upstream.delay = 0.2
-    with gateway(on_redis) as base, on_redis.worker("w1", concurrency=2):
+    base = on_redis.base
+    with on_redis.worker("w1", concurrency=2):
         key = create_key(base, name="reports")["key"]
         sdk = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
         uploaded = sdk.files.create(file=("in.jsonl", batch_lines(40)), purpose="batch")
@@ -113,12 +130,15 @@ def test_an_async_job_runs_on_a_worker_and_overtakes_a_queued_batch(upstream: Sl
         # Behind 40 queued lines on 2 threads (4 s of work), the async job took one of the next free threads.
         counts = sdk.batches.retrieve(batch.id).request_counts
         assert counts.completed + counts.failed < 20, counts
+        sdk.batches.cancel(batch.id)  # the rest of the batch is not for the next test's workers
+        wait_for(lambda: sdk.batches.retrieve(batch.id).status == "cancelled", 10, "the batch to stop")
         assert wait_for(lambda: ledger(on_redis, "job_id", job["id"]), 5, "the job's ledger row") == [(job["id"], 200)]
 
 
 def test_the_sdk_runs_a_batch_end_to_end_on_celery_workers(upstream: SlowUpstream, on_redis: Fleet) -> None:
     data = batch_lines(30) + b'{"custom_id": "broken"\n'
-    with gateway(on_redis) as base, on_redis.worker("w1"), on_redis.worker("w2"):
+    base = on_redis.base
+    with on_redis.worker("w1"), on_redis.worker("w2"):
         sdk = openai.OpenAI(base_url=base + "/v1", api_key=create_key(base)["key"], max_retries=0)
         uploaded = sdk.files.create(file=("input.jsonl", data), purpose="batch")
         batch = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
@@ -134,76 +154,110 @@ def test_the_sdk_runs_a_batch_end_to_end_on_celery_workers(upstream: SlowUpstrea
         assert [line["error"]["line"] for line in errors] == [31]
         assert len(upstream.seen) == 30
         # Both workers ran lines: the batch queue is shared.
-        logs = [(on_redis.tmp / f"{name}.log").read_text() for name in ("w1", "w2")]
+        logs = [on_redis.log(name).read_text() for name in ("w1", "w2")]
         assert all(log.count('"event":"request"') > 0 for log in logs), on_redis.logs()
 
 
 def test_a_killed_worker_leaves_no_line_without_its_one_result(upstream: SlowUpstream, on_redis: Fleet) -> None:
     upstream.delay = 0.2
     lines = 60
-    with gateway(on_redis) as base:
-        sdk = openai.OpenAI(base_url=base + "/v1", api_key=create_key(base)["key"], max_retries=0)
-        uploaded = sdk.files.create(file=("input.jsonl", batch_lines(lines)), purpose="batch")
-        batch = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
-                                   completion_window="24h")
-        with on_redis.worker("doomed") as doomed:
-            wait_for(lambda: sdk.batches.retrieve(batch.id).request_counts.completed >= 8, 30,
-                     "the first worker to get going")
-            doomed.send_signal(signal.SIGKILL)  # mid-batch, four lines in flight
-            doomed.wait(5)
-        in_flight = pg_fetch(on_redis.schema, "SELECT count(*) FROM tokenway_jobs WHERE batch_id = $1 AND "
-                                              "status = 'running'", batch.id)[0][0]
-        assert in_flight > 0
-        time.sleep(4.5)  # the Redis visibility timeout: the next worker finds the dead one's messages due
-        with on_redis.worker("successor"):
-            done = wait_for(lambda: (b := sdk.batches.retrieve(batch.id)).status == "completed" and b, 45,
-                            "the batch to finish on the second worker")
-        assert (done.request_counts.completed, done.request_counts.failed) == (lines, 0), on_redis.logs()
-        output = jsonl(sdk.files.content(done.output_file_id).content)
-        assert sorted(line["custom_id"] for line in output) == sorted(f"r{i}" for i in range(lines))  # once each
-        assert done.error_file_id is None
-        retried = pg_fetch(on_redis.schema, "SELECT count(*) FROM tokenway_jobs WHERE batch_id = $1 AND attempts > 1",
-                           batch.id)[0][0]
-        assert retried >= in_flight  # the lines the dead worker was running ran again
-        # The ledger shows every call the upstream answered: each line's, and the dead worker's
-        # calls that finished before the kill (written ahead, replayed by the successor).
-        rows = wait_for(lambda: (r := ledger(on_redis, "batch_id", batch.id)) and len(r) >= lines and r, 10,
-                        "the ledger rows")
-        assert {job_id for job_id, status in rows if status == 200} == set(
-            r[0] for r in pg_fetch(on_redis.schema, "SELECT id FROM tokenway_jobs WHERE batch_id = $1", batch.id))
-        assert len(rows) <= len(upstream.seen)
+    base = on_redis.base
+    sdk = openai.OpenAI(base_url=base + "/v1", api_key=create_key(base)["key"], max_retries=0)
+    uploaded = sdk.files.create(file=("input.jsonl", batch_lines(lines)), purpose="batch")
+    batch = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                               completion_window="24h")
+    with on_redis.worker("doomed") as doomed:
+        wait_for(lambda: sdk.batches.retrieve(batch.id).request_counts.completed >= 8, 30,
+                 "the first worker to get going")
+        doomed.send_signal(signal.SIGKILL)  # mid-batch, four lines in flight
+        doomed.wait(5)
+    in_flight = pg_fetch(on_redis.schema, "SELECT count(*) FROM tokenway_jobs WHERE batch_id = $1 AND "
+                                          "status = 'running'", batch.id)[0][0]
+    assert in_flight > 0
+    time.sleep(4.5)  # the Redis visibility timeout: the next worker finds the dead one's messages due
+    with on_redis.worker("successor"):
+        done = wait_for(lambda: (b := sdk.batches.retrieve(batch.id)).status == "completed" and b, 45,
+                        "the batch to finish on the second worker")
+    assert (done.request_counts.completed, done.request_counts.failed) == (lines, 0), on_redis.logs()
+    output = jsonl(sdk.files.content(done.output_file_id).content)
+    assert sorted(line["custom_id"] for line in output) == sorted(f"r{i}" for i in range(lines))  # once each
+    assert done.error_file_id is None
+    retried = pg_fetch(on_redis.schema, "SELECT count(*) FROM tokenway_jobs WHERE batch_id = $1 AND attempts > 1",
+                       batch.id)[0][0]
+    assert retried >= in_flight  # the lines the dead worker was running ran again
+    # The ledger shows every call the upstream answered: each line's, and the dead worker's
+    # calls that finished before the kill (written ahead, replayed by the successor).
+    rows = wait_for(lambda: (r := ledger(on_redis, "batch_id", batch.id)) and len(r) >= lines and r, 10,
+                    "the ledger rows")
+    assert {job_id for job_id, status in rows if status == 200} == set(
+        r[0] for r in pg_fetch(on_redis.schema, "SELECT id FROM tokenway_jobs WHERE batch_id = $1", batch.id))
+    assert len(rows) <= len(upstream.seen)
 
 
 def test_sigterm_lets_a_worker_finish_its_running_jobs(upstream: SlowUpstream, on_redis: Fleet) -> None:
     upstream.delay = 2.0
-    with gateway(on_redis) as base:
+    base = on_redis.base
+    key = create_key(base)["key"]
+    client = redis.Redis.from_url(REDIS_BROKER)
+    unacked = f"{on_redis.prefix}:unacked"  # messages taken by a worker and not acknowledged
+    before = set(client.hkeys(unacked))  # a killed worker's, in an earlier test
+    with on_redis.worker("w1", concurrency=2) as worker:
+        ids = [httpx.post(base + "/v1/async/chat/completions", json=CHAT, headers=auth(key)).json()["id"]
+               for _ in range(2)]
+        wait_for(lambda: all(httpx.get(f"{base}/v1/async/{i}", headers=auth(key)).json()["status"] == "running"
+                             for i in ids), 20, "both jobs to run")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(20) == 0
+    for job_id in ids:
+        job = httpx.get(f"{base}/v1/async/{job_id}", headers=auth(key)).json()
+        assert job["status"] == "succeeded" and job["attempts"] == 1, (job, on_redis.logs())
+    assert len(upstream.seen) == 2
+    assert set(client.hkeys(unacked)) <= before  # both messages acknowledged
+    client.close()
+
+
+def test_a_second_message_for_a_running_job_waits_then_runs_nothing(upstream: SlowUpstream, on_redis: Fleet) -> None:
+    upstream.delay = 1.5
+    base = on_redis.base
+    with on_redis.worker("w1", concurrency=2):
         key = create_key(base)["key"]
-        with on_redis.worker("w1", concurrency=2) as worker:
-            ids = [httpx.post(base + "/v1/async/chat/completions", json=CHAT, headers=auth(key)).json()["id"]
-                   for _ in range(2)]
-            wait_for(lambda: all(httpx.get(f"{base}/v1/async/{i}", headers=auth(key)).json()["status"] == "running"
-                                 for i in ids), 20, "both jobs to run")
-            worker.send_signal(signal.SIGTERM)
-            assert worker.wait(20) == 0
-        for job_id in ids:
-            job = httpx.get(f"{base}/v1/async/{job_id}", headers=auth(key)).json()
-            assert job["status"] == "succeeded" and job["attempts"] == 1, (job, on_redis.logs())
-        assert len(upstream.seen) == 2
-        client = redis.Redis.from_url(REDIS_BROKER)
-        # Acknowledged: nothing left in the queue or among the messages taken and not acknowledged.
-        assert client.hlen(f"{on_redis.prefix}:unacked") == 0
-        assert client.llen(f"{on_redis.prefix}:{on_redis.prefix}.jobs") == 0
-        client.close()
+        job_id = httpx.post(base + "/v1/async/chat/completions", json=CHAT, headers=auth(key)).json()["id"]
+        wait_for(lambda: httpx.get(f"{base}/v1/async/{job_id}", headers=auth(key)).json()["status"] == "running",
+                 20, "the job to run")
+        # A copy of its message, as a redelivery would make: the claim is held, so the copy retries
+        # (Celery's retry, back onto the same queue) until the job is done, then is dropped.
+        app = celery_app(REDIS_BROKER, parse_config(on_redis.config.read_text()).jobs)
+        copy = app.send_task(TASK, args=(job_id,), queue=f"{on_redis.prefix}.jobs").id
+        app.close()
+        assert wait_job(base, key, job_id, timeout=20)["attempts"] == 1
+        log = on_redis.log("w1")
+        wait_for(lambda: f"{copy}] succeeded" in log.read_text(), 15, "the copy to be dropped")
+        assert f"{copy}] retry: Retry in" in log.read_text()
+        assert len(upstream.seen) == 1
+
+
+def test_a_job_whose_message_the_broker_lost_is_sent_again(upstream: SlowUpstream, on_redis: Fleet) -> None:
+    base = on_redis.base
+    key = create_key(base)["key"]
+    job_id = httpx.post(base + "/v1/async/chat/completions", json=CHAT, headers=auth(key)).json()["id"]
+    client = redis.Redis.from_url(REDIS_BROKER)
+    queue = f"{on_redis.prefix}:{on_redis.prefix}.jobs"
+    wait_for(lambda: client.llen(queue) == 1, 10, "the job's message")
+    client.delete(queue)  # a Redis broker restarted without persistence
+    client.close()
+    with on_redis.worker("w1", concurrency=2):
+        job = wait_job(base, key, job_id, timeout=30)
+    assert job["status"] == "succeeded" and len(upstream.seen) == 1, on_redis.logs()
 
 
 def test_a_rabbitmq_broker_runs_an_async_job(upstream: SlowUpstream, tmp_path: Path) -> None:
-    for f in fleet(upstream, tmp_path, RABBITMQ_BROKER):
-        with gateway(f) as base, f.worker("w1", concurrency=2):
-            key = create_key(base)["key"]
-            r = httpx.post(base + "/v1/async/chat/completions", json=CHAT, headers=auth(key))
-            assert r.status_code == 202, r.text
-            job = wait_job(base, key, r.json()["id"], timeout=30)
-            assert job["status"] == "succeeded", (job, f.logs())
+    upstream.delay = 0.05
+    with fleet(upstream, tmp_path, RABBITMQ_BROKER) as f, f.worker("w1", concurrency=2):
+        key = create_key(f.base)["key"]
+        r = httpx.post(f.base + "/v1/async/chat/completions", json=CHAT, headers=auth(key))
+        assert r.status_code == 202, r.text
+        job = wait_job(f.base, key, r.json()["id"], timeout=30)
+        assert job["status"] == "succeeded", (job, f.logs())
 
 
 def test_a_worker_without_a_broker_says_what_to_set(tmp_path: Path) -> None:

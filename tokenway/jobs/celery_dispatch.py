@@ -21,6 +21,10 @@ until it goes through; the jobs wait in the store meanwhile. Measured on a 2-cor
 (load average 12): 10,000 sends in 16 s on Redis, 7 s on RabbitMQ, the event loop never more
 than 35 ms late.
 
+A message can still be lost: a Redis broker restarted without persistence, a gateway killed
+while sending. Every ``jobs.lease_s`` (30 s at most) each process compares: jobs queued in the
+store while both queues in the broker are empty, twice in a row, are sent again.
+
 ``cancelled`` does nothing: the worker running a job renews its claim every ``jobs.cancel_poll_s``
 and stops the job when the claim is gone, and a job cancelled while still queued is turned away
 when its message arrives (the claim fails).
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -48,6 +53,7 @@ RETRY_PAUSE_S = (0.5, 30.0)  # the first and the longest pause between tries of 
 CLOSE_WAIT_S = 10.0  # at shutdown, for the sends still pending
 SENDERS = 2  # threads sending at once
 CHUNK = 500  # messages per turn of a sending thread
+RECONCILE_MAX_S = 30.0  # looks for jobs whose message was lost every jobs.lease_s, at most this long apart
 
 
 def queue_names(config: JobsConfig) -> tuple[str, str]:
@@ -109,6 +115,9 @@ class CeleryDispatch:
         # from Celery's pool) go several times as fast as one.
         self._senders = concurrent.futures.ThreadPoolExecutor(SENDERS, thread_name_prefix="tokenway-celery-send")
         self._sending: set[concurrent.futures.Future[None]] = set()
+        self._store = service.store
+        self._reconcile_s = min(RECONCILE_MAX_S, service.config.lease_s)
+        self._reconciler = asyncio.get_running_loop().create_task(self._reconcile())
 
     def submitted(self, jobs: list[Job]) -> None:
         messages = [(job.id, self._batch_queue if job.batch_id else self._jobs_queue) for job in jobs]
@@ -139,8 +148,58 @@ class CeleryDispatch:
                 time.sleep(pause)
                 pause = min(pause * 2, RETRY_PAUSE_S[1])
 
+    async def _reconcile(self) -> None:
+        """Send again the jobs the store has queued while the broker holds no message at all: their
+        messages were lost (a Redis broker restarted without persistence, a gateway stopped while
+        sending). Seen twice in a row, one check apart, so a message on its way is not mistaken
+        for a lost one; a copy sent anyway is harmless (the claim turns it away)."""
+        lost = False
+        while True:
+            await asyncio.sleep(self._reconcile_s)
+            try:
+                queued, _ = await self._store.queued_counts("")
+                backlog = 0 if self._sending or not queued else await asyncio.to_thread(self._broker_backlog)
+                if self._sending or not queued or backlog:
+                    lost = False
+                    continue
+                if not lost:
+                    lost = True
+                    continue
+                jobs = await self._queued_jobs()
+            except Exception as exc:  # the store or the broker is down: look again later
+                self._log.event("jobs_reconcile_failed", level="error", error=repr(exc))
+                continue
+            lost = False
+            self._log.event("jobs_redispatched", level="warning", count=len(jobs),
+                            reason="queued in the store, no message in the broker")
+            self.submitted(jobs)
+
+    def _broker_backlog(self) -> int:
+        """Messages waiting in both queues."""
+        with self._app.connection_for_write() as conn:
+            # Declared as Celery declares them (a passive declare fails on Redis when a queue is empty).
+            queues = [self._app.amqp.queues[name].bind(conn.default_channel) for name in (self._jobs_queue,
+                                                                                           self._batch_queue)]
+            return sum(int(queue.queue_declare().message_count) for queue in queues)
+
+    async def _queued_jobs(self) -> list[Job]:
+        jobs: list[Job] = []
+        after: str | None = None
+        while page := await self._store.list_jobs(None, "queued", 1000, after):  # async jobs
+            jobs += page
+            after = page[-1].id
+        for batch in await self._store.batches_in(("in_progress",)):
+            line = 0
+            while page := await self._store.batch_lines(batch.id, line, 1000):
+                jobs += [job for job in page if job.status == "queued"]
+                line = page[-1].line or 0
+        return jobs
+
     async def aclose(self) -> None:
         """Send what is pending (while the broker answers), then let go of its connections."""
+        self._reconciler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reconciler
         self._closing = True
         self._senders.shutdown(wait=False)
         _, unfinished = await asyncio.to_thread(concurrent.futures.wait, list(self._sending), CLOSE_WAIT_S)
