@@ -64,13 +64,13 @@ def new_prefix() -> str:
 
 
 @contextmanager
-def worker_process(config_path: Path, env: dict[str, str], log: Path, concurrency: int = 4
+def worker_process(config_path: Path, env: dict[str, str], log: Path, concurrency: int = 4, *args: str
                    ) -> Iterator[subprocess.Popen[bytes]]:
     """``tokenway worker`` in its own process; stopped with SIGTERM (then SIGKILL) if still running."""
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tokenway", "worker", "--config", str(config_path),
-             "--concurrency", str(concurrency), "--loglevel", "info"],
+             "--concurrency", str(concurrency), "--loglevel", "info", *args],
             env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
     try:
         yield proc

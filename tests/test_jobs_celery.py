@@ -36,6 +36,7 @@ from tests.celery_support import (
     worker_process,
 )
 from tests.jobs_support import auth, batch_lines, jsonl, wait_job
+from tests.servers import free_port
 from tokenway.config import parse_config
 from tokenway.jobs.celery_dispatch import TASK, celery_app
 
@@ -54,8 +55,8 @@ class Fleet:
     base: str = ""  # the gateway's URL
     test: str = ""  # the test running: its workers' log files are named after it
 
-    def worker(self, name: str, concurrency: int = 4) -> AbstractContextManager[subprocess.Popen[bytes]]:
-        return worker_process(self.config, self.env, self.log(name), concurrency)
+    def worker(self, name: str, concurrency: int = 4, *args: str) -> AbstractContextManager[subprocess.Popen[bytes]]:
+        return worker_process(self.config, self.env, self.log(name), concurrency, *args)
 
     def log(self, name: str) -> Path:
         return self.tmp / f"{self.test}-{name}.log"
@@ -114,7 +115,8 @@ def ledger(f: Fleet, column: str, value: str) -> list[tuple[str, int]]:
 def test_an_async_job_runs_on_a_worker_and_overtakes_a_queued_batch(upstream: SlowUpstream, on_redis: Fleet) -> None:
     upstream.delay = 0.2
     base = on_redis.base
-    with on_redis.worker("w1", concurrency=2):
+    port = free_port()
+    with on_redis.worker("w1", 2, "--metrics-port", str(port)):
         key = create_key(base, name="reports")["key"]
         sdk = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
         uploaded = sdk.files.create(file=("in.jsonl", batch_lines(40)), purpose="batch")
@@ -133,6 +135,9 @@ def test_an_async_job_runs_on_a_worker_and_overtakes_a_queued_batch(upstream: Sl
         sdk.batches.cancel(batch.id)  # the rest of the batch is not for the next test's workers
         wait_for(lambda: sdk.batches.retrieve(batch.id).status == "cancelled", 10, "the batch to stop")
         assert wait_for(lambda: ledger(on_redis, "job_id", job["id"]), 5, "the job's ledger row") == [(job["id"], 200)]
+        # The worker made the calls: its own /metrics shows them.
+        scraped = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert 'tokenway_jobs_finished_total{kind="async",status="succeeded"} 1.0' in scraped
 
 
 def test_the_sdk_runs_a_batch_end_to_end_on_celery_workers(upstream: SlowUpstream, on_redis: Fleet) -> None:

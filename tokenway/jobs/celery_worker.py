@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import logging
 import os
 import socket
 import sys
@@ -35,6 +36,8 @@ import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from aiohttp import web
 
 from tokenway.config import ConfigError, GatewayConfig, Settings, SettingsError, load_config, load_settings
 from tokenway.jobs.celery_dispatch import TASK, celery_app, queue_names
@@ -47,23 +50,46 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 STARTUP_S = 120.0  # for the core to open its stores
 SHUTDOWN_S = 60.0  # for the core to give running jobs back and flush the ledger
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STORE_RETRIES = 20  # tries of a task whose store or broker call failed, with backoff up to a minute
 
 
 class WorkerCore:
     """One gateway core for a worker process, on its own event loop in a background thread."""
 
-    def __init__(self, settings: Settings, config: GatewayConfig) -> None:
+    def __init__(self, settings: Settings, config: GatewayConfig, metrics_port: int | None = None) -> None:
         from tokenway.app import Gateway
 
         self.gateway: Gateway = Gateway(settings, config)
         self.stopping = False
+        self._metrics_port = metrics_port
+        self._metrics_server: web.AppRunner | None = None
         self._loop = _new_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tokenway-core", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
         self._call(self.gateway.startup(), STARTUP_S)
+        if self._metrics_port is not None:
+            self._call(self._serve_metrics(self._metrics_port), STARTUP_S)
+
+    async def _serve_metrics(self, port: int) -> None:
+        """``/metrics`` (the jobs' requests, tokens, latencies: they are made here, not in the gateway)
+        and ``/health`` for a liveness probe."""
+        metrics = self.gateway.metrics
+
+        async def exposition(request: web.Request) -> web.Response:
+            return web.Response(body=metrics.render(), headers={"Content-Type": METRICS_TYPE})
+
+        async def health(request: web.Request) -> web.Response:
+            return web.json_response({"status": "ok"})
+
+        app = web.Application()
+        app.router.add_get("/metrics", exposition)
+        app.router.add_get("/health", health)
+        self._metrics_server = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._metrics_server.setup()
+        await web.TCPSite(self._metrics_server, self.gateway.settings.host, port).start()
 
     def run(self, job_id: str) -> float | None:
         """Run the job if this process can claim it (blocks the calling thread until its outcome is
@@ -94,6 +120,8 @@ class WorkerCore:
     def stop(self) -> None:
         self.stopping = True
         try:
+            if self._metrics_server is not None:
+                self._call(self._metrics_server.cleanup(), SHUTDOWN_S)
             self._call(self.gateway.shutdown(), SHUTDOWN_S)
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -144,6 +172,8 @@ def main(argv: list[str]) -> int:
                                          "and <jobs.celery_prefix>.batch)")
     parser.add_argument("--loglevel", dest="log_level", choices=["debug", "info", "warning", "error"],
                         help="[TOKENWAY_LOG_LEVEL] (default info)")
+    parser.add_argument("--metrics-port", type=int,
+                        help="serve /metrics and /health on this port, on TOKENWAY_HOST (default: not served)")
     args = vars(parser.parse_args(argv))
     try:
         settings = load_settings(**{k: v for k, v in args.items() if k in Settings.model_fields})
@@ -159,16 +189,17 @@ def main(argv: list[str]) -> int:
               "the gateways', or TOKENWAY_REDIS_URL to use that Redis.", file=sys.stderr)
         return 2
     queues = [q.strip() for q in args["queues"].split(",") if q.strip()] if "queues" in args else None
-    return run_worker(settings, config, args.get("concurrency"), queues)
+    return run_worker(settings, config, args.get("concurrency"), queues, args.get("metrics_port"))
 
 
 def run_worker(settings: Settings, config: GatewayConfig, concurrency: int | None = None,
-               queues: list[str] | None = None) -> int:
+               queues: list[str] | None = None, metrics_port: int | None = None) -> int:
     """Run a Celery worker in this process until SIGTERM (warm shutdown) or SIGQUIT; its exit code."""
     broker_url = settings.jobs_broker_url or settings.redis_url
     assert broker_url, "main() checks that a broker is set"
     # The core only queues what it submits (a job given back to the queue): it runs no workers of its own.
-    core = WorkerCore(settings.model_copy(update={"jobs_broker_url": broker_url}), config)
+    core = WorkerCore(settings.model_copy(update={"jobs_broker_url": broker_url}), config, metrics_port)
+    logging.captureWarnings(True)  # Celery's warnings (running as root) become lines of the JSON log
     core.start()
     try:
         app = worker_app(broker_url, core)
