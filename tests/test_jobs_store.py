@@ -89,3 +89,14 @@ async def test_purge_deletes_only_what_is_old_and_unused(store: JobStore) -> Non
     assert await store.get_batch("batch_done") is None and await store.get_batch("batch_running") is not None
     assert await store.get_job("line") is None and await store.get_job("async-old") is None
     assert await store.get_job("async-new") is not None
+
+
+async def test_pending_webhooks_are_found_for_a_resend(store: JobStore) -> None:
+    ended = time.time() - 600
+    await store.add_jobs([job("j1", webhook_url="http://h/x", webhook_state="pending", status="succeeded",
+                              finished_at=ended),
+                          job("j2", webhook_url="http://h/x", webhook_state="delivered", status="succeeded",
+                              finished_at=ended)])
+    assert [j.id for j in await store.pending_webhooks(time.time() - 300, 10)] == ["j1"]
+    await store.set_webhook_state("j1", "delivered")
+    assert await store.pending_webhooks(time.time(), 10) == []

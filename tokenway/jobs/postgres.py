@@ -137,6 +137,11 @@ class PostgresJobStore:
             job.request_id, job.webhook_state, job.id, job.run_token)
         return bool(status == "UPDATE 1")
 
+    async def pending_webhooks(self, finished_before: float, limit: int) -> list[Job]:
+        rows = await self.pool.fetch(f"{_SELECT_JOB} WHERE webhook_state = 'pending' AND finished_at < $1 LIMIT $2",
+                                     finished_before, limit)
+        return [job_from_row(r) for r in rows]
+
     async def set_webhook_state(self, job_id: str, state: str) -> None:
         await self.pool.execute("UPDATE tokenway_jobs SET webhook_state = $1 WHERE id = $2", state, job_id)
 

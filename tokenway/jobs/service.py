@@ -61,6 +61,7 @@ class JobCounts:
 _WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 STALE_STEP_S = 60.0  # a batch validating or finalizing this long without progress lost its process
 PURGE_EVERY_S = 3600.0  # how often what is older than jobs.keep_days is deleted
+WEBHOOK_RESEND_S = 300.0  # a webhook still pending this long after its job ended lost its process
 
 
 def window_seconds(window: object) -> float:
@@ -89,6 +90,7 @@ class JobService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._starting: set[str] = set()  # batches this process is validating now
         self._purged = -PURGE_EVERY_S  # the first maintenance purges at once
+        self._webhooks_checked = 0.0
         self.on_finished: list[Callable[[Job], None]] = []  # metrics
 
     # Async jobs.
@@ -384,6 +386,11 @@ class JobService:
             self._dispatch().submitted([])
         await self.expire_batches()
         await self._resume_batches()
+        if self._webhooks is not None and time.monotonic() - self._webhooks_checked >= WEBHOOK_RESEND_S:
+            self._webhooks_checked = time.monotonic()
+            # Deliveries a process that died left pending: sent again (a receiver may see one twice).
+            for job in await self.store.pending_webhooks(time.time() - WEBHOOK_RESEND_S, 1000):
+                self._webhooks.send(job)
         if time.monotonic() - self._purged >= PURGE_EVERY_S:
             self._purged = time.monotonic()
             for file_id in await self.store.purge(time.time() - self.config.keep_days * 86400):

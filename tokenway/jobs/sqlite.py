@@ -146,6 +146,11 @@ class SqliteJobStore(SqliteFile):
                 job.webhook_state, job.id, job.run_token)
         return await self._run(lambda db: db.execute(sql, args).rowcount == 1)
 
+    async def pending_webhooks(self, finished_before: float, limit: int) -> list[Job]:
+        sql = f"{_SELECT_JOB} WHERE webhook_state = 'pending' AND finished_at < ? LIMIT ?"
+        rows = await self._run(lambda db: db.execute(sql, (finished_before, limit)).fetchall())
+        return [job_from_row(r) for r in rows]
+
     async def set_webhook_state(self, job_id: str, state: str) -> None:
         sql = "UPDATE tokenway_jobs SET webhook_state = ? WHERE id = ?"
         await self._run(lambda db: db.execute(sql, (state, job_id)))

@@ -55,6 +55,9 @@ class JobStore(Protocol):
     async def finish(self, job: Job) -> bool:
         """Record ``job``'s status and result if its run token still holds the job."""
 
+    async def pending_webhooks(self, finished_before: float, limit: int) -> list[Job]:
+        """Finished jobs whose webhook was never delivered nor given up on (their process died)."""
+
     async def set_webhook_state(self, job_id: str, state: str) -> None: ...
 
     async def release(self, job: Job) -> None:

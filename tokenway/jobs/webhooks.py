@@ -58,14 +58,17 @@ class Webhooks:
         self._secret = os.environ.get(config.secret_env, "").encode()
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sending: set[str] = set()  # job ids being delivered by this process
 
     def send(self, job: Job) -> None:
         """Deliver in the background; the job's result is already recorded."""
-        if job.webhook_url is None:
+        if job.webhook_url is None or job.id in self._sending:
             return
+        self._sending.add(job.id)
         task = asyncio.get_running_loop().create_task(self._deliver(job.webhook_url, job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._sending.discard(job.id))
 
     async def _deliver(self, url: str, job: Job) -> None:
         if self._session is None:
