@@ -47,7 +47,7 @@ models:
         api_base: {upstream.url("ok")}
         price: {{input_per_1m: 1.0, output_per_1m: 2.0}}
 access:
-  keys_refresh_s: 0.2
+  keys_refresh_s: 5  # the slowest allowed: a worker learns a new key from the job that needs it
   ledger_flush_s: 0.2
 jobs:
   workers: 4

@@ -61,6 +61,10 @@ class Fleet:
     def log(self, name: str) -> Path:
         return self.tmp / f"{self.test}-{name}.log"
 
+    def wait_ready(self, name: str) -> None:
+        wait_for(lambda: '"logger":"celery.apps.worker","message":"tokenway-' in self.log(name).read_text(), 30,
+                 f"worker {name} to be ready")
+
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.tmp.glob(f"{self.test}-*.log")))
 
@@ -225,7 +229,8 @@ def test_a_second_message_for_a_running_job_waits_then_runs_nothing(upstream: Sl
     upstream.delay = 1.5
     base = on_redis.base
     with on_redis.worker("w1", concurrency=2):
-        key = create_key(base)["key"]
+        on_redis.wait_ready("w1")
+        key = create_key(base)["key"]  # new to the worker: it loads the key when the job needs it
         job_id = httpx.post(base + "/v1/async/chat/completions", json=CHAT, headers=auth(key)).json()["id"]
         wait_for(lambda: httpx.get(f"{base}/v1/async/{job_id}", headers=auth(key)).json()["status"] == "running",
                  20, "the job to run")

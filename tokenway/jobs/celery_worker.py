@@ -103,6 +103,9 @@ class WorkerCore:
         assert executor is not None, "the core's jobs start with the gateway"
         job = await store.claim_job(job_id, executor.new_token(), executor.lease_until(), time.time())
         if job is not None:
+            keys = self.gateway.access.keys
+            if job.owner not in ("master", "anonymous") and keys.by_id(job.owner) is None:
+                await keys.refresh()  # a key made a moment ago on a gateway: this process has not loaded it yet
             try:
                 await executor.execute(job)
                 return None
