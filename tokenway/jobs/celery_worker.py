@@ -18,8 +18,9 @@ Celery's settings do what they are meant for (``celery_app`` in ``celery_dispatc
 - A failure of the store or the broker mid-task (not the job's own failure: that is a result)
   is retried by Celery with backoff (``autoretry_for``).
 - SIGTERM is Celery's warm shutdown: no new messages, the jobs running finish and are
-  acknowledged, then the core stops. A second SIGTERM (or SIGQUIT) stops at once; the jobs
-  still running go back to the queue in the store and their messages back to the broker.
+  acknowledged, then the core stops. Celery's cold shutdown (SIGQUIT) cannot stop a task of the
+  threads pool, so it waits the same way. SIGKILL is a crash: the jobs run again elsewhere
+  (late acks, above), so give a worker a grace period as long as its jobs take.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def worker_app(broker_url: str, core: WorkerCore) -> Celery:
     def run_job(task: Task, job_id: str) -> None:  # type: ignore[type-arg]
         try:
             wait = core.run(job_id)
-        except concurrent.futures.CancelledError:  # the worker stopped at once (cold shutdown)
+        except concurrent.futures.CancelledError:  # the core stopped under the task: the worker is going down
             raise Reject("the worker is stopping; the job goes back to the queue", requeue=True) from None
         if wait is not None:
             raise task.retry(countdown=wait, max_retries=None)
