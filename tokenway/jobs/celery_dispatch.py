@@ -80,7 +80,7 @@ def celery_app(broker_url: str, config: JobsConfig) -> Celery:
     if broker_url.startswith(("redis://", "rediss://", "sentinel://")):
         # kombu looks for messages past their visibility timeout every interval (here a tenth of the
         # timeout, 1 to 10 s), and on every look (throttle 1) instead of every tenth by default.
-        visibility = config.celery_visibility_timeout_s
+        visibility = config.visibility_timeout_s
         transport = {"visibility_timeout": visibility, "unacked_restore_interval": min(10.0, max(1.0, visibility / 10)),
                      "unacked_restore_throttle": 1, "global_keyprefix": f"{config.celery_prefix}:"}
     app.conf.update(

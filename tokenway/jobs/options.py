@@ -53,11 +53,16 @@ class JobsConfig(_Strict):
     # Redis broker: a job's message taken by a worker that died unacknowledged goes back to the queue
     # after this long (RabbitMQ does it when the connection drops). A job still running past it is
     # delivered once more; the claim turns that copy away, so it costs a message, not a call.
-    celery_visibility_timeout_s: Annotated[float, Field(ge=1)] = 300.0
+    # Default: 300 s, or twice lease_s if that is longer.
+    celery_visibility_timeout_s: Annotated[float, Field(ge=1)] | None = None
+
+    @property
+    def visibility_timeout_s(self) -> float:
+        return self.celery_visibility_timeout_s or max(300.0, 2 * self.lease_s)
 
     @model_validator(mode="after")
     def _redelivery_after_the_lease(self) -> JobsConfig:
-        if self.celery_visibility_timeout_s <= self.lease_s:
+        if self.celery_visibility_timeout_s is not None and self.celery_visibility_timeout_s <= self.lease_s:
             raise ValueError(
                 f"celery_visibility_timeout_s ({self.celery_visibility_timeout_s:g}) must be longer than lease_s "
                 f"({self.lease_s:g}): a job delivered again can only be claimed once the dead worker's lease ran out")
