@@ -11,20 +11,10 @@ import httpx
 
 from tests.fakes import FakeUpstream
 from tests.servers import running_app, serving_workers
-from tests.test_drain import BODY
+from tests.test_drain import BODY, stream_lines
 from tests.test_gateway_openai import config
 
 ADMIN = {"authorization": "Bearer master"}
-
-
-def stream_lines(base: str, started: list[float]) -> list[str]:
-    with httpx.stream("POST", base + "/v1/chat/completions", json=BODY, headers=ADMIN, timeout=30) as r:
-        lines = []
-        for line in r.iter_lines():
-            if line:
-                started.append(time.perf_counter())
-                lines.append(line)
-        return lines
 
 
 def test_admin_drain_refuses_new_work_and_lets_the_stream_in_flight_finish(upstream: FakeUpstream) -> None:
@@ -34,7 +24,7 @@ def test_admin_drain_refuses_new_work_and_lets_the_stream_in_flight_finish(upstr
         assert not app.draining
         arrivals: list[float] = []
         with ThreadPoolExecutor(1) as pool:
-            inflight = pool.submit(stream_lines, base, arrivals)
+            inflight = pool.submit(stream_lines, base, arrivals, ADMIN)
             while not arrivals:
                 time.sleep(0.01)
             first = httpx.post(base + "/admin/drain", headers=ADMIN)

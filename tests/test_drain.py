@@ -19,8 +19,8 @@ from tests.test_gateway_openai import config
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
 
-def stream_lines(base: str, started: list[float]) -> list[str]:
-    with httpx.stream("POST", base + "/v1/chat/completions", json=BODY, timeout=30) as r:
+def stream_lines(base: str, started: list[float], headers: dict[str, str] | None = None) -> list[str]:
+    with httpx.stream("POST", base + "/v1/chat/completions", json=BODY, headers=headers, timeout=30) as r:
         lines = []
         for line in r.iter_lines():
             if line:
