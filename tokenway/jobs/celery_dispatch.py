@@ -53,6 +53,7 @@ RETRY_PAUSE_S = (0.5, 30.0)  # the first and the longest pause between tries of 
 CLOSE_WAIT_S = 10.0  # at shutdown, for the sends still pending
 SENDERS = 2  # threads sending at once
 CHUNK = 500  # messages per turn of a sending thread
+PAGE = 1000  # jobs read from the store at a time when sending lost messages again
 RECONCILE_MAX_S = 30.0  # looks for jobs whose message was lost every jobs.lease_s, at most this long apart
 
 
@@ -165,14 +166,13 @@ class CeleryDispatch:
                 if not lost:
                     lost = True
                     continue
-                jobs = await self._queued_jobs()
+                sent = await self._send_queued()
             except Exception as exc:  # the store or the broker is down: look again later
                 self._log.event("jobs_reconcile_failed", level="error", error=repr(exc))
                 continue
             lost = False
-            self._log.event("jobs_redispatched", level="warning", count=len(jobs),
+            self._log.event("jobs_redispatched", level="warning", count=sent,
                             reason="queued in the store, no message in the broker")
-            self.submitted(jobs)
 
     def _broker_backlog(self) -> int:
         """Messages waiting in both queues."""
@@ -182,18 +182,20 @@ class CeleryDispatch:
                                                                                            self._batch_queue)]
             return sum(int(queue.queue_declare().message_count) for queue in queues)
 
-    async def _queued_jobs(self) -> list[Job]:
-        jobs: list[Job] = []
+    async def _send_queued(self) -> int:
+        """Send a message for every queued job, a page at a time; how many."""
+        sent = 0
         after: str | None = None
-        while page := await self._store.list_jobs(None, "queued", 1000, after):  # async jobs
-            jobs += page
-            after = page[-1].id
+        while page := await self._store.list_jobs(None, "queued", PAGE, after):  # async jobs
+            self.submitted(page)
+            sent, after = sent + len(page), page[-1].id
         for batch in await self._store.batches_in(("in_progress",)):
             line = 0
-            while page := await self._store.batch_lines(batch.id, line, 1000):
-                jobs += [job for job in page if job.status == "queued"]
-                line = page[-1].line or 0
-        return jobs
+            while page := await self._store.batch_lines(batch.id, line, PAGE):
+                queued = [job for job in page if job.status == "queued"]
+                self.submitted(queued)
+                sent, line = sent + len(queued), page[-1].line or 0
+        return sent
 
     async def aclose(self) -> None:
         """Send what is pending (while the broker answers), then let go of its connections."""
