@@ -88,7 +88,7 @@ http {{
     # What went wrong or took over a second, with the replicas nginx tried: the fleet test shows it
     # when it fails.
     map $status $failed {{ ~^[23] 0; default 1; }}
-    map $request_time $slow {{ ~^0\. 0; default 1; }}
+    map $request_time $slow {{ ~^0[.] 0; default 1; }}
     map "$failed$slow" $notable {{ 00 0; default 1; }}
     log_format tried '$time_iso8601 $status upstream=$upstream_addr statuses=$upstream_status '
                      'connect=$upstream_connect_time header=$upstream_header_time total=$request_time';
