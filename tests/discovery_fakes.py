@@ -177,7 +177,9 @@ class FakeKubernetes:
         self.slices: dict[str, dict[str, object]] = {}
         self.version = 100
         self.lists = 0
+        self.watches = 0
         self.refused = 0
+        self.end_watches_at_once = False  # a broken API server or proxy: every watch closes with nothing
         self._watchers: list[asyncio.Queue[dict[str, object] | None]] = []
 
     def start(self) -> FakeKubernetes:
@@ -230,10 +232,13 @@ class FakeKubernetes:
             self.lists += 1
             return web.json_response({"kind": "EndpointSliceList", "metadata": {"resourceVersion": str(self.version)},
                                       "items": list(self.slices.values())})
-        queue: asyncio.Queue[dict[str, object] | None] = asyncio.Queue()
-        self._watchers.append(queue)
+        self.watches += 1
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
+        if self.end_watches_at_once:
+            return response
+        queue: asyncio.Queue[dict[str, object] | None] = asyncio.Queue()
+        self._watchers.append(queue)
         try:
             while (event := await queue.get()) is not None:
                 await response.write(json.dumps(event).encode() + b"\n")

@@ -111,6 +111,7 @@ def test_workers_join_and_leave_as_the_records_change_with_no_failed_request(dns
             assert a.started == started_on_a  # no new call went to the removed worker
             wait_for(lambda: a.active == 0)  # and the calls it had ran to their end
             deployments = httpx.get(base + "/admin/deployments").json()
+            decisions = httpx.get(base + "/admin/routing").json()["decisions"]
             outcomes = traffic.stop()
     finally:
         a.stop()
@@ -119,6 +120,7 @@ def test_workers_join_and_leave_as_the_records_change_with_no_failed_request(dns
     assert outcomes and all(status == 200 and whole for status, whole in outcomes), \
         [o for o in outcomes if o != (200, True)]
     assert b.started > 0 and a.finished == a.started
+    assert decisions["discovery.joined"] == 2 and decisions["discovery.left"] == 1
     (found,) = deployments["discovery"]["m"]
     assert found["source"] == "dns:workers.test"
     assert found["workers"] == [f"m#0@127.0.0.3:{port}"]

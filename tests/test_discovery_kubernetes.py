@@ -6,6 +6,7 @@ again, and a refused token leaves the model with no workers until the API answer
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,6 +99,23 @@ def test_a_refused_token_finds_no_workers_and_says_why(
     assert refused.status_code == 503
     out = capfd.readouterr().out
     assert '"event":"discovery_kubernetes_failed"' in out and "HTTP 401" in out
+
+
+def test_a_watch_that_ends_at_once_is_retried_with_backoff_not_in_a_loop(in_cluster: FakeKubernetes) -> None:
+    port = free_port()
+    in_cluster.apply("ADDED", endpoint_slice("vllm-x1", port, {"127.0.0.2": True}))
+    in_cluster.end_watches_at_once = True
+    worker = Worker("127.0.0.2", port).start()
+    try:
+        with running_app(CONFIG) as (_, app):
+            wait_for(lambda: workers_of(app) == [f"m#0@127.0.0.2:{port}"])  # from the list
+            time.sleep(2.5)
+            watches = in_cluster.watches
+            kept = workers_of(app)
+    finally:
+        worker.stop()
+    assert 1 <= watches <= 4  # backoff 1 s, 2 s, ...: not thousands
+    assert kept == [f"m#0@127.0.0.2:{port}"]
 
 
 def test_outside_a_pod_the_error_says_what_to_use_instead(tmp_path: Path) -> None:

@@ -116,12 +116,14 @@ class Route:
         self._adopt(state, deployment)
         state.queue.slots += deployment.config.max_concurrency or 1
         self._table.add(model, deployment)
+        self._stats.count("discovery.joined")
 
     def leave(self, model: str, deployment: Deployment) -> None:
         """No new call goes to ``deployment``; the calls it has go on to their end."""
         state = self._models[model]
         self._table.remove(model, deployment)
         state.queue.slots = max(1, state.queue.slots - (deployment.config.max_concurrency or 1))
+        self._stats.count("discovery.left")
 
     def _adopt(self, state: _Model, deployment: Deployment) -> None:
         deployment.breaker = CircuitBreaker(state.breaker, self._clock)

@@ -31,6 +31,7 @@ from tokenway.routing.options import DiscoveryConfig
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 _WATCH_S = 300  # the API server ends each watch after this; it is then resumed from the last version
 _BACKOFF_MAX_S = 30.0
+_WATCH_MIN_S = 1.0  # a watch that ends sooner than this counts as a failure (backoff)
 
 
 class KubernetesError(RuntimeError):
@@ -96,13 +97,18 @@ class EndpointSliceSource:
                 version: str | None = await self._list()
                 yield self._workers()
                 while version is not None:  # None: our version expired, list again
+                    opened, news = asyncio.get_running_loop().time(), False
                     async with contextlib.aclosing(self._events(version)) as events:
                         async for event in events:
+                            news = True
                             version = self._apply(event, version)
                             if version is None:
                                 break
                             if event.get("type") != "BOOKMARK":
                                 yield self._workers()
+                    if not news and asyncio.get_running_loop().time() - opened < _WATCH_MIN_S:
+                        # a server that ends every watch at once must not be asked again in a tight loop
+                        raise KubernetesError(f"the watch of {self._service} ended at once")
                     backoff = 1.0  # the server ended the watch (timeoutSeconds): resume from the version
             except (aiohttp.ClientError, TimeoutError, KubernetesError, ValueError) as exc:
                 self._note(f"{type(exc).__name__}: {exc}")
