@@ -3,12 +3,14 @@ healthy as a non-root user on a read-only root, and drain on ``docker stop``.
 
 Run by ``make image-test``, which starts a Docker engine if none runs, builds a Debian bookworm base
 with debootstrap (deploy/docker/local-base.sh), builds the image and its slim target on it, and sets
-TOKENWAY_IMAGE. Containers use the host's network and bind 127.0.0.1 only.
+TOKENWAY_IMAGE. Containers use the host's network and bind 127.0.0.1 only. With
+``TOKENWAY_IMAGE_RESULTS=FILE`` the measured times and sizes are written there as JSON.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import secrets
 import subprocess
@@ -32,6 +34,7 @@ MASTER = "sk-master-image-test"
 TEXT = "".join(WORDS)
 DRAIN_DELAY_S = 1
 SHUTDOWN_GRACE_S = 15
+RESULTS: dict[str, object] = {}
 
 pytestmark = [pytest.mark.skipif(not IMAGE, reason="make image-test builds the image and runs these"),
               pytest.mark.timeout(420)]
@@ -101,17 +104,23 @@ models:
     conf = local_nginx_conf(tmp, [c.port for c in containers], listen)
     proxy = subprocess.Popen(["nginx", "-p", str(tmp), "-c", str(conf), "-g", "daemon off;"])
     try:
+        started = time.monotonic()
         for container in containers:
             try:  # the embedded model loads, and is requantized into /data, on first start
                 wait_until_ready(container.base, 180, container.running)
             except RuntimeError:
                 pytest.fail(container.logs()[-3000:])
+        RESULTS["both_ready_s"] = round(time.monotonic() - started, 1)
         yield f"http://127.0.0.1:{listen}", containers
     finally:
         proxy.terminate()
         proxy.wait(10)
         for container in containers:
             docker("rm", "-f", "-v", container.name, check=False)
+        sizes = docker("image", "ls", "--format", "{{.Tag}} {{.Size}}", IMAGE.split(":")[0], check=False).stdout
+        RESULTS["image_sizes"] = sizes.split()
+        if os.environ.get("TOKENWAY_IMAGE_RESULTS"):
+            Path(os.environ["TOKENWAY_IMAGE_RESULTS"]).write_text(json.dumps(RESULTS, indent=2) + "\n")
 
 
 def test_two_containers_behind_nginx_answer_the_openai_sdk(fleet: tuple[str, list[Container]]) -> None:
@@ -167,6 +176,7 @@ def test_docker_stop_drains_the_stream_in_flight(fleet: tuple[str, list[Containe
         docker("stop", "--time", str(DRAIN_DELAY_S + SHUTDOWN_GRACE_S + 10), container.name, timeout=60)
         stopped = time.monotonic() - started
         reader.join(30)
+        RESULTS["docker_stop_s"] = round(stopped, 2)
     finally:
         fake.chunk_delay = 0.01
     assert lines[-1] == "data: [DONE]"  # the stream in flight finished whole
