@@ -98,7 +98,9 @@ def test_batches_left_validating_or_finalizing_by_a_dead_process_are_taken_over(
     async def leave_behind() -> None:
         store = SqliteJobStore(tmp_path / "jobs.db")
         await store.start()
-        await FileContents(tmp_path / "files").write_lines("file-in", [data])
+        writer = FileContents(tmp_path / "files").writer("file-in")
+        writer.write(data)
+        await writer.commit()
         await store.add_file(StoredFile("file-in", "master", "batch", "in.jsonl", len(data), long_ago))
         for batch_id, status in (("batch_validating", "validating"), ("batch_finalizing", "finalizing")):
             await store.add_batch(Batch(batch_id, "master", "/v1/chat/completions", "file-in", "24h", long_ago,

@@ -46,9 +46,9 @@ async def test_a_claim_is_fenced_by_its_token(store: JobStore) -> None:
     assert stolen is not None and stolen.attempts == 2
     old = claimed[1]
     old.status, old.result, old.finished_at = "succeeded", b"{}", now
-    assert not await store.finish(old)
+    assert await store.finish([old]) == [False]
     stolen.status, stolen.result, stolen.finished_at = "succeeded", b"{}", now
-    assert await store.finish(stolen)
+    assert await store.finish([stolen]) == [True]
     assert (await store.get_job("j1")).status == "succeeded"  # type: ignore[union-attr]
     assert await store.renew(["t1", "t2"], now + 90) == {"j2"}
 

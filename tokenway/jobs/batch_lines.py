@@ -8,7 +8,7 @@ fails the batch. Output lines are OpenAI's:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,11 +29,11 @@ class InputLine:
 Validate = Callable[[str, bytes], None]  # (kind, body) -> raises GatewayError when the live endpoint would
 
 
-def read_input(data: bytes, endpoint: str, validate: Validate, max_lines: int) -> Iterator[InputLine]:
+def read_input(source: Iterable[bytes], endpoint: str, validate: Validate, max_lines: int) -> Iterator[InputLine]:
     """Every non-blank line of the input file, checked as the live ``endpoint`` would check its body."""
     kind = KINDS[endpoint]
     seen: set[str] = set()
-    for number, raw in enumerate(data.splitlines(), start=1):
+    for number, raw in enumerate(source, start=1):
         if not raw.strip():
             continue
         if number > max_lines:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import BinaryIO
 
 from tokenway.errors import PayloadTooLarge
 
@@ -39,26 +40,47 @@ class FileContents:
             temporary.unlink(missing_ok=True)
         return size
 
-    async def write_lines(self, file_id: str, lines: Iterable[bytes]) -> int:
-        """Write a file made here (a batch's output), off the event loop."""
-
-        def write() -> int:
-            self._dir.mkdir(parents=True, exist_ok=True)
-            temporary = self._dir / f".{file_id}.part"
-            size = 0
-            with temporary.open("wb") as out:
-                for line in lines:
-                    out.write(line)
-                    size += len(line)
-                out.flush()
-                os.fsync(out.fileno())
-            temporary.rename(self.path(file_id))
-            return size
-
-        return await asyncio.to_thread(write)
-
-    async def read(self, file_id: str) -> bytes:
-        return await asyncio.to_thread(self.path(file_id).read_bytes)
+    def writer(self, file_id: str) -> ResultWriter:
+        """A file made here (a batch's output), written a line at a time, in place once committed."""
+        self._dir.mkdir(parents=True, exist_ok=True)
+        return ResultWriter(file_id, self._dir / f".{file_id}.part", self.path(file_id))
 
     def delete(self, file_id: str) -> None:
         self.path(file_id).unlink(missing_ok=True)
+
+
+class ResultWriter:
+    def __init__(self, file_id: str, temporary: Path, final: Path) -> None:
+        self.file_id = file_id
+        self.lines = 0
+        self._temporary, self._final = temporary, final
+        self._out: BinaryIO | None = None
+
+    def write(self, line: bytes) -> None:
+        if self._out is None:
+            self._out = self._temporary.open("wb")
+        self._out.write(line)
+        self.lines += 1
+
+    async def commit(self) -> int:
+        """Flush to disk and move into place; the file's size."""
+        out = self._out
+        assert out is not None, "nothing was written"
+
+        def finish() -> int:
+            out.flush()
+            os.fsync(out.fileno())
+            size = out.tell()
+            out.close()
+            self._temporary.rename(self._final)
+            return size
+
+        self._out = None
+        return await asyncio.to_thread(finish)
+
+    def discard(self) -> None:
+        """Drop what was not committed (also after a commit: then nothing is left)."""
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        self._temporary.unlink(missing_ok=True)

@@ -129,13 +129,20 @@ class PostgresJobStore:
             "RETURNING id", lease_until, tokens)
         return {r[0] for r in rows}
 
-    async def finish(self, job: Job) -> bool:
-        status = await self.pool.execute(
-            "UPDATE tokenway_jobs SET status = $1, attempts = $2, finished_at = $3, status_code = $4, result = $5, "
-            "request_id = $6, webhook_state = $7, lease_until = NULL WHERE id = $8 AND run_token = $9 "
-            "AND status = 'running'", job.status, job.attempts, job.finished_at, job.status_code, job.result,
-            job.request_id, job.webhook_state, job.id, job.run_token)
-        return bool(status == "UPDATE 1")
+    async def finish(self, jobs: list[Job]) -> list[bool]:
+        columns = [[getattr(job, name) for job in jobs] for name in (
+            "id", "run_token", "status", "attempts", "finished_at", "status_code", "result", "request_id",
+            "webhook_state")]
+        rows = await self.pool.fetch(
+            "UPDATE tokenway_jobs AS j SET status = v.status, attempts = v.attempts, finished_at = v.finished_at, "
+            "status_code = v.status_code, result = v.result, request_id = v.request_id, "
+            "webhook_state = v.webhook_state, lease_until = NULL "
+            "FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::int[], $7::bytea[], "
+            "$8::text[], $9::text[]) AS v(id, run_token, status, attempts, finished_at, status_code, result, "
+            "request_id, webhook_state) "
+            "WHERE j.id = v.id AND j.run_token = v.run_token AND j.status = 'running' RETURNING j.id", *columns)
+        recorded = {r[0] for r in rows}
+        return [job.id in recorded for job in jobs]
 
     async def pending_webhooks(self, finished_before: float, limit: int) -> list[Job]:
         rows = await self.pool.fetch(f"{_SELECT_JOB} WHERE webhook_state = 'pending' AND finished_at < $1 LIMIT $2",
@@ -188,6 +195,10 @@ class PostgresJobStore:
         rows = await self.pool.fetch("SELECT id FROM tokenway_jobs WHERE batch_id = $1 AND status = 'running'",
                                      batch_id)
         return [r[0] for r in rows]
+
+    async def batch_last_line(self, batch_id: str) -> int:
+        return int(await self.pool.fetchval(
+            "SELECT coalesce(max(line), 0) FROM tokenway_jobs WHERE batch_id = $1", batch_id))
 
     async def batch_lines(self, batch_id: str, after_line: int, limit: int) -> list[Job]:
         rows = await self.pool.fetch(

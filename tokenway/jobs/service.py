@@ -15,6 +15,7 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
@@ -28,8 +29,9 @@ from tokenway.errors import (
 )
 from tokenway.ids import IdGenerator
 from tokenway.jobs.batch_lines import Validate, output_line, read_input
-from tokenway.jobs.files import FileContents
+from tokenway.jobs.files import FileContents, ResultWriter
 from tokenway.jobs.options import JobsConfig
+from tokenway.jobs.per_turn import PerTurn
 from tokenway.jobs.records import ENDPOINTS, FINISHED, Batch, Job, JobStatus, StoredFile
 from tokenway.jobs.store import JobStore
 from tokenway.jobs.webhooks import Webhooks
@@ -61,6 +63,10 @@ class JobCounts:
 _WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 STALE_STEP_S = 60.0  # a batch validating or finalizing this long without progress lost its process
 PURGE_EVERY_S = 3600.0  # how often what is older than jobs.keep_days is deleted
+BATCH_CHECK_S = 0.1  # a batch's last line ending to its files being written, at most this (plus the writing)
+LINES_PER_WRITE = 500  # batch lines checked and written at a time
+ROOM_REFRESH_S = 1.0  # how old the queue counts behind the 429 bounds may be
+SWEEP_S = 5.0  # how often every running batch is checked for an end that nobody noticed
 WEBHOOK_RESEND_S = 300.0  # a webhook still pending this long after its job ended lost its process
 
 
@@ -91,6 +97,10 @@ class JobService:
         self._starting: set[str] = set()  # batches this process is validating now
         self._purged = -PURGE_EVERY_S  # the first maintenance purges at once
         self._webhooks_checked = 0.0
+        self._swept = 0.0
+        self._room: dict[str, list[float]] = {}  # owner -> [read at, queued in total, queued by the owner]
+        self._insert = PerTurn(self._add_jobs)
+        self._checks: set[str] = set()  # batches whose end is about to be looked for
         self.on_finished: list[Callable[[Job], None]] = []  # metrics
 
     # Async jobs.
@@ -105,7 +115,11 @@ class JobService:
         await self._check_room(owner, 1)
         job = Job(id=self._new_job_id(), owner=owner, kind=kind, body=body, created_at=time.time(),
                   idempotency_key=idempotency_key, body_hash=digest, webhook_url=webhook_url)
-        stored, created = await self.store.add_job(job)
+        if idempotency_key is None:
+            await self._insert(job)  # with the other submits of this moment, in one write
+            stored, created = job, True
+        else:
+            stored, created = await self.store.add_job(job)
         if not created:
             _same_body(stored, digest, idempotency_key or "")
             return stored, False
@@ -119,7 +133,12 @@ class JobService:
         return None if job is None else _same_body(job, digest, key)
 
     async def _check_room(self, owner: str, adding: int) -> None:
-        total, mine = await self.store.queued_counts(owner)
+        """429 past a queue bound. Within the bounds the counts read in the last second, counted on
+        locally, are enough; a refusal is always checked against the store first."""
+        room = self._room.get(owner)
+        if room is None or time.monotonic() - room[0] >= ROOM_REFRESH_S or not self._fits(room, adding):
+            room = self._room[owner] = [time.monotonic(), *await self.store.queued_counts(owner)]
+        total, mine = int(room[1]), int(room[2])
         if total + adding > self.config.max_queued:
             raise RateLimited(f"The gateway has {total} jobs queued, its limit (jobs.max_queued is "
                               f"{self.config.max_queued}); retry later.", retry_after=30, code="jobs_queue_full")
@@ -127,6 +146,15 @@ class JobService:
             raise RateLimited(f"This key has {mine} jobs queued; the limit per key is "
                               f"{self.config.max_queued_per_key} (jobs.max_queued_per_key). Wait for some to "
                               "finish.", retry_after=30, code="jobs_queue_full")
+        room[1] += adding
+        room[2] += adding
+
+    def _fits(self, room: list[float], adding: int) -> bool:
+        return (room[1] + adding <= self.config.max_queued and room[2] + adding <= self.config.max_queued_per_key)
+
+    async def _add_jobs(self, jobs: list[Job]) -> list[None]:
+        await self.store.add_jobs(jobs)
+        return [None] * len(jobs)
 
     async def job(self, owner: str | None, job_id: str) -> Job:
         """The job, if ``owner`` may see it (None: an admin, who sees every job); else 404."""
@@ -162,7 +190,20 @@ class JobService:
         if job.status_code == BudgetExceeded.status and _error_code(job.result) == BudgetExceeded.code:
             # The budget is spent: the batch stops here, its remaining lines fail with the same error.
             await self.store.fail_queued(job.batch_id, "failed", BudgetExceeded.status, job.result, time.time())
-        await self.finish_batch_if_done(job.batch_id)
+        self._check_batch_soon(job.batch_id)
+
+    def _check_batch_soon(self, batch_id: str) -> None:
+        """Whether the batch is done, looked at once for all its lines that end within BATCH_CHECK_S."""
+        if batch_id in self._checks:
+            return
+        self._checks.add(batch_id)
+
+        async def check() -> None:
+            await asyncio.sleep(BATCH_CHECK_S)
+            self._checks.discard(batch_id)  # a line ending from here on asks again
+            await self.finish_batch_if_done(batch_id)
+
+        self._background(check())
 
     # Files.
     async def upload(self, owner: str, filename: str, purpose: str, chunks: AsyncIterator[bytes]) -> StoredFile:
@@ -218,35 +259,44 @@ class JobService:
             self._starting.discard(batch.id)
 
     async def _check_lines(self, batch: Batch) -> None:
+        """Read the input a slice at a time, writing each slice's jobs: memory stays flat whatever the
+        file's size, and the event loop serves live traffic between slices. After a restart, the
+        lines already written are skipped."""
         assert self.validator is not None, "JobService.validator is set when the jobs start"
-        if await self.store.batch_counts(batch.id):  # its lines were written before a restart
-            await self._begin(batch, [])
-            return
+        path = self.contents.path(batch.input_file_id)
         try:
-            data = await self.contents.read(batch.input_file_id)
-            lines = list(read_input(data, batch.endpoint, self.validator(batch.owner), self.config.max_batch_lines))
-            if not lines:
+            validate = self.validator(batch.owner)  # 401 here: the key was revoked since the upload
+            written = await self.store.batch_last_line(batch.id)
+            count = await asyncio.to_thread(_count_lines, path)
+            if not count:
                 raise InvalidRequest("The input file has no lines.", param="input_file_id")
-            await self._check_room(batch.owner, sum(1 for line in lines if line.error is None))
+            if not written:
+                await self._check_room(batch.owner, min(count, self.config.max_batch_lines))
         except GatewayError as error:
             await self._fail_batch(batch, error)
             return
-        now = time.time()
         kind = "chat" if batch.endpoint == ENDPOINTS["chat"] else "completions"
-        jobs = []
-        for line in lines:
-            job = Job(id=self._new_job_id(), owner=batch.owner, kind=kind, body=line.body, created_at=now,
-                      priority=-1, batch_id=batch.id, line=line.line, custom_id=line.custom_id)
-            if line.error is not None:
-                job.status, job.status_code, job.result, job.finished_at = (
-                    "failed", line.error.status, line.error.envelope(), now)
-            jobs.append(job)
-        await self.store.add_jobs(jobs)
-        await self._begin(batch, jobs)
+        total = 0
+        pending: list[Job] = []
+        with path.open("rb") as source:
+            for line in read_input(source, batch.endpoint, validate, self.config.max_batch_lines):
+                total += 1
+                if line.line <= written:
+                    continue
+                job = Job(id=self._new_job_id(), owner=batch.owner, kind=kind, body=line.body, created_at=time.time(),
+                          priority=-1, batch_id=batch.id, line=line.line, custom_id=line.custom_id)
+                if line.error is not None:
+                    job.status, job.status_code, job.result, job.finished_at = (
+                        "failed", line.error.status, line.error.envelope(), job.created_at)
+                pending.append(job)
+                if len(pending) >= LINES_PER_WRITE:
+                    await self.store.add_jobs(pending)
+                    pending = []
+        if pending:
+            await self.store.add_jobs(pending)
+        await self._begin(batch, total)
 
-    async def _begin(self, batch: Batch, jobs: list[Job]) -> None:
-        total = sum((await self.store.batch_counts(batch.id)).values())
-
+    async def _begin(self, batch: Batch, total: int) -> None:
         def started(kept: Batch) -> None:
             kept.status, kept.total = "in_progress", total
             kept.times["in_progress_at"] = time.time()
@@ -254,11 +304,17 @@ class JobService:
         if await self.store.update_batch(batch.id, ("validating",), started) is None:
             # Cancelled while it was being read: its lines never run.
             await self.store.fail_queued(batch.id, "cancelled", None, None, time.time())
+            await self._stop_running(batch.id, "cancelled")
             await self.finish_batch_if_done(batch.id)
             return
-        if not jobs:  # resumed after a restart: its queued lines may never have reached a worker
-            jobs = [job async for job in self._lines(batch.id) if job.status == "queued"]
-        self._dispatch().submitted([job for job in jobs if job.status == "queued"])
+        queued: list[Job] = []
+        async for job in self._lines(batch.id):  # a page at a time, like everything over a batch's lines
+            if job.status == "queued":
+                queued.append(job)
+            if len(queued) >= LINES_PER_WRITE:
+                self._dispatch().submitted(queued)
+                queued = []
+        self._dispatch().submitted(queued)
         await self.finish_batch_if_done(batch.id)  # every line may have been invalid
 
     async def _fail_batch(self, batch: Batch, error: GatewayError) -> None:
@@ -332,34 +388,37 @@ class JobService:
             await self._write_results(batch)
 
     async def _write_results(self, batch: Batch) -> None:
-        """``finalizing`` → its outcome: the output and error files written, the batch ended."""
-        succeeded: list[bytes] = []
-        failed: list[bytes] = []
-        async for job in self._lines(batch.id):
-            if job.status in FINISHED:
-                (succeeded if job.status == "succeeded" else failed).append(output_line(job))
-        output_id = error_id = None
+        """``finalizing`` → its outcome: the output and error files written a page of lines at a time,
+        the batch ended."""
         now = time.time()
-        if succeeded:
-            output_id = await self._result_file(batch, "batch_output", succeeded, now)
-        if failed:
-            error_id = await self._result_file(batch, "batch_error", failed, now)
+        output, errors = self.contents.writer(self._new_file_id()), self.contents.writer(self._new_file_id())
+        try:
+            async for job in self._lines(batch.id):
+                if job.status in FINISHED:
+                    (output if job.status == "succeeded" else errors).write(output_line(job))
+            files = [await self._result_file(batch, purpose, writer, now)
+                     for purpose, writer in (("batch_output", output), ("batch_error", errors))]
+        finally:
+            output.discard()
+            errors.discard()
         outcome = batch.outcome or "completed"
 
         def ended(kept: Batch) -> None:
             kept.status = outcome
-            kept.output_file_id, kept.error_file_id = output_id, error_id
+            kept.output_file_id, kept.error_file_id = files
             kept.times[f"{outcome}_at"] = time.time()
 
         await self.store.update_batch(batch.id, ("finalizing",), ended)
         self._log.event("batch_finished", batch_id=batch.id, status=outcome, owner=batch.owner,
-                        lines=len(succeeded) + len(failed), failed=len(failed))
+                        lines=output.lines + errors.lines, failed=errors.lines)
 
-    async def _result_file(self, batch: Batch, purpose: str, lines: list[bytes], now: float) -> str:
-        file_id = self._new_file_id()
-        size = await self.contents.write_lines(file_id, lines)
-        await self.store.add_file(StoredFile(file_id, batch.owner, purpose, f"{batch.id}_{purpose}.jsonl", size, now))
-        return file_id
+    async def _result_file(self, batch: Batch, purpose: str, writer: ResultWriter, now: float) -> str | None:
+        if not writer.lines:
+            return None
+        size = await writer.commit()
+        name = f"{batch.id}_{purpose}.jsonl"
+        await self.store.add_file(StoredFile(writer.file_id, batch.owner, purpose, name, size, now))
+        return writer.file_id
 
     async def _lines(self, batch_id: str) -> AsyncIterator[Job]:
         """A batch's lines in order, read a page at a time (a batch may hold 50,000)."""
@@ -386,6 +445,10 @@ class JobService:
             self._dispatch().submitted([])
         await self.expire_batches()
         await self._resume_batches()
+        if time.monotonic() - self._swept >= SWEEP_S:  # a worker that stopped before its batch check ran
+            self._swept = time.monotonic()
+            for batch in await self.store.batches_in(("in_progress", "cancelling")):
+                await self.finish_batch_if_done(batch.id)
         if self._webhooks is not None and time.monotonic() - self._webhooks_checked >= WEBHOOK_RESEND_S:
             self._webhooks_checked = time.monotonic()
             # Deliveries a process that died left pending: sent again (a receiver may see one twice).
@@ -448,3 +511,9 @@ def _error_code(envelope: bytes | None) -> str | None:
         return str(orjson.loads(envelope or b"{}")["error"]["code"])
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None
+
+
+def _count_lines(path: Path) -> int:
+    """Non-blank lines of a file, read in blocks (a first look, before any line is checked)."""
+    with path.open("rb") as source:
+        return sum(1 for line in source if line.strip())

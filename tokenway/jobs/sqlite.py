@@ -136,15 +136,15 @@ class SqliteJobStore(SqliteFile):
         rows = await self._run(lambda db: db.execute(sql, (lease_until, *tokens)).fetchall())
         return {r[0] for r in rows}
 
-    async def finish(self, job: Job) -> bool:
+    async def finish(self, jobs: list[Job]) -> list[bool]:
         sql = (
             "UPDATE tokenway_jobs SET status = ?, attempts = ?, finished_at = ?, status_code = ?, result = ?, "
             "request_id = ?, webhook_state = ?, lease_until = NULL WHERE id = ? AND run_token = ? "
             "AND status = 'running'"
         )
-        args = (job.status, job.attempts, job.finished_at, job.status_code, job.result, job.request_id,
-                job.webhook_state, job.id, job.run_token)
-        return await self._run(lambda db: db.execute(sql, args).rowcount == 1)
+        rows = [(job.status, job.attempts, job.finished_at, job.status_code, job.result, job.request_id,
+                 job.webhook_state, job.id, job.run_token) for job in jobs]
+        return await self._run(lambda db: [db.execute(sql, row).rowcount == 1 for row in rows])
 
     async def pending_webhooks(self, finished_before: float, limit: int) -> list[Job]:
         sql = f"{_SELECT_JOB} WHERE webhook_state = 'pending' AND finished_at < ? LIMIT ?"
@@ -198,6 +198,10 @@ class SqliteJobStore(SqliteFile):
     async def running_lines(self, batch_id: str) -> list[str]:
         sql = "SELECT id FROM tokenway_jobs WHERE batch_id = ? AND status = 'running'"
         return [r[0] for r in await self._run(lambda db: db.execute(sql, (batch_id,)).fetchall())]
+
+    async def batch_last_line(self, batch_id: str) -> int:
+        sql = "SELECT coalesce(max(line), 0) FROM tokenway_jobs WHERE batch_id = ?"
+        return int(await self._run(lambda db: db.execute(sql, (batch_id,)).fetchone()[0]))
 
     async def batch_lines(self, batch_id: str, after_line: int, limit: int) -> list[Job]:
         sql = f"{_SELECT_JOB} WHERE batch_id = ? AND line > ? ORDER BY line LIMIT ?"

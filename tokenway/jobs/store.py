@@ -52,8 +52,8 @@ class JobStore(Protocol):
     async def renew(self, tokens: list[str], lease_until: float) -> set[str]:
         """Extend the leases of these runs; the ids of the jobs they still hold (the rest were cancelled)."""
 
-    async def finish(self, job: Job) -> bool:
-        """Record ``job``'s status and result if its run token still holds the job."""
+    async def finish(self, jobs: list[Job]) -> list[bool]:
+        """Record each job's status and result if its run token still holds the job (one transaction)."""
 
     async def pending_webhooks(self, finished_before: float, limit: int) -> list[Job]:
         """Finished jobs whose webhook was never delivered nor given up on (their process died)."""
@@ -83,6 +83,9 @@ class JobStore(Protocol):
 
     async def running_lines(self, batch_id: str) -> list[str]:
         """The ids of a batch's running lines."""
+
+    async def batch_last_line(self, batch_id: str) -> int:
+        """The highest line of the batch written so far (0: none)."""
 
     async def batch_lines(self, batch_id: str, after_line: int, limit: int) -> list[Job]:
         """A batch's lines in line order, for its output and error files."""

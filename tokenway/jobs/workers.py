@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable
 
 from tokenway.jobs.options import JobsConfig
+from tokenway.jobs.per_turn import PerTurn
 from tokenway.jobs.records import Job
 from tokenway.jobs.runner import JobRunner
 from tokenway.jobs.service import JobService
@@ -33,6 +34,7 @@ class Executor:
         self._config = config
         self._log = log
         self._running: dict[str, tuple[Job, asyncio.Task[None]]] = {}  # by job id
+        self._record = PerTurn(self._store.finish)  # the results of jobs that end together, in one write
         self._renewer: asyncio.Task[None] | None = None
 
     def new_token(self) -> str:
@@ -57,7 +59,7 @@ class Executor:
             del self._running[job.id]
         if done.webhook_url is not None:
             done.webhook_state = "pending"
-        if await self._store.finish(done):
+        if await self._record(done):
             await self._service.job_done(done)
         else:  # cancelled, or the claim ran out and another attempt holds it: that one records
             self._log.event("job_result_dropped", job_id=job.id, reason="the job is no longer held by this run")
