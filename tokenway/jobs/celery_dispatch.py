@@ -97,11 +97,10 @@ def celery_app(broker_url: str, config: JobsConfig) -> Celery:
         task_queues=[Queue(jobs_queue, routing_key=jobs_queue), Queue(batch_queue, routing_key=batch_queue)],
         task_default_queue=jobs_queue,
         task_acks_late=True,
-        task_reject_on_worker_lost=True,  # a pool child that died: its task goes back, not to failed
+        task_reject_on_worker_lost=True,  # with a process pool, a child that died gives its task back
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,  # the gateway's JSON log owns the root logger
         worker_redirect_stdouts=False,
-        worker_enable_remote_control=True,
     )
     return app
 
@@ -114,8 +113,7 @@ class CeleryDispatch:
         self._jobs_queue, self._batch_queue = queue_names(service.config)
         self._log = log
         self._closing = False
-        # Each send waits for the broker's answer, so a few in parallel (each on its own connection
-        # from Celery's pool) go several times as fast as one.
+        # Sends go out in order, off the event loop; aclose waits for those still pending.
         self._senders = concurrent.futures.ThreadPoolExecutor(SENDERS, thread_name_prefix="tokenway-celery-send")
         self._sending: set[concurrent.futures.Future[None]] = set()
         self._store = service.store
