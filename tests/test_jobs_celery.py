@@ -38,7 +38,8 @@ from tests.celery_support import (
 from tests.jobs_support import auth, batch_lines, jsonl, wait_job
 from tests.servers import free_port
 from tokenway.config import parse_config
-from tokenway.jobs.celery_dispatch import TASK, celery_app
+from tokenway.jobs.celery_dispatch import TASK, celery_app, queue_for, queue_names
+from tokenway.jobs.records import Job
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -87,7 +88,7 @@ def fleet(upstream: SlowUpstream, tmp: Path, broker: str) -> Iterator[Fleet]:
         if broker.startswith("redis"):
             drop_redis_keys(prefix)
         else:
-            drop_rabbitmq_queues([f"{prefix}.jobs", f"{prefix}.batch"])
+            drop_rabbitmq_queues(queue_names(parse_config(config.read_text()).jobs))
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +143,33 @@ def test_an_async_job_runs_on_a_worker_and_overtakes_a_queued_batch(upstream: Sl
         # The worker made the calls: its own /metrics shows them.
         scraped = httpx.get(f"http://127.0.0.1:{port}/metrics").text
         assert 'tokenway_jobs_finished_total{kind="async",status="succeeded"} 1.0' in scraped
+
+
+def test_two_keys_batches_take_turns_on_the_workers(upstream: SlowUpstream, on_redis: Fleet) -> None:
+    upstream.delay = 0.2
+    queues = queue_names(parse_config(on_redis.config.read_text()).jobs)
+
+    def lane(key: dict[str, str]) -> str:
+        return queue_for(Job(id="", owner=key["id"], kind="chat", body=b"", created_at=0, batch_id="b"), queues)
+
+    big = create_key(on_redis.base)
+    small = create_key(on_redis.base)
+    while lane(small) == lane(big):  # a key's lines share a lane; two keys in one lane go in turn of arrival
+        small = create_key(on_redis.base)
+    sdks = [openai.OpenAI(base_url=on_redis.base + "/v1", api_key=k["key"], max_retries=0) for k in (big, small)]
+    batches = []
+    with on_redis.worker("w1", concurrency=2):
+        for sdk, lines in zip(sdks, (40, 4), strict=True):
+            uploaded = sdk.files.create(file=("in.jsonl", batch_lines(lines)), purpose="batch")
+            batches.append(sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                              completion_window="24h"))
+            wait_for(lambda sdk=sdk: sdk.batches.retrieve(batches[-1].id).status == "in_progress", 10,  # type: ignore[misc]
+                     "the batch to start")
+        wait_for(lambda: sdks[1].batches.retrieve(batches[1].id).status == "completed", 30, "the small batch")
+        # 4 s of work queued ahead of it on 2 threads; taking turns, the small batch was done in about 1 s.
+        assert sdks[0].batches.retrieve(batches[0].id).request_counts.completed < 30
+        sdks[0].batches.cancel(batches[0].id)  # the rest is not for the next test's workers
+        wait_for(lambda: sdks[0].batches.retrieve(batches[0].id).status == "cancelled", 10, "the batch to stop")
 
 
 def test_the_sdk_runs_a_batch_end_to_end_on_celery_workers(upstream: SlowUpstream, on_redis: Fleet) -> None:

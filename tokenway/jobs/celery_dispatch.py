@@ -6,13 +6,15 @@ message carries only the id: the job, its claim and its result live in the job s
 message delivered twice (a worker killed before its ack, Redis's visibility timeout) finds the
 job claimed or finished and runs nothing twice.
 
-Two queues, ``<prefix>.jobs`` (async jobs) and ``<prefix>.batch`` (batch lines), both consumed by
-every worker. Celery priorities would be the other way, but they are weak on both brokers: on
-Redis they are emulated with one list per priority step, and on RabbitMQ they need
-``x-max-priority`` queues and only order messages not yet prefetched. Two queues need nothing
-of either broker: kombu's Redis transport rotates its ``BRPOP`` over the queues after every
-message, and RabbitMQ feeds one consumer per queue, so while a 100,000-line batch is queued an
-async job still gets the next free worker slot but one.
+Queues: ``<prefix>.jobs`` for async jobs, and eight lanes ``<prefix>.batch.0`` to ``.7`` for
+batch lines, a key's lines always in the same lane (by a hash of the key id); every worker
+consumes them all. kombu's Redis transport rotates its ``BRPOP`` over the queues after every
+message and RabbitMQ feeds one consumer per queue, so the queues take turns: while a 100,000-line
+batch is queued, an async job still gets the next free worker slot but one, and another key's
+batch (in another lane, 7 times in 8) runs alongside it instead of after it. Celery priorities
+would be the other way, but they are weak on both brokers: on Redis they are emulated with one
+list per priority step, and on RabbitMQ they need ``x-max-priority`` queues and only order
+messages not yet prefetched; and no priority makes two keys take turns.
 
 Sending runs in a thread of its own, 500 messages at a turn: a 10,000-line batch is 10,000
 publishes, which must not hold up the event loop (``submitted`` only hands the ids over). A send
@@ -25,7 +27,7 @@ on Redis, the event loop late by 0.8 ms on average (p99 6 ms, as idle); 10 s on 
 
 A message can still be lost: a Redis broker restarted without persistence, a gateway killed
 while sending. Every ``jobs.lease_s`` (30 s at most) each process compares: jobs queued in the
-store while both queues in the broker are empty, twice in a row, are sent again.
+store while every queue in the broker is empty, twice in a row, are sent again.
 
 ``cancelled`` does nothing: the worker running a job renews its claim every ``jobs.cancel_poll_s``
 and stops the job when the claim is gone, and a job cancelled while still queued is turned away
@@ -38,6 +40,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import time
+import zlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -55,13 +58,19 @@ RETRY_PAUSE_S = (0.5, 30.0)  # the first and the longest pause between tries of 
 CLOSE_WAIT_S = 10.0  # at shutdown, for the sends still pending
 SENDERS = 1  # sending threads (see above: one does as well as two)
 CHUNK = 500  # messages per turn of a sending thread
+BATCH_LANES = 8  # queues for batch lines, a key's lines all in one (see above)
 PAGE = 1000  # jobs read from the store at a time when sending lost messages again
 RECONCILE_MAX_S = 30.0  # looks for jobs whose message was lost every jobs.lease_s, at most this long apart
 
 
-def queue_names(config: JobsConfig) -> tuple[str, str]:
-    """The async jobs' queue and the batch lines' queue."""
-    return f"{config.celery_prefix}.jobs", f"{config.celery_prefix}.batch"
+def queue_names(config: JobsConfig) -> list[str]:
+    """Every queue a worker consumes: the async jobs' first, then the batch lines' lanes."""
+    return [f"{config.celery_prefix}.jobs", *(f"{config.celery_prefix}.batch.{n}" for n in range(BATCH_LANES))]
+
+
+def queue_for(job: Job, queues: list[str]) -> str:
+    """An async job's queue, or its key's lane for a batch line."""
+    return queues[1 + zlib.crc32(job.owner.encode()) % BATCH_LANES] if job.batch_id else queues[0]
 
 
 def celery_app(broker_url: str, config: JobsConfig) -> Celery:
@@ -77,7 +86,6 @@ def celery_app(broker_url: str, config: JobsConfig) -> Celery:
         from kombu import Queue
     except ImportError as exc:
         raise RuntimeError("Jobs on Celery need the celery extra: pip install 'tokenway[celery]'.") from exc
-    jobs_queue, batch_queue = queue_names(config)
     app = Celery("tokenway", set_as_current=False)
     transport: dict[str, object] = {}
     if broker_url.startswith(("redis://", "rediss://", "sentinel://")):
@@ -94,8 +102,8 @@ def celery_app(broker_url: str, config: JobsConfig) -> Celery:
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
-        task_queues=[Queue(jobs_queue, routing_key=jobs_queue), Queue(batch_queue, routing_key=batch_queue)],
-        task_default_queue=jobs_queue,
+        task_queues=[Queue(name, routing_key=name) for name in queue_names(config)],
+        task_default_queue=queue_names(config)[0],
         task_acks_late=True,
         task_reject_on_worker_lost=True,  # with a process pool, a child that died gives its task back
         worker_prefetch_multiplier=1,
@@ -110,7 +118,7 @@ class CeleryDispatch:
 
     def __init__(self, broker_url: str, service: JobService, log: JsonLog) -> None:
         self._app = celery_app(broker_url, service.config)
-        self._jobs_queue, self._batch_queue = queue_names(service.config)
+        self._queues = queue_names(service.config)
         self._log = log
         self._closing = False
         # Sends go out in order, off the event loop; aclose waits for those still pending.
@@ -121,7 +129,7 @@ class CeleryDispatch:
         self._reconciler = asyncio.get_running_loop().create_task(self._reconcile())
 
     def submitted(self, jobs: list[Job]) -> None:
-        messages = [(job.id, self._batch_queue if job.batch_id else self._jobs_queue) for job in jobs]
+        messages = [(job.id, queue_for(job, self._queues)) for job in jobs]
         for start in range(0, len(messages), CHUNK):
             future = self._senders.submit(self._send, messages[start:start + CHUNK])
             self._sending.add(future)
@@ -180,11 +188,10 @@ class CeleryDispatch:
                             reason="queued in the store, no message in the broker")
 
     def _broker_backlog(self) -> int:
-        """Messages waiting in both queues."""
+        """Messages waiting in the queues."""
         with self._app.connection_for_write() as conn:
             # Declared as Celery declares them (a passive declare fails on Redis when a queue is empty).
-            queues = [self._app.amqp.queues[name].bind(conn.default_channel) for name in (self._jobs_queue,
-                                                                                           self._batch_queue)]
+            queues = [self._app.amqp.queues[name].bind(conn.default_channel) for name in self._queues]
             return sum(int(queue.queue_declare().message_count) for queue in queues)
 
     async def _send_queued(self) -> int:

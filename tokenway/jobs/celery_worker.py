@@ -172,8 +172,8 @@ def main(argv: list[str]) -> int:
                     "SIGTERM: the jobs running finish, then it exits.")
     parser.add_argument("--config", type=Path, help="YAML config [TOKENWAY_CONFIG]; the gateways' own")
     parser.add_argument("--concurrency", type=int, help="jobs run at once by this process (default: jobs.workers)")
-    parser.add_argument("--queues", help="comma-separated queues to consume (default: <jobs.celery_prefix>.jobs "
-                                         "and <jobs.celery_prefix>.batch)")
+    parser.add_argument("--queues", help="comma-separated queues to consume (default: all, <jobs.celery_prefix>.jobs "
+                                         "and <jobs.celery_prefix>.batch.0 to .7)")
     parser.add_argument("--loglevel", dest="log_level", choices=["debug", "info", "warning", "error"],
                         help="[TOKENWAY_LOG_LEVEL] (default info)")
     parser.add_argument("--metrics-port", type=int,
@@ -208,7 +208,7 @@ def run_worker(settings: Settings, config: GatewayConfig, concurrency: int | Non
     try:
         app = worker_app(broker_url, core)
         threads = concurrency or config.jobs.workers
-        consumed = queues or list(queue_names(config.jobs))
+        consumed = queues or queue_names(config.jobs)
         worker = app.Worker(
             pool_cls="threads", concurrency=threads, queues=consumed, loglevel=settings.log_level.upper(),
             hostname=f"tokenway-{os.getpid()}@{socket.gethostname()}", quiet=True,  # no banner: the log is JSON

@@ -47,8 +47,8 @@ class JobsConfig(_Strict):
     cancel_poll_s: Annotated[float, Field(gt=0, le=5)] = 0.5  # how soon a worker sees a cancel from elsewhere
     keep_days: Annotated[float, Field(gt=0)] = 30.0  # finished jobs, ended batches and files are deleted after this
     webhooks: WebhookConfig = WebhookConfig()
-    # A fleet (`tokenway worker`, Celery): the queues are <prefix>.jobs and <prefix>.batch, and on a
-    # Redis broker every key starts with "<prefix>:", so two installations can share one broker.
+    # A fleet (`tokenway worker`, Celery): the queues are <prefix>.jobs and <prefix>.batch.0 to .7, and
+    # on a Redis broker every key starts with "<prefix>:", so two installations can share one broker.
     celery_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "tokenway"
     # Redis broker: a job's message taken by a worker that died unacknowledged goes back to the queue
     # after this long (RabbitMQ does it when the connection drops). A job still running past it is
