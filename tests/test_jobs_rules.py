@@ -60,9 +60,10 @@ def test_keys_share_the_workers_fairly(tmp_path: Path) -> None:
                     for _ in range(4)]
             for job in jobs:
                 assert wait_job(base, small, job["id"])["status"] == "succeeded"
-            # Four jobs on two shared workers, 50 ms each: well under the batch's 5 s, which is still running.
-            assert time.time() - submitted < 2.0
-            assert sdk.batches.retrieve(batch.id).status == "in_progress"
+            # Four jobs on two shared workers, 50 ms each: done while most of the batch still waits.
+            progress = sdk.batches.retrieve(batch.id)
+            assert progress.status == "in_progress" and progress.request_counts.completed < 100, progress
+            assert time.time() - submitted < 5.0
             sdk.batches.cancel(batch.id)
     finally:
         upstream.stop()
