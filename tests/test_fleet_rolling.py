@@ -214,9 +214,20 @@ async def burst(base: str, key: str, n: int) -> list[httpx.Response]:
         return list(await asyncio.gather(*calls))
 
 
-def test_rolling_restart_under_load_loses_nothing(fleet: tuple[str, list[Replica], str], tmp_path: Path) -> None:
+@pytest.fixture
+def results() -> Iterator[dict[str, Any]]:
+    """What the test measured, written to TOKENWAY_FLEET_RESULTS when it ends (failed or not)."""
+    measured: dict[str, Any] = {}
+    yield measured
+    path = os.environ.get("TOKENWAY_FLEET_RESULTS")
+    if path:
+        Path(path).write_text(json.dumps(measured, indent=2) + "\n")
+
+
+def test_rolling_restart_under_load_loses_nothing(
+    fleet: tuple[str, list[Replica], str], tmp_path: Path, results: dict[str, Any]
+) -> None:
     base, replicas, _ = fleet
-    results: dict[str, Any] = {}
 
     # Unbuffered through nginx: the first chunk comes as soon as it does from a gateway directly.
     first_chunk_seconds(base, 5)  # warm both paths' connections
@@ -276,7 +287,6 @@ def test_rolling_restart_under_load_loses_nothing(fleet: tuple[str, list[Replica
         # (the stream's last chunk), for all of the upstream's words.
         short = [r for r in records if r["finish_reason"] != "stop" or r["server_tokens"] != len(WORDS)]
         assert not short, (name, short[:3])
-    write_results(results)
 
 
 def test_limits_and_budgets_hold_across_replicas(fleet: tuple[str, list[Replica], str]) -> None:
@@ -316,9 +326,3 @@ def spent(base: str, key: str, expected: int) -> int:
         if cost >= expected or time.monotonic() > deadline:
             return int(cost)
         time.sleep(0.2)
-
-
-def write_results(results: dict[str, Any]) -> None:
-    path = os.environ.get("TOKENWAY_FLEET_RESULTS")
-    if path:
-        Path(path).write_text(json.dumps(results, indent=2) + "\n")
