@@ -256,7 +256,7 @@ def test_sigterm_lets_a_worker_finish_its_running_jobs(upstream: SlowUpstream, o
 def test_a_second_message_for_a_running_job_waits_then_runs_nothing(upstream: SlowUpstream, on_redis: Fleet) -> None:
     upstream.delay = 3.0  # long enough for the copy to arrive while the job runs, on a busy box too
     base = on_redis.base
-    with on_redis.worker("w1", concurrency=2):
+    with on_redis.worker("w1", 2, "--loglevel", "debug"):  # with Celery's line for each task
         on_redis.wait_ready("w1")
         key = create_key(base)["key"]  # new to the worker: it loads the key when the job needs it
         job_id = httpx.post(base + "/v1/async/chat/completions", json=CHAT, headers=auth(key)).json()["id"]

@@ -52,6 +52,7 @@ T = TypeVar("T")
 STARTUP_S = 120.0  # for the core to open its stores
 SHUTDOWN_S = 60.0  # for the core to give running jobs back and flush the ledger
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")  # a line per task received, per task ended
 STORE_RETRIES = 20  # tries of a task whose store or broker call failed, with backoff up to a minute
 
 
@@ -204,6 +205,11 @@ def run_worker(settings: Settings, config: GatewayConfig, concurrency: int | Non
     # The core only queues what it submits (a job given back to the queue): it runs no workers of its own.
     core = WorkerCore(settings.model_copy(update={"jobs_broker_url": broker_url}), config, metrics_port)
     logging.captureWarnings(True)  # Celery's warnings (running as root) become lines of the JSON log
+    if settings.log_level != "debug":
+        # A job's request has its line already; Celery's "received" and "succeeded" lines for every
+        # task would triple the log (and cost a third of the worker's CPU per line). Failures still show.
+        for name in TASK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     core.start()
     try:
         app = worker_app(broker_url, core)
