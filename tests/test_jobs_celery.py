@@ -175,7 +175,10 @@ def test_two_keys_batches_take_turns_on_the_workers(upstream: SlowUpstream, on_r
 def test_the_sdk_runs_a_batch_end_to_end_on_celery_workers(upstream: SlowUpstream, on_redis: Fleet) -> None:
     data = batch_lines(30) + b'{"custom_id": "broken"\n'
     base = on_redis.base
+    upstream.delay = 0.2  # 30 lines on 8 threads: long enough for both workers to take some
     with on_redis.worker("w1"), on_redis.worker("w2"):
+        on_redis.wait_ready("w1")
+        on_redis.wait_ready("w2")
         sdk = openai.OpenAI(base_url=base + "/v1", api_key=create_key(base)["key"], max_retries=0)
         uploaded = sdk.files.create(file=("input.jsonl", data), purpose="batch")
         batch = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
