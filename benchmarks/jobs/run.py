@@ -389,48 +389,61 @@ async def run_batch(b: Bench, name: str, celery_workers: int) -> dict[str, Any]:
             await warm_jobs(gw, 2 * a.concurrency * celery_workers)
         data = batch_file(a.lines)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
-            form = aiohttp.FormData()
-            form.add_field("purpose", "batch")
-            form.add_field("file", data, filename="bench.jsonl", content_type="application/jsonl")
-            t_upload = time.perf_counter()
-            async with s.post(gw.base + "/v1/files", data=form, headers={"Authorization": f"Bearer {gw.key}"}) as r:
-                assert r.status == 200, await r.text()
-                file_id = (await r.json())["id"]
-            upload_s = time.perf_counter() - t_upload
+            warm_rss = []
+            for _ in range(a.warm_batches):  # the same batch before the measured one, on this gateway
+                warm_rss.append(round(rss_mb(gw.pid), 1))
+                await run_to_end(s, gw, (await upload(s, gw, data))[0], a.lines)
+            file_id, upload_s = await upload(s, gw, data)
             pids = [gw.pid] + [w.pid for w in gw.workers]
             sampler = Sampler(pids)
             sampler.start()
             meter = CpuMeter({"gateway": gw.pid, "upstream": b.upstream_pid}
                              | {f"worker{i}": w.pid for i, w in enumerate(gw.workers)})
-            spied = contextlib.ExitStack()
-            spied.enter_context(profiled(a, f"{name}{b.round}", {"gateway": gw.pid}
-                                         | {f"worker{i}": w.pid for i, w in enumerate(gw.workers)}))
-            t0 = time.perf_counter()
-            async with s.post(gw.base + "/v1/batches", headers=auth(gw.key), json={
-                    "input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}) as r:
-                assert r.status == 200, await r.text()
-                batch_id = (await r.json())["id"]
-            while True:
-                async with s.get(f"{gw.base}/v1/batches/{batch_id}", headers=auth(gw.key)) as r:
-                    batch = await r.json()
-                if batch["status"] in ("completed", "failed", "expired", "cancelled"):
-                    break
-                counts = batch.get("request_counts") or {}
-                near = counts.get("total") and counts["completed"] + counts["failed"] >= 0.95 * counts["total"]
-                await asyncio.sleep(0.05 if near else 0.25)
-            wall = time.perf_counter() - t0
-            cpu = meter.read(a.lines)
-            spied.close()
+            with profiled(a, f"{name}{b.round}", {"gateway": gw.pid}
+                          | {f"worker{i}": w.pid for i, w in enumerate(gw.workers)}):
+                t0 = time.perf_counter()
+                await run_to_end(s, gw, file_id, a.lines)
+                wall = time.perf_counter() - t0
+                cpu = meter.read(a.lines)
             await sampler.stop()
-        counts = batch["request_counts"]
-        if batch["status"] != "completed" or counts["completed"] != a.lines:
-            raise RuntimeError(f"{name}: the batch ended {batch['status']} with {counts}")
         result = {"wall_s": round(wall, 2), "per_s": round(a.lines / wall, 1), "upload_s": round(upload_s, 2),
                   **cpu, **rss_summary(sampler)}
+        if warm_rss:
+            result["rss_before_warm_batches_mb"] = warm_rss
         if celery_workers:
             result["workers_rss_mb"] = [[s[1][i + 1] for s in (sampler.samples[0], sampler.samples[-1])]
                                         for i in range(celery_workers)]
         return result
+
+
+async def upload(s: aiohttp.ClientSession, gw: Gateway, data: bytes) -> tuple[str, float]:
+    """``POST /v1/files``: the file's id and the seconds the upload took."""
+    form = aiohttp.FormData()
+    form.add_field("purpose", "batch")
+    form.add_field("file", data, filename="bench.jsonl", content_type="application/jsonl")
+    t0 = time.perf_counter()
+    async with s.post(gw.base + "/v1/files", data=form, headers={"Authorization": f"Bearer {gw.key}"}) as r:
+        assert r.status == 200, await r.text()
+        return str((await r.json())["id"]), time.perf_counter() - t0
+
+
+async def run_to_end(s: aiohttp.ClientSession, gw: Gateway, file_id: str, lines: int) -> None:
+    """``POST /v1/batches`` and poll it until it has ended; every line must have succeeded."""
+    async with s.post(gw.base + "/v1/batches", headers=auth(gw.key), json={
+            "input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}) as r:
+        assert r.status == 200, await r.text()
+        batch_id = (await r.json())["id"]
+    while True:
+        async with s.get(f"{gw.base}/v1/batches/{batch_id}", headers=auth(gw.key)) as r:
+            batch = await r.json()
+        if batch["status"] in ("completed", "failed", "expired", "cancelled"):
+            break
+        counts = batch.get("request_counts") or {}
+        near = counts.get("total") and counts["completed"] + counts["failed"] >= 0.95 * counts["total"]
+        await asyncio.sleep(0.05 if near else 0.25)
+    counts = batch["request_counts"]
+    if batch["status"] != "completed" or counts["completed"] != lines:
+        raise RuntimeError(f"batch {batch_id} ended {batch['status']} with {counts}")
 
 
 async def run_submit(b: Bench) -> dict[str, Any]:
@@ -548,6 +561,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--modes", default="live,embedded,celery1,celery2,submit")
     parser.add_argument("--out", default=str(HERE / "results.json"), help="raw results (and rss.svg beside it)")
+    parser.add_argument("--warm-batches", type=int, default=0, metavar="K", help="batch rows: the same batch K "
+                        "times on the gateway before the measured one (a step in RSS: once per process, or per batch?)")
     parser.add_argument("--profile", metavar="DIR", help="py-spy each measured process into DIR (raw stacks; "
                         "summarise with profile_top.py); the profiler's own CPU slows the run")
     parser.add_argument("--keep", action="store_true", help="keep the processes' logs (printed at the end)")
