@@ -138,6 +138,28 @@ def test_two_containers_behind_nginx_answer_the_openai_sdk(fleet: tuple[str, lis
     assert local.usage is not None and local.usage.completion_tokens > 0
 
 
+def test_nginx_passes_the_request_id_and_the_client_address(fleet: tuple[str, list[Container]]) -> None:
+    base, containers = fleet
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    auth = {"Authorization": f"Bearer {MASTER}"}
+    # The test client is on 127.0.0.1, which the containers trust as their proxy (as they trust
+    # nginx), so the address it names stands for a client nginx saw; nginx appends its own peer.
+    sent = httpx.post(base + "/v1/chat/completions", json=body, headers={
+        **auth, "X-Request-ID": "req-image-test-1", "X-Forwarded-For": "203.0.113.9"}, timeout=30)
+    made = httpx.post(base + "/v1/chat/completions", json=body, headers=auth, timeout=30)
+    assert sent.status_code == made.status_code == 200
+    assert sent.headers["x-request-id"] == "req-image-test-1"
+    assert len(made.headers["x-request-id"]) == 32  # nginx's $request_id when the client sends none
+    deadline = time.monotonic() + 10
+    while True:  # request lines are written off the request path, a moment later
+        logs = "".join(c.logs() for c in containers).splitlines()
+        lines = [line for line in logs if '"request_id":"req-image-test-1"' in line]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert lines and '"client":"203.0.113.9"' in lines[0], (lines, logs[-5:])
+
+
 def test_containers_run_as_non_root_on_a_read_only_root_and_report_healthy(fleet: tuple[str, list[Container]]) -> None:
     _, containers = fleet
     for container in containers:
