@@ -22,7 +22,11 @@ the batch. CPU seconds of the gateway, the workers, the upstream and this client
 ``/proc`` around each measurement.
 
     .venv/bin/python benchmarks/jobs/run.py [--lines 10000] [--concurrency 64] [--rounds 2]
-        [--modes live,embedded,celery1,celery2,submit] [--out benchmarks/jobs/results.json]
+        [--modes live,embedded,celery1,celery2,submit] [--delay 0.05] [--warm-batches K]
+        [--profile DIR] [--out benchmarks/jobs/results.json]
+
+To measure a commit other than the working tree: ``git worktree add --detach /tmp/tree COMMIT`` and
+``PYTHONPATH=/tmp/tree PYTHONSAFEPATH=1`` in front of the command (the processes it starts inherit it).
 
 Every process it starts gets SIGTERM when this one ends (``PR_SET_PDEATHSIG``), also on Ctrl-C or a
 kill; Celery's Redis keys and the Postgres schema are dropped at the end.
