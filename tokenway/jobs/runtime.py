@@ -48,7 +48,9 @@ class Jobs:
         """Open the store; then run jobs here, or only queue them for Celery's workers."""
         await self.service.store.start()
         runner = JobRunner(handle, self._config, self._log, request_metrics, clock, is_ready)
-        self.executor = Executor(self.service, runner, self._config, self._log)
+        # Celery's threads bound a worker's jobs; here, the executor's slots.
+        slots = None if self._settings.jobs_broker_url else self._config.workers
+        self.executor = Executor(self.service, runner, self._config, self._log, slots)
         self.executor.start()  # renews the claims of the jobs this process runs; stops those cancelled elsewhere
         if self._settings.jobs_broker_url:
             from tokenway.jobs.celery_dispatch import CeleryDispatch

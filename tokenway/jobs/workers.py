@@ -27,7 +27,8 @@ from tokenway.observability.logging import JsonLog
 
 
 class Executor:
-    def __init__(self, service: JobService, runner: JobRunner, config: JobsConfig, log: JsonLog) -> None:
+    def __init__(self, service: JobService, runner: JobRunner, config: JobsConfig, log: JsonLog,
+                 slots: int | None = None) -> None:
         self._service = service
         self._store = service.store
         self._runner = runner
@@ -35,6 +36,10 @@ class Executor:
         self._log = log
         self._running: dict[str, tuple[Job, asyncio.Task[None]]] = {}  # by job id
         self._record = PerTurn(self._store.finish)  # the results of jobs that end together, in one write
+        # Jobs run at once (None: the caller bounds them, as Celery's threads do). A slot is taken for
+        # the call and given back when the answer is in hand, before its row is written, so the
+        # next job is not held up by the store.
+        self._slots = asyncio.Semaphore(slots) if slots else contextlib.nullcontext()
         self._renewer: asyncio.Task[None] | None = None
 
     def new_token(self) -> str:
@@ -52,7 +57,8 @@ class Executor:
         assert task is not None
         self._running[job.id] = (job, task)
         try:
-            done = await self._runner.run(job)
+            async with self._slots:
+                done = await self._runner.run(job)
         finally:
             # The outcome is in hand: from here the renewer must not cancel this task, or a result
             # recorded just now would miss its batch's progress (a batch left in ``finalizing``).
@@ -112,6 +118,10 @@ class LocalWorkers:
         self._config = config
         self._log = log
         self._owners: dict[str, None] = {}  # keys with queued work, in turn order
+        # A quarter more jobs than run at once are claimed, so a slot that frees starts the next job
+        # at once instead of waiting for a claim; they wait for their slot (the executor's), at most
+        # one job's time. None ahead for pools under four, where each job is a large share.
+        self._ahead = config.workers // 4
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.Task[None] | None = None
@@ -138,7 +148,7 @@ class LocalWorkers:
                         self._owners.setdefault(owner)
                 except Exception as exc:
                     self._log.event("jobs_store_failed", level="error", error=repr(exc))
-            free = self._config.workers - len(self._tasks)  # tasks made but not started yet count too
+            free = self._config.workers + self._ahead - len(self._tasks)  # tasks not started yet count too
             if free <= 0 or not self._owners:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
