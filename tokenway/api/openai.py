@@ -113,7 +113,8 @@ class DataPlane:
             self._metrics.request_started(kind)
         try:
             if not self._is_ready():
-                raise Overloaded("The gateway is starting up (loading models); retry shortly.", retry_after=2)
+                raise Overloaded("This gateway is not taking new calls: it is starting up (loading models) or "
+                                 "draining before a restart. Retry shortly.", retry_after=2)
             body = await read_body(receive, self._limits.max_body_bytes, declared_length)
             request = parse_body(adapter, body, required)
             simple = kind == "simple"
