@@ -183,8 +183,11 @@ def test_ctrl_c_while_waiting_leaves_the_batch_running(upstream: FakeUpstream, t
         while not upstream.seen:  # the line is running: the client is waiting on it
             assert time.time() < deadline and proc.poll() is None
             time.sleep(0.05)
+        # The line may start before the client has read the batch's creation (the workers claim lines
+        # as they are written): give it a moment to be in its wait, where Ctrl-C is meant to land.
+        time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=10)
+        _, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err
         batch_id = err.split(":", 1)[0].strip()
         assert "keeps running" in err and f"tokenway jobs results {batch_id}" in err and "Traceback" not in err
