@@ -245,9 +245,10 @@ def test_rolling_restart_under_load_loses_nothing(
     half = capacity / 2
 
     # Half of it during the restart: a quarter streamed, a quarter not, for as long as the roll
-    # takes at the speed the replicas started at (~30 s on a quiet 2-core box, minutes on a busy one).
+    # takes at the speed the replicas started at (~45 s on a quiet 2-core box, minutes on a busy
+    # one, where a start can also take several times longer than the first ones did).
     start_s = max(r.start_s for r in replicas)
-    duration = round(max(30.0, 8 + len(replicas) * (DRAIN_DELAY_S + 2 * start_s + 2)))
+    duration = round(max(45.0, 8 + len(replicas) * (DRAIN_DELAY_S + 3 * start_s + 2)))
     results["load_s"] = duration
     loads = {
         "streamed": bench(base, tmp_path / "streamed.json", "--rate", f"{half / 2:.1f}", "--duration", str(duration)),
@@ -256,25 +257,28 @@ def test_rolling_restart_under_load_loses_nothing(
     }
     started = time.monotonic()
     time.sleep(4)
-    restarts = []
+    restarts: list[dict[str, Any]] = []
+    results["restarts"] = restarts
     for replica in replicas:
         sigterm_at = time.strftime("%H:%M:%S")
         code, seconds = replica.stop(DRAIN_DELAY_S + SHUTDOWN_GRACE_S + 5)
+        drained_s = time.monotonic() - started
         log = replica.log.read_text()
         replica.start()
         # Calls that reached it while it drained were refused with 503 at once (logged at error
         # level) and nginx sent them to another replica: the clients saw none of them.
         refused = log.count('"status":503')
         restarts.append({"port": replica.port, "sigterm_at": sigterm_at, "exit": code, "stop_s": seconds,
-                         "start_s": replica.start_s, "refused": refused})
+                         "drained_s": drained_s, "start_s": replica.start_s, "refused": refused})
         assert code in (0, -signal.SIGTERM), log[-2000:]  # a clean drain: uvicorn re-raises SIGTERM once done
         assert seconds < DRAIN_DELAY_S + SHUTDOWN_GRACE_S, restarts
         time.sleep(1)
-    rolled_at = time.monotonic() - started
-    results["restarts"] = restarts
+    results["rolled_s"] = time.monotonic() - started
     for proc in loads.values():
         finished(proc, duration + 60)
-    assert rolled_at < duration, ("the restart should have happened under load", results)
+    # Every replica drained while the load ran, and the first ones' replacements started under it
+    # (the last replacement may finish starting after the load on a busy box).
+    assert drained_s < duration, ("the restart should have happened under load", results)
 
     for name in loads:
         summary, records = requests_of(tmp_path / f"{name}.json")
