@@ -99,11 +99,13 @@ def jobs_router(service: JobService, callers: Callers, master_key: str | None) -
         headers = {} if created else {"idempotent-replayed": "true"}
         return Response(orjson.dumps(job.public()), status_code=202, media_type="application/json", headers=headers)
 
-    @router.post("/v1/async/chat/completions", status_code=202, summary="Submit a chat completion as a job")
+    @router.post("/v1/async/chat/completions", status_code=202, summary="Submit a chat completion as a job",
+                 openapi_extra=_live_body("ChatCompletionRequest"))
     async def submit_chat(request: Request, idempotency_key: Annotated[str | None, Header()] = None) -> Response:
         return await submit("chat", request, idempotency_key)
 
-    @router.post("/v1/async/completions", status_code=202, summary="Submit a text completion as a job")
+    @router.post("/v1/async/completions", status_code=202, summary="Submit a text completion as a job",
+                 openapi_extra=_live_body("CompletionRequest"))
     async def submit_completion(request: Request,
                                 idempotency_key: Annotated[str | None, Header()] = None) -> Response:
         return await submit("completions", request, idempotency_key)
@@ -140,6 +142,15 @@ def jobs_router(service: JobService, callers: Callers, master_key: str | None) -
 
     router.include_router(admin)
     return router
+
+
+def _live_body(schema: str) -> dict[str, Any]:
+    """The OpenAPI request body of a submit: the live endpoint's (its schema is in the document), plus an
+    optional ``webhook_url``."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {"allOf": [
+        {"$ref": f"#/components/schemas/{schema}"},
+        {"type": "object", "properties": {"webhook_url": {"type": "string", "format": "uri"}}},
+    ]}}}}}
 
 
 def _admin_view(job: Job) -> dict[str, Any]:
