@@ -36,6 +36,10 @@ def test_submit_poll_and_the_live_body(upstream: FakeUpstream, tmp_path: Path) -
         live = httpx.post(base + "/v1/chat/completions", json=CHAT, headers=auth(key)).json()
         assert done["result"]["choices"][0]["message"] == live["choices"][0]["message"]
         assert done["timings"]["run_s"] is not None
+        # /docs describes the submit with the live endpoint's body.
+        schema = httpx.get(base + "/openapi.json").json()["paths"]["/v1/async/chat/completions"]["post"]
+        assert schema["requestBody"]["content"]["application/json"]["schema"]["allOf"][0]["$ref"].endswith(
+            "/ChatCompletionRequest")
         # The seed's path answers too.
         seed = httpx.get(f"{base}/v1/async/completions/{job['id']}", headers=auth(key)).json()
         assert seed["id"] == job["id"]
