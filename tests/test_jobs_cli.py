@@ -178,7 +178,10 @@ def test_ctrl_c_while_waiting_leaves_the_batch_running(upstream: FakeUpstream, t
         env = {**os.environ, "TOKENWAY_BASE_URL": base, "TOKENWAY_API_KEY": key}
         proc = subprocess.Popen([sys.executable, "-m", "tokenway", "jobs", "submit", str(source), "--model", "slow",
                                  "--wait", "--poll", "0.05"],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                # A shell's background job (make test &, a CI runner) ignores SIGINT,
+                                # and the child would inherit that: give it the default back.
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 30
         while not upstream.seen:  # the line is running: the client is waiting on it
             assert time.time() < deadline and proc.poll() is None
