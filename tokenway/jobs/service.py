@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -158,10 +158,7 @@ class JobService:
 
     async def job(self, owner: str | None, job_id: str) -> Job:
         """The job, if ``owner`` may see it (None: an admin, who sees every job); else 404."""
-        job = await self.store.get_job(job_id)
-        if job is None or (owner is not None and job.owner != owner):
-            raise NotFound(f"No job with id '{job_id}'.", param="job_id")
-        return job
+        return _visible(await self.store.get_job(job_id), owner, "job", job_id)
 
     async def cancel(self, owner: str | None, job_id: str) -> Job:
         job = await self.job(owner, job_id)
@@ -216,10 +213,7 @@ class JobService:
         return record
 
     async def file(self, owner: str | None, file_id: str) -> StoredFile:
-        record = await self.store.get_file(file_id)
-        if record is None or (owner is not None and record.owner != owner):
-            raise NotFound(f"No file with id '{file_id}'.", param="file_id")
-        return record
+        return _visible(await self.store.get_file(file_id), owner, "file", file_id)
 
     async def delete_file(self, owner: str | None, file_id: str) -> StoredFile:
         record = await self.file(owner, file_id)
@@ -327,10 +321,7 @@ class JobService:
         await self.store.update_batch(batch.id, ("validating",), failed)
 
     async def batch(self, owner: str | None, batch_id: str) -> Batch:
-        batch = await self.store.get_batch(batch_id)
-        if batch is None or (owner is not None and batch.owner != owner):
-            raise NotFound(f"No batch with id '{batch_id}'.", param="batch_id")
-        return batch
+        return _visible(await self.store.get_batch(batch_id), owner, "batch", batch_id)
 
     async def batch_view(self, batch: Batch) -> dict[str, Any]:
         return batch.public(await self.store.batch_counts(batch.id))
@@ -517,3 +508,14 @@ def _count_lines(path: Path) -> int:
     """Non-blank lines of a file, read in blocks (a first look, before any line is checked)."""
     with path.open("rb") as source:
         return sum(1 for line in source if line.strip())
+
+
+Owned = TypeVar("Owned", Job, StoredFile, Batch)
+
+
+def _visible(record: Owned | None, owner: str | None, kind: str, record_id: str) -> Owned:
+    """The record if ``owner`` may see it (None: an admin, who sees everything). Another tenant's record
+    gets the same 404 as an id that never existed, so nobody learns what others have."""
+    if record is None or (owner is not None and record.owner != owner):
+        raise NotFound(f"No {kind} with id '{record_id}'.", param=f"{kind}_id")
+    return record

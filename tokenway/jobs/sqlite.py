@@ -37,6 +37,9 @@ CREATE INDEX IF NOT EXISTS tokenway_batches_status ON tokenway_batches (status);
 
 _SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM tokenway_jobs"
 _FILE_COLUMNS = "id, owner, purpose, filename, bytes, created_at"
+# A claim: a fresh run token and lease, one more attempt (parameters: token, lease_until, now).
+_CLAIM = ("UPDATE tokenway_jobs SET status = 'running', run_token = ?, lease_until = ?, attempts = attempts + 1, "
+          "started_at = coalesce(started_at, ?)")
 
 
 class SqliteJobStore(SqliteFile):
@@ -108,22 +111,14 @@ class SqliteJobStore(SqliteFile):
         return [r[0] for r in rows]
 
     async def claim(self, owner: str, limit: int, token: str, lease_until: float, now: float) -> list[Job]:
-        sql = (
-            "UPDATE tokenway_jobs SET status = 'running', run_token = ?, lease_until = ?, attempts = attempts + 1, "
-            "started_at = coalesce(started_at, ?) WHERE id IN (SELECT id FROM tokenway_jobs "
-            "WHERE status = 'queued' AND owner = ? ORDER BY priority DESC, seq LIMIT ?) "
-            f"RETURNING {', '.join(JOB_COLUMNS)}"
-        )
+        sql = (f"{_CLAIM} WHERE id IN (SELECT id FROM tokenway_jobs WHERE status = 'queued' AND owner = ? "
+               f"ORDER BY priority DESC, seq LIMIT ?) RETURNING {', '.join(JOB_COLUMNS)}")
         rows = await self._run(lambda db: db.execute(sql, (token, lease_until, now, owner, limit)).fetchall())
         return sorted((job_from_row(r) for r in rows), key=lambda j: (-j.priority, j.created_at))
 
     async def claim_job(self, job_id: str, token: str, lease_until: float, now: float) -> Job | None:
-        sql = (
-            "UPDATE tokenway_jobs SET status = 'running', run_token = ?, lease_until = ?, attempts = attempts + 1, "
-            "started_at = coalesce(started_at, ?) WHERE id = ? "
-            "AND (status = 'queued' OR (status = 'running' AND lease_until < ?)) "
-            f"RETURNING {', '.join(JOB_COLUMNS)}"
-        )
+        sql = (f"{_CLAIM} WHERE id = ? AND (status = 'queued' OR (status = 'running' AND lease_until < ?)) "
+               f"RETURNING {', '.join(JOB_COLUMNS)}")
         row = await self._run(lambda db: db.execute(sql, (token, lease_until, now, job_id, now)).fetchone())
         return job_from_row(row) if row else None
 
