@@ -1,0 +1,1 @@
+"""Guardrails: checks on what goes into and comes out of a model call (PII, prompt injection, terms)."""
