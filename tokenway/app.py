@@ -23,7 +23,10 @@ from tokenway.api.admin_status import status_router
 from tokenway.api.batches import batches_router
 from tokenway.api.client_address import TrustedProxies
 from tokenway.api.control import control_app
-from tokenway.api.jobs import Callers, jobs_router
+from tokenway.api.callers import Callers
+from tokenway.api.guards import require_metrics_token
+from tokenway.api.jobs import jobs_router
+from tokenway.api.models import models_router
 from tokenway.api.openai import DataPlane
 from tokenway.asgi import Receive, Scope, Send, send_error
 from tokenway.clock import SYSTEM_CLOCK, Clock
@@ -200,8 +203,11 @@ class Gateway:
         await self.jobs.start(handler, self.clock, self.is_ready, metrics)  # jobs re-enter the same policy list
         callers = Callers(self.access.policy, self.config.limits, self._models.names)
         self.jobs.service.validator = callers.validator
-        self._control = control_app(self._models, self.is_ready, int(time.time()), metrics,
-                                    routers=[routing_router(self._models, self.routing, self.settings.master_key,
+        metrics_auth = (require_metrics_token(self.settings.metrics_token, self.settings.master_key)
+                        if self.settings.metrics_token else None)
+        self._control = control_app(self.is_ready, metrics, metrics_auth=metrics_auth,
+                                    routers=[models_router(self._models, callers, int(time.time())),
+                                             routing_router(self._models, self.routing, self.settings.master_key,
                                                             self._discovered),
                                              status_router(self.config, self._models, self.routing,
                                                            self.route.queue_lengths, self._state, self.request_drain,

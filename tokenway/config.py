@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     workers: int = 1
     config: Path | None = None
     master_key: str | None = None
+    # Set, GET /metrics answers only this token (Prometheus' bearer token) or the master key: the metrics
+    # name key aliases and teams. Unset, /metrics is open to whoever reaches the port (docs/security.md).
+    metrics_token: str | None = None
     redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0: shared counters and cache across replicas
     database_url: str | None = None  # e.g. postgresql://127.0.0.1/test: keys and usage ledger across replicas
     data_dir: Path = Path("tokenway-data")  # embedded default: SQLite files and the usage write-ahead log

@@ -15,7 +15,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from starlette.datastructures import UploadFile
 
-from tokenway.api.jobs import Callers, page
+from tokenway.api.callers import Callers
+from tokenway.api.jobs import page
 from tokenway.errors import InvalidRequest, PayloadTooLarge
 from tokenway.jobs.service import JobService
 

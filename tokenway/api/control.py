@@ -1,4 +1,4 @@
-"""The control plane: health, readiness, model listing and the OpenAPI docs (FastAPI).
+"""The control plane: health, readiness, metrics and the OpenAPI docs (FastAPI).
 
 The data-plane endpoints are raw ASGI for speed (see ``api/openai.py``); their request schemas
 are added to this app's OpenAPI document so ``/docs`` describes every endpoint.
@@ -6,10 +6,10 @@ are added to this app's OpenAPI document so ``/docs`` describes every endpoint.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
@@ -17,7 +17,6 @@ from pydantic import TypeAdapter
 from starlette.exceptions import HTTPException
 
 from tokenway import __version__
-from tokenway.deployments import ModelTable
 from tokenway.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound
 from tokenway.observability.metrics import Metrics
 from tokenway.protocol import CHAT_REQUEST, COMPLETION_REQUEST, SIMPLE_CHAT_REQUEST
@@ -34,16 +33,18 @@ _DATA_PLANE_DOCS: list[tuple[str, str, TypeAdapter[Any], str]] = [
 
 
 def control_app(
-    models: ModelTable, is_ready: Callable[[], bool], created: int, metrics: Metrics | None = None,
-    routers: Sequence[APIRouter] = (),
+    is_ready: Callable[[], bool], metrics: Metrics | None = None, routers: Sequence[APIRouter] = (),
+    metrics_auth: Callable[..., Awaitable[None]] | None = None,
 ) -> FastAPI:
+    """Health, readiness, ``/metrics`` (behind ``metrics_auth`` when given) and the routers' endpoints."""
     app = FastAPI(title="tokenway", version=__version__, description="An OpenAI-compatible LLM gateway.")
     for router in routers:
         app.include_router(router)
 
     if metrics is not None:
 
-        @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (text exposition format)")
+        @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (text exposition format)",
+                 dependencies=[Depends(metrics_auth)] if metrics_auth is not None else [])
         async def prometheus_metrics() -> Response:
             return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -55,20 +56,6 @@ def control_app(
     async def ready() -> Response:
         ok = is_ready()
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
-
-    @app.get("/v1/models", tags=["openai"], summary="List the models this gateway serves")
-    async def list_models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [
-                {"id": name, "object": "model", "created": created, "owned_by": "tokenway"} for name in models.names()
-            ],
-        }
-
-    @app.get("/v1/models/{model}", tags=["openai"], summary="Describe one model")
-    async def get_model(model: str) -> dict[str, Any]:
-        models.lookup(model)
-        return {"id": model, "object": "model", "created": created, "owned_by": "tokenway"}
 
     @app.exception_handler(GatewayError)
     async def gateway_error(_: Request, error: GatewayError) -> Response:

@@ -34,3 +34,20 @@ def require_master_key(master_key: str | None) -> Callable[..., Awaitable[None]]
             raise PermissionDenied("This key may not use the admin API; it needs the master key.")
 
     return require_master
+
+
+def require_metrics_token(metrics_token: str, master_key: str | None) -> Callable[..., Awaitable[None]]:
+    """A FastAPI dependency for ``/metrics``: the metrics token (what Prometheus sends as its bearer token),
+    or the master key. The metrics name key aliases, teams and models: not for every caller to read."""
+    accepted = [secret.encode() for secret in (metrics_token, master_key) if secret]
+
+    async def require_token(
+        authorization: Annotated[str | None, Header()] = None, api_key: Annotated[str | None, Header()] = None
+    ) -> None:
+        presented = presented_key(authorization, api_key)
+        if not presented:
+            raise AuthenticationFailed("/metrics needs the metrics token (Authorization: Bearer <TOKENWAY_METRICS_TOKEN>).")
+        if not any(hmac.compare_digest(presented.encode(), secret) for secret in accepted):
+            raise PermissionDenied("This token may not read /metrics; send TOKENWAY_METRICS_TOKEN or the master key.")
+
+    return require_token
