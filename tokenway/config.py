@@ -197,12 +197,21 @@ class ModelConfig(_Strict):
 
 
 class Limits(_Strict):
-    """Bounds on what a client may send; breaking one is a 400 or 413 that says which."""
+    """Bounds on what a client may send; breaking one is a 400, 408, 413, 429 or 431 that says which
+    (docs/security.md)."""
 
     max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
     max_messages: Annotated[int, Field(ge=1)] = 2048
     max_total_chars: Annotated[int, Field(ge=1)] = 2_000_000
     max_tokens: Annotated[int, Field(ge=1)] = 131_072
+    # A slow client holds a connection and a task: the body must be in within this after the headers
+    # (408), the request line and headers within this from their first byte (or the connection's open).
+    body_timeout_s: Positive = 30.0
+    header_timeout_s: Positive = 10.0
+    max_header_count: Annotated[int, Field(ge=8)] = 100  # more headers: 431 and the connection closed
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024  # request line and headers together: 431
+    # Streams in flight at once per virtual key (a key's own max_streams overrides it); null: no cap.
+    max_streams_per_key: Annotated[int, Field(ge=1)] | None = 64
 
 
 class Streaming(_Strict):
