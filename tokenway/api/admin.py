@@ -33,6 +33,7 @@ class KeyFields(BaseModel):
     rpm: Annotated[int, Field(ge=1)] | None = None
     tpm: Annotated[int, Field(ge=1)] | None = None
     max_parallel: Annotated[int, Field(ge=1)] | None = None
+    max_streams: Annotated[int, Field(ge=1)] | None = None  # streams in flight at once
     budget: Budget | None = None
     expires_at: float | None = None  # unix seconds
     expires_in_s: Annotated[float, Field(gt=0)] | None = None  # or: this long from now

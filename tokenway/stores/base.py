@@ -85,6 +85,7 @@ class KeyRecord(BaseModel):
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
     max_parallel: int | None = Field(default=None, ge=1)
+    max_streams: int | None = Field(default=None, ge=1)  # streams in flight; None: limits.max_streams_per_key
     budget: Budget | None = None
     expires_at: float | None = None
     revoked: bool = False

@@ -41,6 +41,8 @@ def _key_fields(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rpm", type=int, help="requests per minute")
     parser.add_argument("--tpm", type=int, help="tokens per minute")
     parser.add_argument("--max-parallel", type=int, help="requests in flight at once")
+    parser.add_argument("--max-streams", type=int,
+                        help="streams in flight at once (default: limits.max_streams_per_key)")
     parser.add_argument("--budget", help="e.g. 5.00/day, 100/month, 20/total")
     parser.add_argument("--expires-in-days", type=float)
     parser.add_argument("--label", action="append", default=[], metavar="NAME=VALUE")
@@ -48,7 +50,8 @@ def _key_fields(parser: argparse.ArgumentParser) -> None:
 
 def _fields(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
-        name: getattr(args, name) for name in ("name", "owner", "team", "rpm", "tpm", "max_parallel", "budget")
+        name: getattr(args, name)
+        for name in ("name", "owner", "team", "rpm", "tpm", "max_parallel", "max_streams", "budget")
         if getattr(args, name) is not None
     }
     if args.models:
