@@ -103,6 +103,26 @@ class AccessPolicy:
                 ctx.defer(lambda done: self._settle(done, ask))
         return await next(ctx, call)
 
+    async def hold_more(self, ctx: RequestContext, call: Call) -> bool:
+        """Hold the worst case of one more upstream call of ``call`` on the caller's budget lines (a
+        structured-output retry, whose prompt has grown), given back when the request is over, when
+        the request's own settle bills what every call cost. False when the budget cannot hold it."""
+        key = ctx.key
+        if key is None:
+            return True
+        plan = self._plan(key, None, call.body.get("model") or "")
+        tokens = estimate_prompt_tokens(call)
+        extra = Ask([], tokens, plan.lines, plan.rates.nanos(tokens, call.max_tokens or self._access.budget_max_tokens))
+        if not extra.lines or not extra.amount:
+            return True
+        decision = await self._admit(extra)
+        if decision is None:  # the store is down and the gateway serves without budgets
+            return True
+        if not decision.admitted:
+            return False
+        ctx.defer(lambda _: self._counters.settle(extra, 0, -extra.amount))
+        return True
+
     def authenticate(self, ctx: RequestContext, model: str | None) -> KeyRecord | None:
         """The caller's key (None for the master key and anonymous callers), or the error that refuses it.
 
