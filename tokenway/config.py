@@ -32,6 +32,7 @@ from tokenway.routing.options import (
     RoutingConfig,
 )
 from tokenway.usage.options import AccessConfig
+from tokenway.validation.options import ModelStructuredOutputConfig, StructuredOutputConfig
 
 Positive = Annotated[float, Field(gt=0)]
 
@@ -187,6 +188,7 @@ class ModelConfig(_Strict):
     fallbacks: list[str] = []  # models tried in order when every deployment of this one failed
     context_fallbacks: list[str] = []  # tried instead when the prompt is too long for this model
     degradation: DegradationConfig = DegradationConfig()
+    structured_output: ModelStructuredOutputConfig = ModelStructuredOutputConfig()  # tokenway.validation.options
 
     @model_validator(mode="after")
     def _name_deployments(self) -> ModelConfig:
@@ -249,6 +251,7 @@ class GatewayConfig(_Strict):
     observability: Observability = Observability()
     access: AccessConfig = AccessConfig()  # keys, rate limits, budgets (tokenway.usage.options)
     jobs: JobsConfig = JobsConfig()  # the async API and batches (tokenway.jobs.options)
+    structured_output: StructuredOutputConfig = StructuredOutputConfig()  # replies checked (tokenway.validation.options)
 
     @field_validator("models")
     @classmethod
