@@ -7,7 +7,7 @@ A key's secret is shown once, in the answer to its creation; afterwards only its
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,6 +35,7 @@ class KeyFields(BaseModel):
     max_parallel: Annotated[int, Field(ge=1)] | None = None
     max_streams: Annotated[int, Field(ge=1)] | None = None  # streams in flight at once
     budget: Budget | None = None
+    structured_output: Literal["validate", "buffer"] | None = None  # "buffer": guaranteed valid JSON on streams too
     expires_at: float | None = None  # unix seconds
     expires_in_s: Annotated[float, Field(gt=0)] | None = None  # or: this long from now
 

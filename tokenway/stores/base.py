@@ -87,6 +87,9 @@ class KeyRecord(BaseModel):
     max_parallel: int | None = Field(default=None, ge=1)
     max_streams: int | None = Field(default=None, ge=1)  # streams in flight; None: limits.max_streams_per_key
     budget: Budget | None = None
+    # "buffer": this key's streams asking for JSON or tools are answered in full upstream, checked and
+    # retried, then replayed (guaranteed valid output); None: the model's setting (tokenway/validation)
+    structured_output: Literal["validate", "buffer"] | None = None
     expires_at: float | None = None
     revoked: bool = False
     created_at: float = Field(default_factory=time.time)
