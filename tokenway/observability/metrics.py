@@ -80,6 +80,16 @@ class Metrics:
         self.rate_limited = Counter(
             "tokenway_rate_limited", "Requests refused with 429.", ["model", "source"], registry=registry,
         )
+        # Replies that broke the JSON, schema or tool declarations asked for, and the extra calls made to
+        # fix them (tokenway/policies/structured_output.py). kind: json, schema, empty, tool_name, tool_arguments.
+        self.structured_output_failures = Counter(
+            "tokenway_structured_output_failures", "Replies that failed structured-output validation.",
+            ["model", "kind"], registry=registry,
+        )
+        self.structured_output_retries = Counter(
+            "tokenway_structured_output_retries", "Upstream calls made again after an invalid structured reply.",
+            ["model"], registry=registry,
+        )
         # (name, help, type) of every family above, declared on /metrics before first use (see render)
         self._declared = [(family.name, family.documentation, family.type) for family in registry.collect()]
         # Live state read at scrape time (breakers, queues, worker load): this process's own view.
