@@ -91,6 +91,22 @@ class PayloadTooLarge(GatewayError):
     code = "request_too_large"
 
 
+class RequestTimeout(GatewayError):
+    """The client did not send its request in time (``limits.body_timeout_s``)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class HeadersTooLarge(GatewayError):
+    """Too many request headers, or too many bytes of them (``limits.max_header_*``)."""
+
+    status = 431
+    type = "invalid_request_error"
+    code = "request_headers_too_large"
+
+
 class RateLimited(GatewayError):
     status = 429
     type = "rate_limit_error"
