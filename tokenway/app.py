@@ -45,6 +45,7 @@ from tokenway.policies.base import Handler, Policy, compose
 from tokenway.policies.cache import ResponseCache, open_cache
 from tokenway.policies.resilience import Resilience
 from tokenway.policies.routing import Route
+from tokenway.policies.structured_output import StructuredOutput
 from tokenway.providers.base import Answer, Call, Completion, ProviderResources
 from tokenway.providers.registry import provider_class
 from tokenway.providers.upstream import HttpClient
@@ -113,6 +114,9 @@ class Gateway:
         return [
             self.access.policy,  # keys -> rate limits + budget hold (one atomic step) -> settle + ledger at the end
             *([self.cache] if self.cache is not None else []),
+            # replies checked against response_format / tools and retried; after the cache, so it stores only valid ones
+            *([StructuredOutput(self.config, self.metrics, self.access.policy.hold_more)]
+              if StructuredOutput.wanted(self.config) else []),
             Resilience(models, self.config, self.routing, self.clock),  # retries, fallbacks within the allow-list
             self.route,  # picks ctx.target, the deployment of this attempt
             LimitConcurrency(self.clock),
