@@ -38,6 +38,9 @@ class FakeUpstream:
     limit_times: dict[str, int] = field(default_factory=dict)  # scenario -> 429s (Retry-After: 1) left
     gauges: dict[str, str] = field(default_factory=dict)  # scenario -> Prometheus text at /{scenario}/metrics
     down: set[str] = field(default_factory=set)  # scenarios whose /v1/models answers 503 (health checks)
+    # scenario -> the assistant messages ({"content": ...} and/or {"tool_calls": [...]}) its chat calls
+    # answer with, in order; the last one repeats. Streams send them as chunks, with usage when asked.
+    replies: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def url(self, scenario: str) -> str:
         return f"http://{self.host}:{self.port}/{scenario}/v1"
@@ -128,6 +131,10 @@ class FakeUpstream:
                 raise
         if scenario == "slow":  # every answer takes first_delay seconds
             await asyncio.sleep(self.first_delay)
+        if scenario in self.replies:
+            queue = self.replies[scenario]
+            message = queue.pop(0) if len(queue) > 1 else queue[0]
+            return await self._scripted(request, body, message)
         text_mode = tail == "completions"
         if not body.get("stream"):
             return web.json_response(_completion(body, text_mode))
@@ -166,6 +173,35 @@ class FakeUpstream:
         except (ConnectionResetError, asyncio.CancelledError):
             self.hangups.append(request.path)
             raise
+        return response
+
+    async def _scripted(
+        self, request: web.Request, body: dict[str, Any], message: dict[str, Any]
+    ) -> web.StreamResponse:
+        finish = "tool_calls" if message.get("tool_calls") else "stop"
+        usage = {"prompt_tokens": 7, "completion_tokens": len(WORDS), "total_tokens": 7 + len(WORDS)}
+        head = {"id": "chatcmpl-s", "created": 1, "model": "upstream-model"}
+        if not body.get("stream"):
+            choice = {"index": 0, "message": {"role": "assistant", "content": None, **message}, "logprobs": None,
+                      "finish_reason": finish}
+            return web.json_response({**head, "object": "chat.completion", "choices": [choice], "usage": usage})
+        text = message.get("content") or ""
+        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+        deltas += [{"content": text[i:i + 8]} for i in range(0, len(text), 8)]
+        deltas += [{"tool_calls": [{"index": j, **call}]} for j, call in enumerate(message.get("tool_calls") or [])]
+        events = [{**head, "object": "chat.completion.chunk",
+                   "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}
+                  for delta in deltas]
+        events.append({**head, "object": "chat.completion.chunk",
+                       "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            events.append({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in events:
+            await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+            await asyncio.sleep(self.chunk_delay)
+        await response.write(b"data: [DONE]\n\n")
         return response
 
     async def _metrics(self, request: web.Request) -> web.Response:
