@@ -65,7 +65,7 @@ class Contract:
             contract.tools = {}
             for i, tool in enumerate(tools):
                 function = tool.get("function") if isinstance(tool, dict) else None
-                if tool.get("type", "function") != "function" or not isinstance(function, dict):
+                if not isinstance(function, dict) or tool.get("type", "function") != "function":
                     continue  # custom and built-in tools declare no JSON parameters
                 parameters = function.get("parameters")
                 contract.tools[str(function.get("name"))] = (
