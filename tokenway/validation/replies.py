@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-from jsonschema import Validator
+from jsonschema.protocols import Validator
 from jsonschema.exceptions import best_match
 
 from tokenway.errors import InvalidRequest

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from typing import Any
 
 import orjson
-from jsonschema import Validator
+from jsonschema.protocols import Validator
 from jsonschema.exceptions import SchemaError
 from jsonschema.validators import validator_for
 
