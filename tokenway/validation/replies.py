@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-from jsonschema.protocols import Validator
 from jsonschema.exceptions import best_match
+from jsonschema.protocols import Validator
 
 from tokenway.errors import InvalidRequest
 from tokenway.validation.schemas import InvalidSchema, SchemaCache

@@ -11,8 +11,8 @@ from collections import OrderedDict
 from typing import Any
 
 import orjson
-from jsonschema.protocols import Validator
 from jsonschema.exceptions import SchemaError
+from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 
 MAX_SCHEMAS = 512  # distinct schemas kept; the least recently used goes first
