@@ -50,6 +50,8 @@ FAMILIES = {  # name: (type, label names)
     "tokenway_queue_length": ("gauge", {"model"}),
     "tokenway_routing_decisions": ("counter", {"reason"}),
     "tokenway_limits_store_failures": ("counter", set()),
+    "tokenway_structured_output_failures": ("counter", {"model", "kind"}),
+    "tokenway_structured_output_retries": ("counter", {"model"}),
 }
 
 
@@ -71,6 +73,8 @@ def _gateway_exposition() -> str:
     request(model="m", deployment="m#1", attempts=3, status=502, error_type="UpstreamError", failed_mid_stream=True)
     request(model="m", status=429, error_type="RateLimited")
     metrics.upstream_attempt_failed("m#0", TimeoutError())
+    metrics.structured_output_failures.labels("m", "json").inc()
+    metrics.structured_output_retries.labels("m").inc()
     engine = SimpleNamespace(waiting=2, running=3, kv_usage=0.5)
     deployment = SimpleNamespace(name="m#0", in_flight=1, breaker=SimpleNamespace(state="open"), healthy=True,
                                  engine=engine)
