@@ -90,6 +90,12 @@ class Metrics:
             "tokenway_structured_output_retries", "Upstream calls made again after an invalid structured reply.",
             ["model"], registry=registry,
         )
+        # Guards (tokenway/guards/policy.py): one per request and (guard, stage, action). The labels are
+        # configured names only, never the matched text or a key.
+        self.guard_actions = Counter(
+            "tokenway_guard_actions", "Guard actions taken (block, mask, flag), by guard and stage (input, output).",
+            ["guard", "stage", "action", "model"], registry=registry,
+        )
         # (name, help, type) of every family above, declared on /metrics before first use (see render)
         self._declared = [(family.name, family.documentation, family.type) for family in registry.collect()]
         # Live state read at scrape time (breakers, queues, worker load): this process's own view.
@@ -106,6 +112,9 @@ class Metrics:
 
     def upstream_attempt_failed(self, deployment: str, error: Exception) -> None:
         self.upstream_errors.labels(deployment, type(error).__name__).inc()
+
+    def guard_acted(self, guard: str, stage: str, action: str, model: str) -> None:
+        self.guard_actions.labels(guard, stage, action, model).inc()
 
     def add_collector(self, collector: Any) -> None:
         """Export live state read at scrape time; ``collector.collect()`` yields metric families."""

@@ -90,6 +90,7 @@ class KeyRecord(BaseModel):
     # "buffer": this key's streams asking for JSON or tools are answered in full upstream, checked and
     # retried, then replayed (guaranteed valid output); None: the model's setting (tokenway/validation)
     structured_output: Literal["validate", "buffer"] | None = None
+    guards: list[str] = Field(default_factory=list)  # guard profiles (config guards.profiles) on top of the model's
     expires_at: float | None = None
     revoked: bool = False
     created_at: float = Field(default_factory=time.time)
