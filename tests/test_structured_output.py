@@ -52,15 +52,18 @@ def served(upstream: FakeUpstream, tmp_path: Path) -> Iterator[tuple[str, openai
         yield base, openai.OpenAI(base_url=base + "/v1", api_key=MASTER, max_retries=2)
 
 
-def _metrics(base: str) -> str:
-    return httpx.get(base + "/metrics", headers={"Authorization": f"Bearer {MASTER}"}).text
+def _counted(base: str, kind: str) -> tuple[float, float]:
+    """Model m's structured-output failures of ``kind`` and its retries, from /metrics."""
+    text = httpx.get(base + "/metrics", headers={"Authorization": f"Bearer {MASTER}"}).text
 
+    def sample(name: str, **labels: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
 
-def _sample(text: str, name: str, **labels: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return (sample("tokenway_structured_output_failures_total", model="m", kind=kind),
+            sample("tokenway_structured_output_retries_total", model="m"))
 
 
 def _committed(base: str, key_id: str) -> int:
@@ -87,9 +90,7 @@ def test_invalid_json_is_retried_with_its_error_and_the_usage_adds_up(
     assert retry[2]["role"] == "user"
     assert "choices[0].message.content: not valid JSON" in retry[2]["content"]
     assert "line 1 column 16" in retry[2]["content"]  # where the JSON broke off
-    metrics = _metrics(base)
-    assert _sample(metrics, "tokenway_structured_output_failures_total", model="m", kind="json") == 1
-    assert _sample(metrics, "tokenway_structured_output_retries_total", model="m") == 1
+    assert _counted(base, "json") == (1, 1)
 
 
 def test_a_reply_that_stays_invalid_is_a_clear_error_after_n_plus_one_calls(
@@ -108,9 +109,7 @@ def test_a_reply_that_stays_invalid_is_a_clear_error_after_n_plus_one_calls(
     assert body["validation"]["where"] == "choices[0].message.content"
     # Two retries (the default), and none by the SDK on top of them: x-should-retry: false.
     assert len(upstream.seen) == 3
-    metrics = _metrics(base)
-    assert _sample(metrics, "tokenway_structured_output_failures_total", model="m", kind="json") == 3
-    assert _sample(metrics, "tokenway_structured_output_retries_total", model="m") == 2
+    assert _counted(base, "json") == (3, 2)
 
 
 def test_a_strict_schema_mismatch_is_retried_with_the_schema_path(
@@ -125,7 +124,7 @@ def test_a_strict_schema_mismatch_is_retried_with_the_schema_path(
     note = upstream.seen[1].body["messages"][-1]["content"]
     assert "at $.age: 'thirty-six' is not of type 'integer'" in note
     assert "conforms to the schema 'person'" in note
-    assert _sample(_metrics(base), "tokenway_structured_output_failures_total", model="m", kind="schema") == 1
+    assert _counted(base, "schema") == (1, 1)
 
 
 def test_a_stream_is_relayed_and_checked_at_its_end(upstream: FakeUpstream, served: tuple[str, openai.OpenAI]) -> None:
@@ -141,7 +140,7 @@ def test_a_stream_is_relayed_and_checked_at_its_end(upstream: FakeUpstream, serv
     assert text == "this is not JSON"  # relayed as it came; the error event came before [DONE]
     assert "did not match the requested JSON object" in raised.value.message
     assert len(upstream.seen) == 1 and upstream.seen[0].body["stream"] is True
-    assert _sample(_metrics(base), "tokenway_structured_output_failures_total", model="m", kind="json") == 1
+    assert _counted(base, "json") == (1, 0)  # nothing can be retried once the client has the text
 
 
 def test_a_valid_stream_ends_normally(upstream: FakeUpstream, served: tuple[str, openai.OpenAI]) -> None:
@@ -196,8 +195,7 @@ def test_tool_call_arguments_that_break_their_schema_are_retried(
     assert retry[1]["role"] == "assistant" and retry[1]["tool_calls"][0]["id"] == "call_1"
     assert retry[2]["role"] == "tool" and retry[2]["tool_call_id"] == "call_1"
     assert "'city' is a required property" in retry[2]["content"]
-    assert _sample(_metrics(base), "tokenway_structured_output_failures_total", model="m",
-                   kind="tool_arguments") == 1
+    assert _counted(base, "tool_arguments") == (1, 1)
 
 
 def test_a_call_to_an_undeclared_tool_is_retried(upstream: FakeUpstream, served: tuple[str, openai.OpenAI]) -> None:
