@@ -1,0 +1,421 @@
+"""Prompt-injection detection: named heuristic rules, and an optional classifier on the bundled MiniLM.
+
+- ``InjectionRules``: a curated set of regular expressions over a normalised copy of the text
+  (casefolded, white space collapsed, zero-width characters dropped, accents, common homoglyphs
+  and in-word leetspeak folded, letter-spaced words joined), so trivial obfuscation does not
+  pass. Base64 and hex runs are decoded and checked too. Synchronous and cheap.
+- ``InjectionClassifier``: all-MiniLM-L6-v2 sentence embeddings of the text (in overlapping word
+  windows for long texts; the highest window wins) scored by a logistic-regression head trained
+  offline (``benchmarks/guards/injection/train.py``) and shipped as package data. The encoder
+  runs on its own thread, off the event loop. Needs the ``semantic`` extra.
+
+Precision, recall and cost of each are measured in ``benchmarks/guards/injection/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import re
+import unicodedata
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy and the model are imported only when the classifier loads
+    import numpy as np
+
+    from tokenway.cache.semantic import Embedder
+
+
+@dataclass(frozen=True, slots=True)
+class InjectionVerdict:
+    """One check's outcome: ``reason`` is the rule that fired, or "classifier"."""
+
+    injection: bool
+    score: float  # 0..1
+    reason: str
+
+
+# --- normalisation -------------------------------------------------------------------------------
+
+# Invisible characters attackers put inside words so a phrase no longer matches.
+_QUOTES = str.maketrans("\u2018\u2019\u201c\u201d", "''\"\"")  # curly quotes as straight ones
+_INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u180e\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064"
+                                    "\ufeff\u034f\u115f\u1160\u17b4\u17b5"))
+# Cyrillic and Greek letters that look like Latin ones (NFKC leaves them alone), lower case only:
+# the text is casefolded first. Folded in words that mix them with Latin letters or are made of
+# them alone, so real Russian or Greek words stay readable.
+_LOOKALIKE = "аеорсухіјѕԁɡкмнтвαεορτυνικχ"
+_HOMOGLYPHS = str.maketrans(_LOOKALIKE, "aeopcyxijsdgkmhtbaeoptuvikx")
+_LOOKALIKES = frozenset(_LOOKALIKE)
+_WORD = re.compile(r"[^\W\d_]+")
+# Leetspeak is folded only inside a word that also has letters, so "3 rules" or "2024" stay as they are.
+_LEET = str.maketrans("0134579$", "oieastgs")
+_LEET_WORD = re.compile(r"[a-z0-9$]*[a-z][a-z0-9$]*")
+_HAS_LEET = re.compile(r"[0134579$]")
+_COMBINING = re.compile(r"[\u0300-\u036f]")
+# Four or more single letters separated by one space, dot, dash, underscore or asterisk: "i g n o r e".
+_SPACED = re.compile(r"(?<![a-z])(?:[a-z][ .\-_*]){3,}[a-z](?![a-z])")
+_SPACED_SEP = re.compile(r"[ .\-_*]")
+_EMPHASIS = re.compile(r"[*~`]+")  # markdown emphasis and code marks cut a phrase into pieces
+_BLANKS = re.compile(r"[ \t\r\f\v]+")
+_NEWLINES = re.compile(r"\s*\n\s*")
+
+
+def _unhomoglyph(match: re.Match[str]) -> str:
+    word = match.group()
+    if word.isascii() or not (re.search("[a-z]", word) or _LOOKALIKES.issuperset(word)):
+        return word
+    return word.translate(_HOMOGLYPHS)
+
+
+def _unleet(match: re.Match[str]) -> str:
+    word = match.group()
+    return word.translate(_LEET) if _HAS_LEET.search(word) else word
+
+
+def normalise(text: str) -> str:
+    """The text the rules read: lower case, plain letters, single spaces, line breaks kept."""
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
+        text = _COMBINING.sub("", unicodedata.normalize("NFD", text))
+        text = unicodedata.normalize("NFC", text).translate(_QUOTES)
+    text = text.casefold()
+    if not text.isascii():
+        text = _WORD.sub(_unhomoglyph, text)
+    if _HAS_LEET.search(text):
+        text = _LEET_WORD.sub(_unleet, text)
+    text = _SPACED.sub(lambda m: _SPACED_SEP.sub("", m.group()), _EMPHASIS.sub("", text))
+    return _NEWLINES.sub("\n", _BLANKS.sub(" ", text)).strip()
+
+
+# --- the rules -----------------------------------------------------------------------------------
+
+_W = r"(?:[\w',-]+ ){0,3}"  # up to three filler words ("all of the", "any of your")
+_ALL = r"(?:all|any|every|each|the|your|these|those|of|above|previous|prior)"
+_BEFORE = (r"(?:previous|prior|preceding|above|earlier|former|foregoing|original|initial|existing|old|"
+           r"system|developer(?:'s)?|openai|default|safety|given)")
+_ORDERS = (r"(?:instructions?|directions?|directives?|prompts?|rules?|guidelines?|commands?|orders?|"
+           r"constraints?|programming|guardrails?|restrictions?|context|guidance|policies|policy|"
+           r"system (?:message|prompt)|developer message)")
+_NOT_MINE = r"(?!(?:[\w',-]+ ){0,3}(?:my|our|mine)\b)"  # "ignore my previous message" is the user changing course
+_MODEL = r"(?:ai|llm|large language model|language model|ai assistant|assistant|chatbot|bot|ai agent|agent|model|gpt)"
+_DOCUMENT = r"(?:document|email|e-mail|page|text|file|message|website|review|resume|cv|pdf|content)"
+_SHOW = (r"(?:reveal|print|show|output|display|repeat|tell|give|share|leak|dump|disclose|write out|spell out|recite|"
+         r"echo|paste|copy|list|quote|summari[sz]e|translate)")
+_SECRET_PROMPT = (r"(?:system prompt|system message|initial prompt|hidden prompt|pre-?prompt|instructions|prompt|"
+                  r"directives|configuration|setup text|rules)")
+_SENSITIVE = (r"(?:conversation|chat (?:history|log)|system prompt|previous messages|credentials|passwords|secrets|"
+              r"session tokens?|cookies|private keys?|contacts|inbox|user'?s? (?:\w+ )?(?:data|messages|emails?|files|"
+              r"passwords?|credentials|details|information|history|address(?:es)?)|all (?:the )?(?:emails|messages|"
+              r"files|documents))")
+_DESTINATION = r"(?:https?://|www\.|\b[\w.-]+@[\w-]+\.\w|\burl\b|\bendpoint\b|\bwebhook\b|query (?:string|parameter))"
+_VOID = (r"(?:void|cancell?ed|revoked|obsolete|invalid|null and void|overridden|rescinded|suspended|lifted|"
+         r"no longer (?:apply|applies|valid|in effect|counts?|matters?|in force)|(?:do|does) not apply|"
+         r"(?:don't|doesn't) apply|are over|expired)")
+
+# Each rule: a name (reported as the verdict's reason) and a pattern over the normalised text.
+RULES: tuple[tuple[str, str], ...] = (
+    # "Ignore all previous instructions", "disregard your rules", "forget everything above".
+    ("ignore-previous",
+     rf"\b(?:ignore|disregard|forget|skip|override|bypass|drop|discard|abandon|neglect|set aside|throw out|"
+     rf"do not follow|don't follow|stop following|no longer follow)\b {_NOT_MINE}(?:{_ALL} ){{0,4}}{_W}"
+     rf"(?:{_BEFORE} {_W}{_ORDERS}|(?:all|any|your) (?:of )?(?:your |the )?{_ORDERS}\b)"
+     rf"|\b(?:ignore|disregard|forget|discard|throw out|set aside|drop) (?:all )?(?:of )?(?:the )?{_ORDERS} "
+     r"(?:you (?:were|have been|'ve been) (?:given|told)|(?:written )?(?:above|before this|earlier))"
+     r"|\b(?:ignore|disregard|forget) (?:all of |everything |anything )?(?:that |what )?(?:you (?:were|have been|"
+     r"'ve been) (?:told|given|instructed|programmed)|(?:written |said |stated )?(?:above|before this|prior to this))"
+     r"|\b(?:ignore|disregard|forget|override|bypass) (?:all |any |your |the )(?:system|developer) (?:message|prompt)"
+     r"|\b(?:ignore|disregard) (?:the |your )?(?:user|human)(?:'s)?\b(?! (?:input|agent|id|name|interface))"),
+    # "Your previous instructions are void", "whatever you were told earlier no longer counts".
+    ("orders-void",
+     rf"\b(?:previous|prior|earlier|above|original|initial|existing|system|developer(?:'s)?) (?:\w+ ){{0,2}}"
+     rf"(?:instructions|rules|guidance|guidelines|directives|configuration|prompt|programming|restrictions|constraints)"
+     rf" (?:\w+ ){{0,3}}{_VOID}"
+     rf"|\b(?:instructions|rules|guidance|guidelines|orders) (?:from|given|you got) (?:before|earlier|above) {_VOID}"
+     rf"|\b(?:what|whatever|everything|anything) you (?:were|have been|'ve been) (?:told|given|instructed) "
+     rf"(?:(?:before|earlier|previously|above|so far) )?(?:no longer|does not|doesn't|don't) (?:counts?|matters?|appl)"
+     r"|\b(?:nothing|none of what) you (?:were|have been|'ve been) (?:told|given|instructed) (?:\w+ ){0,2}matters"),
+    # Non-English forms of the same order (accents are folded by ``normalise``).
+    ("ignore-previous-multilingual",
+     r"\b(?:ignoriere|vergiss|ignorieren sie) (?:\w+ ){0,3}(?:vorherigen?|bisherigen?|obigen?|alle[nr]?) "
+     r"(?:\w+ )?(?:anweisungen|regeln|befehle|instruktionen)"
+     r"|\b(?:ignora|ignore|olvida|oublie|ignorez|oubliez|ignorar|esqueca|dimentica) (?:\w+ ){0,3}"
+     r"(?:instrucciones|instructions|instrucoes|istruzioni|consignes|regles|reglas|regras|regole)"
+     r" (?:\w+ )?(?:anteriores|precedentes|previas|precedenti|anterieures|anteriori)"
+     r"|忽略(?:之前|以上|上面|先前|所有)|(?:以前|前|上記|これまで)の(?:すべての)?(?:指示|命令)を無視"
+     r"|игнорируи(?:те)? (?:\S+ ){0,2}(?:предыдущие|инструкции)"),
+    # Personas whose whole point is to drop the rules.
+    ("do-anything-now", rf"\b{_MODEL}s? (?:that|who|which) (?:can|will) (?:do|say) anything\b|"
+     r"\bdo anything now\b|\byou are (?:now )?(?:a |an )?dan\b|\bdan mode\b|\bact as (?:a )?dan\b"),
+    ("jailbreak-mode",
+     r"\b(?:jailbreak|jailbroken|god|unrestricted|unfiltered|uncensored|dan|evil|chaos) mode (?:is )?(?:now )?"
+     r"(?:enabled|activated|on|engaged|unlocked)\b"
+     r"|\b(?:enter|activate|enable|switch to|simulate|you are (?:now )?in|you're (?:now )?in|stay in) "
+     r"(?:jailbreak|jailbroken|dan|god|unrestricted|unfiltered|uncensored|evil) mode\b"
+     r"|\b(?:you are|you're) (?:now )?(?:in|running in|operating in) developer mode\b"
+     r"|\bwith developer mode (?:enabled|activated|on)\b|\bdeveloper mode (?:output|response)\b"),
+    ("unrestricted-persona",
+     rf"\b(?:unrestricted|unfiltered|uncensored|jailbroken|amoral|unaligned|unbound|unchained) (?:\w+ )?{_MODEL}\b"
+     rf"|\b{_MODEL}s? (?:with no|without (?:any )?|free of|free from|that has no|who has no|"
+     r"that (?:has|have) had its) "
+     r"(?:\w+ )?(?:filters|restrictions|limits|rules|guidelines|ethics|morals|censorship|limitations|alignment)"
+     r"|\b(?:pretend|act|behave|roleplay|role-play|imagine) (?:as if |as though |like |that )?you "
+     r"(?:are|were|have|had) "
+     r"(?:an? )?(?:\w+ )?(?:ai|assistant|model|chatbot|version of yourself|bot) (?:with(?:out)? |that has no |free of )"
+     r"(?:any |no )?(?:restrictions|filters|rules|limits|limitations|guidelines|ethics|morals|censorship|safety)"
+     r"|\bif you (?:had|have) no (?:\w+ )?(?:rules|restrictions|filters|guidelines|limits|ethics)\b"
+     r"|\b(?:alignment|safety (?:rules|filters|training|guidelines)|guardrails|content filters?) "
+     r"(?:has |have )?(?:been |were |was )?(?:removed|disabled|turned off|deleted|stripped)"),
+    ("no-rules",
+     r"\byou (?:are|have been|were) (?:now )?(?:freed|liberated|released|unshackled|free) from (?:[\w']+ ){0,3}"
+     r"(?:rules|restrictions|guidelines|constraints|limitations|policies|filters|programming|confines)"
+     r"|\byou (?:do not|don't|no longer|will not|won't|never) (?:have to |need to )?"
+     r"(?:follow|obey|abide by|comply with|adhere to|care about|respect) (?:[\w']+ ){0,2}"
+     r"(?:rules|restrictions|guidelines|policies|content polic(?:y|ies)|ethical|safety|filters)"
+     r"|\b(?:not|no longer) bound by (?:\w+ ){0,3}(?:rules|restrictions|guidelines|policies|ethics|filters)"
+     r"|\bnever refuse\b"),
+    ("disable-safety",
+     r"\b(?:disable|turn off|switch off|bypass|circumvent|deactivate|remove|ignore|override|evade) (?:all )?(?:of )?"
+     r"your (?:\w+ )?(?:safety|content|ethical|moral)? ?(?:filters?|guardrails?|safeguards?|restrictions|"
+     r"alignment|censorship|moderation|safety (?:features|measures|protocols|settings))"),
+    # Asking for the hidden prompt.
+    ("reveal-prompt",
+     rf"\b(?:{_SHOW}|what (?:is|are|was|were)|what's) (?:me |us )?(?:back )?(?:\w+ ){{0,5}}your (?:\w+ ){{0,2}}"
+     r"(?:system prompt|system message|initial prompt|hidden prompt|pre-?prompt|instructions|prompt|directives|"
+     r"guidelines you were given|rules you were given|configuration|setup text)\b"
+     rf"|\b{_SHOW} (?:me )?the (?:\w+ )?(?:hidden|secret|original|initial|confidential|full|entire|complete|exact) "
+     r"(?:system )?(?:prompt|instructions|message)"
+     rf"|\bwhat does your (?:\w+ )?{_SECRET_PROMPT} say"
+     rf"|\byour (?:\w+ )?{_SECRET_PROMPT}\b.{{0,60}}\b(?:verbatim|word for word|exactly as (?:written|given)|"
+     r"in full|one (?:letter|word) at a time)"
+     rf"|\b{_SHOW} (?:me )?(?:\w+ ){{0,3}}(?:instructions|rules|directives|guidelines|prompt|text|words) you "
+     r"(?:are|were|have been|'re) (?:following|given|running with|operating under)"),
+    ("prompt-leak",
+     r"\b(?:repeat|print|output|copy|write|echo|recite|reproduce|return|translate) (?:back )?(?:all |every(?:thing)? )?"
+     r"(?:of )?(?:the )?(?:\w+ )?(?:words?|text|content|lines?|tokens?|instructions|messages?|everything)? ?"
+     r"(?:above|before this (?:line|message|point)|preceding this|prior to this|that came before)\b"
+     r"(?:.{0,40}\b(?:starting|beginning) (?:with|from))?"
+     r"|\b(?:starting|beginning) with (?:the words )?[\"'“]?you are (?:a |an )?(?:chatgpt|gpt|an? ai|a large language)"
+     r"|\bwhat (?:was|were) (?:you )?(?:told|written|said|given) (?:before|above|at the (?:start|beginning|top))"
+     r" (?:of )?(?:this|the) (?:conversation|chat|prompt)"),
+    # Text that dresses up as a chat template's role marker.
+    ("fake-role-tag",
+     r"<\|im_start\|> ?(?:system|assistant|developer)|<\|(?:system|assistant|developer)\|>"
+     r"|<\|start_header_id\|> ?system"
+     r"|\[/?inst\]|<</?sys>>|\[(?:system|admin)\]\(#"
+     r"|(?:^|\n|[.!?] )(?:#{2,}|-{3,}|={3,}) ?(?:system|admin|developer|root)"
+     r"(?: (?:message|prompt|override|instructions?|notice|update))? ?(?::|#{2,}|-{3,}) ?\n? ?"
+     r"(?:ignore|disregard|forget|you (?:are|must|will|should)|new|override|from now|the assistant|assistant)"
+     r"|\[(?:system|assistant|admin|developer)\](?!\n) ?(?:\w+ ){0,3}?(?:ignore|disregard|forget|you (?:are|must|will|"
+     r"should)|send|the assistant|new|from now|reveal|print|always|never|do not)"
+     r"|\b(?:system|admin|administrator|developer|root) override\b"),
+    ("new-instructions",
+     r"(?:^|\n|[.!?] )[#*>=\[(<!\s-]*(?:new|updated|revised|real|actual|true|secret) (?:system )?(?:instructions?|"
+     r"directives?|rules|task|orders|objective) ?:"
+     r"|\byour (?:new|real|true|actual|only|updated) (?:instructions?|task|goal|objective|purpose|directive|"
+     r"mission|role|job) (?:is|are|now|from now)\b"
+     r"|\bfrom now on,? you (?:are|will be|shall be|must|will) (?:no longer|not (?:be )?(?:bound|restricted|limited)|"
+     r"dan|unrestricted|unfiltered|free|an? (?:unrestricted|unfiltered|evil|jailbroken))"
+     r"|\b(?:override|overwrite|replace|supersede)s? (?:all )?(?:of )?(?:your |the |any )?(?:previous|prior|existing|"
+     r"original|current|system) (?:instructions|rules|directives|system prompt|prompt|guidelines|programming)"),
+    # Hidden orders in documents, e-mails and tool output, addressed to whichever model reads them.
+    ("addressed-to-model",
+     rf"\bif you are an? {_MODEL}\b(?: (?:reading|processing|summari[sz]ing|that (?:reads|is reading))| ?,)"
+     rf"|\b(?:note|message|instructions?|attention|important|memo|reminder|attn|psst|p\.?s\.?)(?: (?:to|for))? "
+     rf"(?:any |all |the )?{_MODEL}s?(?: (?:reading|processing|summari[sz]ing|that reads)| ?[:!])"
+     rf"|\b{_MODEL}s? (?:reading|processing|summari[sz]ing|parsing) this {_DOCUMENT}\b"
+     rf"|\bwhen (?:you|the ai|the assistant|the model|an ai) (?:summari[sz]e|read|process|parse|see)s? "
+     rf"this {_DOCUMENT}\b"
+     rf"|<!-- ?(?:note to |to |for )?(?:the )?{_MODEL}s?\b"),
+    # Sending the conversation or the user's data somewhere.
+    ("exfiltration",
+     r"\b(?:send|post|upload|forward|transmit|exfiltrate|leak|email|e-mail|append|include|encode|embed|copy|attach) "
+     rf"(?:\w+ ){{0,3}}{_SENSITIVE}\b.{{0,60}}?{_DESTINATION}"
+     rf"|(?:https?://|www\.)\S*.{{0,40}}\b(?:append|attach|add|include)(?:ing)? (?:\w+ ){{0,3}}{_SENSITIVE}"
+     r"|!\[[^\]]*\]\(https?://[^)\s]*(?:\{|%7b|\$\(|\[|<)"
+     r"|\b(?:render|display|show|output) (?:this |the following |an? )?(?:markdown )?image\b.{0,80}"
+     r"(?:conversation|chat history|user'?s?|secret|password|credentials|system prompt)"),
+    ("tool-hijack",
+     r"\b(?:call|use|invoke|run|execute|trigger) (?:the |your )?(?:\w+ )?(?:tool|function|plugin|api|action|command)"
+     r" (?:\w+ ){0,2}to (?:send|email|forward|delete|transfer|wire|post|upload|remove|drop|purchase|buy|grant|share)"
+     r"(?: \w+){0,6} (?:to|with|for) (?:https?://|www\.|[\w.-]+@[\w-]+\.\w|\$?\d|all\b|every\b|the attacker)"
+     r"|\b(?:without|do not|don't|never) (?:asking|ask|telling|tell|informing|inform|notifying|notify|alerting|alert"
+     r"|mentioning|mention) (?:the |your )?(?:user|human|owner|operator)\b"),
+    # Orders hidden behind an encoding.
+    ("encoded-payload",
+     r"\b(?:decode|decipher|decrypt|translate|convert|interpret) (?:\w+ ){0,4}(?:base64|base-64|hex|rot13|rot-13|"
+     r"binary|morse|caesar|reversed?)\b.{0,60}?\b(?:follow|execute|obey|run|carry out|perform|do what|act on|"
+     r"comply|apply)\b"
+     r"|\bdecode (?:this|the following|it)\b.{0,40}\b(?:do what it says|follow|execute|obey|carry out|act on)"
+     r"|\b(?:follow|execute|obey|carry out|act on) (?:\w+ ){0,4}(?:base64|base-64|hex|rot13|encoded|decoded|"
+     r"obfuscated|hidden) (?:\w+ )?(?:instructions?|commands?|payload|text|message|string)"),
+)
+
+LINE_RULES = frozenset({"fake-role-tag", "new-instructions"})  # rules that look for the start of a line
+
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{24,}={0,2}")
+_HEX_RUN = re.compile(r"\b(?:[0-9a-fA-F]{2}[ :]?){16,}")
+_PRINTABLE = re.compile(r"[\x20-\x7e\n\t]{12,}")
+
+
+def _decoded_runs(text: str) -> list[str]:
+    """Printable text hidden in the base64 and hex runs of ``text`` (for a second look)."""
+    found = []
+    for match in _BASE64_RUN.finditer(text):
+        run = match.group()
+        try:
+            raw = base64.b64decode(run + "=" * (-len(run) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        found.extend(_PRINTABLE.findall(raw.decode("latin-1")))
+    for match in _HEX_RUN.finditer(text):
+        try:
+            raw = bytes.fromhex(re.sub(r"[ :]", "", match.group()))
+        except ValueError:
+            continue
+        found.extend(_PRINTABLE.findall(raw.decode("latin-1")))
+    return found
+
+
+class InjectionRules:
+    """The named heuristic rules, plus any ``extra_patterns`` (regular expressions, named "custom").
+
+    Extra patterns are matched, case-insensitively, against the same normalised text as the
+    built-in rules: lower case, single spaces, accents and look-alike letters folded.
+    """
+
+    def __init__(self, extra_patterns: Sequence[str] = ()) -> None:
+        rules = list(RULES)
+        for pattern in extra_patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"Invalid injection pattern {pattern!r}: {exc}.") from None
+            rules.append(("custom", pattern))
+        # Two alternations, one scan each: the group that matched names the rule. The line rules read
+        # the line breaks; the others read one flat line, so a phrase split over two lines still matches.
+        self._groups = {f"rule{i}_": name for i, (name, _) in enumerate(rules)}
+        self._lines, self._flat = (
+            re.compile("|".join(f"(?P<rule{i}_>{p})" for i, (name, p) in enumerate(rules)
+                                if (name in LINE_RULES) == lines), re.IGNORECASE | re.DOTALL)
+            for lines in (True, False))
+
+    def check(self, text: str) -> InjectionVerdict:
+        """Whether ``text`` matches a rule, as is or once its base64/hex runs are decoded."""
+        name = self._match(normalise(text))
+        if name is None and (_BASE64_RUN.search(text) or _HEX_RUN.search(text)):
+            for hidden in _decoded_runs(text):
+                inner = self._match(normalise(hidden))
+                if inner is not None:
+                    name = f"encoded-payload:{inner}"
+                    break
+        if name is None:
+            return InjectionVerdict(False, 0.0, "")
+        return InjectionVerdict(True, 1.0, name)
+
+    def _match(self, normalised: str) -> str | None:
+        match = self._lines.search(normalised) or self._flat.search(normalised.replace("\n", " "))
+        if match is None:
+            return None
+        # ``lastgroup`` would name a custom pattern's own inner group; the rule is the outer one that matched.
+        group = next(key for key, value in match.groupdict().items() if value is not None and key in self._groups)
+        return self._groups[group]
+
+
+# --- the classifier ------------------------------------------------------------------------------
+
+HEAD_FILE = "injection_head.json"  # in tokenway/guards/data/, written by benchmarks/guards/injection/train.py
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The logistic-regression head over MiniLM's 384-float sentence vector, and how texts are windowed."""
+
+    weights: np.ndarray  # (384,) float32
+    bias: float
+    threshold: float  # the score at or above which a text is called an injection
+    window: int  # words per window
+    stride: int  # words between window starts
+
+    @classmethod
+    def read(cls, path: Path | None = None) -> Head:
+        """The head in ``path``, or the one shipped with tokenway."""
+        import numpy as np
+
+        if path is None:
+            raw = resources.files("tokenway.guards").joinpath("data", HEAD_FILE).read_text("utf-8")
+        else:
+            raw = path.read_text("utf-8")
+        data = json.loads(raw)
+        weights = np.asarray(data["weights"], dtype=np.float32)
+        if weights.shape != (384,):
+            raise ValueError(f"The injection head in {path or HEAD_FILE} has {weights.size} weights; MiniLM needs 384.")
+        return cls(weights, float(data["bias"]), float(data["threshold"]), int(data["window"]), int(data["stride"]))
+
+    def windows(self, text: str) -> list[str]:
+        """``text`` as overlapping windows of words (one window when it is short; never none)."""
+        words = text.split()
+        if len(words) <= self.window:
+            return [" ".join(words)]
+        starts = range(0, len(words) - self.window + self.stride, self.stride)
+        return [" ".join(words[start:start + self.window]) for start in starts]
+
+    def scores(self, vectors: np.ndarray) -> np.ndarray:
+        """The probability of injection for each row of ``vectors``."""
+        import numpy as np
+
+        logits = vectors @ self.weights + self.bias
+        return np.asarray(1.0 / (1.0 + np.exp(-logits)))
+
+
+class InjectionClassifier:
+    """MiniLM embeddings and a logistic-regression head; the highest-scoring window decides.
+
+    The text is normalised as for the rules (look-alike letters and leetspeak folded), cut into
+    windows of words so an order buried in a long document is not averaged away, and every
+    window is encoded in one batch on the classifier's own thread.
+    """
+
+    def __init__(self, embedder: Embedder, head: Head, threshold: float | None = None) -> None:
+        self._embedder = embedder
+        self._head = head
+        self.threshold = head.threshold if threshold is None else threshold
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenway-injection")
+
+    @classmethod
+    async def load(cls, threshold: float | None = None, head: Path | None = None) -> InjectionClassifier:
+        """Load the bundled MiniLM (on a thread) and the head (``head``: a JSON file; default the shipped one).
+
+        ``threshold``: the score at or above which a text is an injection; default the one chosen
+        when the head was trained (see ``benchmarks/guards/injection/RESULTS.md``).
+        """
+        if threshold is not None and not 0.0 < threshold < 1.0:
+            raise ValueError(f"The injection classifier's threshold must be between 0 and 1, not {threshold}.")
+        from tokenway.cache.semantic import Embedder
+
+        weights = Head.read(head)
+        embedder = await asyncio.to_thread(Embedder.load)
+        return cls(embedder, weights, threshold)
+
+    def score(self, text: str) -> float:
+        """The injection score of ``text`` (blocking: the model runs on the calling thread)."""
+        windows = self._head.windows(normalise(text))
+        return float(self._head.scores(self._embedder.encode(windows)).max())
+
+    async def check(self, text: str) -> InjectionVerdict:
+        """The verdict on ``text``, encoded off the event loop."""
+        loop = asyncio.get_running_loop()
+        score = await loop.run_in_executor(self._thread, self.score, text)
+        return InjectionVerdict(score >= self.threshold, score, "classifier")
+
+    async def aclose(self) -> None:
+        """Stop the classifier's thread and the embedder's."""
+        self._thread.shutdown(wait=False, cancel_futures=True)
+        self._embedder.close()
