@@ -7,6 +7,7 @@ A key's secret is shown once, in the answer to its creation; afterwards only its
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tokenway.access import Access
 from tokenway.api.guards import presented_key, require_master_key
-from tokenway.errors import AuthenticationFailed, NotFound
+from tokenway.errors import AuthenticationFailed, InvalidRequest, NotFound
 from tokenway.keys import key_record, new_key
 from tokenway.policies.access import budget_lines
 from tokenway.stores.base import NANOS_PER_DOLLAR, Budget, GroupBy, KeyRecord
@@ -36,8 +37,17 @@ class KeyFields(BaseModel):
     max_streams: Annotated[int, Field(ge=1)] | None = None  # streams in flight at once
     budget: Budget | None = None
     structured_output: Literal["validate", "buffer"] | None = None  # "buffer": guaranteed valid JSON on streams too
+    guards: list[str] | None = None  # guard profiles (config guards.profiles) applied on top of the model's
     expires_at: float | None = None  # unix seconds
     expires_in_s: Annotated[float, Field(gt=0)] | None = None  # or: this long from now
+
+    def check_guards(self, profiles: Collection[str]) -> None:
+        """400 naming the first guard profile the config does not define."""
+        for name in self.guards or []:
+            if name not in profiles:
+                known = ", ".join(sorted(profiles)) or "none are configured"
+                raise InvalidRequest(f"Unknown guard profile {name!r} (the config's guards.profiles: {known}).",
+                                     param="guards", code="unknown_guard_profile")
 
     def values(self) -> dict[str, Any]:
         out = self.model_dump(exclude_unset=True, exclude={"expires_in_s"})
@@ -46,7 +56,7 @@ class KeyFields(BaseModel):
         return out
 
 
-def admin_router(access: Access, master_key: str | None) -> APIRouter:
+def admin_router(access: Access, master_key: str | None, guard_profiles: Collection[str] = ()) -> APIRouter:
     admin = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_master_key(master_key))])
     router = APIRouter()
 
@@ -58,6 +68,7 @@ def admin_router(access: Access, master_key: str | None) -> APIRouter:
 
     @admin.post("/keys", summary="Create a virtual key (the secret is in this answer only)")
     async def create_key(fields: KeyFields) -> dict[str, Any]:
+        fields.check_guards(guard_profiles)
         secret, key_id = new_key()
         record = key_record(secret, key_id, **fields.values())
         await access.db.put_key(record)
@@ -75,6 +86,7 @@ def admin_router(access: Access, master_key: str | None) -> APIRouter:
 
     @admin.patch("/keys/{key_id}", summary="Change a key's settings")
     async def update_key(key_id: str, fields: KeyFields) -> dict[str, Any]:
+        fields.check_guards(guard_profiles)
         record = await get_or_404(key_id)
         updated = KeyRecord.model_validate({**record.model_dump(), **fields.values()})
         await access.db.put_key(updated)
