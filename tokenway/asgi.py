@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from tokenway.errors import GatewayError, PayloadTooLarge
+from tokenway.errors import GatewayError, PayloadTooLarge, RequestTimeout
 
 if TYPE_CHECKING:
     from tokenway.context import RequestContext
@@ -32,9 +32,11 @@ STREAM_HEADERS = [
 # An ASGI extension of tokenway's own server protocol (tokenway/http_protocol.py): a dict of hooks
 # in ``scope["extensions"]``, one per request. The app may put a callable under ``ON_DISCONNECT``,
 # which the server calls when the client hangs up before the response is complete: it spares a
-# watcher task per request.
+# watcher task per request. The server puts the body timeout in seconds under ``BODY_LATE`` when the
+# request's body did not arrive within it, and wakes the app's pending ``receive()``.
 SERVER_HOOKS = "tokenway.server"
 ON_DISCONNECT = "on_disconnect"
+BODY_LATE = "body_late"
 
 
 class ClientDisconnected(Exception):
@@ -47,29 +49,41 @@ def server_hooks(scope: Scope) -> dict[str, Any] | None:
     return extensions.get(SERVER_HOOKS) if extensions else None
 
 
-async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
+async def read_body(receive: Receive, limit: int, declared: int | None, hooks: dict[str, Any] | None = None) -> bytes:
+    """The request body, read as it streams and never more than ``limit`` bytes of it: 413 as soon as
+    the declared length or the bytes received pass the limit, before any more is read. 408 once the
+    server says the body is late (``BODY_LATE`` in ``hooks``). Either answer closes the connection,
+    whose unread rest of a body is of no use to another request."""
     if declared is not None and declared > limit:
-        raise PayloadTooLarge(f"The request body is {declared} bytes; the limit is {limit} bytes.")
+        raise _too_large(f"The request body is {declared} bytes; the limit is {limit} bytes.")
     message = await receive()
     if message["type"] == "http.disconnect":
         raise ClientDisconnected
     body: bytes = message.get("body", b"")
     if not message.get("more_body"):
         if len(body) > limit:
-            raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes.")
+            raise _too_large(f"The request body is over the limit of {limit} bytes.")
         return body
     parts = [body]
     size = len(body)
     while message.get("more_body"):
+        late = hooks.get(BODY_LATE) if hooks is not None else None
+        if late:
+            raise RequestTimeout(f"The request body did not arrive within {late:g} s of its headers; send it "
+                                 "faster.", headers={"connection": "close"})
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnected
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes.")
+            raise _too_large(f"The request body is over the limit of {limit} bytes.")
         parts.append(chunk)
     return b"".join(parts)
+
+
+def _too_large(message: str) -> PayloadTooLarge:
+    return PayloadTooLarge(message, headers={"connection": "close"})
 
 
 async def send_bytes(

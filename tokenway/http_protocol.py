@@ -12,16 +12,30 @@ leave exactly when they are written.
 measured ≥ 5% fewer requests per second end to end (benchmarks/ab/RESULTS.md), and only for the
 uvicorn versions in ``TESTED_UVICORN``: tests/test_http_protocol.py fails on any other, and
 pyproject.toml's uvicorn range names the same ones.
+
+It also bounds what a slow or oversized client can hold, which uvicorn's httptools protocol does
+not (its ``timeout_keep_alive`` covers only the idle time between requests; the parser buffers
+headers of any size and number): a request's head (request line and headers) must arrive within
+``limits.header_timeout_s`` of its first byte (or of the connection's open), with at most
+``max_header_count`` headers and ``max_header_bytes`` bytes, else 431 or 408 and the connection
+closed. Its body must be complete within ``body_timeout_s`` of the head: past that the app is
+told (``BODY_LATE`` in the request's hooks; ``read_body`` answers 408) and the connection closed
+soon after, whether the app answered or not. A timer runs only while a head or body is incomplete
+at the end of a read, so a request that arrives in one piece sets none.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http
+from functools import partial
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from tokenway.asgi import ON_DISCONNECT, SERVER_HOOKS
+from tokenway.asgi import BODY_LATE, ON_DISCONNECT, SERVER_HOOKS
+from tokenway.config import Limits
+from tokenway.errors import GatewayError, HeadersTooLarge, RequestTimeout
 
 TESTED_UVICORN = ("0.55",)  # minor versions this subclass was measured and tested on
 
@@ -65,16 +79,64 @@ class CoalescingTransport:
 
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """Also offers the app a hang-up hook (``SERVER_HOOKS``) in every request's scope."""
+    """Also offers the app a hang-up hook (``SERVER_HOOKS``) in every request's scope, and bounds slow
+    and oversized requests (``limits``: the module docstring says how)."""
+
+    def __init__(self, *args: Any, limits: Limits | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = limits or Limits()
+        self._timer: asyncio.TimerHandle | None = None  # the deadline of the head or body being read
+        self._head: int | None = None  # bytes of the head being parsed (request line, headers); None between
+        self._in_body = False  # between a head and the end of its body
+        self._unparsed = 0  # bytes received since a head or body last ended: bounds a header line with no end
+        self._refusal: bytes | None = None  # the answer to a head refused inside a parser callback
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+        self._timer = self.loop.call_later(self.limits.header_timeout_s, self._head_late)
+
+    def data_received(self, data: bytes) -> None:
+        self._unparsed += len(data)
+        super().data_received(data)
+        if self._head is not None:
+            if self._unparsed > self.limits.max_header_bytes:
+                self._answer_and_close(self._too_large())
+        elif self._in_body and self._timer is None:
+            self._timer = self.loop.call_later(self.limits.body_timeout_s, self._body_late)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope["extensions"] = {SERVER_HOOKS: {}}  # type: ignore[typeddict-unknown-key]
+        self._head = 0
+        if self._timer is None:  # the first request's head counts from the connection's open
+            self._timer = self.loop.call_later(self.limits.header_timeout_s, self._head_late)
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._grow_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        if len(self.headers) > self.limits.max_header_count:
+            self._refuse(HeadersTooLarge(
+                f"The request has more than {self.limits.max_header_count} headers; send fewer."))
+        self._grow_head(len(name) + len(value) + 4)
+
+    def on_headers_complete(self) -> None:
+        self._head = None
+        self._in_body = True
+        self._unparsed = 0
+        self._cancel_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_body = False
+        self._unparsed = 0
+        self._cancel_timer()  # the body deadline, or the close after it when the body came just in time
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
         cycle = self.cycle
         super().connection_lost(exc)
         if cycle is not None and not cycle.response_complete:
@@ -83,12 +145,76 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             if on_disconnect is not None:
                 on_disconnect()
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer when the parser fails; a head refused inside a callback gets its own."""
+        if self._refusal is None:
+            super().send_400_response(msg)
+        else:
+            self.transport.write(self._refusal)
+            self.transport.close()
 
-def server_options() -> dict[str, Any]:
-    """How the gateway runs uvicorn (``tokenway serve``, and the tests' servers)."""
+    def _grow_head(self, size: int) -> None:
+        assert self._head is not None
+        self._head += size
+        if self._head > self.limits.max_header_bytes:
+            self._refuse(self._too_large())
+
+    def _too_large(self) -> HeadersTooLarge:
+        return HeadersTooLarge(f"The request line and headers are over {self.limits.max_header_bytes} bytes; "
+                               "send shorter headers.")
+
+    def _refuse(self, error: GatewayError) -> None:
+        """Stop the parser (inside a callback, raising is the only way); uvicorn then calls
+        ``send_400_response``, which sends this answer instead."""
+        self._refusal = _answer(error)
+        raise error
+
+    def _answer_and_close(self, error: GatewayError) -> None:
+        self._cancel_timer()
+        if not self.transport.is_closing():
+            self.transport.write(_answer(error))
+            self.transport.close()
+
+    def _head_late(self) -> None:
+        self._timer = None
+        if self._head is None:  # not a byte of a request yet: nothing to answer
+            self.transport.close()
+        else:
+            self._answer_and_close(RequestTimeout(
+                f"The request's headers did not arrive within {self.limits.header_timeout_s:g} s."))
+
+    def _body_late(self) -> None:
+        """Tell the app (``read_body`` answers 408) and wake its read; close the connection a moment
+        later in any case: a request whose body never ends leaves it no use for another request."""
+        self._timer = self.loop.call_later(1.0, self.transport.close)
+        cycle = self.cycle
+        if not cycle.response_started:
+            cycle.scope["extensions"][SERVER_HOOKS][BODY_LATE] = True  # type: ignore[typeddict-item]
+            cycle.message_event.set()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _answer(error: GatewayError) -> bytes:
+    """A whole response that closes the connection, for requests the app never sees."""
+    body = error.envelope()
+    phrase = http.HTTPStatus(error.status).phrase
+    head = (f"HTTP/1.1 {error.status} {phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
+    return head.encode() + body
+
+
+def server_options(limits: Limits | None = None) -> dict[str, Any]:
+    """How the gateway runs uvicorn (``tokenway serve``, and the tests' servers), with the config's
+    bounds on slow and oversized requests (``limits``; the defaults when None)."""
     return {
         "loop": "uvloop",
-        "http": CoalescingHttpToolsProtocol,  # httptools, one send per response
+        # httptools, one send per response; a partial (not a subclass made here) so that
+        # `serve --workers N` can pickle it into the worker processes.
+        "http": partial(CoalescingHttpToolsProtocol, limits=limits or Limits()),
         "access_log": False,  # the gateway logs each request itself
         # No logging config of uvicorn's own: its records reach the root logger, where the app's
         # JsonLog writes them as JSON lines.
