@@ -115,7 +115,7 @@ class DataPlane:
             if not self._is_ready():
                 raise Overloaded("This gateway is not taking new calls: it is starting up (loading models) or "
                                  "draining before a restart. Retry shortly.", retry_after=2)
-            body = await read_body(receive, self._limits.max_body_bytes, declared_length)
+            body = await read_body(receive, self._limits.max_body_bytes, declared_length, hook)
             request = parse_body(adapter, body, required)
             simple = kind == "simple"
             if simple:
