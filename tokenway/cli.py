@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tokenway.config import ConfigError, Settings, SettingsError, load_config, load_settings
+from tokenway.config import ConfigError, Limits, Settings, SettingsError, load_config, load_settings
 from tokenway.usage import cli as access_commands
 
 if TYPE_CHECKING:
@@ -115,12 +115,12 @@ def serve(args: argparse.Namespace) -> int:
     if settings.workers == 1:
         from tokenway.app import create_app
 
-        _run_uvicorn(create_app(settings, config), settings)
+        _run_uvicorn(create_app(settings, config), settings, config.limits)
         return 0
-    return _serve_workers(settings)
+    return _serve_workers(settings, config.limits)
 
 
-def _serve_workers(settings: Settings) -> int:
+def _serve_workers(settings: Settings, limits: Limits) -> int:
     """Several worker processes, each with its own app from ``worker_app``; this one supervises."""
     from tokenway.observability.logging import JsonLog
 
@@ -140,7 +140,7 @@ def _serve_workers(settings: Settings) -> int:
     log = JsonLog(level=settings.log_level)
     log.capture_stdlib()
     try:
-        _run_uvicorn(f"{__name__}:worker_app", settings)
+        _run_uvicorn(f"{__name__}:worker_app", settings, limits)
     finally:
         log.release_stdlib()
         if metrics_dir:
@@ -157,7 +157,7 @@ def worker_app() -> Gateway:
     return create_app(Settings.model_validate_json(os.environ[WORKER_SETTINGS_ENV]))
 
 
-def _run_uvicorn(app: Gateway | str, settings: Settings) -> None:
+def _run_uvicorn(app: Gateway | str, settings: Settings, limits: Limits) -> None:
     import uvicorn
 
     from tokenway.http_protocol import server_options
@@ -173,7 +173,7 @@ def _run_uvicorn(app: Gateway | str, settings: Settings) -> None:
         backlog=4096,
         timeout_keep_alive=75,
         timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]  # drain: tokenway/drain.py
-        **server_options(),  # tokenway/http_protocol.py
+        **server_options(limits),  # tokenway/http_protocol.py
     )
 
 
