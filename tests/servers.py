@@ -47,7 +47,7 @@ def running_app(
     )
     server = uvicorn.Server(uvicorn.Config(
         app, host="127.0.0.1", port=port, lifespan="on", log_level="warning",
-        **{**server_options(), **({"http": http} if http is not None else {})},
+        **{**server_options(app.config.limits), **({"http": http} if http is not None else {})},
     ))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
