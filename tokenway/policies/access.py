@@ -9,7 +9,9 @@
    key's concurrency slot, and the request's worst case in money on the key's and the team's
    budget lines. The worst case is the prompt estimate plus ``max_tokens`` (a budgeted request
    without one is given ``access.budget_max_tokens``) at the dearest rates of every deployment that
-   may serve it, fallbacks included, so no attempt can cost more than was held.
+   may serve it, fallbacks included, so no attempt can cost more than was held. A stream first
+   takes a place among its key's streams in flight (a concurrency slot of its own, holding
+   ``limits.max_streams_per_key`` or the key's ``max_streams``), kept until the stream ends.
 3. **Settle and record**, when the response is over, whatever happened: tokens and money move to
    the real usage, and the ledger gets one row. A stream cut short (client hang-up, upstream error,
    timeout) before the backend reported usage is billed for its prompt estimate and the tokens
@@ -71,8 +73,10 @@ class AccessPolicy:
     def __init__(
         self, master_key: str | None, keys: KeyCache, counters: Counters, ledger: Ledger, access: AccessConfig,
         models: list[ModelConfig], log: JsonLog, clock: Callable[[], float] = time.time,
+        max_streams: int | None = None,
     ) -> None:
         self._master = master_key.encode() if master_key else None
+        self._max_streams = max_streams  # per virtual key, unless the key sets its own
         self._keys = keys
         self._counters = counters
         self._ledger = ledger
@@ -93,6 +97,10 @@ class AccessPolicy:
             ctx.model = model
         ask = Ask([], estimate_prompt_tokens(call))
         ctx.defer(lambda done: self._record(done, ask.tokens))  # every request past the keys, refused ones too
+        if call.stream and key is not None:
+            streams = key.max_streams or self._max_streams
+            if streams:
+                await self._hold_stream(ctx, key, streams)
         self._limit(ctx, key, call, model, ask)
         if ask.buckets or ask.lines or ask.slot:
             decision = await self._admit(ask)
@@ -167,6 +175,20 @@ class AccessPolicy:
         if key is None:
             raise AuthenticationFailed(f"The API key {owner} that submitted this job no longer exists.")
         return self._admit_key(ctx, key, model)
+
+    async def _hold_stream(self, ctx: RequestContext, key: KeyRecord, limit: int) -> None:
+        """A place among the key's streams in flight, or a 429. The place is given back when the request
+        ends, however it ends (done, upstream error, client hang-up): the settle is a finalizer."""
+        ask = Ask([], 0, slot=f"streams:key:{key.id}", slot_limit=limit, member=ctx.request_id + secrets.token_hex(4))
+        decision = await self._admit(ask)
+        if decision is None:  # the store is down and the gateway serves without limits
+            return
+        if not decision.admitted:
+            raise RateLimited(
+                f"Too many streams in flight for the API key {key.id}: its limit is {limit} at once. Wait for one "
+                "to finish, or ask without 'stream'.", retry_after=max(decision.retry_after, 1.0),
+                code="too_many_streams")
+        ctx.defer(lambda done: self._counters.settle(ask, 0, 0))
 
     def _limit(self, ctx: RequestContext, key: KeyRecord | None, call: Call, model: str, ask: Ask) -> None:
         """Fill in what this request takes from the counters: its plan's buckets, slot and budget hold."""
