@@ -1,10 +1,8 @@
-"""OpenAI's wire format: request schemas, validation, response and chunk builders, SSE framing.
+"""OpenAI's wire format: the request schemas (re-exported), usage, response and chunk builders, SSE framing.
 
-Requests are validated in one pass from bytes by pydantic-core into plain dicts
-(``TypedDict`` schemas, ~5 µs for a typical body): fields we know are checked, fields we
-don't (vendor extensions such as vLLM's ``top_k`` or ``ignore_eos``) pass through untouched,
-and fields the client did not send stay absent, so the upstream sees what the client sent.
-The same schemas document the endpoints in the OpenAPI spec.
+What a valid request is lives in ``request_schema`` (the schemas and the rules between fields,
+validated in one pydantic-core pass from bytes) and ``request_errors`` (the 400 that names the
+field); the names are re-exported here, where the rest of the wire format is.
 """
 
 from __future__ import annotations
@@ -12,136 +10,28 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import orjson
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
-from typing_extensions import TypedDict
 
-from tokenway.errors import InvalidRequest
+from tokenway.request_schema import (
+    CHAT_REQUEST,
+    COMPLETION_REQUEST,
+    SIMPLE_CHAT_REQUEST,
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    ResponseFormat,
+    SimpleChatRequest,
+    parse_body,
+)
 
-_OPEN = ConfigDict(extra="allow")
-
-Number = Annotated[float, Field(strict=False)]
-Stop = str | list[str] | None
-
-
-class ChatMessage(TypedDict, total=False):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None
-    name: str
-    tool_calls: list[dict[str, Any]]
-    tool_call_id: str
-
-
-class StreamOptions(TypedDict, total=False):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    include_usage: bool
-
-
-class _Sampling(TypedDict, total=False):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    model: str
-    stream: bool
-    stream_options: StreamOptions | None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None
-    top_p: Annotated[float, Field(ge=0, le=1)] | None
-    n: Annotated[int, Field(ge=1, le=128)] | None
-    stop: Stop
-    seed: int | None
-    max_tokens: Annotated[int, Field(ge=1)] | None
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None
-    logit_bias: dict[str, float] | None
-    user: str
-
-
-class ChatCompletionRequest(_Sampling, total=False):
-    """POST /v1/chat/completions. Unknown fields are accepted and forwarded."""
-
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None
-    tools: list[dict[str, Any]] | None
-    tool_choice: str | dict[str, Any] | None
-    parallel_tool_calls: bool | None
-    response_format: dict[str, Any] | None
-    logprobs: bool | None
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None
-
-
-class CompletionRequest(_Sampling, total=False):
-    """POST /v1/completions (legacy text completions). Unknown fields are accepted and forwarded."""
-
-    prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: Annotated[int, Field(ge=0, le=5)] | None
-    echo: bool
-    suffix: str | None
-    best_of: int | None
-
-
-class SimpleChatRequest(TypedDict, total=False):
-    """POST /chat: the minimal form. ``model`` defaults to the first configured model."""
-
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    stream: bool
-    model: str
-
-
-CHAT_REQUEST = TypeAdapter(ChatCompletionRequest)
-COMPLETION_REQUEST = TypeAdapter(CompletionRequest)
-SIMPLE_CHAT_REQUEST = TypeAdapter(SimpleChatRequest)
-
-
-def parse_body(adapter: TypeAdapter[Any], body: bytes, required: tuple[str, ...]) -> dict[str, Any]:
-    """Validate a JSON request body; raise ``InvalidRequest`` naming the first bad field."""
-    if not body:
-        raise InvalidRequest("The request body is empty; send a JSON object.")
-    try:
-        request: dict[str, Any] = adapter.validate_json(body)
-    except ValidationError as exc:
-        raise _as_invalid_request(exc) from None
-    for name in required:
-        if name not in request:
-            raise InvalidRequest(
-                f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter"
-            )
-    return request
-
-
-def _as_invalid_request(exc: ValidationError) -> InvalidRequest:
-    first = exc.errors(include_url=False)[0]
-    if first["type"] in ("json_invalid", "json_type"):
-        return InvalidRequest(
-            f"We could not parse the JSON body of your request ({first['msg']}). "
-            "Send a valid JSON object with Content-Type: application/json.",
-            code="invalid_json",
-        )
-    loc = [str(p) for p in first["loc"] if not _is_union_tag(p)]
-    param = _dotted(loc) or None
-    if first["type"] == "model_type" or (first["type"] == "dict_type" and not loc):
-        return InvalidRequest("The request body must be a JSON object.", code="invalid_type")
-    given = first.get("input")
-    shown = orjson.dumps(given)[:80].decode(errors="replace") if not isinstance(given, dict) else "an object"
-    return InvalidRequest(
-        f"Invalid value for '{param}': {first['msg']} (got {shown}).", param=param, code="invalid_value"
-    )
-
-
-def _is_union_tag(part: object) -> bool:
-    # pydantic names the union member it tried ("str", "list[str]", "constrained-float"...).
-    return isinstance(part, str) and (
-        "[" in part
-        or part in ("str", "int", "float", "bool", "none", "constrained-float", "constrained-int", "function-after")
-    )
-
-
-def _dotted(loc: list[str]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
-    return out
+__all__ = [
+    "CHAT_REQUEST", "COMPLETION_REQUEST", "SIMPLE_CHAT_REQUEST", "SSE_DONE", "SSE_HEARTBEAT", "ChatCompletionRequest",
+    "ChatMessage", "CompletionRequest", "ResponseFormat", "SSEDecoder", "SimpleChatRequest", "Usage", "chat_choice",
+    "chat_chunk", "chat_completion", "ends_stream", "is_done", "iter_sse_data", "new_id", "parse_body", "sse_data",
+    "sse_error", "sse_event", "sse_events", "text_choice", "text_chunk", "text_completion",
+]
 
 
 @dataclass(slots=True)
