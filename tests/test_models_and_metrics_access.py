@@ -20,7 +20,7 @@ def test_listing_models_needs_a_key_and_shows_only_the_allowed_ones(upstream: Fa
     with gateway(config(upstream), tmp_path) as (base, _):
         for path in ("/v1/models", "/v1/models/m"):
             r = httpx.get(base + path)
-            assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error", path
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", path
             assert httpx.get(base + path, headers={"Authorization": "Bearer tw-wrong"}).status_code == 401
 
         master = openai.OpenAI(base_url=base + "/v1", api_key=MASTER, max_retries=0)
@@ -36,7 +36,7 @@ def test_listing_models_needs_a_key_and_shows_only_the_allowed_ones(upstream: Fa
         with pytest.raises(openai.NotFoundError) as unknown:
             client.models.retrieve("nope")
         assert hidden.value.code == unknown.value.code == "model_not_found"
-        assert "other" not in str(hidden.value.body) and "other" not in str(unknown.value.body)
+        assert hidden.value.message.replace("other", "nope") == unknown.value.message  # nothing tells them apart
 
         every = create_key(base)["key"]  # an empty allow-list allows every model
         assert [m.id for m in openai.OpenAI(base_url=base + "/v1", api_key=every).models.list()] == ["m", "other"]

@@ -46,8 +46,10 @@ def require_metrics_token(metrics_token: str, master_key: str | None) -> Callabl
     ) -> None:
         presented = presented_key(authorization, api_key)
         if not presented:
-            raise AuthenticationFailed("/metrics needs the metrics token (Authorization: Bearer <TOKENWAY_METRICS_TOKEN>).")
+            raise AuthenticationFailed(
+                "/metrics needs the metrics token (Authorization: Bearer <TOKENWAY_METRICS_TOKEN>).")
         if not any(hmac.compare_digest(presented.encode(), secret) for secret in accepted):
-            raise PermissionDenied("This token may not read /metrics; send TOKENWAY_METRICS_TOKEN or the master key.")
+            raise PermissionDenied(
+                "This token may not read /metrics; send TOKENWAY_METRICS_TOKEN or the master key.")
 
     return require_token

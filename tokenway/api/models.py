@@ -25,7 +25,8 @@ def models_router(models: ModelTable, callers: Callers, created: int) -> APIRout
     @router.get("/v1/models", summary="List the models this key may use")
     async def list_models(request: Request) -> dict[str, Any]:
         _, key = callers.identify(request)
-        return {"object": "list", "data": [describe(name) for name in models.names() if key is None or key.allows(name)]}
+        allowed = [name for name in models.names() if key is None or key.allows(name)]
+        return {"object": "list", "data": [describe(name) for name in allowed]}
 
     @router.get("/v1/models/{model}", summary="Describe one model")
     async def get_model(model: str, request: Request) -> dict[str, Any]:
