@@ -177,3 +177,25 @@ async def test_in_process_a_bad_schema_never_reaches_the_provider() -> None:
         assert r.status_code == 400
         assert r.json()["error"]["param"] == "response_format.json_schema.schema"
         assert gw.fake("a").calls == []
+
+
+async def test_a_valid_first_answer_is_passed_on_as_the_upstream_sent_it() -> None:
+    body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": '{"a": 1}'}}]}
+    answer = Completion(orjson.dumps(body), Usage(7, 6))
+
+    async def upstream(ctx: RequestContext, call: Call) -> Answer:
+        return answer
+
+    call = Call("chat", {"model": "m", "messages": [], "response_format": {"type": "json_object"}})
+    assert await _policy()(RequestContext(request_id="r", endpoint="chat"), call, upstream) is answer
+
+
+async def test_the_cache_stores_only_the_answer_that_passed() -> None:
+    async with gateway(YAML.replace("  - name: m\n", "  - name: m\n    cache: {enabled: true}\n")) as gw:
+        gw.fake("a").script(reply("nope"), reply('{"a": 1}'))
+        first = await gw.chat(response_format={"type": "json_object"}, temperature=0)
+        again = await gw.chat(response_format={"type": "json_object"}, temperature=0)
+        assert first.status_code == again.status_code == 200
+        assert again.headers["x-cache"] == "hit"
+        assert again.json()["choices"][0]["message"]["content"] == '{"a": 1}'
+        assert len(gw.fake("a").calls) == 2  # the invalid reply and its retry; the repeat was a hit
