@@ -5,7 +5,7 @@ says what kind of problem it is (``missing_required_parameter``, ``invalid_type`
 ``array_above_max_length``...), and the message says what was wrong and what is allowed.
 
 Nothing the client sent comes back: a prompt may hold a secret or personal data, and error bodies
-are logged. A message shows a number, a boolean, or a short lowercase word where the field is an
+are logged. A message shows a number, a boolean, or a short word of lowercase letters where the field is an
 enum (``'bot'`` for a role); anything else is described by its type only.
 """
 
@@ -31,7 +31,7 @@ _TYPE_NAMES = {
 _JSON_TYPES = (  # bool before int: True is an int to Python
     (bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"), (list, "an array"),
 )
-_ENUM_WORD = re.compile(r"[a-z][a-z0-9_]{0,23}")
+_ENUM_WORD = re.compile(r"[a-z][a-z_]{0,15}")  # no digits, no capitals: a secret has them
 _BOUNDS = {  # error type: (its bound in ctx, the sign a value must have, the side it fell on)
     "greater_than_equal": ("ge", ">=", "below_min"), "greater_than": ("gt", ">", "below_min"),
     "less_than_equal": ("le", "<=", "above_max"), "less_than": ("lt", "<", "above_max"),

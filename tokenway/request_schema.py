@@ -321,8 +321,8 @@ def broken_rule(param: str, message: str, code: str = "invalid_value") -> Pydant
 def _message_rules(request: dict[str, Any]) -> None:
     for i, message in enumerate(request["messages"]):
         if message["role"] == "assistant" and all(message.get(field) is None for field in _ASSISTANT_SAYS):
-            raise broken_rule(f"messages[{i}].content", "An assistant message needs 'content' or 'tool_calls' "
-                              "(or 'function_call' or 'refusal'); this one has none of them.",
+            raise broken_rule(f"messages[{i}].content", f"Missing required parameter: 'messages[{i}].content'. An "
+                              "assistant message needs 'content' or 'tool_calls' (or 'function_call' or 'refusal').",
                               "missing_required_parameter")
 
 
