@@ -59,6 +59,7 @@ def test_every_field_passes_through_unchanged(upstream: FakeUpstream) -> None:
         "tool_choice": "auto", "response_format": {"type": "json_object"},
         "top_k": 5, "ignore_eos": True, "repetition_penalty": 1.1,  # vLLM's vendor fields
     }
+    upstream.replies["ok"] = [{"content": "{}"}]  # JSON was asked for: the gateway checks the reply
     with running_gateway(config(upstream)) as base:
         r = httpx.post(base + "/v1/chat/completions", json={"model": "m", "messages": MESSAGES, **fields})
     assert r.status_code == 200
