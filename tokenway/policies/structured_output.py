@@ -126,7 +126,12 @@ class StructuredOutput:
             usage = _add(usage, answer.usage)
             if not isinstance(answer, Completion) or _DEGRADED in ctx.response_headers:
                 return answer  # a canned reply when nothing could answer: nothing to check or retry
-            reply = orjson.loads(answer.body)
+            try:
+                reply = orjson.loads(answer.body)
+            except orjson.JSONDecodeError:
+                reply = None
+            if not isinstance(reply, dict):
+                return answer  # not a chat completion (a provider's own shape): nothing this policy can read
             problem = contract.check(reply)
             if problem is None:
                 return self._answer(ctx, call, answer, reply, usage, tries)
