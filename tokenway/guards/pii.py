@@ -4,7 +4,7 @@ A regular expression scanned over a whole 2 KB prompt costs 20-60 µs in Python'
 pattern; the anchors cost about 1 µs each. So: an ``@`` for an email; ``-----BEGIN`` for a PEM key;
 ``earer`` for a bearer token; a run of 14+ token characters for a prefixed key (``sk-``, ``AKIA``,
 ``ghp_``, ``xox?-``) or, at 32+, a random-looking token; two capitals and two digits for an IBAN;
-a run of digits and separators (seven digits or more) for a card or a phone number. The patterns then run
+the shape of a card or a phone number in the classes (13+ digits; a "+"; 3-3-4 digits). The patterns then run
 only on those runs or on small windows around the anchors.
 
 Candidates are checked where a pattern alone would guess: card numbers by Luhn (a random run of
@@ -25,7 +25,8 @@ from tokenway.guards.options import DEFAULT_PII_KINDS, PiiKind
 
 LABELS = {"email": "[EMAIL]", "phone": "[PHONE]", "card": "[CARD]", "iban": "[IBAN]", "secret": "[SECRET]"}
 
-_EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}\.)+[A-Za-z]{2,24}(?![\w-])")
+_EMAIL_DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}\.)+[A-Za-z]{2,24}(?![\w-])")
+_LOCAL_PUNCTUATION = frozenset("._%+-")
 _PEM = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----)?")
 _BEARER = re.compile(r"\b[Bb]earer[ \t]+[A-Za-z0-9._~+/-]{16,}=*")
 _PREFIXED = re.compile(r"sk-(?:proj-|ant-|live-|test-)?[A-Za-z0-9_-]{20,}|(?:AKIA|ASIA)[0-9A-Z]{16}"
@@ -50,21 +51,23 @@ _TOKEN_CHARS = str.maketrans(
      **dict.fromkeys("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz+/_=-", "t")}
 )
 _RUN = re.compile("t+")
-# Digits with spaces and "+" between them (each separator is a space in the classes), starting with
-# a literal "00": the engine finds a literal prefix in C, so this skips over words.
-_DIGIT_RUN = re.compile("00[0 +]{4,}0")
+# In the classes: what a card (13-19 digits from a group of four, single separators) or a phone
+# number (an international one starting with "+", or 3-3-4 digits with separators) looks like. Each
+# pattern starts with a literal, which the engine finds in C (an alternation of them would not), so
+# words and lone figures are skipped cheaply.
+_NUMBER_SHAPES = (
+    re.compile(r"0000(?: ?0){9,15}"), re.compile(r"\+0(?: {0,2}0){6,14}"), re.compile("000 {1,2}000 0000"),
+)
 _SHORTEST_SECRET = 14  # xox?-  and 10 more: the shortest prefixed secret
 _LONG_TOKEN = 32  # an unprefixed run this long may be a secret
 
 def luhn_ok(digits: str) -> bool:
     """The Luhn check of a card number (digits only)."""
-    total = 0
-    for position, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if position % 2:
-            value = value * 2 - 9 if value > 4 else value * 2
-        total += value
-    return total % 10 == 0
+    doubled = sum(_DOUBLED[char] for char in digits[-2::-2])
+    return (sum(map(int, digits[-1::-2])) + doubled) % 10 == 0
+
+
+_DOUBLED = {str(d): d * 2 - 9 if d > 4 else d * 2 for d in range(10)}
 
 
 # Lengths of IBANs by country (ISO 13616); a candidate of another length is not one.
@@ -96,7 +99,10 @@ def phone_end(candidate: str) -> int:
 def card_end(candidate: str) -> int:
     """The length of the card number ``candidate`` starts with (0: none). The pattern takes digit
     groups greedily ("4111 1111 1111 1111 2024" is 20 digits): shorter runs of whole groups are tried too."""
-    ends = [match.start() for match in _SEPARATOR.finditer(candidate)] + [len(candidate)]
+    digits = _SEPARATOR.sub("", candidate)
+    if 13 <= len(digits) <= 19 and luhn_ok(digits):
+        return len(candidate)
+    ends = [match.start() for match in _SEPARATOR.finditer(candidate)]
     for end in reversed(ends):
         digits = _SEPARATOR.sub("", candidate[:end])
         if 13 <= len(digits) <= 19 and luhn_ok(digits):
@@ -133,8 +139,7 @@ class PiiFinder:
         kinds = self.kinds
         spans: list[Span] = []
         if "email" in kinds and "@" in text:
-            for lo, hi in _windows(_all(text, "@"), 66, 260, len(text)):
-                spans += [_span(m.start(), m.end(), "email") for m in _EMAIL.finditer(text, lo, hi)]
+            spans += _emails(text)
         if "secret" in kinds:
             spans += self._secrets(text)
         if kinds & {"card", "phone", "iban"}:
@@ -147,13 +152,12 @@ class PiiFinder:
         return _ordered(spans) if len(spans) > 1 else spans
 
     def _numbers(self, text: str, classes: str) -> list[Span]:
-        spans = []
-        for run in _DIGIT_RUN.finditer(classes):
-            start, end = run.span()
-            if classes.count("0", start, end) < 7:
-                continue  # a phone number has 7 digits or more, a card 13
-            # The window reaches back for a "+1 " or "(" the run of digits does not start with.
-            for m in _NUMBERS.finditer(text, max(0, start - 6), min(len(text), end + 2)):
+        spans: list[Span] = []
+        for shape in (m for pattern in _NUMBER_SHAPES for m in pattern.finditer(classes)):
+            start, end = shape.span()
+            # Back far enough for a "+1 " or "(" the shape does not start with; one past the end, so
+            # that the pattern's look-ahead sees the next character.
+            for m in _NUMBERS.finditer(text, max(0, start - 3), min(len(text), end + 1)):
                 kind = "card" if m.lastgroup == "card" else "phone"
                 length = card_end(m[0]) if kind == "card" else phone_end(m[0])
                 if length and kind in self.kinds:
@@ -184,6 +188,21 @@ def _span(start: int, end: int, kind: str) -> Span:
     return Span(start, end, kind, LABELS[kind])
 
 
+def _emails(text: str) -> list[Span]:
+    """Emails, found from each "@": the local part by a walk back, the domain by an anchored match."""
+    spans = []
+    at = text.find("@")
+    while at >= 0:
+        start = at
+        while start > 0 and at - start <= 64 and (text[start - 1].isalnum() or text[start - 1] in _LOCAL_PUNCTUATION):
+            start -= 1
+        domain = _EMAIL_DOMAIN.match(text, at + 1)
+        if domain is not None and 0 < at - start <= 64:
+            spans.append(_span(start, domain.end(), "email"))
+        at = text.find("@", at + 1)
+    return spans
+
+
 def _all(text: str, needle: str) -> list[int]:
     """Every index of ``needle`` in ``text`` (substring search in C)."""
     found = []
@@ -192,18 +211,6 @@ def _all(text: str, needle: str) -> list[int]:
         found.append(at)
         at = text.find(needle, at + 1)
     return found
-
-
-def _windows(anchors: list[int], before: int, after: int, size: int) -> list[tuple[int, int]]:
-    """Merged ranges around sorted ``anchors``."""
-    out: list[tuple[int, int]] = []
-    for anchor in anchors:
-        lo, hi = max(0, anchor - before), min(size, anchor + after)
-        if out and lo <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], hi))
-        else:
-            out.append((lo, hi))
-    return out
 
 
 def _ordered(spans: list[Span]) -> list[Span]:
