@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.inprocess import gateway, reply
+from tests.inprocess import fail, gateway, http_error, reply, sse_data
 from tokenway.config import parse_config
 from tokenway.context import RequestContext
 from tokenway.errors import InvalidRequest
@@ -199,3 +199,26 @@ async def test_the_cache_stores_only_the_answer_that_passed() -> None:
         assert again.headers["x-cache"] == "hit"
         assert again.json()["choices"][0]["message"]["content"] == '{"a": 1}'
         assert len(gw.fake("a").calls) == 2  # the invalid reply and its retry; the repeat was a hit
+
+
+async def test_a_canned_reply_when_nothing_could_answer_is_passed_on_unchecked_even_to_a_buffered_stream() -> None:
+    yaml = """
+models:
+  - name: m
+    structured_output: {streams: buffer}
+    retry: {attempts: 1}
+    degradation: {reply: "Sorry, try again later."}
+    deployments: [{provider: fake, name: a}]
+"""
+    async with gateway(yaml) as gw:
+        gw.fake("a").script(then=fail(http_error(503)))
+        answer = await gw.chat(response_format={"type": "json_object"})
+        streamed = await gw.chat(response_format={"type": "json_object"}, stream=True)
+        assert answer.status_code == 200 and answer.headers["x-tokenway-degraded"] == "true"
+        assert answer.json()["choices"][0]["message"]["content"] == "Sorry, try again later."
+        assert streamed.status_code == 200 and streamed.headers["content-type"].startswith("text/event-stream")
+        events = sse_data(streamed)
+        assert events[-1] == "[DONE]"
+        assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1] if e.get("choices")) == (
+            "Sorry, try again later.")
+        assert len(gw.fake("a").calls) == 2  # one call each: a canned reply is not retried

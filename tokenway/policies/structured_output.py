@@ -124,15 +124,14 @@ class StructuredOutput:
         for tries in range(1, retries + 2):
             answer = await next(ctx, attempt)
             usage = _add(usage, answer.usage)
-            if not isinstance(answer, Completion) or _DEGRADED in ctx.response_headers:
-                return answer  # a canned reply when nothing could answer: nothing to check or retry
-            try:
-                reply = orjson.loads(answer.body)
-            except orjson.JSONDecodeError:
-                reply = None
-            if not isinstance(reply, dict):
-                return answer  # not a chat completion (a provider's own shape): nothing this policy can read
-            problem = contract.check(reply)
+            if not isinstance(answer, Completion):  # asked whole, so never a stream; passed on if it is
+                return answer
+            answer.usage = usage  # every call so far: billed, also when the answer is passed on as it is
+            reply = _object(answer.body)
+            if reply is None:  # not a chat completion object: nothing this policy can read
+                return answer
+            # A canned reply (resilience's degradation, when nothing could answer) is not checked or retried.
+            problem = None if _DEGRADED in ctx.response_headers else contract.check(reply)
             if problem is None:
                 return self._answer(ctx, call, answer, reply, usage, tries)
             self._failures.labels(model, problem.kind).inc()
@@ -231,6 +230,15 @@ class _CheckedAtEnd:
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+def _object(body: bytes) -> dict[str, Any] | None:
+    """A non-streaming answer's body as a JSON object, or None."""
+    try:
+        reply = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return reply if isinstance(reply, dict) else None
 
 
 def _add(total: Usage | None, more: Usage | None) -> Usage | None:
