@@ -121,6 +121,11 @@ class FakeUpstream:
                 {"error": {"message": "upstream says no", "type": "invalid_request_error", "param": "x", "code": None}},
                 status=400,
             )
+        if scenario in ("echokey", "echokey400"):  # a backend that says the gateway's key back, whole
+            refused = f"Incorrect API key provided: {request.headers.get('Authorization', '')}"
+            status = 401 if scenario == "echokey" else 400
+            return web.json_response({"error": {"message": refused, "type": "invalid_request_error", "param": None,
+                                                "code": "invalid_api_key"}}, status=status)
         if scenario == "badjson":
             return web.Response(text="{not json", content_type="application/json")
         if scenario == "hang":
