@@ -56,28 +56,32 @@ def gateway(
 
 
 @contextmanager
-def gateway_process(config_path: Path, data_dir: Path, **env: str) -> Iterator[str]:
-    """``tokenway serve`` in its own process (its own event loop, key cache and counters)."""
+def gateway_process(
+    config_path: Path, data_dir: Path, output: Path | None = None, log_level: str = "warning", **env: str
+) -> Iterator[str]:
+    """``tokenway serve`` in its own process (its own event loop, key cache and counters). ``output``: a
+    file that gets everything it writes (stdout and stderr), complete once the block is left."""
     port = free_port()
     environment = {
         **os.environ, "TOKENWAY_MASTER_KEY": MASTER, "TOKENWAY_DATA_DIR": str(data_dir),
         "TOKENWAY_DRAIN_DELAY_S": "0", **env,
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tokenway", "serve", "--config", str(config_path), "--port", str(port),
-         "--log-level", "warning"],
-        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(base, 60, lambda: proc.poll() is None)
-        yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
+    with open(output or os.devnull, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tokenway", "serve", "--config", str(config_path), "--port", str(port),
+             "--log-level", log_level],
+            env=environment, stdout=out, stderr=out if output else subprocess.PIPE,
+        )
+        base = f"http://127.0.0.1:{port}"
         try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            wait_until_ready(base, 60, lambda: proc.poll() is None)
+            yield base
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def create_key(base: str, **fields: Any) -> dict[str, Any]:
