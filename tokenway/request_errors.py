@@ -70,7 +70,11 @@ def _choose(errors: list[ErrorDetails], document: Any) -> tuple[ErrorDetails, Pa
     A union reports one error per member. Those that only say "not this type" at the union itself
     matter only when every member says so; otherwise the error from inside the member the value
     did fit (the list of 1,000 stops is too long) is the one to report."""
-    found = [(error, *_path(error, document)) for error in errors]
+    found = [(error, *_path(error, document)) for error in errors if error["type"] != "checked_part"]
+    # A content part of an unknown type (or none) fails the checked types' tag, then the schema for
+    # other parts: that one's error, inside the part, says what is wrong.
+    found = [f for f in found if not (f[0]["type"].startswith("union_tag_") and any(
+        len(g[1]) > len(f[1]) and g[1][: len(f[1])] == f[1] for g in found))]
     error, path, tagged = found[0]
     while tagged and _is_type_error(error):
         same_field = [f for f in found if f[1][: len(path)] == path]

@@ -16,10 +16,9 @@ into the 400 that names the field. docs/api.md lists every rule.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal, Required
 
-from pydantic import AfterValidator, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
@@ -75,26 +74,28 @@ class ImagePart(TypedDict, total=False):
 _CHECKED_PARTS = ("text", "image_url")
 
 
+def _unchecked(kind: str) -> str:
+    if kind in _CHECKED_PARTS:  # a checked part that failed its own schema: that error is the one to report
+        raise PydanticCustomError("checked_part", "a part of this type is checked by its own schema")
+    return kind
+
+
+_OtherType = Annotated[str, AfterValidator(_unchecked), Field(json_schema_extra={"not": {"enum": [*_CHECKED_PARTS]}})]
+
+
 class OtherPart(TypedDict, total=False):
     """A content part of another type (audio, a file, a vendor's own): passed on as sent."""
 
     __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: Required[Annotated[str, Field(json_schema_extra={"not": {"enum": list(_CHECKED_PARTS)}})]]
+    type: Required[_OtherType]
     text: str  # where a part carries text, the prompt-size estimate counts it
 
 
-def _part_tag(part: Any) -> str:
-    # Known types are checked by their own schema, any other passes: a plain discriminator would
-    # reject unknown types. The tags are no JSON keys, so an error's location never mistakes them.
-    kind = part.get("type") if isinstance(part, dict) else None
-    return f"<{kind}>" if kind in _CHECKED_PARTS else "<other>"
-
-
+# The checked types first, by their tag, all in pydantic-core; only a part of another type gets as
+# far as ``OtherPart`` and its one Python call. (A callable discriminator costs a Python call and a
+# copy of every part: 3x the time.)
 ContentPart = Annotated[
-    Annotated[TextPart, Tag("<text>")]
-    | Annotated[ImagePart, Tag("<image_url>")]
-    | Annotated[OtherPart, Tag("<other>")],
-    Discriminator(_part_tag),
+    Annotated[TextPart | ImagePart, Field(discriminator="type")] | OtherPart, Field(union_mode="left_to_right")
 ]
 Content = str | list[ContentPart]
 
@@ -319,11 +320,17 @@ def broken_rule(param: str, message: str, code: str = "invalid_value") -> Pydant
 
 
 def _message_rules(request: dict[str, Any]) -> None:
-    for i, message in enumerate(request["messages"]):
-        if message["role"] == "assistant" and all(message.get(field) is None for field in _ASSISTANT_SAYS):
+    messages = request["messages"]
+    for message in messages:  # a plain loop, the common case first: this runs on every request
+        if message["role"] == "assistant" and message.get("content") is None and not _says_other(message):
+            i = messages.index(message)
             raise broken_rule(f"messages[{i}].content", f"Missing required parameter: 'messages[{i}].content'. An "
                               "assistant message needs 'content' or 'tool_calls' (or 'function_call' or 'refusal').",
                               "missing_required_parameter")
+
+
+def _says_other(message: dict[str, Any]) -> bool:
+    return any(message.get(field) is not None for field in _ASSISTANT_SAYS[1:])
 
 
 def _stream_rules(request: dict[str, Any]) -> None:
@@ -367,8 +374,10 @@ SIMPLE_CHAT_REQUEST: TypeAdapter[Any] = TypeAdapter(
 
 
 # orjson, which writes the body on to the upstream, takes integers of at most 64 bits; jiter takes
-# any. Such a number has 20 digits or more: a cheap scan of the bytes, and a walk only on a hit.
-_LONG_NUMBER = re.compile(rb"[0-9]{20}")
+# any. Such a number has 20 digits or more: a scan of the bytes in C (every digit made a 0, then a
+# substring search; a regex is ten times slower), and a walk of the request only on a hit.
+_DIGITS_AS_ZEROS = bytes.maketrans(b"123456789", b"000000000")
+_TWENTY_DIGITS = b"0" * 20
 
 
 def parse_body(adapter: TypeAdapter[Any], body: bytes, required: tuple[str, ...]) -> dict[str, Any]:
@@ -384,7 +393,7 @@ def parse_body(adapter: TypeAdapter[Any], body: bytes, required: tuple[str, ...]
             raise InvalidRequest(
                 f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter"
             )
-    if _LONG_NUMBER.search(body) is not None:
+    if _TWENTY_DIGITS in body.translate(_DIGITS_AS_ZEROS):
         for name, value in request.items():
             if _has_huge_int(value):
                 raise InvalidRequest(f"Invalid value for '{name}': a number in it does not fit in 64 bits.",
