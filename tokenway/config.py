@@ -7,13 +7,25 @@ Errors in the YAML point at the file and line of the offending value:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -173,6 +185,15 @@ class DeploymentConfig(BaseModel):
         extra.clear()
         return self
 
+    @model_serializer(mode="wrap")
+    def _options_inline(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        # Provider options are written back as the deployment's own fields, where a config file has them:
+        # dumped as the ``options`` field they came out empty, so the digest missed them (a changed
+        # keep_alive or model file kept the config hash) and a dumped config loaded back without them.
+        out: dict[str, Any] = handler(self)
+        out.pop("options", None)
+        return {**out, **self.options.model_dump(mode=info.mode)}
+
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
@@ -268,8 +289,10 @@ class GatewayConfig(_Strict):
         return models
 
     def digest(self) -> str:
-        """A short hash of the effective config (shown by admin status and logs)."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+        """A short hash of the effective config (shown by admin status and logs). Keys are sorted: the order
+        of a mapping in the YAML (a deployment's headers, say) is not part of the config."""
+        dumped = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(dumped.encode()).hexdigest()[:12]
 
 
 def default_config() -> GatewayConfig:
@@ -293,6 +316,18 @@ class _Yaml12Loader(yaml.SafeLoader):
         first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        # A tag the value does not fit (``!!int abc``, ``!!timestamp 2020-99-99``) fails in PyYAML's
+        # constructor with ValueError and the like: report it as YAML at the value's line.
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+            kind = node.tag.rsplit(":", 1)[-1]
+            problem = f"the value {str(node.value)[:60]!r} is not a valid {kind}"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
 
 
 _Yaml12Loader.add_implicit_resolver(
@@ -320,8 +355,12 @@ def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
             loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        position = getattr(exc, "position", None)  # a character the reader refuses (ReaderError) has no mark
+        line = mark.line + 1 if mark else text.count("\n", 0, position) + 1 if position is not None else 1
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or exc  # ReaderError: reason
+        raise ConfigError(f"{source}:{line}: not valid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}:1: not valid YAML for a config: it nests too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}:1: the config must be a mapping with a 'models' list")
     try:
