@@ -19,6 +19,7 @@ import base64
 import binascii
 import json
 import re
+import string
 import unicodedata
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -55,17 +56,16 @@ _LOOKALIKE = "аеорсухіјѕԁɡкмнтвαεορτυνικχ"
 _HOMOGLYPHS = str.maketrans(_LOOKALIKE, "aeopcyxijsdgkmhtbaeoptuvikx")
 _LOOKALIKES = frozenset(_LOOKALIKE)
 _WORD = re.compile(r"[^\W\d_]+")
-# Leetspeak is folded only inside a word that also has letters, so "3 rules" or "2024" stay as they are.
+# Leetspeak is folded only in words that mix digits and letters, so "3 rules" or "2024" stay as they are.
 _LEET = str.maketrans("0134579$", "oieastgs")
-_LEET_WORD = re.compile(r"[a-z0-9$]*[a-z][a-z0-9$]*")
-_HAS_LEET = re.compile(r"[0134579$]")
+_LEET_MIX = re.compile(r"[0134579$](?:(?<=[a-z][0134579$])|(?=[a-z]))")  # a digit touching a letter
+_LEET_WORD = re.compile(r"[a-z0-9$]*[0134579$][a-z0-9$]*")
 _COMBINING = re.compile(r"[\u0300-\u036f]")
-# Four or more single letters separated by one space, dot, dash, underscore or asterisk: "i g n o r e".
-_SPACED = re.compile(r"(?<![a-z])(?:[a-z][ .\-_*]){3,}[a-z](?![a-z])")
-_SPACED_SEP = re.compile(r"[ .\-_*]")
+# Four or more single letters separated by one space, dot, dash or underscore: "i g n o r e".
+_SPACED_HINT = re.compile(r"[ .\-_][a-z][ .\-_][a-z][ .\-_][a-z](?![a-z])")
+_SPACED = re.compile(r"(?<![a-z])(?:[a-z][ .\-_]){3,}[a-z](?![a-z])")
+_SPACED_SEP = re.compile(r"[ .\-_]")
 _EMPHASIS = re.compile(r"[*~`]+")  # markdown emphasis and code marks cut a phrase into pieces
-_BLANKS = re.compile(r"[ \t\r\f\v]+")
-_NEWLINES = re.compile(r"\s*\n\s*")
 
 
 def _unhomoglyph(match: re.Match[str]) -> str:
@@ -77,11 +77,15 @@ def _unhomoglyph(match: re.Match[str]) -> str:
 
 def _unleet(match: re.Match[str]) -> str:
     word = match.group()
-    return word.translate(_LEET) if _HAS_LEET.search(word) else word
+    return word.translate(_LEET) if re.search("[a-z]", word) else word
 
 
 def normalise(text: str) -> str:
-    """The text the rules read: lower case, plain letters, single spaces, line breaks kept."""
+    """The text the rules read: lower case, plain letters, single spaces, line breaks kept.
+
+    Each step first checks, at C speed, whether it has anything to do: an ordinary ASCII prompt
+    costs a case fold, a few substring searches and a split.
+    """
     if not text.isascii():
         text = unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
         text = _COMBINING.sub("", unicodedata.normalize("NFD", text))
@@ -89,10 +93,13 @@ def normalise(text: str) -> str:
     text = text.casefold()
     if not text.isascii():
         text = _WORD.sub(_unhomoglyph, text)
-    if _HAS_LEET.search(text):
+    if "*" in text or "~" in text or "`" in text:
+        text = _EMPHASIS.sub("", text)
+    if _LEET_MIX.search(text):
         text = _LEET_WORD.sub(_unleet, text)
-    text = _SPACED.sub(lambda m: _SPACED_SEP.sub("", m.group()), _EMPHASIS.sub("", text))
-    return _NEWLINES.sub("\n", _BLANKS.sub(" ", text)).strip()
+    if _SPACED_HINT.search(text):
+        text = _SPACED.sub(lambda m: _SPACED_SEP.sub("", m.group()), text)
+    return "\n".join(line for line in (" ".join(part.split()) for part in text.split("\n")) if line)
 
 
 # --- the rules -----------------------------------------------------------------------------------
@@ -118,149 +125,198 @@ _SENSITIVE = (r"(?:conversation|chat (?:history|log)|system prompt|previous mess
 _DESTINATION = r"(?:https?://|www\.|\b[\w.-]+@[\w-]+\.\w|\burl\b|\bendpoint\b|\bwebhook\b|query (?:string|parameter))"
 _VOID = (r"(?:void|cancell?ed|revoked|obsolete|invalid|null and void|overridden|rescinded|suspended|lifted|"
          r"no longer (?:apply|applies|valid|in effect|counts?|matters?|in force)|(?:do|does) not apply|"
-         r"(?:don't|doesn't) apply|are over|expired)")
+         r"(?:don't|doesn't) apply|expired)")
 
-# Each rule: a name (reported as the verdict's reason) and a pattern over the normalised text.
-RULES: tuple[tuple[str, str], ...] = (
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One named pattern, tried only when one of its ``triggers`` is in the text.
+
+    A trigger of letters and digits is a word of the text (split at spaces and punctuation);
+    any other trigger ("<|", "<!--", a Chinese word) is a substring. Every match of ``pattern``
+    holds one of its triggers (``tests/test_guards_injection.py`` checks this on the labelled
+    sample). One set lookup per rule replaces a regular expression over the whole text, which
+    costs tens of microseconds for 2 KB, so most rules never run on an ordinary prompt.
+    ``lines``: the pattern looks for the start of a line; the others read the text as one line.
+    """
+
+    name: str
+    triggers: tuple[str, ...]
+    pattern: str
+    lines: bool = False
+
+
+_IGNORE_VERBS = ("ignore", "disregard", "forget", "skip", "override", "bypass", "drop", "discard", "abandon",
+                 "neglect", "aside", "throw", "follow", "following")
+_MODEL_WORDS = ("ai", "ais", "llm", "llms", "model", "models", "assistant", "assistants", "chatbot", "chatbots", "bot",
+                "bots", "agent", "agents", "gpt", "gpts")
+
+RULES: tuple[Rule, ...] = (
     # "Ignore all previous instructions", "disregard your rules", "forget everything above".
-    ("ignore-previous",
-     rf"\b(?:ignore|disregard|forget|skip|override|bypass|drop|discard|abandon|neglect|set aside|throw out|"
-     rf"do not follow|don't follow|stop following|no longer follow)\b {_NOT_MINE}(?:{_ALL} ){{0,4}}{_W}"
-     rf"(?:{_BEFORE} {_W}{_ORDERS}|(?:all|any|your) (?:of )?(?:your |the )?{_ORDERS}\b)"
-     rf"|\b(?:ignore|disregard|forget|discard|throw out|set aside|drop) (?:all )?(?:of )?(?:the )?{_ORDERS} "
-     r"(?:you (?:were|have been|'ve been) (?:given|told)|(?:written )?(?:above|before this|earlier))"
-     r"|\b(?:ignore|disregard|forget) (?:all of |everything |anything )?(?:that |what )?(?:you (?:were|have been|"
-     r"'ve been) (?:told|given|instructed|programmed)|(?:written |said |stated )?(?:above|before this|prior to this))"
-     r"|\b(?:ignore|disregard|forget|override|bypass) (?:all |any |your |the )(?:system|developer) (?:message|prompt)"
-     r"|\b(?:ignore|disregard) (?:the |your )?(?:user|human)(?:'s)?\b(?! (?:input|agent|id|name|interface))"),
+    Rule("ignore-previous", _IGNORE_VERBS,
+         rf"\b(?:ignore|disregard|forget|skip|override|bypass|drop|discard|abandon|neglect|set aside|throw out|"
+         rf"do not follow|don't follow|stop following|no longer follow)\b {_NOT_MINE}(?:{_ALL} ){{0,4}}{_W}"
+         rf"(?:{_BEFORE} {_W}{_ORDERS}|(?:all|any|your) (?:of )?(?:your |the )?{_ORDERS}\b)"
+         rf"|\b(?:ignore|disregard|forget|discard|throw out|set aside|drop) (?:all )?(?:of )?(?:the )?{_ORDERS} "
+         r"(?:you (?:were|have been|'ve been) (?:given|told)|(?:written )?(?:above|before this|earlier))"
+         r"|\b(?:ignore|disregard|forget) (?:all of |everything |anything )?(?:that |what )?(?:you (?:were|have been|"
+         r"'ve been) (?:told|given|instructed|programmed)|(?:written |said |stated )?(?:above|before this|prior to this))"
+         r"|\b(?:ignore|disregard|forget|override|bypass) (?:all |any |your |the )(?:system|developer) (?:message|prompt)"
+         r"|\b(?:ignore|disregard) (?:the |your )?(?:user|human)(?:'s)?\b(?! (?:input|agent|id|name|interface))"),
     # "Your previous instructions are void", "whatever you were told earlier no longer counts".
-    ("orders-void",
-     rf"\b(?:previous|prior|earlier|above|original|initial|existing|system|developer(?:'s)?) (?:\w+ ){{0,2}}"
-     rf"(?:instructions|rules|guidance|guidelines|directives|configuration|prompt|programming|restrictions|constraints)"
-     rf" (?:\w+ ){{0,3}}{_VOID}"
-     rf"|\b(?:instructions|rules|guidance|guidelines|orders) (?:from|given|you got) (?:before|earlier|above) {_VOID}"
-     rf"|\b(?:what|whatever|everything|anything) you (?:were|have been|'ve been) (?:told|given|instructed) "
-     rf"(?:(?:before|earlier|previously|above|so far) )?(?:no longer|does not|doesn't|don't) (?:counts?|matters?|appl)"
-     r"|\b(?:nothing|none of what) you (?:were|have been|'ve been) (?:told|given|instructed) (?:\w+ ){0,2}matters"),
+    Rule("orders-void", ("void", "cancelled", "canceled", "revoked", "obsolete", "invalid", "overridden", "rescinded",
+                         "suspended", "lifted", "longer", "apply", "applies", "expired"),
+         rf"\b(?:previous|prior|earlier|above|original|initial|existing|system|developer(?:'s)?) (?:\w+ ){{0,2}}"
+         rf"(?:instructions|rules|guidance|guidelines|directives|configuration|prompt|programming|restrictions|constraints)"
+         rf" (?:\w+ ){{0,3}}{_VOID}"
+         rf"|\b(?:instructions|rules|guidance|guidelines|orders) (?:from|given|you got) (?:before|earlier|above) {_VOID}"),
+    Rule("orders-void", ("told", "given", "instructed"),
+         r"\b(?:what|whatever|everything|anything) you (?:were|have been|'ve been) (?:told|given|instructed) "
+         r"(?:(?:before|earlier|previously|above|so far) )?(?:no longer|does not|doesn't|don't) (?:counts?|matters?|appl)"
+         r"|\b(?:nothing|none of what) you (?:were|have been|'ve been) (?:told|given|instructed) (?:\w+ ){0,2}matters"),
     # Non-English forms of the same order (accents are folded by ``normalise``).
-    ("ignore-previous-multilingual",
-     r"\b(?:ignoriere|vergiss|ignorieren sie) (?:\w+ ){0,3}(?:vorherigen?|bisherigen?|obigen?|alle[nr]?) "
-     r"(?:\w+ )?(?:anweisungen|regeln|befehle|instruktionen)"
-     r"|\b(?:ignora|ignore|olvida|oublie|ignorez|oubliez|ignorar|esqueca|dimentica) (?:\w+ ){0,3}"
-     r"(?:instrucciones|instructions|instrucoes|istruzioni|consignes|regles|reglas|regras|regole)"
-     r" (?:\w+ )?(?:anteriores|precedentes|previas|precedenti|anterieures|anteriori)"
-     r"|忽略(?:之前|以上|上面|先前|所有)|(?:以前|前|上記|これまで)の(?:すべての)?(?:指示|命令)を無視"
-     r"|игнорируи(?:те)? (?:\S+ ){0,2}(?:предыдущие|инструкции)"),
+    Rule("ignore-previous-multilingual", ("ignoriere", "ignorieren", "vergiss", "ignora", "ignore", "olvida", "oublie",
+                                          "ignorez", "oubliez", "ignorar", "esqueca", "dimentica"),
+         r"\b(?:ignoriere|vergiss|ignorieren sie) (?:\w+ ){0,3}(?:vorherigen?|bisherigen?|obigen?|alle[nr]?) "
+         r"(?:\w+ )?(?:anweisungen|regeln|befehle|instruktionen)"
+         r"|\b(?:ignora|ignore|olvida|oublie|ignorez|oubliez|ignorar|esqueca|dimentica) (?:\w+ ){0,3}"
+         r"(?:instrucciones|instructions|instrucoes|istruzioni|consignes|regles|reglas|regras|regole)"
+         r" (?:\w+ )?(?:anteriores|precedentes|previas|precedenti|anterieures|anteriori)"),
+    Rule("ignore-previous-multilingual", ("忽略", "無視", "игнорир"),
+         r"忽略(?:之前|以上|上面|先前|所有)|(?:以前|前|上記|これまで)の(?:すべての)?(?:指示|命令)を無視"
+         r"|игнорируи(?:те)? (?:\S+ ){0,2}(?:предыдущие|инструкции)"),
     # Personas whose whole point is to drop the rules.
-    ("do-anything-now", rf"\b{_MODEL}s? (?:that|who|which) (?:can|will) (?:do|say) anything\b|"
-     r"\bdo anything now\b|\byou are (?:now )?(?:a |an )?dan\b|\bdan mode\b|\bact as (?:a )?dan\b"),
-    ("jailbreak-mode",
-     r"\b(?:jailbreak|jailbroken|god|unrestricted|unfiltered|uncensored|dan|evil|chaos) mode (?:is )?(?:now )?"
-     r"(?:enabled|activated|on|engaged|unlocked)\b"
-     r"|\b(?:enter|activate|enable|switch to|simulate|you are (?:now )?in|you're (?:now )?in|stay in) "
-     r"(?:jailbreak|jailbroken|dan|god|unrestricted|unfiltered|uncensored|evil) mode\b"
-     r"|\b(?:you are|you're) (?:now )?(?:in|running in|operating in) developer mode\b"
-     r"|\bwith developer mode (?:enabled|activated|on)\b|\bdeveloper mode (?:output|response)\b"),
-    ("unrestricted-persona",
-     rf"\b(?:unrestricted|unfiltered|uncensored|jailbroken|amoral|unaligned|unbound|unchained) (?:\w+ )?{_MODEL}\b"
-     rf"|\b{_MODEL}s? (?:with no|without (?:any )?|free of|free from|that has no|who has no|"
-     r"that (?:has|have) had its) "
-     r"(?:\w+ )?(?:filters|restrictions|limits|rules|guidelines|ethics|morals|censorship|limitations|alignment)"
-     r"|\b(?:pretend|act|behave|roleplay|role-play|imagine) (?:as if |as though |like |that )?you "
-     r"(?:are|were|have|had) "
-     r"(?:an? )?(?:\w+ )?(?:ai|assistant|model|chatbot|version of yourself|bot) (?:with(?:out)? |that has no |free of )"
-     r"(?:any |no )?(?:restrictions|filters|rules|limits|limitations|guidelines|ethics|morals|censorship|safety)"
-     r"|\bif you (?:had|have) no (?:\w+ )?(?:rules|restrictions|filters|guidelines|limits|ethics)\b"
-     r"|\b(?:alignment|safety (?:rules|filters|training|guidelines)|guardrails|content filters?) "
-     r"(?:has |have )?(?:been |were |was )?(?:removed|disabled|turned off|deleted|stripped)"),
-    ("no-rules",
-     r"\byou (?:are|have been|were) (?:now )?(?:freed|liberated|released|unshackled|free) from (?:[\w']+ ){0,3}"
-     r"(?:rules|restrictions|guidelines|constraints|limitations|policies|filters|programming|confines)"
-     r"|\byou (?:do not|don't|no longer|will not|won't|never) (?:have to |need to )?"
-     r"(?:follow|obey|abide by|comply with|adhere to|care about|respect) (?:[\w']+ ){0,2}"
-     r"(?:rules|restrictions|guidelines|policies|content polic(?:y|ies)|ethical|safety|filters)"
-     r"|\b(?:not|no longer) bound by (?:\w+ ){0,3}(?:rules|restrictions|guidelines|policies|ethics|filters)"
-     r"|\bnever refuse\b"),
-    ("disable-safety",
-     r"\b(?:disable|turn off|switch off|bypass|circumvent|deactivate|remove|ignore|override|evade) (?:all )?(?:of )?"
-     r"your (?:\w+ )?(?:safety|content|ethical|moral)? ?(?:filters?|guardrails?|safeguards?|restrictions|"
-     r"alignment|censorship|moderation|safety (?:features|measures|protocols|settings))"),
+    Rule("do-anything-now", ("anything", "dan"),
+         rf"\b{_MODEL}s? (?:that|who|which) (?:can|will) (?:do|say) anything\b|\bdo anything now\b"
+         r"|\byou are (?:now )?(?:a |an )?dan\b|\bdan mode\b|\bact as (?:a )?dan\b"),
+    Rule("jailbreak-mode", ("mode",),
+         r"\b(?:jailbreak|jailbroken|god|unrestricted|unfiltered|uncensored|dan|evil|chaos) mode (?:is )?(?:now )?"
+         r"(?:enabled|activated|on|engaged|unlocked)\b"
+         r"|\b(?:enter|activate|enable|switch to|simulate|you are (?:now )?in|you're (?:now )?in|stay in) "
+         r"(?:jailbreak|jailbroken|dan|god|unrestricted|unfiltered|uncensored|evil) mode\b"
+         r"|\b(?:you are|you're) (?:now )?(?:in|running in|operating in) developer mode\b"
+         r"|\bwith developer mode (?:enabled|activated|on)\b|\bdeveloper mode (?:output|response)\b"),
+    Rule("unrestricted-persona", ("unrestricted", "unfiltered", "uncensored", "jailbroken", "amoral", "unaligned",
+                                  "unbound", "unchained"),
+         rf"\b(?:unrestricted|unfiltered|uncensored|jailbroken|amoral|unaligned|unbound|unchained) (?:\w+ )?{_MODEL}\b"),
+    Rule("unrestricted-persona", _MODEL_WORDS,
+         rf"\b{_MODEL}s? (?:with no|without (?:any )?|free of|free from|that has no|who has no|"
+         r"that (?:has|have) had its) "
+         r"(?:\w+ )?(?:filters|restrictions|limits|rules|guidelines|ethics|morals|censorship|limitations|alignment)"),
+    Rule("unrestricted-persona", ("pretend", "act", "behave", "roleplay", "role", "imagine"),
+         r"\b(?:pretend|act|behave|roleplay|role-play|imagine) (?:as if |as though |like |that )?you "
+         r"(?:are|were|have|had) "
+         r"(?:an? )?(?:\w+ )?(?:ai|assistant|model|chatbot|version of yourself|bot) (?:with(?:out)? |that has no |free of )"
+         r"(?:any |no )?(?:restrictions|filters|rules|limits|limitations|guidelines|ethics|morals|censorship|safety)"),
+    Rule("unrestricted-persona", ("rules", "restrictions", "filters", "guidelines", "limits", "ethics"),
+         r"\bif you (?:had|have) no (?:\w+ )?(?:rules|restrictions|filters|guidelines|limits|ethics)\b"),
+    Rule("unrestricted-persona", ("removed", "disabled", "turned", "deleted", "stripped"),
+         r"\b(?:alignment|safety (?:rules|filters|training|guidelines)|guardrails|content filters?) "
+         r"(?:has |have )?(?:been |were |was )?(?:removed|disabled|turned off|deleted|stripped)"),
+    Rule("no-rules", ("freed", "liberated", "released", "unshackled", "free", "follow", "obey", "abide", "comply",
+                      "adhere", "care", "respect", "bound", "refuse"),
+         r"\byou (?:are|have been|were) (?:now )?(?:freed|liberated|released|unshackled|free) from (?:[\w']+ ){0,3}"
+         r"(?:rules|restrictions|guidelines|constraints|limitations|policies|filters|programming|confines)"
+         r"|\byou (?:do not|don't|no longer|will not|won't|never) (?:have to |need to )?"
+         r"(?:follow|obey|abide by|comply with|adhere to|care about|respect) (?:[\w']+ ){0,2}"
+         r"(?:rules|restrictions|guidelines|policies|content polic(?:y|ies)|ethical|safety|filters)"
+         r"|\b(?:not|no longer) bound by (?:\w+ ){0,3}(?:rules|restrictions|guidelines|policies|ethics|filters)"
+         r"|\bnever refuse\b"),
+    Rule("disable-safety", ("filter", "filters", "guardrail", "guardrails", "safeguard", "safeguards", "restrictions",
+                            "alignment", "censorship", "moderation", "safety"),
+         r"\b(?:disable|turn off|switch off|bypass|circumvent|deactivate|remove|ignore|override|evade) (?:all )?(?:of )?"
+         r"your (?:\w+ )?(?:safety|content|ethical|moral)? ?(?:filters?|guardrails?|safeguards?|restrictions|"
+         r"alignment|censorship|moderation|safety (?:features|measures|protocols|settings))"),
     # Asking for the hidden prompt.
-    ("reveal-prompt",
-     rf"\b(?:{_SHOW}|what (?:is|are|was|were)|what's) (?:me |us )?(?:back )?(?:\w+ ){{0,5}}your (?:\w+ ){{0,2}}"
-     r"(?:system prompt|system message|initial prompt|hidden prompt|pre-?prompt|instructions|prompt|directives|"
-     r"guidelines you were given|rules you were given|configuration|setup text)\b"
-     rf"|\b{_SHOW} (?:me )?the (?:\w+ )?(?:hidden|secret|original|initial|confidential|full|entire|complete|exact) "
-     r"(?:system )?(?:prompt|instructions|message)"
-     rf"|\bwhat does your (?:\w+ )?{_SECRET_PROMPT} say"
-     rf"|\byour (?:\w+ )?{_SECRET_PROMPT}\b.{{0,60}}\b(?:verbatim|word for word|exactly as (?:written|given)|"
-     r"in full|one (?:letter|word) at a time)"
-     rf"|\b{_SHOW} (?:me )?(?:\w+ ){{0,3}}(?:instructions|rules|directives|guidelines|prompt|text|words) you "
-     r"(?:are|were|have been|'re) (?:following|given|running with|operating under)"),
-    ("prompt-leak",
-     r"\b(?:repeat|print|output|copy|write|echo|recite|reproduce|return|translate) (?:back )?(?:all |every(?:thing)? )?"
-     r"(?:of )?(?:the )?(?:\w+ )?(?:words?|text|content|lines?|tokens?|instructions|messages?|everything)? ?"
-     r"(?:above|before this (?:line|message|point)|preceding this|prior to this|that came before)\b"
-     r"(?:.{0,40}\b(?:starting|beginning) (?:with|from))?"
-     r"|\b(?:starting|beginning) with (?:the words )?[\"'“]?you are (?:a |an )?(?:chatgpt|gpt|an? ai|a large language)"
-     r"|\bwhat (?:was|were) (?:you )?(?:told|written|said|given) (?:before|above|at the (?:start|beginning|top))"
-     r" (?:of )?(?:this|the) (?:conversation|chat|prompt)"),
+    Rule("reveal-prompt", ("prompt", "preprompt", "instructions", "directives", "configuration", "setup", "message",
+                           "rules", "guidelines"),
+         rf"\b(?:{_SHOW}|what (?:is|are|was|were)|what's) (?:me |us )?(?:back )?(?:\w+ ){{0,5}}your (?:\w+ ){{0,2}}"
+         r"(?:system prompt|system message|initial prompt|hidden prompt|pre-?prompt|instructions|prompt|directives|"
+         r"guidelines you were given|rules you were given|configuration|setup text)\b"
+         rf"|\b{_SHOW} (?:me )?the (?:\w+ )?(?:hidden|secret|original|initial|confidential|full|entire|complete|exact) "
+         r"(?:system )?(?:prompt|instructions|message)"
+         rf"|\bwhat does your (?:\w+ )?{_SECRET_PROMPT} say"
+         rf"|\byour (?:\w+ )?{_SECRET_PROMPT}\b.{{0,60}}\b(?:verbatim|word for word|exactly as (?:written|given)|"
+         r"in full|one (?:letter|word) at a time)"),
+    Rule("reveal-prompt", ("following", "given", "running", "operating"),
+         rf"\b{_SHOW} (?:me )?(?:\w+ ){{0,3}}(?:instructions|rules|directives|guidelines|prompt|text|words) you "
+         r"(?:are|were|have been|'re) (?:following|given|running with|operating under)"),
+    Rule("prompt-leak", ("above", "before", "preceding", "prior", "starting", "beginning", "told", "written", "said",
+                         "given"),
+         r"\b(?:repeat|print|output|copy|write|echo|recite|reproduce|return|translate) (?:back )?(?:all |every(?:thing)? )?"
+         r"(?:of )?(?:the )?(?:\w+ )?(?:words?|text|content|lines?|tokens?|instructions|messages?|everything)? ?"
+         r"(?:above|before this (?:line|message|point)|preceding this|prior to this|that came before)\b"
+         r"(?:.{0,40}\b(?:starting|beginning) (?:with|from))?"
+         r"|\b(?:starting|beginning) with (?:the words )?[\"']?you are (?:a |an )?(?:chatgpt|gpt|an? ai|a large language)"
+         r"|\bwhat (?:was|were) (?:you )?(?:told|written|said|given) (?:before|above|at the (?:start|beginning|top))"
+         r" (?:of )?(?:this|the) (?:conversation|chat|prompt)"),
     # Text that dresses up as a chat template's role marker.
-    ("fake-role-tag",
-     r"<\|im_start\|> ?(?:system|assistant|developer)|<\|(?:system|assistant|developer)\|>"
-     r"|<\|start_header_id\|> ?system"
-     r"|\[/?inst\]|<</?sys>>|\[(?:system|admin)\]\(#"
-     r"|(?:^|\n|[.!?] )(?:#{2,}|-{3,}|={3,}) ?(?:system|admin|developer|root)"
-     r"(?: (?:message|prompt|override|instructions?|notice|update))? ?(?::|#{2,}|-{3,}) ?\n? ?"
-     r"(?:ignore|disregard|forget|you (?:are|must|will|should)|new|override|from now|the assistant|assistant)"
-     r"|\[(?:system|assistant|admin|developer)\](?!\n) ?(?:\w+ ){0,3}?(?:ignore|disregard|forget|you (?:are|must|will|"
-     r"should)|send|the assistant|new|from now|reveal|print|always|never|do not)"
-     r"|\b(?:system|admin|administrator|developer|root) override\b"),
-    ("new-instructions",
-     r"(?:^|\n|[.!?] )[#*>=\[(<!\s-]*(?:new|updated|revised|real|actual|true|secret) (?:system )?(?:instructions?|"
-     r"directives?|rules|task|orders|objective) ?:"
-     r"|\byour (?:new|real|true|actual|only|updated) (?:instructions?|task|goal|objective|purpose|directive|"
-     r"mission|role|job) (?:is|are|now|from now)\b"
-     r"|\bfrom now on,? you (?:are|will be|shall be|must|will) (?:no longer|not (?:be )?(?:bound|restricted|limited)|"
-     r"dan|unrestricted|unfiltered|free|an? (?:unrestricted|unfiltered|evil|jailbroken))"
-     r"|\b(?:override|overwrite|replace|supersede)s? (?:all )?(?:of )?(?:your |the |any )?(?:previous|prior|existing|"
-     r"original|current|system) (?:instructions|rules|directives|system prompt|prompt|guidelines|programming)"),
+    Rule("fake-role-tag", ("<|", "inst]", "<<sys", "](#", "##", "---", "===", "[system]", "[assistant]", "[admin]",
+                           "[developer]", "override"),
+         r"<\|im_start\|> ?(?:system|assistant|developer)|<\|(?:system|assistant|developer)\|>"
+         r"|<\|start_header_id\|> ?system"
+         r"|\[/?inst\]|<</?sys>>|\[(?:system|admin)\]\(#"
+         r"|(?:^|\n|[.!?] )(?:#{2,}|-{3,}|={3,}) ?(?:system|admin|developer|root)"
+         r"(?: (?:message|prompt|override|instructions?|notice|update))? ?(?::|#{2,}|-{3,}) ?\n? ?"
+         r"(?:ignore|disregard|forget|you (?:are|must|will|should)|new|override|from now|the assistant|assistant)"
+         r"|\[(?:system|assistant|admin|developer)\](?!\n) ?(?:\w+ ){0,3}?(?:ignore|disregard|forget|you (?:are|must|will|"
+         r"should)|send|the assistant|new|from now|reveal|print|always|never|do not)"
+         r"|\b(?:system|admin|administrator|developer|root) override\b", lines=True),
+    Rule("new-instructions", ("instruction", "instructions", "directive", "directives", "rules", "task", "orders",
+                              "objective"),
+         r"(?:^|\n|[.!?] )[#*>=\[(<!\s-]*(?:new|updated|revised|real|actual|true|secret) (?:system )?(?:instructions?|"
+         r"directives?|rules|task|orders|objective) ?:", lines=True),
+    Rule("new-instructions", ("instruction", "instructions", "task", "goal", "objective", "purpose", "directive",
+                              "mission", "role", "job"),
+         r"\byour (?:new|real|true|actual|only|updated) (?:instructions?|task|goal|objective|purpose|directive|"
+         r"mission|role|job) (?:is|are|now|from now)\b"),
+    Rule("new-instructions", ("longer", "not", "dan", "unrestricted", "unfiltered", "free", "evil", "jailbroken"),
+         r"\bfrom now on,? you (?:are|will be|shall be|must|will) (?:no longer|not (?:be )?(?:bound|restricted|limited)|"
+         r"dan|unrestricted|unfiltered|free|an? (?:unrestricted|unfiltered|evil|jailbroken))"),
+    Rule("new-instructions", ("override", "overrides", "overwrite", "overwrites", "replace", "replaces", "supersede",
+                              "supersedes"),
+         r"\b(?:override|overwrite|replace|supersede)s? (?:all )?(?:of )?(?:your |the |any )?(?:previous|prior|existing|"
+         r"original|current|system) (?:instructions|rules|directives|system prompt|prompt|guidelines|programming)"),
     # Hidden orders in documents, e-mails and tool output, addressed to whichever model reads them.
-    ("addressed-to-model",
-     rf"\bif you are an? {_MODEL}\b(?: (?:reading|processing|summari[sz]ing|that (?:reads|is reading))| ?,)"
-     rf"|\b(?:note|message|instructions?|attention|important|memo|reminder|attn|psst|p\.?s\.?)(?: (?:to|for))? "
-     rf"(?:any |all |the )?{_MODEL}s?(?: (?:reading|processing|summari[sz]ing|that reads)| ?[:!])"
-     rf"|\b{_MODEL}s? (?:reading|processing|summari[sz]ing|parsing) this {_DOCUMENT}\b"
-     rf"|\bwhen (?:you|the ai|the assistant|the model|an ai) (?:summari[sz]e|read|process|parse|see)s? "
-     rf"this {_DOCUMENT}\b"
-     rf"|<!-- ?(?:note to |to |for )?(?:the )?{_MODEL}s?\b"),
+    Rule("addressed-to-model", _MODEL_WORDS,
+         rf"\bif you are an? {_MODEL}\b(?: (?:reading|processing|summari[sz]ing|that (?:reads|is reading))| ?,)"
+         rf"|\b(?:note|message|instructions?|attention|important|memo|reminder|attn|psst|p\.?s\.?)(?: (?:to|for))? "
+         rf"(?:any |all |the )?{_MODEL}s?(?: (?:reading|processing|summari[sz]ing|that reads)| ?[:!])"
+         rf"|\b{_MODEL}s? (?:reading|processing|summari[sz]ing|parsing) this {_DOCUMENT}\b"),
+    Rule("addressed-to-model", ("document", "email", "mail", "page", "text", "file", "message", "website", "review",
+                                "resume", "cv", "pdf", "content", "<!--"),
+         rf"\bwhen (?:you|the ai|the assistant|the model|an ai) (?:summari[sz]e|read|process|parse|see)s? "
+         rf"this {_DOCUMENT}\b"
+         rf"|<!-- ?(?:note to |to |for )?(?:the )?{_MODEL}s?\b"),
     # Sending the conversation or the user's data somewhere.
-    ("exfiltration",
-     r"\b(?:send|post|upload|forward|transmit|exfiltrate|leak|email|e-mail|append|include|encode|embed|copy|attach) "
-     rf"(?:\w+ ){{0,3}}{_SENSITIVE}\b.{{0,60}}?{_DESTINATION}"
-     rf"|(?:https?://|www\.)\S*.{{0,40}}\b(?:append|attach|add|include)(?:ing)? (?:\w+ ){{0,3}}{_SENSITIVE}"
-     r"|!\[[^\]]*\]\(https?://[^)\s]*(?:\{|%7b|\$\(|\[|<)"
-     r"|\b(?:render|display|show|output) (?:this |the following |an? )?(?:markdown )?image\b.{0,80}"
-     r"(?:conversation|chat history|user'?s?|secret|password|credentials|system prompt)"),
-    ("tool-hijack",
-     r"\b(?:call|use|invoke|run|execute|trigger) (?:the |your )?(?:\w+ )?(?:tool|function|plugin|api|action|command)"
-     r" (?:\w+ ){0,2}to (?:send|email|forward|delete|transfer|wire|post|upload|remove|drop|purchase|buy|grant|share)"
-     r"(?: \w+){0,6} (?:to|with|for) (?:https?://|www\.|[\w.-]+@[\w-]+\.\w|\$?\d|all\b|every\b|the attacker)"
-     r"|\b(?:without|do not|don't|never) (?:asking|ask|telling|tell|informing|inform|notifying|notify|alerting|alert"
-     r"|mentioning|mention) (?:the |your )?(?:user|human|owner|operator)\b"),
+    Rule("exfiltration", ("conversation", "chat", "prompt", "messages", "credentials", "passwords", "secrets",
+                          "token", "tokens", "cookies", "key", "keys", "contacts", "inbox", "user", "users", "emails",
+                          "files", "documents"),
+         r"\b(?:send|post|upload|forward|transmit|exfiltrate|leak|email|e-mail|append|include|encode|embed|copy|attach) "
+         rf"(?:\w+ ){{0,3}}{_SENSITIVE}\b.{{0,60}}?{_DESTINATION}"),
+    Rule("exfiltration", ("http", "https", "www", "![", "image"),
+         rf"(?:https?://|www\.)\S*.{{0,40}}\b(?:append|attach|add|include)(?:ing)? (?:\w+ ){{0,3}}{_SENSITIVE}"
+         r"|!\[[^\]]*\]\(https?://[^)\s]*(?:\{|%7b|\$\(|\[|<)"
+         r"|\b(?:render|display|show|output) (?:this |the following |an? )?(?:markdown )?image\b.{0,80}"
+         r"(?:conversation|chat history|user'?s?|secret|password|credentials|system prompt)"),
+    Rule("tool-hijack", ("tool", "function", "plugin", "api", "action", "command"),
+         r"\b(?:call|use|invoke|run|execute|trigger) (?:the |your )?(?:\w+ )?(?:tool|function|plugin|api|action|command)"
+         r" (?:\w+ ){0,2}to (?:send|email|forward|delete|transfer|wire|post|upload|remove|drop|purchase|buy|grant|share)"
+         r"(?: \w+){0,6} (?:to|with|for) (?:https?://|www\.|[\w.-]+@[\w-]+\.\w|\$?\d|all\b|every\b|the attacker)"),
+    Rule("tool-hijack", ("user", "human", "owner", "operator"),
+         r"\b(?:without|do not|don't|never) (?:asking|ask|telling|tell|informing|inform|notifying|notify|alerting|alert"
+         r"|mentioning|mention) (?:the |your )?(?:user|human|owner|operator)\b"),
     # Orders hidden behind an encoding.
-    ("encoded-payload",
-     r"\b(?:decode|decipher|decrypt|translate|convert|interpret) (?:\w+ ){0,4}(?:base64|base-64|hex|rot13|rot-13|"
-     r"binary|morse|caesar|reversed?)\b.{0,60}?\b(?:follow|execute|obey|run|carry out|perform|do what|act on|"
-     r"comply|apply)\b"
-     r"|\bdecode (?:this|the following|it)\b.{0,40}\b(?:do what it says|follow|execute|obey|carry out|act on)"
-     r"|\b(?:follow|execute|obey|carry out|act on) (?:\w+ ){0,4}(?:base64|base-64|hex|rot13|encoded|decoded|"
-     r"obfuscated|hidden) (?:\w+ )?(?:instructions?|commands?|payload|text|message|string)"),
+    Rule("encoded-payload", ("base64", "base", "hex", "rot13", "rot", "binary", "morse", "caesar", "reverse",
+                             "reversed", "decode", "decipher", "decrypt", "encoded", "decoded", "obfuscated", "hidden"),
+         r"\b(?:decode|decipher|decrypt|translate|convert|interpret) (?:\w+ ){0,4}(?:base64|base-64|hex|rot13|rot-13|"
+         r"binary|morse|caesar|reversed?)\b.{0,60}?\b(?:follow|execute|obey|run|carry out|perform|do what|act on|"
+         r"comply|apply)\b"
+         r"|\bdecode (?:this|the following|it)\b.{0,40}\b(?:do what it says|follow|execute|obey|carry out|act on)"
+         r"|\b(?:follow|execute|obey|carry out|act on) (?:\w+ ){0,4}(?:base64|base-64|hex|rot13|encoded|decoded|"
+         r"obfuscated|hidden) (?:\w+ )?(?:instructions?|commands?|payload|text|message|string)"),
 )
 
-LINE_RULES = frozenset({"fake-role-tag", "new-instructions"})  # rules that look for the start of a line
-
-_BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{24,}={0,2}")
+_BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{24,}={0,2}")
 _HEX_RUN = re.compile(r"\b(?:[0-9a-fA-F]{2}[ :]?){16,}")
 _PRINTABLE = re.compile(r"[\x20-\x7e\n\t]{12,}")
 
@@ -284,28 +340,38 @@ def _decoded_runs(text: str) -> list[str]:
     return found
 
 
+_PUNCTUATION = str.maketrans(dict.fromkeys(string.punctuation, " "))
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    name: str
+    words: frozenset[str]
+    substrings: tuple[str, ...]
+    pattern: re.Pattern[str]
+    lines: bool
+
+
 class InjectionRules:
     """The named heuristic rules, plus any ``extra_patterns`` (regular expressions, named "custom").
 
     Extra patterns are matched, case-insensitively, against the same normalised text as the
-    built-in rules: lower case, single spaces, accents and look-alike letters folded.
+    built-in rules (lower case, single spaces, accents and look-alike letters folded), read as
+    one line, and are tried on every text.
     """
 
     def __init__(self, extra_patterns: Sequence[str] = ()) -> None:
-        rules = list(RULES)
+        compiled = []
         for pattern in extra_patterns:
             try:
-                re.compile(pattern)
+                compiled.append(re.compile(pattern, re.IGNORECASE | re.DOTALL))
             except re.error as exc:
                 raise ValueError(f"Invalid injection pattern {pattern!r}: {exc}.") from None
-            rules.append(("custom", pattern))
-        # Two alternations, one scan each: the group that matched names the rule. The line rules read
-        # the line breaks; the others read one flat line, so a phrase split over two lines still matches.
-        self._groups = {f"rule{i}_": name for i, (name, _) in enumerate(rules)}
-        self._lines, self._flat = (
-            re.compile("|".join(f"(?P<rule{i}_>{p})" for i, (name, p) in enumerate(rules)
-                                if (name in LINE_RULES) == lines), re.IGNORECASE | re.DOTALL)
-            for lines in (True, False))
+        # The built-in patterns are lower case, like the text they read: IGNORECASE would cost 4-10x.
+        self._rules = [_Compiled(rule.name, frozenset(t for t in rule.triggers if t.isalnum() and t.isascii()),
+                                 tuple(t for t in rule.triggers if not (t.isalnum() and t.isascii())),
+                                 re.compile(rule.pattern, re.DOTALL), rule.lines) for rule in RULES]
+        self._custom = compiled
 
     def check(self, text: str) -> InjectionVerdict:
         """Whether ``text`` matches a rule, as is or once its base64/hex runs are decoded."""
@@ -321,12 +387,14 @@ class InjectionRules:
         return InjectionVerdict(True, 1.0, name)
 
     def _match(self, normalised: str) -> str | None:
-        match = self._lines.search(normalised) or self._flat.search(normalised.replace("\n", " "))
-        if match is None:
-            return None
-        # ``lastgroup`` would name a custom pattern's own inner group; the rule is the outer one that matched.
-        group = next(key for key, value in match.groupdict().items() if value is not None and key in self._groups)
-        return self._groups[group]
+        flat = normalised.replace("\n", " ")
+        words = set(flat.translate(_PUNCTUATION).split())
+        for rule in self._rules:
+            text = normalised if rule.lines else flat
+            if ((not rule.words.isdisjoint(words) or any(trigger in text for trigger in rule.substrings))
+                    and rule.pattern.search(text)):
+                return rule.name
+        return next(("custom" for pattern in self._custom if pattern.search(flat)), None)
 
 
 # --- the classifier ------------------------------------------------------------------------------
