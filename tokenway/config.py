@@ -30,6 +30,7 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tokenway.cache.options import CacheConfig, ModelCacheConfig
+from tokenway.guards.options import GuardsConfig
 from tokenway.jobs.options import JobsConfig
 from tokenway.providers.base import ProviderOptions
 from tokenway.providers.registry import UnknownProvider, provider_class
@@ -209,6 +210,7 @@ class ModelConfig(_Strict):
     fallbacks: list[str] = []  # models tried in order when every deployment of this one failed
     context_fallbacks: list[str] = []  # tried instead when the prompt is too long for this model
     degradation: DegradationConfig = DegradationConfig()
+    guards: list[str] = []  # guard profiles (guards.profiles) run on this model's requests (tokenway/guards)
     structured_output: ModelStructuredOutputConfig = ModelStructuredOutputConfig()  # tokenway.validation.options
 
     @model_validator(mode="after")
@@ -272,6 +274,7 @@ class GatewayConfig(_Strict):
     observability: Observability = Observability()
     access: AccessConfig = AccessConfig()  # keys, rate limits, budgets (tokenway.usage.options)
     jobs: JobsConfig = JobsConfig()  # the async API and batches (tokenway.jobs.options)
+    guards: GuardsConfig = GuardsConfig()  # named guard profiles that models and keys use (tokenway.guards.options)
     structured_output: StructuredOutputConfig = StructuredOutputConfig()  # replies checked (tokenway.validation.options)
 
     @field_validator("models")
@@ -288,6 +291,16 @@ class GatewayConfig(_Strict):
                     raise ValueError(f"model {model.name!r}: fallback {name!r} is not another configured model")
         return models
 
+    @model_validator(mode="after")
+    def _guard_profiles_exist(self) -> GatewayConfig:
+        for i, model in enumerate(self.models):
+            for j, name in enumerate(model.guards):
+                if name not in self.guards.profiles:
+                    known = ", ".join(sorted(self.guards.profiles)) or "none"
+                    raise LocatedError(("models", i, "guards", j),
+                                       f"guard profile {name!r} is not under guards.profiles (defined: {known})")
+        return self
+
     def digest(self) -> str:
         """A short hash of the effective config (shown by admin status and logs). Keys are sorted: the order
         of a mapping in the YAML (a deployment's headers, say) is not part of the config."""
@@ -298,6 +311,15 @@ class GatewayConfig(_Strict):
 def default_config() -> GatewayConfig:
     """No config file: serve the embedded local model as ``local``."""
     return GatewayConfig.model_validate({"models": [{"name": "local", "deployments": [{"provider": "local"}]}]})
+
+
+class LocatedError(ValueError):
+    """A rule across fields broken at ``loc``: ``parse_config`` reports the line of that value, not of
+    the model whose validator found it."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
 
 
 class ConfigError(ValueError):
@@ -369,6 +391,7 @@ def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
         lines = []
         for error in exc.errors(include_url=False):
             loc = [p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+            loc += getattr(error.get("ctx", {}).get("error"), "loc", ())
             line = _line_of(node, loc)
             field = _dotted(loc) or "(top level)"
             lines.append(f"{source}:{line}: {field}: {error['msg']}")
