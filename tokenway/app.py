@@ -35,6 +35,7 @@ from tokenway.context import RequestContext
 from tokenway.deployments import Deployment, ModelTable
 from tokenway.drain import drain_when_file_appears, install_drain_on_sigterm
 from tokenway.errors import GatewayError, MethodNotAllowed
+from tokenway.guards.policy import Guards, open_guards
 from tokenway.jobs.runtime import Jobs
 from tokenway.observability.live_state import LiveState
 from tokenway.observability.logging import JsonLog
@@ -100,6 +101,7 @@ class Gateway:
         self._upstream: HttpClient | None = None
         self.redis: Any = None  # redis.asyncio.Redis when TOKENWAY_REDIS_URL is set; shared by every store
         self.cache: ResponseCache | None = None  # None when caching is off for every model
+        self.guards: Guards | None = None  # None when no guard profile is configured
         self._models = ModelTable({})
         self._starting: asyncio.Task[None] | None = None
         self._drain_watch: asyncio.Task[None] | None = None  # waits for the drain file (settings.drain_file)
@@ -113,6 +115,8 @@ class Gateway:
         self.route = Route(models, self.config, self.routing, self.clock)
         return [
             self.access.policy,  # keys -> rate limits + budget hold (one atomic step) -> settle + ledger at the end
+            # PII, injection, blocked terms, output length; before the cache, so every caller's guards apply to hits
+            *([self.guards] if self.guards is not None else []),
             *([self.cache] if self.cache is not None else []),
             # replies checked against response_format / tools and retried; after the cache, so it stores only valid ones
             *([StructuredOutput(self.config, self.metrics, self.access.policy.hold_more)]
@@ -181,6 +185,7 @@ class Gateway:
 
             self.redis = redis.asyncio.from_url(self.settings.redis_url)
         self.cache = await open_cache(self.config, self.redis)
+        self.guards = await open_guards(self.config, self.metrics, self.log)
         self._upstream = HttpClient()
         resources = ProviderResources(http=self._http, upstream=self._upstream, data_dir=self.settings.data_dir)
 
@@ -216,7 +221,8 @@ class Gateway:
                                              status_router(self.config, self._models, self.routing,
                                                            self.route.queue_lengths, self._state, self.request_drain,
                                                            self.settings.master_key),
-                                             admin_router(self.access, self.settings.master_key),
+                                             admin_router(self.access, self.settings.master_key,
+                                                          self.config.guards.profiles),
                                              jobs_router(self.jobs.service, callers, self.settings.master_key),
                                              batches_router(self.jobs.service, callers)])
         self._starting = asyncio.get_running_loop().create_task(self._start_providers())
@@ -287,6 +293,8 @@ class Gateway:
         await self.access.aclose()  # flushes the usage ledger
         if self.cache is not None:
             await self.cache.aclose()
+        if self.guards is not None:
+            await self.guards.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         self.metrics.close()
