@@ -44,6 +44,8 @@ def _key_fields(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-streams", type=int,
                         help="streams in flight at once (default: limits.max_streams_per_key)")
     parser.add_argument("--budget", help="e.g. 5.00/day, 100/month, 20/total")
+    parser.add_argument("--guards", help="comma-separated guard profiles (config guards.profiles) on top of the "
+                                         "model's; checked against TOKENWAY_CONFIG when it is set; '' clears them")
     parser.add_argument("--expires-in-days", type=float)
     parser.add_argument("--label", action="append", default=[], metavar="NAME=VALUE")
 
@@ -56,6 +58,8 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.models:
         out["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.guards is not None:
+        out["guards"] = [g.strip() for g in args.guards.split(",") if g.strip()]
     if args.expires_in_days is not None:
         out["expires_at"] = time.time() + args.expires_in_days * 86400
     if args.label:
@@ -91,7 +95,7 @@ async def _run(args: argparse.Namespace, settings: Any) -> int:
             _table(rows, [args.group_by, "requests", "prompt_tokens", "completion_tokens", "cost_usd"])
         elif args.action == "create":
             secret, key_id = new_key()
-            record = key_record(secret, key_id, **_fields(args))
+            record = key_record(secret, key_id, **_checked(_fields(args), settings))
             await db.put_key(record)
             print(json.dumps({"key": secret, **record.public()}, indent=2))
             print("Store the key now: it is not shown again.")
@@ -102,13 +106,26 @@ async def _run(args: argparse.Namespace, settings: Any) -> int:
             existing = await db.get_key(args.id)
             if existing is None:
                 raise LookupError(f"No key with id {args.id!r}; see `tokenway keys list`.")
-            changes = {"revoked": True} if args.action == "revoke" else _fields(args)
+            changes = {"revoked": True} if args.action == "revoke" else _checked(_fields(args), settings)
             updated = KeyRecord.model_validate({**existing.model_dump(), **changes})
             await db.put_key(updated)
             print(json.dumps(updated.public(), indent=2))
     finally:
         await db.aclose()
     return 0
+
+
+def _checked(fields: dict[str, Any], settings: Any) -> dict[str, Any]:
+    """``fields``, once every guard profile they name is one the gateway's config defines."""
+    if fields.get("guards") and settings.config is not None:
+        from tokenway.config import load_config
+
+        profiles = load_config(settings.config).guards.profiles
+        for name in fields["guards"]:
+            if name not in profiles:
+                known = ", ".join(sorted(profiles)) or "none"
+                raise LookupError(f"Unknown guard profile {name!r}: {settings.config} defines {known}.")
+    return fields
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
