@@ -1,0 +1,101 @@
+"""Guard profiles in the config (errors at their YAML line), the policy's place in the list (absent
+when no profile exists), and the policy in process on a scripted provider."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import io
+
+import pytest
+
+from tests.inprocess import gateway, reply, sse_data, streamed_text
+from tokenway.config import ConfigError, parse_config
+from tokenway.guards.policy import Guards, open_guards
+from tokenway.observability.logging import JsonLog
+from tokenway.observability.metrics import Metrics
+from tokenway.policies.cache import ResponseCache
+
+MODELS = """
+models:
+  - name: m
+    guards: [pii]
+    deployments: [{provider: fake, name: a}]
+"""
+PROFILES = """
+guards:
+  profiles:
+    pii:
+      input: [{check: pii, action: mask}]
+      output: [{check: pii, action: mask}]
+"""
+
+
+def problem(yaml: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(yaml, "tokenway.yaml")
+    return str(caught.value)
+
+
+def test_a_model_naming_an_undefined_profile_fails_at_its_line() -> None:
+    yaml = """models:
+  - name: m
+    deployments: [{provider: fake, name: a}]
+    guards:
+      - pii
+      - nope
+guards:
+  profiles:
+    pii: {input: [{check: pii}]}
+"""
+    message = problem(yaml)
+    assert message.startswith("tokenway.yaml:6: models[0].guards[1]: ")
+    assert "'nope' is not under guards.profiles (defined: pii)" in message
+
+
+@pytest.mark.parametrize(("check", "said"), [
+    ("input: [{check: injection, action: mask}]", "cannot be masked"),
+    ("input: [{check: max_output_chars, limit: 5}]", "put it under 'output'"),
+    ("output: [{check: injection}]", "put it under 'input'"),
+    ("input: [{check: pii, kinds: [email, ssn]}]", "kinds"),
+    ("input: [{check: blocked_terms, terms: []}]", "terms"),
+    ("input: [{check: secrets}]", "check"),
+])
+def test_bad_checks_are_refused_with_their_line(check: str, said: str) -> None:
+    message = problem(f"{MODELS}guards:\n  profiles:\n    pii:\n      {check}\n")
+    assert message.startswith("tokenway.yaml:") and said in message, message
+    assert int(message.split(":")[1]) >= 9  # the profile's line or below, not the top of the file
+
+
+def test_no_profile_no_policy() -> None:
+    yaml = "models: [{name: m, deployments: [{provider: fake, name: a}]}]"
+    assert asyncio.run(open_guards(parse_config(yaml), Metrics(), JsonLog(io.BytesIO()))) is None
+
+
+async def test_the_policy_sits_after_access_and_before_the_cache() -> None:
+    async with gateway(MODELS + PROFILES + "cache: {enabled: true}\n") as gw:
+        kinds = [type(policy) for policy in gw.app.policies(gw.app.models)]
+    assert kinds.index(Guards) == 1 and kinds.index(ResponseCache) == 2
+    async with gateway("models: [{name: m, deployments: [{provider: fake, name: a}]}]") as gw:
+        assert Guards not in [type(policy) for policy in gw.app.policies(gw.app.models)]
+
+
+async def test_masks_in_process_json_and_stream() -> None:
+    async with gateway(MODELS + PROFILES) as gw:
+        gw.fake("a").script(reply("Mail ", "ivan@exa", "mple.com", " now."), reply("Mail ", "ivan@exa", "mple.com"))
+        answer = await gw.chat(messages=[{"role": "user", "content": "I am judy@example.com"}])
+        streamed = await gw.chat(stream=True)
+        calls = gw.fake("a").calls
+    assert answer.json()["choices"][0]["message"]["content"] == "Mail [EMAIL] now."
+    assert calls[0]["messages"][0]["content"] == "I am [EMAIL]"
+    assert streamed_text(streamed) == "Mail [EMAIL]" and sse_data(streamed)[-1] == "[DONE]"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("presidio_analyzer") is not None, reason="Presidio is installed")
+def test_presidio_without_the_extra_says_what_to_install() -> None:
+    from tokenway.guards.presidio import PresidioUnavailable
+
+    yaml = MODELS + "guards:\n  profiles:\n    pii: {input: [{check: pii, presidio: [PERSON, LOCATION]}]}\n"
+    with pytest.raises(PresidioUnavailable) as caught:
+        asyncio.run(open_guards(parse_config(yaml), Metrics(), JsonLog(io.BytesIO())))
+    assert "pip install 'tokenway[presidio]'" in str(caught.value) and "en_core_web_sm" in str(caught.value)
