@@ -6,6 +6,11 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +104,25 @@ def test_presidio_without_the_extra_says_what_to_install() -> None:
     with pytest.raises(PresidioUnavailable) as caught:
         asyncio.run(open_guards(parse_config(yaml), Metrics(), JsonLog(io.BytesIO())))
     assert "pip install 'tokenway[presidio]'" in str(caught.value) and "en_core_web_sm" in str(caught.value)
+
+
+def test_keys_cli_sets_guard_profiles_checked_against_the_config(tmp_path: Path) -> None:
+    path = tmp_path / "tokenway.yaml"
+    path.write_text(MODELS.replace("{provider: fake, name: a}", "{provider: openai, api_base: 'http://127.0.0.1:9/v1'}")
+                    + PROFILES)
+    env = {**os.environ, "TOKENWAY_DATA_DIR": str(tmp_path), "TOKENWAY_CONFIG": str(path)}
+    env.pop("TOKENWAY_DATABASE_URL", None)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tokenway", "keys", *args], env=env, capture_output=True,
+                              text=True, check=False, timeout=60)
+
+    refused = cli("create", "--name", "x", "--guards", "pii,nope")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "Unknown guard profile 'nope'" in refused.stdout and "defines pii" in refused.stdout
+    created = cli("create", "--name", "x", "--guards", "pii")
+    assert created.returncode == 0, created.stdout + created.stderr
+    record = json.loads(created.stdout[: created.stdout.rindex("}") + 1])
+    assert record["guards"] == ["pii"]
+    cleared = cli("update", record["id"], "--guards", "")
+    assert json.loads(cleared.stdout)["guards"] == []
