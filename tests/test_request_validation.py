@@ -8,18 +8,24 @@ Schema agrees with both tables wherever JSON Schema can say the rule.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.inprocess import gateway, reply
+from tests.property_support import PROPERTY
 from tokenway.api.openai import read_call
 from tokenway.config import Limits
 from tokenway.errors import InvalidRequest
 from tokenway.protocol import CHAT_REQUEST, COMPLETION_REQUEST, SIMPLE_CHAT_REQUEST, parse_body
+from tokenway.providers.base import Call
+from tokenway.usage.cost import prompt_size
 
 DROP = object()  # a field the case leaves out
 USER = {"role": "user", "content": "hi"}
@@ -375,3 +381,30 @@ async def test_the_front_door_passes_good_bodies_on_unchanged() -> None:
             if case.kind == "simple":
                 sent = {"model": "m", **sent}  # /chat fills in the first model
             assert received == sent, case.name
+
+
+# Any JSON, with the keys the schemas know at every level, so that the fuzz reaches inside them.
+KEYS = st.sampled_from(sorted({
+    *BASES["chat"], "stream", "stream_options", "include_usage", "temperature", "n", "stop", "seed", "tools",
+    "tool_choice", "response_format", "logprobs", "top_logprobs", "metadata", "logit_bias", "max_tokens", "prompt",
+    "best_of", "role", "content", "type", "text", "image_url", "url", "tool_calls", "tool_call_id", "function",
+    "name", "arguments", "parameters", "json_schema", "schema", "strict", "top_k"}))
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8) | st.sampled_from(["user", "assistant", "tool", "text", "image_url", "json_schema"]),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(KEYS | st.text(max_size=4), inner, max_size=5),
+    max_leaves=25,
+)
+
+
+@PROPERTY
+@given(kind=st.sampled_from(sorted(BASES)), fields=st.dictionaries(KEYS, JSON, max_size=4))
+def test_any_json_is_a_request_or_a_400_never_a_crash(kind: str, fields: dict[str, Any]) -> None:
+    body = json.dumps({**BASES[kind], **fields}).encode()  # the stdlib writes integers of any size
+    try:
+        request = parse_body(ADAPTERS[kind], body, REQUIRED[kind])
+    except InvalidRequest as error:
+        assert error.status == 400 and error.code and isinstance(error.param, str | None)
+        return
+    orjson.dumps(request)  # what the gateway writes on to the upstream and into cache keys
+    prompt_size(Call("completions" if kind == "completions" else "chat", request))
