@@ -275,7 +275,7 @@ class GatewayConfig(_Strict):
     access: AccessConfig = AccessConfig()  # keys, rate limits, budgets (tokenway.usage.options)
     jobs: JobsConfig = JobsConfig()  # the async API and batches (tokenway.jobs.options)
     guards: GuardsConfig = GuardsConfig()  # named guard profiles that models and keys use (tokenway.guards.options)
-    structured_output: StructuredOutputConfig = StructuredOutputConfig()  # replies checked (tokenway.validation.options)
+    structured_output: StructuredOutputConfig = StructuredOutputConfig()  # replies checked (tokenway.validation)
 
     @field_validator("models")
     @classmethod
