@@ -5,8 +5,8 @@ says what kind of problem it is (``missing_required_parameter``, ``invalid_type`
 ``array_above_max_length``...), and the message says what was wrong and what is allowed.
 
 Nothing the client sent comes back: a prompt may hold a secret or personal data, and error bodies
-are logged. A message shows a number, a boolean, or a short word of lowercase letters where the field is an
-enum (``'bot'`` for a role); anything else is described by its type only.
+end up in client logs. A message shows a number, a boolean, or a short word of lowercase letters
+where the field is an enum (``'bot'`` for a role); anything else is described by its type only.
 """
 
 from __future__ import annotations
