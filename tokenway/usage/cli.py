@@ -46,6 +46,9 @@ def _key_fields(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", help="e.g. 5.00/day, 100/month, 20/total")
     parser.add_argument("--guards", help="comma-separated guard profiles (config guards.profiles) on top of the "
                                          "model's; checked against TOKENWAY_CONFIG when it is set; '' clears them")
+    parser.add_argument("--structured-output", choices=["validate", "buffer"],
+                        help="buffer: this key's JSON and tool-call streams are checked and retried before a byte "
+                             "is sent (docs/structured-output.md)")
     parser.add_argument("--expires-in-days", type=float)
     parser.add_argument("--label", action="append", default=[], metavar="NAME=VALUE")
 
@@ -53,7 +56,8 @@ def _key_fields(parser: argparse.ArgumentParser) -> None:
 def _fields(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         name: getattr(args, name)
-        for name in ("name", "owner", "team", "rpm", "tpm", "max_parallel", "max_streams", "budget")
+        for name in ("name", "owner", "team", "rpm", "tpm", "max_parallel", "max_streams", "budget",
+                     "structured_output")
         if getattr(args, name) is not None
     }
     if args.models:
