@@ -71,23 +71,22 @@ class ImagePart(TypedDict, total=False):
     image_url: Required[ImageUrl]
 
 
-_CHECKED_PARTS = ("text", "image_url")
+def _other_than(*checked: str) -> Any:
+    """A ``type`` tag that is none of ``checked``: the entries of a type the gateway does not check."""
 
+    def unchecked(kind: str) -> str:
+        if kind in checked:  # a checked entry that failed its own schema: that error is the one to report
+            raise PydanticCustomError("checked_part", "an entry of this type is checked by its own schema")
+        return kind
 
-def _unchecked(kind: str) -> str:
-    if kind in _CHECKED_PARTS:  # a checked part that failed its own schema: that error is the one to report
-        raise PydanticCustomError("checked_part", "a part of this type is checked by its own schema")
-    return kind
-
-
-_OtherType = Annotated[str, AfterValidator(_unchecked), Field(json_schema_extra={"not": {"enum": [*_CHECKED_PARTS]}})]
+    return Annotated[str, AfterValidator(unchecked), Field(json_schema_extra={"not": {"enum": [*checked]}})]
 
 
 class OtherPart(TypedDict, total=False):
     """A content part of another type (audio, a file, a vendor's own): passed on as sent."""
 
     __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: Required[_OtherType]
+    type: Required[_other_than("text", "image_url")]  # type: ignore[valid-type]
     text: str  # where a part carries text, the prompt-size estimate counts it
 
 
@@ -190,6 +189,16 @@ class ToolDefinition(TypedDict, total=False):
     function: Required[FunctionDefinition]
 
 
+class OtherTool(TypedDict, total=False):
+    """A tool of another type (OpenAI's custom tools, a backend's own): passed on as sent."""
+
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    type: Required[_other_than("function")]  # type: ignore[valid-type]
+
+
+Tool = Annotated[ToolDefinition | OtherTool, Field(union_mode="left_to_right")]
+
+
 class FunctionName(TypedDict, total=False):
     __pydantic_config__ = _OPEN  # type: ignore[misc]
     name: Required[str]
@@ -230,7 +239,17 @@ class JsonSchemaFormat(TypedDict, total=False):
     json_schema: Required[JsonSchemaSpec]
 
 
-ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
+class OtherFormat(TypedDict, total=False):
+    """An output format of another type (vLLM's ``structural_tag``, a backend's own): passed on as sent."""
+
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    type: Required[_other_than("text", "json_object", "json_schema")]  # type: ignore[valid-type]
+
+
+ResponseFormat = Annotated[
+    Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")] | OtherFormat,
+    Field(union_mode="left_to_right"),
+]
 
 
 class StreamOptions(TypedDict, total=False):
@@ -282,7 +301,7 @@ class ChatCompletionRequest(_Sampling, total=False):
     ])
     messages: Required[Annotated[list[ChatMessage], Field(min_length=1)]]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None
-    tools: Annotated[list[ToolDefinition], Field(max_length=128)] | None
+    tools: Annotated[list[Tool], Field(max_length=128)] | None
     tool_choice: ToolChoice | None
     parallel_tool_calls: bool | None
     response_format: ResponseFormat | None
@@ -345,7 +364,7 @@ def _chat_rules(request: dict[str, Any]) -> dict[str, Any]:
         raise broken_rule("top_logprobs", "'top_logprobs' is only allowed when 'logprobs' is true.")
     choice = request.get("tool_choice")
     if isinstance(choice, dict):
-        declared = {tool["function"]["name"] for tool in request.get("tools") or ()}
+        declared = {tool["function"]["name"] for tool in request.get("tools") or () if tool["type"] == "function"}
         if choice["function"]["name"] not in declared:
             raise broken_rule("tool_choice", "'tool_choice' names a function that is not declared in 'tools'; "
                               "name one of the functions in 'tools', or use 'auto', 'none' or 'required'.")
