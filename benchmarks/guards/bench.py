@@ -1,10 +1,12 @@
 """What the guards cost: the PII scan on a 2 KB prompt, the policy end to end in process, and the
 gateway's requests/s with guards off and on, in one run.
 
-    .venv/bin/python benchmarks/guards/bench.py [--rounds 5] [--requests 400]
+    .venv/bin/python benchmarks/guards/bench.py [--rounds 5] [--requests 200]
 
-Timings are medians of ``--rounds`` rounds; the off/on comparison alternates the two in each round
-(the box is shared, so only ratios taken in one run mean much). Results: RESULTS.md beside this file.
+Per-call timings are the best of ``--rounds`` rounds (as ``timeit`` reports: on a shared box the
+slower rounds measure the neighbours). For requests/s, a gateway with guards off and one with them on
+run side by side and take turns (``2 * rounds`` turns each): only their ratio in one run means much.
+Results: RESULTS.md beside this file.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -65,7 +66,7 @@ def per_call_us(fn: Callable[[], object], rounds: int, n: int) -> float:
         for _ in range(n):
             fn()
         samples.append((time.perf_counter() - started) / n * 1e6)
-    return statistics.median(samples)
+    return min(samples)
 
 
 async def policy_us(rounds: int, n: int) -> tuple[float, float]:
@@ -96,36 +97,40 @@ async def policy_us(rounds: int, n: int) -> tuple[float, float]:
     for _ in range(rounds):
         off.append(await timed(False))
         on.append(await timed(True))
-    return statistics.median(off), statistics.median(on)
+    return min(off), min(on)
 
 
-async def gateway_rps(rounds: int, requests: int) -> tuple[float, float]:
-    """Requests/s of the whole gateway in process (ASGI, a scripted provider), guards off and on."""
-    from tests.inprocess import gateway, reply
+async def gateway_rps(rounds: int, requests: int, first: str, second: str) -> tuple[float, float]:
+    """Requests/s of the whole gateway in process (ASGI, a scripted provider) serving ``first`` and
+    ``second``: both run side by side and take turns, ``requests`` calls a turn, so that both see the
+    same box."""
+    from tests.inprocess import Harness, gateway, reply
 
-    async def rate(config: str) -> float:
-        async with gateway(config) as gw:
-            gw.fake("a").script(*[reply(PROSE[:400]) for _ in range(requests + 20)])
-            body = {"messages": [{"role": "user", "content": PROMPT}]}
-            for _ in range(20):
-                await gw.chat(**body)
-            started = time.perf_counter()
-            for _ in range(requests):
-                r = await gw.chat(**body)
-                assert r.status_code == 200
-            return requests / (time.perf_counter() - started)
+    body = {"messages": [{"role": "user", "content": PROMPT}]}
 
-    off, on = [], []
-    for _ in range(rounds):
-        off.append(await rate(CONFIG_OFF))
-        on.append(await rate(CONFIG))
-    return statistics.median(off), statistics.median(on)
+    async def turn(gw: Harness, n: int) -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            r = await gw.chat(**body)
+            assert r.status_code == 200
+        return time.perf_counter() - started
+
+    async with gateway(first) as off, gateway(second) as on:
+        for gw in (off, on):
+            gw.fake("a").script(*[reply(PROSE[:400]) for _ in range(2 * rounds * requests + 50)])
+            await turn(gw, 50)
+        spent = {id(off): 0.0, id(on): 0.0}
+        for i in range(2 * rounds):
+            for gw in (off, on) if i % 2 == 0 else (on, off):
+                spent[id(gw)] += await turn(gw, requests)
+    calls = 2 * rounds * requests
+    return calls / spent[id(off)], calls / spent[id(on)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--requests", type=int, default=200, help="calls per turn in the requests/s comparison")
     args = parser.parse_args()
     finder = PiiFinder()
     assert not finder.find(PROMPT) and len(finder.find(WITH_MATCHES)) == 4
@@ -135,7 +140,10 @@ def main() -> None:
     print(f"PII scan, 2 KB table of figures:    {per_call_us(lambda: finder.find(FIGURES), args.rounds, 2000):7.1f} µs")
     off, on = asyncio.run(policy_us(args.rounds, 2000))
     print(f"policy in process (mask in + out):  {on:7.1f} µs (handler alone {off:.1f} µs; policy {on - off:.1f} µs)")
-    rps_off, rps_on = asyncio.run(gateway_rps(args.rounds, args.requests))
+    rps_a, rps_b = asyncio.run(gateway_rps(args.rounds, args.requests, CONFIG_OFF, CONFIG_OFF))
+    print(f"gateway in process, requests/s:     off {rps_a:.0f}, off again {rps_b:.0f} "
+          f"(the control: {rps_b / rps_a:.3f})")
+    rps_off, rps_on = asyncio.run(gateway_rps(args.rounds, args.requests, CONFIG_OFF, CONFIG))
     print(f"gateway in process, requests/s:     off {rps_off:.0f}, on {rps_on:.0f} (on/off {rps_on / rps_off:.3f})")
 
 
