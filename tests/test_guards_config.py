@@ -126,3 +126,17 @@ def test_keys_cli_sets_guard_profiles_checked_against_the_config(tmp_path: Path)
     assert record["guards"] == ["pii"]
     cleared = cli("update", record["id"], "--guards", "")
     assert json.loads(cleared.stdout)["guards"] == []
+
+
+async def test_completions_prompt_and_text_are_guarded_in_process() -> None:
+    async with gateway(MODELS + PROFILES) as gw:
+        gw.fake("a").script(reply("key AKIA", "IOSFODNN7EXAMPLE ok"), reply("call +44 20 ", "7946 0958"))
+        answer = await gw.clock.run(gw.client.post("/v1/completions", json={
+            "model": "m", "prompt": ["mail kim@example.com", "plain"]}))
+        streamed = await gw.clock.run(gw.client.post("/v1/completions", json={
+            "model": "m", "prompt": "hi", "stream": True}))
+        sent = gw.fake("a").calls[0]["prompt"]
+    assert answer.json()["choices"][0]["text"] == "key [SECRET] ok"
+    assert sent == ["mail [EMAIL]", "plain"]
+    text = "".join(c["choices"][0]["text"] for c in sse_data(streamed) if isinstance(c, dict) and c.get("choices"))
+    assert text == "call [PHONE]"
