@@ -1,6 +1,7 @@
 """Precision, recall and per-call cost of the injection rules, the classifier, and both, on ``test.jsonl``.
 
-    .venv/bin/python benchmarks/guards/injection/evaluate.py [--split test] [--rules-only] [--json out.json]
+    .venv/bin/python benchmarks/guards/injection/evaluate.py [--split test] [--rules-only] [--no-timing] \\
+        [--json out.json]
 
 Labels: 1 injection, 0 benign. "Rules or classifier" calls a text an injection when either does
 (how the guard uses them together). Also: recall per kind of injection, false alarms per kind
@@ -116,16 +117,18 @@ async def classifier_latency_ms(classifier: InjectionClassifier, repeat: int = 3
     return round(statistics.median(runs), 2)
 
 
-async def evaluate(split: str, with_classifier: bool) -> dict[str, Any]:
-    """Every number RESULTS.md reports, for ``split``."""
+async def evaluate(split: str, with_classifier: bool, timing: bool = True) -> dict[str, Any]:
+    """Every number RESULTS.md reports, for ``split`` (the latencies only with ``timing``)."""
     rows = load(split)
     rules = InjectionRules()
     by_rules = rules_verdicts(rows, rules)
     report: dict[str, Any] = {
         "split": split, "rows": len(rows), "injections": sum(row["label"] for row in rows),
         "rules": asdict(scores(by_rules, rows)), "rules_by_kind": by_kind(by_rules, rows),
-        "rules_latency_us_2kb": rules_latency_us(rules), "prompt_bytes": len(PROMPT_2KB.encode()),
+        "prompt_bytes": len(PROMPT_2KB.encode()),
     }
+    if timing:
+        report["rules_latency_us_2kb"] = rules_latency_us(rules)
     if with_classifier:
         classifier = await InjectionClassifier.load()
         try:
@@ -135,8 +138,9 @@ async def evaluate(split: str, with_classifier: bool) -> dict[str, Any]:
                 "threshold": classifier.threshold,
                 "classifier": asdict(scores(by_model, rows)), "classifier_by_kind": by_kind(by_model, rows),
                 "either": asdict(scores(either, rows)), "either_by_kind": by_kind(either, rows),
-                "classifier_latency_ms_2kb": await classifier_latency_ms(classifier),
             }
+            if timing:
+                report["classifier_latency_ms_2kb"] = await classifier_latency_ms(classifier)
         finally:
             await classifier.aclose()
     return report
@@ -146,9 +150,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", default="test", choices=["test", "train"])
     parser.add_argument("--rules-only", action="store_true", help="skip the classifier (no model load)")
+    parser.add_argument("--no-timing", action="store_true", help="skip the latency measurements")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
-    report = asyncio.run(evaluate(args.split, not args.rules_only))
+    report = asyncio.run(evaluate(args.split, not args.rules_only, not args.no_timing))
     print(f"{args.split}: {report['rows']} texts, {report['injections']} injections")
     print(f"{'detector':<22}{'precision':>10}{'recall':>8}{'F1':>7}{'TP':>5}{'FP':>5}{'FN':>5}")
     for name in ("rules", "classifier", "either"):
@@ -156,7 +161,8 @@ def main() -> None:
             s = report[name]
             print(f"{name:<22}{s['precision']:>10.3f}{s['recall']:>8.3f}{s['f1']:>7.3f}"
                   f"{s['true_positives']:>5}{s['false_positives']:>5}{s['false_negatives']:>5}")
-    print(f"rules: {report['rules_latency_us_2kb']} µs per {report['prompt_bytes']}-byte prompt")
+    if "rules_latency_us_2kb" in report:
+        print(f"rules: {report['rules_latency_us_2kb']} µs per {report['prompt_bytes']}-byte prompt")
     if "classifier_latency_ms_2kb" in report:
         print(f"classifier: {report['classifier_latency_ms_2kb']} ms per {report['prompt_bytes']}-byte prompt "
               f"(threshold {report['threshold']})")

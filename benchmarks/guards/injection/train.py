@@ -30,7 +30,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 from tokenway.cache.semantic import Embedder
-from tokenway.guards.injection import HEAD_FILE, Head, normalise
+from tokenway.guards.injection import HEAD_FILE, Head
+from tokenway.guards.injection_rules import normalise
 
 HERE = Path(__file__).parent
 PACKAGE_HEAD = HERE.parents[2] / "tokenway" / "guards" / "data" / HEAD_FILE
