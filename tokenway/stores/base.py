@@ -29,7 +29,9 @@ class Budget(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    amount: float = Field(gt=0)
+    # At most a billion dollars: the counters hold nano-dollars in 64 bits (Redis, SQL), and a larger
+    # amount overflowed them (1e308 made every request of the key a 500; found by the fuzz test).
+    amount: float = Field(gt=0, le=1e9)
     period: Period = "total"
 
     @model_validator(mode="before")
