@@ -4,7 +4,6 @@ when no profile exists), and the policy in process on a scripted provider."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import io
 import json
 import os
@@ -94,16 +93,6 @@ async def test_masks_in_process_json_and_stream() -> None:
     assert answer.json()["choices"][0]["message"]["content"] == "Mail [EMAIL] now."
     assert calls[0]["messages"][0]["content"] == "I am [EMAIL]"
     assert streamed_text(streamed) == "Mail [EMAIL]" and sse_data(streamed)[-1] == "[DONE]"
-
-
-@pytest.mark.skipif(importlib.util.find_spec("presidio_analyzer") is not None, reason="Presidio is installed")
-def test_presidio_without_the_extra_says_what_to_install() -> None:
-    from tokenway.guards.presidio import PresidioUnavailable
-
-    yaml = MODELS + "guards:\n  profiles:\n    pii: {input: [{check: pii, presidio: [PERSON, LOCATION]}]}\n"
-    with pytest.raises(PresidioUnavailable) as caught:
-        asyncio.run(open_guards(parse_config(yaml), Metrics(), JsonLog(io.BytesIO())))
-    assert "pip install 'tokenway[presidio]'" in str(caught.value) and "en_core_web_sm" in str(caught.value)
 
 
 def test_keys_cli_sets_guard_profiles_checked_against_the_config(tmp_path: Path) -> None:

@@ -1,11 +1,14 @@
 """Names, addresses and other entities through Microsoft Presidio (the ``tokenway[presidio]`` extra).
 
 Imported only when a PII check lists ``presidio`` entities. Presidio's analyzer runs a spaCy
-pipeline, which must be installed as a package beforehand (the gateway never downloads models).
+pipeline, which must be installed beforehand, as a package or a folder (Presidio would download a
+missing one; the gateway refuses to start instead). Presidio's email and URL recognizers use
+tldextract, which tries once to fetch the public suffix list and falls back to its bundled copy.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from tokenway.guards.base import Span
@@ -44,13 +47,18 @@ class PresidioFinder:
 def presidio_finder(check: PiiCheck) -> PresidioFinder:
     """A finder for ``check.presidio`` entities; raises ``PresidioUnavailable`` naming what to install."""
     try:
+        import spacy.util
         from presidio_analyzer import AnalyzerEngine
         from presidio_analyzer.nlp_engine import NlpEngineProvider
     except ImportError as exc:
         raise PresidioUnavailable(f"{INSTALL_HINT} ({exc})") from None
+    model = check.presidio_model
+    # Presidio downloads a model it does not find: the gateway never fetches anything at run time.
+    if not (spacy.util.is_package(model) or Path(model).is_dir()):
+        raise PresidioUnavailable(f"{INSTALL_HINT} (the spaCy model {model!r} is not installed)")
     try:
         engine = NlpEngineProvider(nlp_configuration={
-            "nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": check.presidio_model}],
+            "nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": model}],
         }).create_engine()
     except (OSError, ImportError) as exc:  # spaCy raises OSError for a model that is not installed
         raise PresidioUnavailable(f"{INSTALL_HINT} ({exc})") from None
