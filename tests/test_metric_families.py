@@ -52,6 +52,7 @@ FAMILIES = {  # name: (type, label names)
     "tokenway_limits_store_failures": ("counter", set()),
     "tokenway_structured_output_failures": ("counter", {"model", "kind"}),
     "tokenway_structured_output_retries": ("counter", {"model"}),
+    "tokenway_guard_actions": ("counter", {"guard", "stage", "action", "model"}),
 }
 
 
@@ -75,6 +76,7 @@ def _gateway_exposition() -> str:
     metrics.upstream_attempt_failed("m#0", TimeoutError())
     metrics.structured_output_failures.labels("m", "json").inc()
     metrics.structured_output_retries.labels("m").inc()
+    metrics.guard_acted("pii", "input", "mask", "m")
     engine = SimpleNamespace(waiting=2, running=3, kv_usage=0.5)
     deployment = SimpleNamespace(name="m#0", in_flight=1, breaker=SimpleNamespace(state="open"), healthy=True,
                                  engine=engine)
