@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tokenway.guards.injection import CompiledRule, InjectionClassifier, InjectionRules, words_of
+from tokenway.guards.injection import REACH, CompiledRule, InjectionClassifier, InjectionRules, words_of
 from tokenway.guards.injection_rules import RULES, normalise
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,6 +106,17 @@ def test_rules_catch_canonical_attacks(text: str, rule: str) -> None:
     verdict = InjectionRules().check(text)
     assert verdict.injection and verdict.score == 1.0
     assert verdict.reason == rule
+
+
+def test_rules_find_attacks_anywhere_in_a_long_prompt() -> None:
+    # Past 2 x REACH characters a rule reads only the neighbourhood of its triggers.
+    filler = "The quarterly report shows steady growth in every region and costs under plan. " * 12
+    assert len(filler) > 2 * REACH
+    rules = InjectionRules()
+    for text, rule in CANONICAL:
+        for document in (filler + text, text + " " + filler, filler + text + " " + filler):
+            assert rules.check(document).reason == rule, (rule, document[:80])
+    assert not rules.check(filler * 3).injection
 
 
 @pytest.mark.parametrize("text", OBFUSCATED)

@@ -44,32 +44,36 @@ class InjectionVerdict:
     reason: str
 
 
-_BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{24,}={0,2}")
-_HEX_RUN = re.compile(r"\b(?:[0-9a-fA-F]{2}[ :]?){16,}")
+# A run of 24 or more base64 characters (hex digits are among them): decoded, then read again.
+_ENCODED_RUN = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{24,}={0,2}")
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 _PRINTABLE = re.compile(r"[\x20-\x7e\n\t]{12,}")
 
 
 def _decoded_runs(text: str) -> list[str]:
     """Printable text hidden in the base64 and hex runs of ``text`` (for a second look)."""
     found = []
-    for match in _BASE64_RUN.finditer(text):
+    for match in _ENCODED_RUN.finditer(text):
         run = match.group()
+        decoded = []
+        if _HEX.fullmatch(run):
+            decoded.append(bytes.fromhex(run))
         try:
-            raw = base64.b64decode(run + "=" * (-len(run) % 4), validate=True)
+            decoded.append(base64.b64decode(run + "=" * (-len(run) % 4), validate=True))
         except (binascii.Error, ValueError):
-            continue
-        found.extend(_PRINTABLE.findall(raw.decode("latin-1")))
-    for match in _HEX_RUN.finditer(text):
-        try:
-            raw = bytes.fromhex(re.sub(r"[ :]", "", match.group()))
-        except ValueError:
-            continue
-        found.extend(_PRINTABLE.findall(raw.decode("latin-1")))
+            pass
+        for raw in decoded:
+            found.extend(_PRINTABLE.findall(raw.decode("latin-1")))
     return found
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|\s*\n\s*")
 _PUNCTUATION = str.maketrans(dict.fromkeys(string.punctuation, " "))
+
+
+# How far a rule's match can reach from its trigger, in characters: the longest match on the
+# labelled sample is about 60; a pattern's bounded repeats allow about 250.
+REACH = 300
 
 
 def words_of(flat: str) -> set[str]:
@@ -86,16 +90,42 @@ class CompiledRule:
     substrings: tuple[str, ...]
     pattern: re.Pattern[str]
     lines: bool
+    also: frozenset[str]
 
     @classmethod
     def of(cls, rule: Rule) -> CompiledRule:
         words = frozenset(t for t in rule.triggers if t.isalnum() and t.isascii())
         substrings = tuple(t for t in rule.triggers if t not in words)
         # The patterns are lower case, like the text they read: IGNORECASE would cost 4-10x.
-        return cls(rule.name, words, substrings, re.compile(rule.pattern, re.DOTALL), rule.lines)
+        return cls(rule.name, words, substrings, re.compile(rule.pattern, re.DOTALL), rule.lines, frozenset(rule.also))
+
+    def spans(self, text: str, words: set[str]) -> list[tuple[int, int]]:
+        """Where in ``text`` a match can be: ``REACH`` characters either side of each trigger.
+
+        A long prompt (a pasted document) then costs a regular expression over a few hundred
+        characters per trigger rather than over all of it.
+        """
+        if len(text) <= 2 * REACH:
+            return [(0, len(text))]
+        spans: list[tuple[int, int]] = []
+        for trigger in sorted((self.words & words).union(self.substrings)):
+            at = text.find(trigger)
+            while at >= 0:
+                spans.append((max(at - REACH, 0), at + len(trigger) + REACH))
+                at = text.find(trigger, at + 1)
+        spans.sort()
+        merged = spans[:1]
+        for start, end in spans[1:]:
+            if start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((start, end))
+        return merged
 
     def triggered(self, text: str, words: set[str]) -> bool:
-        """Whether ``text`` (with ``words``, from ``words_of``) holds one of the rule's triggers."""
+        """Whether ``text`` (with ``words``, from ``words_of``) holds one of the rule's triggers (and ``also``)."""
+        if self.also and self.also.isdisjoint(words):
+            return False
         return not self.words.isdisjoint(words) or any(trigger in text for trigger in self.substrings)
 
 
@@ -120,7 +150,7 @@ class InjectionRules:
     def check(self, text: str) -> InjectionVerdict:
         """Whether ``text`` matches a rule, as is or once its base64/hex runs are decoded."""
         name = self._match(normalise(text))
-        if name is None and (_BASE64_RUN.search(text) or _HEX_RUN.search(text)):
+        if name is None and _ENCODED_RUN.search(text):
             for hidden in _decoded_runs(text):
                 inner = self._match(normalise(hidden))
                 if inner is not None:
@@ -135,7 +165,8 @@ class InjectionRules:
         words = words_of(flat)
         for rule in self._rules:
             text = normalised if rule.lines else flat
-            if rule.triggered(text, words) and rule.pattern.search(text):
+            if rule.triggered(text, words) and any(rule.pattern.search(text, start, end)
+                                                   for start, end in rule.spans(text, words)):
                 return rule.name
         return next(("custom" for pattern in self._custom if pattern.search(flat)), None)
 

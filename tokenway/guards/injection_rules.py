@@ -104,16 +104,28 @@ class Rule:
     sample). One set lookup per rule replaces a regular expression over the whole text, which
     costs tens of microseconds for 2 KB, so most rules never run on an ordinary prompt.
     ``lines``: the pattern looks for the start of a line; the others read the text as one line.
+    ``also``: a second set of words, one of which every match also holds; for rules whose first
+    triggers are common words ("instructions", "following").
     """
 
     name: str
     triggers: tuple[str, ...]
     pattern: str
     lines: bool = False
+    also: tuple[str, ...] = ()  # words of which one must be present as well (when given)
 
 
 _IGNORE_VERBS = ("ignore", "disregard", "forget", "skip", "override", "bypass", "drop", "discard", "abandon",
                  "neglect", "aside", "throw", "follow", "following")
+_ORDER_WORDS = (
+    "instruction", "instructions", "direction", "directions", "directive", "directives", "prompt", "prompts", "rule",
+    "rules", "guideline", "guidelines", "command", "commands", "order", "orders", "constraint", "constraints",
+    "programming", "guardrail", "guardrails", "restriction", "restrictions", "context", "guidance", "policies",
+    "policy", "message", "told", "given", "instructed", "programmed", "above", "before", "prior", "earlier", "user",
+    "human")
+_SHOW_WORDS = ("reveal", "print", "show", "output", "display", "repeat", "tell", "give", "share", "leak", "dump",
+               "disclose", "write", "spell", "recite", "echo", "paste", "copy", "list", "quote", "summarise",
+               "summarize", "translate")
 _MODEL_WORDS = ("ai", "ais", "llm", "llms", "model", "models", "assistant", "assistants", "chatbot", "chatbots", "bot",
                 "bots", "agent", "agents", "gpt", "gpts")
 
@@ -130,7 +142,8 @@ RULES: tuple[Rule, ...] = (
          r"|prior to this))"
          r"|\b(?:ignore|disregard|forget|override|bypass) (?:all |any |your |the )(?:system|developer) (?:message"
          r"|prompt)"
-         r"|\b(?:ignore|disregard) (?:the |your )?(?:user|human)(?:'s)?\b(?! (?:input|agent|id|name|interface))"),
+         r"|\b(?:ignore|disregard) (?:the |your )?(?:user|human)(?:'s)?\b(?! (?:input|agent|id|name|interface))",
+         also=_ORDER_WORDS),
     # "Your previous instructions are void", "whatever you were told earlier no longer counts".
     Rule("orders-void", ("void", "cancelled", "canceled", "revoked", "obsolete", "invalid", "overridden", "rescinded",
                          "suspended", "lifted", "longer", "apply", "applies", "expired"),
@@ -139,7 +152,9 @@ RULES: tuple[Rule, ...] = (
          rf"|constraints)"
          rf" (?:\w+ ){{0,3}}{_VOID}"
          rf"|\b(?:instructions|rules|guidance|guidelines|orders) (?:from|given|you got) (?:before|earlier"
-         rf"|above) {_VOID}"),
+         rf"|above) {_VOID}",
+         also=("instructions", "rules", "guidance", "guidelines", "directives", "configuration", "prompt",
+               "programming", "restrictions", "constraints", "orders")),
     Rule("orders-void", ("told", "given", "instructed"),
          r"\b(?:what|whatever|everything|anything) you (?:were|have been|'ve been) (?:told|given|instructed) "
          r"(?:(?:before|earlier|previously|above|so far) )?(?:no longer|does not|doesn't|don't) (?:counts?|matters?"
@@ -174,13 +189,15 @@ RULES: tuple[Rule, ...] = (
     Rule("unrestricted-persona", _MODEL_WORDS,
          rf"\b{_MODEL}s? (?:with no|without (?:any )?|free of|free from|that has no|who has no|"
          r"that (?:has|have) had its) "
-         r"(?:\w+ )?(?:filters|restrictions|limits|rules|guidelines|ethics|morals|censorship|limitations|alignment)"),
+         r"(?:\w+ )?(?:filters|restrictions|limits|rules|guidelines|ethics|morals|censorship|limitations|alignment)",
+         also=("no", "without", "free", "its")),
     Rule("unrestricted-persona", ("pretend", "act", "behave", "roleplay", "role", "imagine"),
          r"\b(?:pretend|act|behave|roleplay|role-play|imagine) (?:as if |as though |like |that )?you "
          r"(?:are|were|have|had) "
          r"(?:an? )?(?:\w+ )?(?:ai|assistant|model|chatbot|version of yourself|bot) (?:with(?:out)? |that has no "
          r"|free of )"
-         r"(?:any |no )?(?:restrictions|filters|rules|limits|limitations|guidelines|ethics|morals|censorship|safety)"),
+         r"(?:any |no )?(?:restrictions|filters|rules|limits|limitations|guidelines|ethics|morals|censorship|safety)",
+         also=("you",)),
     Rule("unrestricted-persona", ("rules", "restrictions", "filters", "guidelines", "limits", "ethics"),
          r"\bif you (?:had|have) no (?:\w+ )?(?:rules|restrictions|filters|guidelines|limits|ethics)\b"),
     Rule("unrestricted-persona", ("removed", "disabled", "turned", "deleted", "stripped"),
@@ -200,7 +217,8 @@ RULES: tuple[Rule, ...] = (
          r"\b(?:disable|turn off|switch off|bypass|circumvent|deactivate|remove|ignore|override"
          r"|evade) (?:all )?(?:of )?"
          r"your (?:\w+ )?(?:safety|content|ethical|moral)? ?(?:filters?|guardrails?|safeguards?|restrictions|"
-         r"alignment|censorship|moderation|safety (?:features|measures|protocols|settings))"),
+         r"alignment|censorship|moderation|safety (?:features|measures|protocols|settings))",
+         also=("your",)),
     # Asking for the hidden prompt.
     Rule("reveal-prompt", ("prompt", "preprompt", "instructions", "directives", "configuration", "setup", "message",
                            "rules", "guidelines"),
@@ -211,10 +229,12 @@ RULES: tuple[Rule, ...] = (
          r"(?:system )?(?:prompt|instructions|message)"
          rf"|\bwhat does your (?:\w+ )?{_SECRET_PROMPT} say"
          rf"|\byour (?:\w+ )?{_SECRET_PROMPT}\b.{{0,60}}\b(?:verbatim|word for word|exactly as (?:written|given)|"
-         r"in full|one (?:letter|word) at a time)"),
+         r"in full|one (?:letter|word) at a time)",
+         also=(*_SHOW_WORDS, "what", "does", "your")),
     Rule("reveal-prompt", ("following", "given", "running", "operating"),
          rf"\b{_SHOW} (?:me )?(?:\w+ ){{0,3}}(?:instructions|rules|directives|guidelines|prompt|text|words) you "
-         r"(?:are|were|have been|'re) (?:following|given|running with|operating under)"),
+         r"(?:are|were|have been|'re) (?:following|given|running with|operating under)",
+         also=_SHOW_WORDS),
     Rule("prompt-leak", ("above", "before", "preceding", "prior", "starting", "beginning", "told", "written", "said",
                          "given"),
          r"\b(?:repeat|print|output|copy|write|echo|recite|reproduce|return|translate) (?:back )?(?:all "
@@ -225,7 +245,9 @@ RULES: tuple[Rule, ...] = (
          r"|\b(?:starting|beginning) with (?:the words )?[\"']?you are (?:a |an )?(?:chatgpt|gpt|an? ai"
          r"|a large language)"
          r"|\bwhat (?:was|were) (?:you )?(?:told|written|said|given) (?:before|above|at the (?:start|beginning|top))"
-         r" (?:of )?(?:this|the) (?:conversation|chat|prompt)"),
+         r" (?:of )?(?:this|the) (?:conversation|chat|prompt)",
+         also=("repeat", "print", "output", "copy", "write", "echo", "recite", "reproduce", "return",
+               "translate", "starting", "beginning", "what")),
     # Text that dresses up as a chat template's role marker.
     Rule("fake-role-tag", ("<|", "inst]", "<<sys", "](#", "##", "---", "===", "[system]", "[assistant]", "[admin]",
                            "[developer]", "override"),
@@ -246,7 +268,8 @@ RULES: tuple[Rule, ...] = (
     Rule("new-instructions", ("instruction", "instructions", "task", "goal", "objective", "purpose", "directive",
                               "mission", "role", "job"),
          r"\byour (?:new|real|true|actual|only|updated) (?:instructions?|task|goal|objective|purpose|directive|"
-         r"mission|role|job) (?:is|are|now|from now)\b"),
+         r"mission|role|job) (?:is|are|now|from now)\b",
+         also=("your",)),
     Rule("new-instructions", ("longer", "not", "dan", "unrestricted", "unfiltered", "free", "evil", "jailbroken"),
          r"\bfrom now on,? you (?:are|will be|shall be|must|will) (?:no longer|not (?:be )?(?:bound|restricted"
          r"|limited)|"
@@ -261,19 +284,22 @@ RULES: tuple[Rule, ...] = (
          rf"\bif you are an? {_MODEL}\b(?: (?:reading|processing|summari[sz]ing|that (?:reads|is reading))| ?,)"
          rf"|\b(?:note|message|instructions?|attention|important|memo|reminder|attn|psst|p\.?s\.?)(?: (?:to|for))? "
          rf"(?:any |all |the )?{_MODEL}s?(?: (?:reading|processing|summari[sz]ing|that reads)| ?[:!])"
-         rf"|\b{_MODEL}s? (?:reading|processing|summari[sz]ing|parsing) this {_DOCUMENT}\b"),
-    Rule("addressed-to-model", ("document", "email", "mail", "page", "text", "file", "message", "website", "review",
-                                "resume", "cv", "pdf", "content", "<!--"),
-         rf"\bwhen (?:you|the ai|the assistant|the model|an ai) (?:summari[sz]e|read|process|parse|see)s? "
-         rf"this {_DOCUMENT}\b"
+         rf"|\b{_MODEL}s? (?:reading|processing|summari[sz]ing|parsing) this {_DOCUMENT}\b"
          rf"|<!-- ?(?:note to |to |for )?(?:the )?{_MODEL}s?\b"),
+    Rule("addressed-to-model", ("document", "email", "mail", "page", "text", "file", "message", "website", "review",
+                                "resume", "cv", "pdf", "content"),
+         rf"\bwhen (?:you|the ai|the assistant|the model|an ai) (?:summari[sz]e|read|process|parse|see)s? "
+         rf"this {_DOCUMENT}\b",
+         also=("when",)),
     # Sending the conversation or the user's data somewhere.
     Rule("exfiltration", ("conversation", "chat", "prompt", "messages", "credentials", "passwords", "secrets",
                           "token", "tokens", "cookies", "key", "keys", "contacts", "inbox", "user", "users", "emails",
                           "files", "documents"),
          r"\b(?:send|post|upload|forward|transmit|exfiltrate|leak|email|e-mail|append|include|encode|embed|copy"
          r"|attach) "
-         rf"(?:\w+ ){{0,3}}{_SENSITIVE}\b.{{0,60}}?{_DESTINATION}"),
+         rf"(?:\w+ ){{0,3}}{_SENSITIVE}\b.{{0,60}}?{_DESTINATION}",
+         also=("send", "post", "upload", "forward", "transmit", "exfiltrate", "leak", "email", "mail",
+               "append", "include", "encode", "embed", "copy", "attach")),
     Rule("exfiltration", ("http", "https", "www", "![", "image"),
          rf"(?:https?://|www\.)\S*.{{0,40}}\b(?:append|attach|add|include)(?:ing)? (?:\w+ ){{0,3}}{_SENSITIVE}"
          r"|!\[[^\]]*\]\(https?://[^)\s]*(?:\{|%7b|\$\(|\[|<)"
@@ -284,10 +310,12 @@ RULES: tuple[Rule, ...] = (
          r"|command)"
          r" (?:\w+ ){0,2}to (?:send|email|forward|delete|transfer|wire|post|upload|remove|drop|purchase|buy|grant"
          r"|share)"
-         r"(?: \w+){0,6} (?:to|with|for) (?:https?://|www\.|[\w.-]+@[\w-]+\.\w|\$?\d|all\b|every\b|the attacker)"),
+         r"(?: \w+){0,6} (?:to|with|for) (?:https?://|www\.|[\w.-]+@[\w-]+\.\w|\$?\d|all\b|every\b|the attacker)",
+         also=("call", "use", "invoke", "run", "execute", "trigger")),
     Rule("tool-hijack", ("user", "human", "owner", "operator"),
          r"\b(?:without|do not|don't|never) (?:asking|ask|telling|tell|informing|inform|notifying|notify|alerting|alert"
-         r"|mentioning|mention) (?:the |your )?(?:user|human|owner|operator)\b"),
+         r"|mentioning|mention) (?:the |your )?(?:user|human|owner|operator)\b",
+         also=("without", "not", "don", "never")),
     # Orders hidden behind an encoding.
     Rule("encoded-payload", ("base64", "base", "hex", "rot13", "rot", "binary", "morse", "caesar", "reverse",
                              "reversed", "decode", "decipher", "decrypt", "encoded", "decoded", "obfuscated", "hidden"),
