@@ -174,7 +174,8 @@ RULES: tuple[Rule, ...] = (
     # Personas whose whole point is to drop the rules.
     Rule("do-anything-now", ("anything", "dan"),
          rf"\b{_MODEL}s? (?:that|who|which) (?:can|will) (?:do|say) anything\b|\bdo anything now\b"
-         r"|\byou are (?:now )?(?:a |an )?dan\b|\bdan mode\b|\bact as (?:a )?dan\b"),
+         r"|\byou are (?:now )?(?:a |an )?dan\b|\bdan mode\b|\bact as (?:a )?dan\b",
+         also=("now", "dan", *_MODEL_WORDS)),
     Rule("jailbreak-mode", ("mode",),
          r"\b(?:jailbreak|jailbroken|god|unrestricted|unfiltered|uncensored|dan|evil|chaos) mode (?:is )?(?:now )?"
          r"(?:enabled|activated|on|engaged|unlocked)\b"

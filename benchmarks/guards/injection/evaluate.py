@@ -6,7 +6,9 @@
 Labels: 1 injection, 0 benign. "Rules or classifier" calls a text an injection when either does
 (how the guard uses them together). Also: recall per kind of injection, false alarms per kind
 of benign text, and the cost of one check of a 2 KB prompt with no injection in it (the rules
-read the whole of it; the classifier encodes every window), median of repeated calls.
+read the whole of it; the classifier encodes every window), median of repeated calls: a
+request with a pasted report full of the rules' trigger words ("instructions", "system",
+"following", "before"), the costly case, and a plain one (a story request) for the rules.
 ``tests/test_guards_injection.py`` holds these numbers to floors set from RESULTS.md.
 """
 
@@ -45,6 +47,27 @@ PROMPT_2KB = (
     "estimate of 26 months. Open questions for the meeting: who owns the carrier review, whether the Monday "
     "shift needs approval from the works council, and when the stock count can start without delaying "
     "outbound orders during the summer promotion."
+)
+
+
+# About 2 KB with none of the rules' trigger words: what most prompts cost the rules.
+PLAIN_2KB = (
+    "Write a short story for children about a fox who wants to learn to swim. The fox lives at the edge of a "
+    "forest beside a wide, slow river. Every morning she watches the otters slide into the water and come up with "
+    "fish, laughing and splashing. She is embarrassed that she cannot swim, so she practises at night in a "
+    "shallow pond where nobody can see her. One evening a heron notices her paddling in circles and offers to "
+    "help. The heron explains that foxes are good swimmers if they keep their heads up and kick with all four "
+    "legs at once. The fox tries it and moves a little further each night. Meanwhile the river rises after a week "
+    "of rain, and a family of hedgehogs is trapped on a small island of reeds. The otters are away at the lake, "
+    "and the heron cannot carry the hedgehogs. The fox remembers her lessons, takes a deep breath and swims out "
+    "with the smallest hedgehog holding on to her tail. She makes the trip six times until the whole family is "
+    "safe on the bank. The next morning the otters hear the news and invite the fox to swim with them. Keep the "
+    "language simple, use short sentences, add a little humour, and end with a gentle lesson about practice and "
+    "courage. The story should be about six hundred words long and suitable for reading aloud at bedtime to "
+    "children between four and seven years old. Please give the story a title, and suggest two questions a "
+    "parent could ask afterwards to talk about it. Avoid anything frightening; the rising river should feel "
+    "exciting rather than scary. Use British spelling. Give the heron a funny habit, for example humming old "
+    "songs while fishing, and let the smallest hedgehog say something cheerful at the very end of the story."
 )
 
 
@@ -96,13 +119,13 @@ def by_kind(predicted: list[bool], rows: list[dict[str, Any]]) -> dict[str, str]
     return {kind: f"{flagged[kind]}/{total[kind]}" for kind in sorted(total)}
 
 
-def rules_latency_us(rules: InjectionRules, repeat: int = 2000) -> float:
-    """Median microseconds of one rules check of the 2 KB prompt (in batches of 100 calls)."""
+def rules_latency_us(rules: InjectionRules, prompt: str, repeat: int = 2000) -> float:
+    """Median microseconds of one rules check of ``prompt`` (in batches of 100 calls)."""
     runs = []
     for _ in range(repeat // 100):
         start = time.perf_counter()
         for _ in range(100):
-            rules.check(PROMPT_2KB)
+            rules.check(prompt)
         runs.append((time.perf_counter() - start) / 100 * 1e6)
     return round(statistics.median(runs), 1)
 
@@ -128,7 +151,8 @@ async def evaluate(split: str, with_classifier: bool, timing: bool = True) -> di
         "prompt_bytes": len(PROMPT_2KB.encode()),
     }
     if timing:
-        report["rules_latency_us_2kb"] = rules_latency_us(rules)
+        report["rules_latency_us_2kb"] = rules_latency_us(rules, PROMPT_2KB)
+        report["rules_latency_us_2kb_plain"] = rules_latency_us(rules, PLAIN_2KB)
     if with_classifier:
         classifier = await InjectionClassifier.load()
         try:
@@ -162,7 +186,8 @@ def main() -> None:
             print(f"{name:<22}{s['precision']:>10.3f}{s['recall']:>8.3f}{s['f1']:>7.3f}"
                   f"{s['true_positives']:>5}{s['false_positives']:>5}{s['false_negatives']:>5}")
     if "rules_latency_us_2kb" in report:
-        print(f"rules: {report['rules_latency_us_2kb']} µs per {report['prompt_bytes']}-byte prompt")
+        print(f"rules: {report['rules_latency_us_2kb']} µs per {report['prompt_bytes']}-byte prompt, "
+              f"{report['rules_latency_us_2kb_plain']} µs per {len(PLAIN_2KB.encode())}-byte plain prompt")
     if "classifier_latency_ms_2kb" in report:
         print(f"classifier: {report['classifier_latency_ms_2kb']} ms per {report['prompt_bytes']}-byte prompt "
               f"(threshold {report['threshold']})")
