@@ -151,3 +151,13 @@ def test_choices_are_guarded_apart() -> None:
             for choice in json.loads(payload)["choices"]:
                 by_choice[choice["index"]] = by_choice.get(choice["index"], "") + (choice["delta"].get("content") or "")
     assert by_choice == {0: "[EMAIL]", 1: "[EMAIL]"}
+
+
+@pytest.mark.parametrize("lookbehind", [64, 16])  # the word held whole; the word longer than 4x: cut, rest dropped
+def test_a_secret_longer_than_the_lookbehind_leaves_no_tail(lookbehind: int) -> None:
+    token = "github_pat_" + "A1b2C3d4E5" * 8  # 91 characters
+    g = guard(lookbehind=lookbehind)
+    text = f"Your token is {token} and nothing else."
+    out = [g.feed(chunk(text[i:i + 10])) for i in range(0, len(text), 10)]
+    out += [g.feed(chunk(finish="stop")), g.feed(SSE_DONE)]
+    assert texts(out)[0] == "Your token is [SECRET] and nothing else."

@@ -2,16 +2,19 @@
 
 Each text channel of a stream (a choice's ``content``, a completion choice's ``text``, one tool
 call's ``arguments``) keeps back its last ``lookbehind`` characters: a pattern split across two
-chunks ("bob@exa" + "mple.com") is found whole once the second arrives. What is released is
-scanned with the held tail as context, so a match that starts in the released part and runs into
-the held one is released whole, masked. The release point moves back to a white space where one
-is near, so a word is not cut in two. Nothing waits longer than ``lookbehind`` characters of
-later output, and the held text goes out with the choice's ``finish_reason`` chunk (or in one last
-chunk before ``[DONE]``).
+chunks ("bob@exa" + "mple.com") is found whole once the second arrives. The release point is a
+space, so a word is not cut in two; inside one long word (a key, a token) the whole word is held,
+up to four times the look-behind. What is released is scanned with the held tail as context: a
+match that starts in the released part and runs into the held one is released whole, masked, and
+if it runs to the end of what has arrived, the rest of its word in later chunks is dropped too.
+Nothing waits longer than ``lookbehind`` characters of later output (four times that inside one
+word), and the held text goes out with the choice's ``finish_reason`` chunk (or in one last chunk
+before ``[DONE]``).
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -22,7 +25,8 @@ from tokenway.guards.base import GuardBlocked, Report, TextGuard, masked
 from tokenway.guards.options import MaxOutputCheck
 from tokenway.protocol import SSE_DONE, iter_sse_data, sse_events
 
-Channel = tuple[int, str, int]  # (choice index, "content" | "text" | "tool", tool call index)
+Channel = tuple[int, str, int]
+_WORD_START = re.compile(r"\S*")  # (choice index, "content" | "text" | "tool", tool call index)
 
 
 class StreamGuard:
@@ -39,6 +43,7 @@ class StreamGuard:
         self._held: dict[Channel, str] = {}
         self._sent: dict[int, int] = {}  # characters of text sent per choice, for max_output_chars
         self._cut: set[int] = set()  # choices cut at a length limit: the rest of their text is dropped
+        self._open: set[Channel] = set()  # channels whose last release ended inside a masked word
         self._last: dict[str, Any] = {}  # id, object, created, model of the last chunk, for a closing chunk
 
     def feed(self, block: bytes) -> bytes:
@@ -105,25 +110,43 @@ class StreamGuard:
 
     def _text(self, index: int, kind: str, number: int, text: str, final: bool) -> str:
         key = (index, kind, number)
+        if key in self._open:  # the rest of a word masked in an earlier chunk is dropped, up to a space
+            cut = _WORD_START.match(text).end()  # type: ignore[union-attr]  # matches the empty string too
+            text = text[cut:]
+            if text or final:
+                self._open.discard(key)
         pending = self._held.pop(key, "") + text
         if not self._guards:  # only length limits: nothing to hold back
             return self._limited(index, pending) if kind != "tool" else pending
         release = len(pending) if final else self._release_point(pending)
-        out, rest = self._guarded(pending, release)
+        out, rest, open_end = self._guarded(pending, release)
         if rest:
             self._held[key] = rest
+        elif open_end and not final:
+            self._open.add(key)
         return self._limited(index, out) if kind != "tool" else out
 
     def _release_point(self, pending: str) -> int:
+        """Where to cut: at the first space in the last ``lookbehind`` characters; inside one long word
+        (a token, a key), at that word's start, holding up to four times the look-behind; past that,
+        in the word (a match running to the end of what arrived is then dropped to its end)."""
         cut = len(pending) - self._lookbehind
         if cut <= 0:
             return 0
-        space = next((i for i in range(cut, len(pending)) if pending[i].isspace()), -1)
-        return space if space >= 0 else cut
+        for i in range(cut, len(pending)):
+            if pending[i].isspace():
+                return i
+        floor = max(0, len(pending) - 4 * self._lookbehind)
+        for i in range(cut - 1, floor - 1, -1):
+            if pending[i].isspace():
+                return i + 1
+        return cut if floor > 0 else 0
 
-    def _guarded(self, pending: str, release: int) -> tuple[str, str]:
-        """The released text after every guard, and the text still held. A match that starts before
-        ``release`` and ends after it is released whole."""
+    def _guarded(self, pending: str, release: int) -> tuple[str, str, bool]:
+        """The released text after every guard, the text still held, and whether a masked match ran
+        to the end of what has arrived (its word may go on in the next chunk: a token longer than the
+        look-behind). A match that starts before ``release`` and ends after it is released whole."""
+        open_end = False
         text = pending
         for guard in self._guards:
             spans = [span for span in guard.finder.find(text) if span.start < release]
@@ -135,10 +158,11 @@ class StreamGuard:
                 raise GuardBlocked(guard.name, "output", kinds)
             release = max(release, spans[-1].end)
             if guard.action == "mask":
+                open_end = open_end or spans[-1].end == len(text)
                 grown = len(text)
                 text = masked(text, spans)
                 release += len(text) - grown
-        return text[:release], text[release:]
+        return text[:release], text[release:], open_end
 
     def _limited(self, index: int, text: str) -> str:
         if not self._lengths or not text:
