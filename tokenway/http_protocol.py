@@ -15,13 +15,15 @@ pyproject.toml's uvicorn range names the same ones.
 
 It also bounds what a slow or oversized client can hold, which uvicorn's httptools protocol does
 not (its ``timeout_keep_alive`` covers only the idle time between requests; the parser buffers
-headers of any size and number): a request's head (request line and headers) must arrive within
-``limits.header_timeout_s`` of its first byte (or of the connection's open), with at most
-``max_header_count`` headers and ``max_header_bytes`` bytes, else 431 or 408 and the connection
-closed. Its body must be complete within ``body_timeout_s`` of the head: past that the app is
-told (``BODY_LATE`` in the request's hooks; ``read_body`` answers 408) and the connection closed
-soon after, whether the app answered or not. A timer runs only while a head or body is incomplete
-at the end of a read, so a request that arrives in one piece sets none.
+headers of any size and number). A request's head (request line and headers) must be complete
+within ``limits.header_timeout_s`` of the first read that left it incomplete (or of the
+connection's open), with at most ``max_header_count`` headers and ``max_header_bytes`` bytes, else
+408 or 431 and the connection closed; a header line that never ends is refused once it passes the
+size. Its body must be complete within ``body_timeout_s`` of the first read that left it
+incomplete: past that the app is told (``BODY_LATE`` in the request's hooks; ``read_body``
+answers 408) and the connection is closed a second later, whether the app answered or not. A
+timer runs only while a head or body is incomplete at the end of a read, so a request that
+arrives in one piece sets none.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ class CoalescingTransport:
         self.flush()  # what was written goes out before the FIN
         self._transport.close()
 
+    def is_closing(self) -> bool:  # asked on every request: not through __getattr__
+        return self._transport.is_closing()
+
     def __getattr__(self, name: str) -> Any:  # everything else (pause_reading, get_extra_info, ...)
         return getattr(self._transport, name)
 
@@ -86,54 +91,62 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.limits = limits or Limits()
         self._timer: asyncio.TimerHandle | None = None  # the deadline of the head or body being read
-        self._head: int | None = None  # bytes of the head being parsed (request line, headers); None between
-        self._in_body = False  # between a head and the end of its body
-        self._unparsed = 0  # bytes received since a head or body last ended: bounds a header line with no end
+        self._in_head = False  # from a request's first byte to the end of its headers
+        self._in_body = False  # from there to the end of its body
+        self._read = 0  # the size of the read being parsed
+        # Two counts of a head's bytes that need no work per header: the reads since it began, its first
+        # read whole (never less than the head: only past the limit is the head measured exactly), and
+        # the bytes read since a head or body last ended (never more: a line that never ends is refused).
+        self._head_read = 0
+        self._unparsed = 0
         self._refusal: bytes | None = None  # the answer to a head refused inside a parser callback
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+        # A connection that says nothing is closed; its first head counts from here.
         self._timer = self.loop.call_later(self.limits.header_timeout_s, self._head_late)
 
     def data_received(self, data: bytes) -> None:
-        self._unparsed += len(data)
+        size = self._read = len(data)
+        self._unparsed += size
+        if self._in_head:
+            self._head_read += size
         super().data_received(data)
-        if self._head is not None:
+        if self._in_head:  # a head left incomplete by this read: bounded in size, then in time
+            if self.transport.is_closing():  # refused already
+                return
             if self._unparsed > self.limits.max_header_bytes:
                 self._answer_and_close(self._too_large())
-        elif self._in_body and self._timer is None:
+            elif self._timer is None:
+                self._timer = self.loop.call_later(self.limits.header_timeout_s, self._head_late)
+        elif self._in_body and self._timer is None:  # likewise a body
             self._timer = self.loop.call_later(self.limits.body_timeout_s, self._body_late)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope["extensions"] = {SERVER_HOOKS: {}}  # type: ignore[typeddict-unknown-key]
-        self._head = 0
-        if self._timer is None:  # the first request's head counts from the connection's open
-            self._timer = self.loop.call_later(self.limits.header_timeout_s, self._head_late)
-
-    def on_url(self, url: bytes) -> None:
-        super().on_url(url)
-        self._grow_head(len(url))
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        super().on_header(name, value)
-        if len(self.headers) > self.limits.max_header_count:
-            self._refuse(HeadersTooLarge(
-                f"The request has more than {self.limits.max_header_count} headers; send fewer."))
-        self._grow_head(len(name) + len(value) + 4)
+        self._in_head = True
+        self._head_read = self._read
 
     def on_headers_complete(self) -> None:
-        self._head = None
+        self._in_head = False
+        if self._timer is not None:  # asked before the call: most requests have no timer
+            self._cancel_timer()
+        limits = self.limits
+        if len(self.headers) > limits.max_header_count:
+            self._refuse(HeadersTooLarge(f"The request has more than {limits.max_header_count} headers; send fewer."))
+        if self._head_read > limits.max_header_bytes and _size(self.url, self.headers) > limits.max_header_bytes:
+            self._refuse(self._too_large())
         self._in_body = True
         self._unparsed = 0
-        self._cancel_timer()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_body = False
         self._unparsed = 0
-        self._cancel_timer()  # the body deadline, or the close after it when the body came just in time
+        if self._timer is not None:  # the body's deadline, or the close after it if the body came just in time
+            self._cancel_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
@@ -153,12 +166,6 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self.transport.write(self._refusal)
             self.transport.close()
 
-    def _grow_head(self, size: int) -> None:
-        assert self._head is not None
-        self._head += size
-        if self._head > self.limits.max_header_bytes:
-            self._refuse(self._too_large())
-
     def _too_large(self) -> HeadersTooLarge:
         return HeadersTooLarge(f"The request line and headers are over {self.limits.max_header_bytes} bytes; "
                                "send shorter headers.")
@@ -171,17 +178,18 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def _answer_and_close(self, error: GatewayError) -> None:
         self._cancel_timer()
-        if not self.transport.is_closing():
-            self.transport.write(_answer(error))
-            self.transport.close()
+        self.transport.write(_answer(error))
+        self.transport.close()
 
     def _head_late(self) -> None:
         self._timer = None
-        if self._head is None:  # not a byte of a request yet: nothing to answer
-            self.transport.close()
-        else:
+        if self.transport.is_closing():
+            return
+        if self._in_head:
             self._answer_and_close(RequestTimeout(
                 f"The request's headers did not arrive within {self.limits.header_timeout_s:g} s."))
+        else:  # not a byte of a request yet: nothing to answer
+            self.transport.close()
 
     def _body_late(self) -> None:
         """Tell the app (``read_body`` answers 408) and wake its read; close the connection a moment
@@ -189,13 +197,17 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._timer = self.loop.call_later(1.0, self.transport.close)
         cycle = self.cycle
         if not cycle.response_started:
-            cycle.scope["extensions"][SERVER_HOOKS][BODY_LATE] = True  # type: ignore[typeddict-item]
+            cycle.scope["extensions"][SERVER_HOOKS][BODY_LATE] = self.limits.body_timeout_s  # type: ignore[typeddict-item]
             cycle.message_event.set()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def _size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    return len(url) + sum(len(name) + len(value) for name, value in headers)
 
 
 def _answer(error: GatewayError) -> bytes:
