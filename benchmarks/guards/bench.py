@@ -23,10 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, fo
 
 from tokenway.config import parse_config
 from tokenway.context import RequestContext
+from tokenway.guards.base import TextGuard
 from tokenway.guards.pii import PiiFinder
 from tokenway.guards.policy import open_guards
+from tokenway.guards.stream_guard import StreamGuard
 from tokenway.observability.logging import JsonLog
 from tokenway.observability.metrics import Metrics
+from tokenway.protocol import sse_event
 from tokenway.providers.base import Answer, Call, Completion
 
 # A support answer's worth of ordinary prose, with a few numbers as prompts have them.
@@ -57,6 +60,23 @@ guards:
 CONFIG_OFF = "models: [{name: m, deployments: [{provider: fake, name: a}]}]"
 ANSWER = (b'{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":'
           b'{"role":"assistant","content":"' + PROSE[:400].encode() + b'"},"finish_reason":"stop"}]}')
+
+
+def stream_chunk_us(rounds: int, n: int) -> float:
+    """One chat chunk of a few words through the stream look-behind with the PII mask (per chunk, in
+    a stream of ``n`` chunks of the prose)."""
+    words = PROSE.split(" ")
+    chunks = [sse_event({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                         "choices": [{"index": 0, "delta": {"content": " ".join(words[i:i + 3]) + " "},
+                                      "finish_reason": None}]}) for i in range(0, len(words), 3)]
+    best = float("inf")
+    for _ in range(rounds):
+        guard = StreamGuard([TextGuard("pii", "mask", PiiFinder())], [], 64, lambda *a: None)
+        started = time.perf_counter()
+        for i in range(n):
+            guard.feed(chunks[i % len(chunks)])
+        best = min(best, (time.perf_counter() - started) / n * 1e6)
+    return best
 
 
 def per_call_us(fn: Callable[[], object], rounds: int, n: int) -> float:
@@ -138,6 +158,7 @@ def main() -> None:
     print(f"PII scan, 2 KB prose, 4 matches:    "
           f"{per_call_us(lambda: finder.find(WITH_MATCHES), args.rounds, 5000):7.1f} µs")
     print(f"PII scan, 2 KB table of figures:    {per_call_us(lambda: finder.find(FIGURES), args.rounds, 2000):7.1f} µs")
+    print(f"stream chunk through the look-behind: {stream_chunk_us(args.rounds, 5000):7.1f} µs")
     off, on = asyncio.run(policy_us(args.rounds, 2000))
     print(f"policy in process (mask in + out):  {on:7.1f} µs (handler alone {off:.1f} µs; policy {on - off:.1f} µs)")
     rps_a, rps_b = asyncio.run(gateway_rps(args.rounds, args.requests, CONFIG_OFF, CONFIG_OFF))
