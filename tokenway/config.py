@@ -229,9 +229,11 @@ class Limits(_Strict):
     max_messages: Annotated[int, Field(ge=1)] = 2048
     max_total_chars: Annotated[int, Field(ge=1)] = 2_000_000
     max_tokens: Annotated[int, Field(ge=1)] = 131_072
-    # A slow client holds a connection and a task: the body must be in within this after the headers
-    # (408), the request line and headers within this from their first byte (or the connection's open).
+    # A slow client holds a connection and a task: the body must be in within body_timeout_s, plus a
+    # second for every body_min_rate bytes that came (a large upload that keeps going), else 408; the
+    # request line and headers within header_timeout_s (docs/security.md).
     body_timeout_s: Positive = 30.0
+    body_min_rate: Annotated[int, Field(ge=1)] = 64 * 1024  # bytes per second
     header_timeout_s: Positive = 10.0
     max_header_count: Annotated[int, Field(ge=8)] = 100  # more headers: 431 and the connection closed
     max_header_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024  # request line and headers together: 431
