@@ -188,7 +188,7 @@ RULES: tuple[Rule, ...] = (
          rf"\b(?:unrestricted|unfiltered|uncensored|jailbroken|amoral|unaligned|unbound"
          rf"|unchained) (?:\w+ )?{_MODEL}\b"),
     Rule("unrestricted-persona", _MODEL_WORDS,
-         rf"\b{_MODEL}s? (?:with no|without (?:any )?|free of|free from|that has no|who has no|"
+         rf"\b{_MODEL}s? (?:with no|without(?: any)?|free of|free from|that has no|who has no|"
          r"that (?:has|have) had its) "
          r"(?:\w+ )?(?:filters|restrictions|limits|rules|guidelines|ethics|morals|censorship|limitations|alignment)",
          also=("no", "without", "free", "its")),
