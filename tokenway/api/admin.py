@@ -22,9 +22,10 @@ from tokenway.stores.base import NANOS_PER_DOLLAR, Budget, GroupBy, KeyRecord
 
 
 class KeyFields(BaseModel):
-    """What an admin may set on a key (all optional on update)."""
+    """What an admin may set on a key (all optional on update). Strict: ``false`` is no timestamp and
+    ``"5"`` no rate (the fuzzer found them taken as 0.0 and 5), as the published schema says."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str | None = None
     owner: str | None = None
@@ -51,6 +52,9 @@ class KeyFields(BaseModel):
 
     def values(self) -> dict[str, Any]:
         out = self.model_dump(exclude_unset=True, exclude={"expires_in_s"})
+        for name in ("labels", "models", "guards"):  # null clears a list or map (an empty allow-list: every model)
+            if name in out and out[name] is None:
+                out[name] = {} if name == "labels" else []
         if self.expires_in_s is not None:
             out["expires_at"] = time.time() + self.expires_in_s
         return out

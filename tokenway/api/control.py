@@ -1,35 +1,24 @@
 """The control plane: health, readiness, metrics and the OpenAPI docs (FastAPI).
 
-The data-plane endpoints are raw ASGI for speed (see ``api/openai.py``); their request schemas
-are added to this app's OpenAPI document so ``/docs`` describes every endpoint.
+The data-plane endpoints are raw ASGI for speed (see ``api/openai.py``); ``api/openapi.py`` adds them,
+every error answer and the answers' bodies to this app's OpenAPI document, so ``/docs`` describes
+every endpoint as it behaves.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
-from pydantic import TypeAdapter
 from starlette.exceptions import HTTPException
 
 from tokenway import __version__
-from tokenway.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound
+from tokenway.api.openapi import openapi_document
+from tokenway.errors import GatewayError, InternalError, InvalidRequest, MethodNotAllowed, NotFound
 from tokenway.observability.metrics import Metrics
-from tokenway.protocol import CHAT_REQUEST, COMPLETION_REQUEST, SIMPLE_CHAT_REQUEST
-
-_DATA_PLANE_DOCS: list[tuple[str, str, TypeAdapter[Any], str]] = [
-    ("/v1/chat/completions", "Create a chat completion", CHAT_REQUEST,
-     "OpenAI-compatible. `stream: true` answers with server-sent events ending `data: [DONE]`."),
-    ("/v1/completions", "Create a text completion", COMPLETION_REQUEST,
-     "OpenAI-compatible legacy completions; streams like chat."),
-    ("/chat", "Simple chat", SIMPLE_CHAT_REQUEST,
-     'Answers `{"content", "cached", "elapsed_ms"}`; with `stream: true`, SSE events `{"delta"}` '
-     "then that object, then `[DONE]`."),
-]
 
 
 def control_app(
@@ -44,7 +33,8 @@ def control_app(
     if metrics is not None:
 
         @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (text exposition format)",
-                 dependencies=[Depends(metrics_auth)] if metrics_auth is not None else [])
+                 dependencies=[Depends(metrics_auth)] if metrics_auth is not None else [],
+                 responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
         async def prometheus_metrics() -> Response:
             return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -52,7 +42,9 @@ def control_app(
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["operations"], summary="Readiness: models loaded and not draining")
+    @app.get("/ready", tags=["operations"], summary="Readiness: models loaded and not draining",
+             responses={503: {"description": "Starting up or draining", "content": {"application/json": {
+                 "schema": {"type": "object", "properties": {"ready": {"const": False}}}}}}})
     async def ready() -> Response:
         ok = is_ready()
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
@@ -62,11 +54,13 @@ def control_app(
         return _envelope(error)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> Response:
+    async def http_error(request: Request, exc: HTTPException) -> Response:
         if exc.status_code == 404:
             return _envelope(NotFound("No such endpoint. The API lives under /v1 (see /docs)."))
         if exc.status_code == 405:
-            return _envelope(MethodNotAllowed("This endpoint does not take that HTTP method."))
+            allow = _allowed_methods(app, request.url.path)
+            return _envelope(MethodNotAllowed(f"This endpoint takes {allow}, not {request.method}.",
+                                              headers={"Allow": allow}))
         return _envelope(GatewayError(str(exc.detail)), status=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
@@ -75,8 +69,26 @@ def control_app(
         param = ".".join(str(p) for p in first["loc"][1:]) or None
         return _envelope(InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param))
 
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> Response:
+        # A bug: the client gets the envelope, not Starlette's plain-text 500; the server still logs the
+        # traceback (Starlette raises the exception again once this answer is sent).
+        return _envelope(InternalError("The gateway failed on this request; the error is in its log."))
+
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
+
+
+def _allowed_methods(app: FastAPI, path: str) -> str:
+    """The methods the document lists at this path: Starlette's own Allow names one route's methods
+    (``GET /admin/keys`` and ``POST /admin/keys`` are two routes). As OpenAPI matches paths, a
+    concrete path goes before the templates it also fits (``/v1/async/completions``, ``/v1/async/{id}``)."""
+    paths = app.openapi()["paths"]
+    matching = [paths[path]] if path in paths else [
+        operations for template, operations in paths.items()
+        if re.fullmatch(re.sub(r"\\{[^/]+\\}", "[^/]+", re.escape(template)), path)
+    ]
+    return ", ".join(sorted({method.upper() for operations in matching for method in operations}))
 
 
 def _envelope(error: GatewayError, status: int | None = None) -> Response:
@@ -84,39 +96,3 @@ def _envelope(error: GatewayError, status: int | None = None) -> Response:
     return Response(
         error.envelope(), status_code=status or error.status, media_type="application/json", headers=headers
     )
-
-
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    if app.openapi_schema:
-        return app.openapi_schema
-    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for path, summary, adapter, description in _DATA_PLANE_DOCS:
-        body = adapter.json_schema(ref_template="#/components/schemas/{model}")
-        components.update(body.pop("$defs", {}))
-        name = body.get("title", path.strip("/").replace("/", "_"))
-        components[name] = body
-        schema["paths"][path] = {
-            "post": {
-                "tags": ["openai"],
-                "summary": summary,
-                "description": description,
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
-                },
-                "responses": {
-                    "200": {"description": "The completion (JSON), or an SSE stream when `stream` is true."},
-                    "400": {"description": "Invalid request (the error names the field)."},
-                    "401": {"description": "Missing or wrong API key."},
-                    "404": {"description": "Unknown model (the error lists the known ones)."},
-                    "413": {"description": "Body over the size limit."},
-                    "429": {"description": "Rate limited; see Retry-After."},
-                    "502": {"description": "The backend failed."},
-                    "503": {"description": "No capacity or still starting; see Retry-After."},
-                    "504": {"description": "The backend timed out."},
-                },
-            }
-        }
-    app.openapi_schema = schema
-    return schema
