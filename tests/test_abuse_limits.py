@@ -32,6 +32,7 @@ models:
       - {{provider: openai, api_base: '{base}'}}
 limits:
   body_timeout_s: 1
+  body_min_rate: 1024
   header_timeout_s: 1
   max_body_bytes: 4096
   max_header_count: 20
@@ -126,6 +127,33 @@ def test_a_body_that_never_comes_gets_408(strict: tuple[str, int]) -> None:
         elapsed = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408 ") and _envelope(answer)["code"] == "request_timeout"
     assert 0.9 < elapsed < 3.0  # answered at the deadline, and the connection closed (recv ended)
+
+
+def test_a_large_body_that_keeps_coming_earns_its_time(strict: tuple[str, int]) -> None:
+    _, port = strict
+    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 3000}]})
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(_head(length=len(body)))
+        started = time.monotonic()
+        for at in range(0, len(body), 100):  # 2,000 bytes a second, past the 1 s deadline
+            sock.sendall(body[at:at + 100])
+            time.sleep(0.05)
+        answer = _answer(sock, timeout=2)
+    assert time.monotonic() - started > 1.4  # it took longer than body_timeout_s ...
+    assert answer.startswith(b"HTTP/1.1 200 OK")  # ... and kept above body_min_rate (1,024 bytes/s)
+
+
+def test_a_late_body_on_an_endpoint_that_does_not_watch_for_it_closes_the_connection(
+    strict: tuple[str, int],
+) -> None:
+    _, port = strict
+    with socket.create_connection(("127.0.0.1", port)) as sock:  # a job submit: its body is read by FastAPI
+        sock.sendall(_head().replace(b"/v1/chat/completions", b"/v1/async/chat/completions") + BODY[:10])
+        started = time.monotonic()
+        answer = _answer(sock, timeout=6)
+        elapsed = time.monotonic() - started
+    assert b"200 OK" not in answer and b"202 Accepted" not in answer
+    assert 1.9 < elapsed < 4.0  # the deadline, then a second for the app to answer, then closed
 
 
 def test_a_head_that_trickles_is_cut_off_and_a_silent_connection_closed(strict: tuple[str, int]) -> None:

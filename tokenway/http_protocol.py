@@ -20,7 +20,8 @@ within ``limits.header_timeout_s`` of the first read that left it incomplete (or
 connection's open), with at most ``max_header_count`` headers and ``max_header_bytes`` bytes, else
 408 or 431 and the connection closed; a header line that never ends is refused once it passes the
 size. Its body must be complete within ``body_timeout_s`` of the first read that left it
-incomplete: past that the app is told (``BODY_LATE`` in the request's hooks; ``read_body``
+incomplete, plus a second for every ``body_min_rate`` bytes that came (so an upload that keeps
+going is not cut): past that the app is told (``BODY_LATE`` in the request's hooks; ``read_body``
 answers 408) and the connection is closed a second later, whether the app answered or not. A
 timer runs only while a head or body is incomplete at the end of a read, so a request that
 arrives in one piece sets none.
@@ -91,6 +92,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.limits = limits or Limits()
         self._timer: asyncio.TimerHandle | None = None  # the deadline of the head or body being read
+        self._body_since = 0.0  # when the body's deadline was set
         self._in_head = False  # from a request's first byte to the end of its headers
         self._in_body = False  # from there to the end of its body
         self._read = 0  # the size of the read being parsed
@@ -120,6 +122,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             elif self._timer is None:
                 self._timer = self.loop.call_later(self.limits.header_timeout_s, self._head_late)
         elif self._in_body and self._timer is None:  # likewise a body
+            self._body_since = self.loop.time()
             self._timer = self.loop.call_later(self.limits.body_timeout_s, self._body_late)
 
     def on_message_begin(self) -> None:
@@ -192,8 +195,14 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _body_late(self) -> None:
-        """Tell the app (``read_body`` answers 408) and wake its read; close the connection a moment
-        later in any case: a request whose body never ends leaves it no use for another request."""
+        """Past the deadline, unless the bytes that came earned more time (a large upload that keeps
+        going at ``body_min_rate``): tell the app (``read_body`` answers 408) and wake its read; close
+        the connection a second later in any case, as its unread rest of a body leaves it no use."""
+        limits = self.limits
+        earned = limits.body_timeout_s + self._unparsed / limits.body_min_rate - (self.loop.time() - self._body_since)
+        if earned > 0:
+            self._timer = self.loop.call_later(earned, self._body_late)
+            return
         self._timer = self.loop.call_later(1.0, self.transport.close)
         cycle = self.cycle
         if not cycle.response_started:
