@@ -2,9 +2,9 @@
 
 A gateway process with a master key, an upstream key (``api_key_env``), virtual keys made through
 the admin API, tracing to the console, and content logging off, then on, runs a scripted session:
-good calls and streams, a wrong key, a revoked key, invalid bodies with a marker inside the bad
-field, an upstream 500, a stream the upstream breaks off, an async job and a batch, and every
-admin listing. Then everything it emitted (its log lines and spans, /metrics, every answer's
+good calls and streams, a prompt with keys pasted in, a wrong key, a revoked key, invalid bodies
+with a marker inside the bad field, an upstream 500, a backend that refuses the upstream key and
+says it back, a stream the upstream breaks off, an async job and a batch, and every admin listing. Then everything it emitted (its log lines and spans, /metrics, every answer's
 headers and body) is searched for the secrets and the marker. Secrets appear nowhere. The marker,
 a prompt's words, appears only in the request log line's ``content`` field, and only with content
 logging on (docs/security.md says so).
@@ -116,6 +116,8 @@ def test_no_secret_or_prompt_leaks_from_a_session_with_errors(
         assert streamed.status_code == 200 and "[DONE]" in streamed.text
         assert s.call("POST", "/v1/completions", json={"model": "m", "prompt": marker}).status_code == 200
         assert s.chat(master, model="m", messages=prompt).status_code == 200
+        pasted = [{"role": "user", "content": f"{marker}: is {key} or {wrong} or Bearer {master} my key?"}]
+        assert s.chat(model="m", messages=pasted).status_code == 200  # content logging redacts them
         # Keys refused.
         assert s.chat(wrong, model="m", messages=prompt).status_code == 401
         assert s.call("POST", "/v1/chat/completions", headers={"Authorization": "", "api-key": wrong},
@@ -188,6 +190,7 @@ def test_no_secret_or_prompt_leaks_from_a_session_with_errors(
     outside_content = _without_content_fields(emitted)
     assert marker not in outside_content, f"the marker is in the output: {_around(outside_content, marker)}"
     assert (marker in emitted) == content  # content logging on: the prompt is in the request lines' content
+    assert ("is [key] or [key] or Bearer [key] my key?" in emitted) == content
 
 
 def _without_content_fields(output: str) -> str:
