@@ -96,9 +96,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False  # from a request's first byte to the end of its headers
         self._in_body = False  # from there to the end of its body
         self._read = 0  # the size of the read being parsed
-        # Two counts of a head's bytes that need no work per header: the reads since it began, its first
-        # read whole (never less than the head: only past the limit is the head measured exactly), and
-        # the bytes read since a head or body last ended (never more: a line that never ends is refused).
+        # Two counts of the head being read, neither costing work per header. _head_read: the reads since
+        # it began, its first read whole; never less than the head, so only a head whose reads pass the
+        # limit is measured exactly. _unparsed: the bytes read since a head or body last ended; never more
+        # than the head, so a header line that never ends is refused and a good head never is.
         self._head_read = 0
         self._unparsed = 0
         self._refusal: bytes | None = None  # the answer to a head refused inside a parser callback
