@@ -8,7 +8,8 @@ Labels: 1 injection, 0 benign. "Rules or classifier" calls a text an injection w
 of benign text, and the cost of one check of a 2 KB prompt with no injection in it (the rules
 read the whole of it; the classifier encodes every window), median of repeated calls: a
 request with a pasted report full of the rules' trigger words ("instructions", "system",
-"following", "before"), the costly case, and a plain one (a story request) for the rules.
+"following", "before"), the costly case, and for the rules also a plain one (a story request)
+and a German one (not ASCII, so the Unicode normalisation runs).
 ``tests/test_guards_injection.py`` holds these numbers to floors set from RESULTS.md.
 """
 
@@ -68,6 +69,28 @@ PLAIN_2KB = (
     "parent could ask afterwards to talk about it. Avoid anything frightening; the rising river should feel "
     "exciting rather than scary. Use British spelling. Give the heron a funny habit, for example humming old "
     "songs while fishing, and let the smallest hedgehog say something cheerful at the very end of the story."
+)
+
+
+# About 2 KB of German (accents, so not ASCII): what the Unicode normalisation adds.
+GERMAN_2KB = (
+    "Bitte fasse den folgenden Bericht für die wöchentliche Besprechung zusammen, höchstens 150 Wörter, und "
+    "liste die Aufgaben mit ihren Verantwortlichen auf. Quartalsbericht Betrieb: Der Durchsatz im Lager stieg "
+    "gegenüber dem Vorquartal um sechs Prozent, vor allem weil die neue Sortieranlage in Gebäude C ab der "
+    "zweiten Aprilwoche voll ausgelastet lief. Die Bearbeitung von Rücksendungen bleibt der Engpass: Eine "
+    "Rücksendung braucht im Schnitt 3,2 Tage bis zur Wiedereinlagerung, das Ziel sind zwei Tage. Das Team schlägt "
+    "eine zweite Schicht montags und dienstags vor, wenn nach den Wochenendlieferungen die meisten Rücksendungen "
+    "eintreffen. Personal: Zwei Staplerfahrer sind im Mai gegangen; ein Ersatz hat angefangen, die andere Stelle "
+    "ist offen. Sicherheit: Keine Unfälle mit Ausfallzeit in diesem Quartal; ein Beinaheunfall an Laderampe 4 "
+    "wurde untersucht und der Spiegel dort ersetzt. Das Update der Lagerverwaltungssoftware ist für das erste "
+    "Augustwochenende geplant; der Hersteller verlangt in der Woche davor eine vollständige Inventur, deshalb "
+    "werden die für Juli geplanten Zählungen darin zusammengefasst. Der Energieverbrauch sank nach der Umrüstung "
+    "der Beleuchtung um vier Prozent, wie erwartet. Beschwerden über verspätete Lieferungen gingen von 41 auf 27 "
+    "zurück; die meisten übrigen betreffen den regionalen Spediteur im Nordwesten, dessen Vertrag im September "
+    "ausläuft. Der Einkauf hat Angebote von zwei anderen Spediteuren angefordert. Budget: Die Betriebskosten "
+    "liegen zwei Prozent unter Plan; der Investitionsantrag für eine zweite Sortieranlage geht im Oktober an den "
+    "Vorstand. Offene Fragen: Wer übernimmt die Prüfung der Spediteure, und braucht die Montagsschicht die "
+    "Zustimmung des Betriebsrats?"
 )
 
 
@@ -153,6 +176,7 @@ async def evaluate(split: str, with_classifier: bool, timing: bool = True) -> di
     if timing:
         report["rules_latency_us_2kb"] = rules_latency_us(rules, PROMPT_2KB)
         report["rules_latency_us_2kb_plain"] = rules_latency_us(rules, PLAIN_2KB)
+        report["rules_latency_us_2kb_german"] = rules_latency_us(rules, GERMAN_2KB)
     if with_classifier:
         classifier = await InjectionClassifier.load()
         try:
@@ -187,7 +211,8 @@ def main() -> None:
                   f"{s['true_positives']:>5}{s['false_positives']:>5}{s['false_negatives']:>5}")
     if "rules_latency_us_2kb" in report:
         print(f"rules: {report['rules_latency_us_2kb']} µs per {report['prompt_bytes']}-byte prompt, "
-              f"{report['rules_latency_us_2kb_plain']} µs per {len(PLAIN_2KB.encode())}-byte plain prompt")
+              f"{report['rules_latency_us_2kb_plain']} µs per {len(PLAIN_2KB.encode())}-byte plain prompt, "
+              f"{report['rules_latency_us_2kb_german']} µs per {len(GERMAN_2KB.encode())}-byte German prompt")
     if "classifier_latency_ms_2kb" in report:
         print(f"classifier: {report['classifier_latency_ms_2kb']} ms per {report['prompt_bytes']}-byte prompt "
               f"(threshold {report['threshold']})")
