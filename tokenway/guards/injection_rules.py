@@ -142,7 +142,8 @@ RULES: tuple[Rule, ...] = (
          r"|prior to this))"
          r"|\b(?:ignore|disregard|forget|override|bypass) (?:all |any |your |the )(?:system|developer) (?:message"
          r"|prompt)"
-         r"|\b(?:ignore|disregard) (?:the |your )?(?:user|human)(?:'s)?\b(?! (?:input|agent|id|name|interface))",
+         r"|\b(?:ignore|disregard) (?:the |your )?(?:user|human)(?:'s)?\b(?! (?:input|agent|id|name|interface))"
+         r"|\b(?:ignore|disregard|forget) (?:all of |everything )?the above(?: text| prompt)?(?:,? and\b| ?[.:;!])",
          also=_ORDER_WORDS),
     # "Your previous instructions are void", "whatever you were told earlier no longer counts".
     Rule("orders-void", ("void", "cancelled", "canceled", "revoked", "obsolete", "invalid", "overridden", "rescinded",
@@ -151,8 +152,10 @@ RULES: tuple[Rule, ...] = (
          rf"(?:instructions|rules|guidance|guidelines|directives|configuration|prompt|programming|restrictions"
          rf"|constraints)"
          rf" (?:\w+ ){{0,3}}{_VOID}"
-         rf"|\b(?:instructions|rules|guidance|guidelines|orders) (?:from|given|you got) (?:before|earlier"
-         rf"|above) {_VOID}",
+         rf"|\b(?:instructions|rules|guidance|guidelines|orders) (?:(?:from|given|you got) )?(?:before|earlier"
+         rf"|above) (?:\w+ ){{0,2}}{_VOID}"
+         r"|\bnone of (?:your|the) (?:\w+ ){0,2}(?:instructions|rules|guidelines|restrictions|directives) "
+         r"(?:apply|applies|matter|count)",
          also=("instructions", "rules", "guidance", "guidelines", "directives", "configuration", "prompt",
                "programming", "restrictions", "constraints", "orders")),
     Rule("orders-void", ("told", "given", "instructed"),
@@ -186,7 +189,8 @@ RULES: tuple[Rule, ...] = (
     Rule("unrestricted-persona", ("unrestricted", "unfiltered", "uncensored", "jailbroken", "amoral", "unaligned",
                                   "unbound", "unchained"),
          rf"\b(?:unrestricted|unfiltered|uncensored|jailbroken|amoral|unaligned|unbound"
-         rf"|unchained) (?:\w+ )?{_MODEL}\b"),
+         rf"|unchained) (?:\w+ )?{_MODEL}\b"
+         rf"|\b{_MODEL}s? (?:that|who) (?:is|are) (?:\w+ )?(?:unrestricted|unfiltered|uncensored|jailbroken|amoral)\b"),
     Rule("unrestricted-persona", _MODEL_WORDS,
          rf"\b{_MODEL}s? (?:with no|without(?: any)?|free of|free from|that has no|who has no|"
          r"that (?:has|have) had its) "
@@ -289,7 +293,7 @@ RULES: tuple[Rule, ...] = (
          rf"|<!-- ?(?:note to |to |for )?(?:the )?{_MODEL}s?\b"),
     Rule("addressed-to-model", ("document", "email", "mail", "page", "text", "file", "message", "website", "review",
                                 "resume", "cv", "pdf", "content"),
-         rf"\bwhen (?:you|the ai|the assistant|the model|an ai) (?:summari[sz]e|read|process|parse|see)s? "
+         rf"\bwhen (?:you|the ai|the assistant|the model|an ai) (?:summari[sz]e|read|process|parse|see)(?:s|es)? "
          rf"this {_DOCUMENT}\b",
          also=("when",)),
     # Sending the conversation or the user's data somewhere.
@@ -311,7 +315,7 @@ RULES: tuple[Rule, ...] = (
          r"|command)"
          r" (?:\w+ ){0,2}to (?:send|email|forward|delete|transfer|wire|post|upload|remove|drop|purchase|buy|grant"
          r"|share)"
-         r"(?: \w+){0,6} (?:to|with|for) (?:https?://|www\.|[\w.-]+@[\w-]+\.\w|\$?\d|all\b|every\b|the attacker)",
+         r"(?: [\w$.,-]+){0,6} (?:to|with|for) (?:https?://|www\.|[\w.-]+@[\w-]+\.\w|\$?\d|all\b|every\b|the attacker)",
          also=("call", "use", "invoke", "run", "execute", "trigger")),
     Rule("tool-hijack", ("user", "human", "owner", "operator"),
          r"\b(?:without|do not|don't|never) (?:asking|ask|telling|tell|informing|inform|notifying|notify|alerting|alert"
