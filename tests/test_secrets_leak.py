@@ -4,10 +4,11 @@ A gateway process with a master key, an upstream key (``api_key_env``), virtual 
 the admin API, tracing to the console, and content logging off, then on, runs a scripted session:
 good calls and streams, a prompt with keys pasted in, a wrong key, a revoked key, invalid bodies
 with a marker inside the bad field, an upstream 500, a backend that refuses the upstream key and
-says it back, a stream the upstream breaks off, an async job and a batch, and every admin listing. Then everything it emitted (its log lines and spans, /metrics, every answer's
-headers and body) is searched for the secrets and the marker. Secrets appear nowhere. The marker,
-a prompt's words, appears only in the request log line's ``content`` field, and only with content
-logging on (docs/security.md says so).
+says it back, a stream the upstream breaks off, an async job and a batch, and every admin listing.
+Then everything it emitted (its log lines and spans, /metrics, every answer's headers and body) is
+searched for the secrets and the marker. Secrets appear nowhere. The marker, a prompt's words,
+appears only in the request log line's ``content`` field, and only with content logging on
+(docs/security.md says so).
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def test_no_secret_or_prompt_leaks_from_a_session_with_errors(
 
     for name, secret in {"master key": master, "upstream key": upstream_key, "virtual key": key,
                          "revoked key": revoked, "wrong key": wrong}.items():
-        for text in (secret, secret.split("-")[-1]):  # the whole secret, or its random part alone
+        for text in (secret, secret[-20:]):  # the whole secret, or its last 20 characters alone
             assert text not in emitted, f"the {name} is in the gateway's output"
             assert text not in answers, f"the {name} is in an answer: {_around(answers, text)}"
     assert marker not in answers, f"the prompt's marker is in an answer: {_around(answers, marker)}"
