@@ -18,7 +18,7 @@ import pytest
 
 from tests.access_support import REDIS, config, create_key, drop_schema, gateway, pg_schema, pg_url
 from tests.fakes import FakeUpstream
-from tests.servers import running_gateway
+from tests.servers import running_gateway, serving_workers
 from tests.test_deploy_files import NGINX_CONF, nginx_directives, size_bytes
 from tokenway.asgi import BODY_LATE, Message, read_body
 from tokenway.config import Limits
@@ -237,6 +237,20 @@ def test_headers_over_the_size_limit_get_431_even_a_line_that_never_ends(strict:
                 answer = _answer(sock)
     assert answer.startswith(b"HTTP/1.1 431 ")
     assert sent <= 2048 + 4 * 1024  # refused once the unfinished line passed the limit, not at its end
+
+
+def test_serve_with_workers_takes_its_limits_from_the_config(tmp_path: Path) -> None:
+    """``tokenway serve --workers 2``: each worker process gets the protocol with the config's limits."""
+    fake = FakeUpstream().start()
+    try:
+        with serving_workers(STRICT.format(base=fake.url("ok")), tmp_path) as base:
+            port = int(base.rsplit(":", 1)[1])
+            for _ in range(4):  # new connections, so both workers are likely asked
+                with socket.create_connection(("127.0.0.1", port)) as sock:
+                    sock.sendall(_head(*[b"x-h%d: v" % i for i in range(20)]) + BODY)
+                    assert _answer(sock).startswith(b"HTTP/1.1 431 ")
+    finally:
+        fake.stop()
 
 
 # ---- bodies ---------------------------------------------------------------------------------------
