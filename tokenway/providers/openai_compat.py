@@ -59,9 +59,13 @@ class OpenAICompatProvider:
         self._base = deployment.api_base.rstrip("/")
         self._endpoints = {path: Endpoint(self._base + path) for path in ("/chat/completions", "/completions")}
         headers = {"content-type": "application/json", **deployment.headers}
-        key = self._key = deployment.api_key()
+        key = deployment.api_key()
         if key:
             headers["authorization"] = f"Bearer {key}"
+        # The gateway's credentials for this backend (its key, and any header set in the config, e.g.
+        # Azure's api-key): never relayed to a client, even when the backend's error says them back.
+        # Values under 8 characters ("true", "v1") are no secret and would blank out ordinary words.
+        self._secrets = [value.encode() for value in (key, *deployment.headers.values()) if value and len(value) >= 8]
         self._headers = headers
         # Rendered once; each call adds only its request id (and trace headers when tracing is on).
         self._header_lines = render_headers({k: v for k, v in headers.items() if k.lower() != "x-request-id"})
@@ -104,7 +108,7 @@ class OpenAICompatProvider:
                                              connect_s=self.deployment.timeouts.connect, answer_s=first_byte,
                                              whole=not call.stream)
             if resp.status != 200:
-                raise await _status_error(resp, self.deployment.name or "", self._key)
+                raise await _status_error(resp, self.deployment.name or "", self._secrets)
             if not call.stream:
                 raw = await resp.read()
         except AnswerTimedOut:
@@ -126,15 +130,15 @@ class OpenAICompatProvider:
         return Stream(lambda stream: _relay(resp, stream, strip_usage, self.deployment.name or ""))
 
 
-async def _status_error(resp: Response, name: str, key: str | None) -> GatewayError:
+async def _status_error(resp: Response, name: str, secrets: list[bytes]) -> GatewayError:
     if resp.status in (401, 403):
         # The backend refused the gateway's own key: the operator's to fix, not the client's key (an SDK
         # raises AuthenticationError on a 401), and its answer may say the key back, whole or in part.
         return UpstreamError(f"The backend {name} refused the gateway's credentials (HTTP {resp.status}); the "
                              "operator should check the deployment's api_key_env.", upstream_status=resp.status)
     body = await resp.read()
-    if key:  # whatever else the backend says, it never relays the gateway's key
-        body = body.replace(key.encode(), b"[upstream key]")
+    for secret in secrets:  # whatever else the backend says, it never relays the gateway's credentials
+        body = body.replace(secret, b"[upstream key]")
     retry_after = _retry_after(resp.header(b"retry-after"))
     detail = body[:300].decode(errors="replace")
     if resp.status == 429 or resp.status >= 500:
