@@ -123,6 +123,8 @@ class FakeUpstream:
             )
         if scenario in ("echokey", "echokey400"):  # a backend that says the gateway's key back, whole
             refused = f"Incorrect API key provided: {request.headers.get('Authorization', '')}"
+            if "x-api-key" in request.headers:
+                refused += f" (or {request.headers['x-api-key']})"
             status = 401 if scenario == "echokey" else 400
             return web.json_response({"error": {"message": refused, "type": "invalid_request_error", "param": None,
                                                 "code": "invalid_api_key"}}, status=status)
