@@ -27,15 +27,17 @@ from tests.fakes import FakeUpstream
 from tests.servers import write_config
 
 UPSTREAM_ENV = "TW_LEAK_TEST_UPSTREAM_KEY"
+SCRUBBED = "[upstream key]"  # what a relayed backend error says instead of the gateway's credentials
 
 
-def _config(upstream: FakeUpstream, content: bool) -> str:
+def _config(upstream: FakeUpstream, content: bool, header_key: str) -> str:
     def model(name: str, scenario: str) -> str:
         return f"""  - name: {name}
     deployments:
       - provider: openai
         api_base: {upstream.url(scenario)}
         api_key_env: {UPSTREAM_ENV}
+        headers: {{x-api-key: {header_key}}}
 """
     models = [("m", "ok"), ("broken", "status500"), ("cut", "reset"), ("refused", "echokey"), ("echoes", "echokey400")]
     return f"""models:
@@ -96,10 +98,11 @@ def test_no_secret_or_prompt_leaks_from_a_session_with_errors(
     master = "sk-master-" + secrets.token_hex(16)
     upstream_key = "sk-upstream-" + secrets.token_hex(16)
     wrong = "sk-wrong-" + secrets.token_hex(16)
+    header_key = "hk-" + secrets.token_hex(16)  # a credential in the deployment's headers (Azure's api-key)
     marker = "MARKER" + secrets.token_hex(8)
     prompt = [{"role": "user", "content": f"Tell me about {marker}, please."}]
     output = tmp_path / "gateway.out"
-    path = write_config(tmp_path, _config(upstream, content))
+    path = write_config(tmp_path, _config(upstream, content, header_key))
     env = {"TOKENWAY_MASTER_KEY": master, UPSTREAM_ENV: upstream_key}
     with gateway_process(path, tmp_path / "data", output=output, log_level="debug", **env) as base:
         admin = Session(base, master)
@@ -145,8 +148,9 @@ def test_no_secret_or_prompt_leaks_from_a_session_with_errors(
         assert s.chat(model="broken", messages=prompt).status_code >= 500
         assert s.chat(model="refused", messages=prompt).status_code >= 400
         assert s.chat(model="refused", messages=prompt, stream=True).status_code >= 400
-        echoed = s.chat(model="echoes", messages=prompt)  # a 4xx is relayed, less the key
-        assert echoed.status_code == 400 and "Bearer [upstream key]" in echoed.json()["error"]["message"]
+        echoed = s.chat(model="echoes", messages=prompt)  # a 4xx is relayed, less the credentials
+        assert echoed.status_code == 400
+        assert echoed.json()["error"]["message"] == f"Incorrect API key provided: Bearer {SCRUBBED} (or {SCRUBBED})"
         cut = s.chat(model="cut", messages=prompt, stream=True)
         assert cut.status_code == 200 and '"error"' in cut.text
         # An async job (and one refused at submit) and a batch.
@@ -178,12 +182,13 @@ def test_no_secret_or_prompt_leaks_from_a_session_with_errors(
 
     # Not vacuous: the upstream got its key and the prompt; the log has request lines and spans.
     assert upstream.seen and all(seen.headers["authorization"] == f"Bearer {upstream_key}" for seen in upstream.seen)
+    assert all(seen.headers["x-api-key"] == header_key for seen in upstream.seen)
     assert any(marker in orjson.dumps(seen.body).decode() for seen in upstream.seen)
     assert emitted.count('"event":"request"') >= 20 and '"trace_id"' in emitted and '"span_id"' in emitted
     assert "tokenway_requests_total" in answers
 
-    for name, secret in {"master key": master, "upstream key": upstream_key, "virtual key": key,
-                         "revoked key": revoked, "wrong key": wrong}.items():
+    for name, secret in {"master key": master, "upstream key": upstream_key, "upstream header": header_key,
+                         "virtual key": key, "revoked key": revoked, "wrong key": wrong}.items():
         for text in (secret, secret[-20:]):  # the whole secret, or its last 20 characters alone
             assert text not in emitted, f"the {name} is in the gateway's output"
             assert text not in answers, f"the {name} is in an answer: {_around(answers, text)}"
