@@ -215,6 +215,7 @@ class Gateway:
         metrics_auth = (require_metrics_token(self.settings.metrics_token, self.settings.master_key)
                         if self.settings.metrics_token else None)
         self._control = control_app(self.is_ready, metrics, metrics_auth=metrics_auth,
+                                    keyed=self.settings.master_key is not None,
                                     routers=[models_router(self._models, callers, int(time.time())),
                                              routing_router(self._models, self.routing, self.settings.master_key,
                                                             self._discovered),
