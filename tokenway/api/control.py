@@ -23,9 +23,10 @@ from tokenway.observability.metrics import Metrics
 
 def control_app(
     is_ready: Callable[[], bool], metrics: Metrics | None = None, routers: Sequence[APIRouter] = (),
-    metrics_auth: Callable[..., Awaitable[None]] | None = None,
+    metrics_auth: Callable[..., Awaitable[None]] | None = None, keyed: bool = False,
 ) -> FastAPI:
-    """Health, readiness, ``/metrics`` (behind ``metrics_auth`` when given) and the routers' endpoints."""
+    """Health, readiness, ``/metrics`` (behind ``metrics_auth`` when given) and the routers' endpoints.
+    ``keyed``: a master key is set, so every call but health, readiness and the docs needs a key."""
     app = FastAPI(title="tokenway", version=__version__, description="An OpenAI-compatible LLM gateway.")
     for router in routers:
         app.include_router(router)
@@ -75,7 +76,8 @@ def control_app(
         # traceback (Starlette raises the exception again once this answer is sent).
         return _envelope(InternalError("The gateway failed on this request; the error is in its log."))
 
-    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi_document(  # type: ignore[method-assign]
+        app, keyed=keyed, metrics_keyed=metrics_auth is not None)
     return app
 
 

@@ -109,6 +109,9 @@ _ERROR_TEXT = {
     "404": "No such object, or another tenant's (the same answer).", "409": "The object's state does not allow it.",
     "413": "The upload is over jobs.max_file_bytes.", "429": "Too many jobs queued; see Retry-After.",
 }
+_BEARER = {"type": "http", "scheme": "bearer", "description": (
+    "A virtual key (`Authorization: Bearer <key>` or `api-key: <key>`); the admin API needs the master key, "
+    "/metrics the metrics token or the master key.")}
 _OPEN = {"/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
@@ -256,9 +259,10 @@ _LINKS: dict[tuple[str, str], list[tuple[str, str, str, dict[str, Any]]]] = {
 }
 
 
-def openapi_document(app: FastAPI) -> dict[str, Any]:
+def openapi_document(app: FastAPI, keyed: bool = False, metrics_keyed: bool = False) -> dict[str, Any]:
     """The whole document, built once per app. It is served without a key, so it names no configured
-    model (``GET /v1/models`` needs one): the examples use a placeholder."""
+    model (``GET /v1/models`` needs one): the examples use a placeholder. ``keyed``: calls need a key
+    (a master key is set); ``metrics_keyed``: ``/metrics`` needs its token."""
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -274,6 +278,12 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
         schema["paths"][path] = {"post": _data_plane_operation(path, summary, adapter, answer, description,
                                                                components)}
     _link(schema["paths"])
+    if keyed or metrics_keyed:
+        schema["components"]["securitySchemes"] = {"bearer": _BEARER}
+        for path, operations in schema["paths"].items():
+            if (keyed and path not in _OPEN and path != "/metrics") or (metrics_keyed and path == "/metrics"):
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}]
     app.openapi_schema = schema
     return schema
 
