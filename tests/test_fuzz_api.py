@@ -10,7 +10,8 @@ the document says: its status code, content type, body (JSON and each SSE event)
 Schemathesis runs as its CLI in a child process: its pytest plugin's lazy loading (the only way to
 fuzz a server a fixture starts) breaks on pytest 9 (``Function._nodeid``). Deterministic: a fixed
 seed and derandomized generation, so CI sends the same requests on every run; a failure prints each
-finding with a curl command that reproduces it. ``-m 'not fuzz'`` leaves these tests out.
+finding with a curl command that reproduces it. ``-m 'not fuzz'`` leaves the three runs out; the
+regression tests of what they found stay in.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import APIRouter
 
 from tests.access_support import MASTER, config, create_key, gateway
 from tests.fakes import FakeUpstream
-
-pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(420)]
+from tokenway.api.control import control_app
 
 METRICS_TOKEN = "metrics-token-test"
 EXAMPLES = 25  # random cases per operation in the fuzzing phase; the master-key run takes ~30 s on 2 cores
@@ -110,16 +111,22 @@ def fuzz(base: str, key: str, workdir: Path, *selection: str, phases: str = "exa
     assert "passed" in report and " generated" in report, report
 
 
+@pytest.mark.fuzz
+@pytest.mark.timeout(420)
 def test_every_operation_as_the_master_key(served: str, tmp_path: Path) -> None:
     # POST /admin/drain would stop the gateway taking calls for the rest of the run: it has its own test.
     fuzz(served, MASTER, tmp_path, "--exclude-path", "/admin/drain")
 
 
+@pytest.mark.fuzz
+@pytest.mark.timeout(420)
 def test_the_data_plane_and_jobs_as_a_virtual_key(served: str, tmp_path: Path) -> None:
     key = create_key(served, name="fuzz", models=["m"])["key"]  # "other" is the same 404 as no model at all
     fuzz(served, key, tmp_path, "--include-path-regex", "^/(v1|chat)")
 
 
+@pytest.mark.fuzz
+@pytest.mark.timeout(420)
 def test_drain(upstream_for_fuzz: FakeUpstream, tmp_path: Path) -> None:
     with gateway(config(upstream_for_fuzz), tmp_path / "data") as (base, _):
         fuzz(base, MASTER, tmp_path, "--include-path", "/admin/drain", "--include-path", "/ready",
@@ -159,3 +166,19 @@ def test_a_wrong_method_names_every_method_the_path_takes(served: str) -> None:
     assert answer.status_code == 405
     assert answer.headers["allow"] == "GET, POST"
     assert answer.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_an_unhandled_error_is_the_envelope() -> None:
+    # Was Starlette's plain-text "Internal Server Error"; the OpenAI SDK could not read it.
+    router = APIRouter()
+
+    @router.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    transport = httpx.ASGITransport(control_app(lambda: True, routers=[router]), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        answer = await client.get("/boom")
+    assert answer.status_code == 500
+    assert answer.json()["error"]["code"] == "internal_error"
+    assert "a bug" not in answer.text  # the traceback goes to the log, not to the client
