@@ -35,17 +35,14 @@ TOOL_CALL = st.builds(lambda name, args: {"function": {"name": name, "arguments"
                       st.text(min_size=1, max_size=10), ARGUMENTS)
 
 
-class _Transport(asyncio.Transport):
-    """Enough of a socket for the reader to wait on: it is never paused for real."""
+class _Protocol(BaseProtocol):
+    """Enough of a connection for the reader to wait on: never paused for real (the test feeds it)."""
 
-    def pause_reading(self) -> None:
+    def pause_reading(self, *args: object, **kwargs: object) -> None:
         pass
 
-    def resume_reading(self) -> None:
+    def resume_reading(self, *args: object, **kwargs: object) -> None:
         pass
-
-    def is_closing(self) -> bool:
-        return False
 
 
 @st.composite
@@ -89,8 +86,8 @@ class _Response:
 
 async def _translate(pieces: list[bytes], chat: bool, include_usage: bool) -> list[dict[str, Any]]:
     loop = asyncio.get_running_loop()
-    protocol = BaseProtocol(loop)
-    protocol.connection_made(_Transport())
+    protocol = _Protocol(loop)
+    protocol.connection_made(asyncio.Transport())
     reader = aiohttp.StreamReader(protocol, 2**16, loop=loop)
 
     async def feed() -> None:
@@ -200,3 +197,18 @@ def test_a_whole_answer_keeps_its_text_and_arguments(texts: list[str], calls: li
             for c in choice["message"].get("tool_calls", [])] == [
         (c["function"]["name"], c["function"]["arguments"]) for c in calls]
     assert choice["finish_reason"] == ("tool_calls" if calls else "stop")
+
+
+def test_a_line_longer_than_aiohttp_reads_at_once_comes_through() -> None:
+    # A tool call comes whole in one NDJSON line: 200 KB of arguments broke the stream with aiohttp's
+    # LineTooLong (readline's limit is 128 KiB), an error the translator did not map.
+    arguments = {"text": "x" * 200_000}
+    lines = [{"model": "m", "done": False, "message": {"role": "assistant", "content": "", "tool_calls": [
+        {"function": {"name": "write", "arguments": arguments}}]}},
+        {"model": "m", "done": True, "done_reason": "stop", "prompt_eval_count": 1, "eval_count": 1,
+         "message": {"role": "assistant", "content": ""}}]
+    raw = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    for pieces in ([raw], [raw[i:i + 65536] for i in range(0, len(raw), 65536)]):
+        chunks = translate(pieces, chat=True)
+        call = chunks[1]["choices"][0]["delta"]["tool_calls"][0]["function"]
+        assert json.loads(call["arguments"]) == arguments

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any, ClassVar
 
 import aiohttp
@@ -169,6 +170,31 @@ def _json_args(arguments: Any) -> Any:
     return arguments or {}
 
 
+# The longest NDJSON line taken from Ollama: a tool call comes whole in one line, arguments and all.
+MAX_LINE_BYTES = 32 * 1024 * 1024
+
+
+async def _lines(content: aiohttp.StreamReader) -> AsyncGenerator[bytes, None]:
+    """Ollama's NDJSON lines, of any length up to ``MAX_LINE_BYTES``. Not ``async for`` over the stream:
+    aiohttp's readline refuses a line over 128 KiB with an error that is no ``ClientError`` (a tool call
+    with large arguments broke the stream; found by tests/test_properties_ollama.py)."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in content.iter_any():
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            parts.append(chunk[start:end + 1])
+            yield b"".join(parts)
+            parts, size, start = [], 0, end + 1
+        if start < len(chunk):
+            parts.append(chunk[start:])
+            size += len(chunk) - start
+            if size > MAX_LINE_BYTES:
+                raise UpstreamError(f"Ollama sent a line over {MAX_LINE_BYTES} bytes.")
+    if parts:
+        yield b"".join(parts)
+
+
 def _usage(line: dict[str, Any]) -> Usage:
     return Usage(
         prompt_tokens=int(line.get("prompt_eval_count") or 0), completion_tokens=int(line.get("eval_count") or 0)
@@ -209,20 +235,21 @@ class _Translator(ABC):
         finished = False
         try:
             yield self.opening()
-            async for raw in resp.content:  # one NDJSON line per iteration
-                if not raw.strip():
-                    continue
-                line = _parse_line(raw)
-                block = self.piece(line)
-                if line.get("done"):
-                    usage = _usage(line)
-                    stream.usage = usage
-                    block += self.closing(line, usage)
-                    finished = True
-                if block:
-                    yield block
-                if finished:
-                    break
+            async with aclosing(_lines(resp.content)) as lines:
+                async for raw in lines:
+                    if not raw.strip():
+                        continue
+                    line = _parse_line(raw)
+                    block = self.piece(line)
+                    if line.get("done"):
+                        usage = _usage(line)
+                        stream.usage = usage
+                        block += self.closing(line, usage)
+                        finished = True
+                    if block:
+                        yield block
+                    if finished:
+                        break
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"Ollama broke off the stream: {exc}.") from None
         finally:
