@@ -79,7 +79,8 @@ def test_the_queue_is_bounded_per_key_and_in_total(tmp_path: Path) -> None:
             while httpx.get(f"{base}/v1/async/{first['id']}", headers=auth(alice)).json()["status"] != "running":
                 time.sleep(0.02)
             for _ in range(2):
-                assert httpx.post(base + "/v1/async/chat/completions", json=CHAT, headers=auth(alice)).status_code == 202
+                submitted = httpx.post(base + "/v1/async/chat/completions", json=CHAT, headers=auth(alice))
+                assert submitted.status_code == 202
             full = httpx.post(base + "/v1/async/chat/completions", json=CHAT, headers=auth(alice))
             assert full.status_code == 429 and "max_queued_per_key" in full.json()["error"]["message"]
             assert int(full.headers["retry-after"]) > 0

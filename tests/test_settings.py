@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tokenway.cli import WORKER_SETTINGS_ENV, worker_app
-from tokenway.config import SettingsError, load_settings, parse_config
+from tokenway.config import ConfigError, SettingsError, load_settings, parse_config
 
 
 def test_flags_override_env_vars_and_env_vars_override_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,3 +64,14 @@ def test_yaml_on_off_yes_no_stay_words() -> None:
     assert model.deployments[0].options.warmup is False  # type: ignore[attr-defined]
     assert model.cache.enabled is False
     assert model.retry.on == ["5xx"]
+
+
+@pytest.mark.parametrize(("where", "value"), [
+    ("weight", ".inf"), ("weight", "1e999"), ("weight", "!!float .inf"), ("timeouts", "{total: .inf}"),
+])
+def test_an_infinite_number_is_refused_at_its_line(where: str, value: str) -> None:
+    # ".inf" is greater than 0, so the range checks let it through; an infinite weight broke weighted routing.
+    text = f"models:\n  - name: m\n    deployments:\n      - provider: openai\n        {where}: {value}\n"
+    with pytest.raises(ConfigError, match=r"^t\.yaml:5: models\[0\]\.deployments\[0\]\.(weight|timeouts\.total): "
+                                          "not a finite number$"):
+        parse_config(text, "t.yaml")

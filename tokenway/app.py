@@ -21,9 +21,9 @@ from tokenway.api.admin import admin_router
 from tokenway.api.admin_routing import routing_router
 from tokenway.api.admin_status import status_router
 from tokenway.api.batches import batches_router
+from tokenway.api.callers import Callers
 from tokenway.api.client_address import TrustedProxies
 from tokenway.api.control import control_app
-from tokenway.api.callers import Callers
 from tokenway.api.guards import require_metrics_token
 from tokenway.api.jobs import jobs_router
 from tokenway.api.models import models_router

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -388,7 +389,7 @@ def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}:1: the config must be a mapping with a 'models' list")
     try:
-        return GatewayConfig.model_validate(data)
+        config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
         lines = []
         for error in exc.errors(include_url=False):
@@ -398,6 +399,24 @@ def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
             field = _dotted(loc) or "(top level)"
             lines.append(f"{source}:{line}: {field}: {error['msg']}")
         raise ConfigError("\n".join(lines)) from None
+    infinite = _first_non_finite(config.model_dump())
+    if infinite is not None:  # `.inf` passes "greater than 0": an infinite weight or timeout breaks what reads it
+        raise ConfigError(f"{source}:{_line_of(node, infinite)}: {_dotted(infinite)}: not a finite number")
+    return config
+
+
+def _first_non_finite(data: Any) -> list[Any] | None:
+    """The path to the first number in ``data`` (a config's dump) that is infinite or not a number."""
+    stack: list[tuple[list[Any], Any]] = [([], data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return path
+        if isinstance(value, dict):
+            stack.extend(([*path, k], v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend(([*path, i], v) for i, v in reversed(list(enumerate(value))))
+    return None
 
 
 def _line_of(node: Any, loc: list[Any]) -> int:
