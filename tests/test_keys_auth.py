@@ -123,3 +123,18 @@ def test_the_secret_never_appears_in_the_logs(upstream: FakeUpstream, tmp_path: 
     out, err = capfd.readouterr()
     assert '"key":"logged"' in out  # the alias is logged ...
     assert secret not in out + err  # ... never the secret
+
+
+def test_the_key_is_checked_before_the_body(upstream: FakeUpstream, tmp_path: Path) -> None:
+    # OpenAI answers a call without a valid key 401 whatever its body says; the body is read, not parsed.
+    bad_body = {"model": "m", "prompt": "x", "best_of": 0}
+    with gateway(config(upstream), tmp_path) as (base, _):
+        for headers in ({}, {"Authorization": "Bearer tw-wrong"}):
+            for path in ("/v1/completions", "/v1/chat/completions", "/chat"):
+                r = httpx.post(base + path, json=bad_body, headers=headers)
+                assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", (path, r.text)
+            assert httpx.post(base + "/v1/chat/completions", content=b"{not json", headers=headers).status_code == 401
+        key = create_key(base)["key"]
+        r = httpx.post(base + "/v1/completions", json=bad_body, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "best_of"
+    assert upstream.seen == []

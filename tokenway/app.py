@@ -207,7 +207,8 @@ class Gateway:
         )
         metrics = self.metrics if self.config.observability.metrics else None
         plane = DataPlane(self.config, handler, self.log, metrics, self.is_ready, self.tracing,
-                          TrustedProxies.of(self.settings.trusted_proxies))
+                          TrustedProxies.of(self.settings.trusted_proxies),
+                          identify=lambda ctx: self.access.policy.authenticate(ctx, None))
         self._data_routes = plane.routes()
         await self.jobs.start(handler, self.clock, self.is_ready, metrics)  # jobs re-enter the same policy list
         callers = Callers(self.access.policy, self.config.limits, self._models.names)

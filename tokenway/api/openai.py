@@ -58,8 +58,12 @@ class DataPlane:
     def __init__(
         self, config: GatewayConfig, handle: Handler, log: JsonLog, metrics: Metrics | None,
         is_ready: Callable[[], bool], tracing: Tracing | None = None, proxies: TrustedProxies | None = None,
+        identify: Callable[[RequestContext], object] | None = None,
     ) -> None:
         self._config = config
+        # Who is calling, checked before the body is parsed: a caller without a valid key gets 401 (as
+        # OpenAI answers), whatever it sent, and costs no parsing. The access policy checks again with the model.
+        self._identify = identify
         self._proxies = proxies  # None: no trusted proxies, the socket's peer is the client
         self._tracing = tracing
         self._new_request_id = IdGenerator("req_")
@@ -116,6 +120,8 @@ class DataPlane:
                 raise Overloaded("This gateway is not taking new calls: it is starting up (loading models) or "
                                  "draining before a restart. Retry shortly.", retry_after=2)
             body = await read_body(receive, self._limits.max_body_bytes, declared_length, hook)
+            if self._identify is not None:
+                self._identify(ctx)
             request = parse_body(adapter, body, required)
             simple = kind == "simple"
             if simple:
