@@ -1,1 +1,4 @@
-"""Translation between other APIs' wire formats and the gateway's internal OpenAI chat form, as pure functions."""
+"""Translation between other wire formats (Anthropic Messages, OpenAI Responses) and OpenAI chat.
+
+Pure functions over parsed bodies and canonical SSE blocks; the front doors in tokenway/api/ use them.
+"""
