@@ -138,3 +138,14 @@ def test_the_key_is_checked_before_the_body(upstream: FakeUpstream, tmp_path: Pa
         r = httpx.post(base + "/v1/completions", json=bad_body, headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 400 and r.json()["error"]["param"] == "best_of"
     assert upstream.seen == []
+
+
+def test_the_key_in_anthropics_header(upstream: FakeUpstream, tmp_path: Path) -> None:
+    # Anthropic's SDK sends its key as x-api-key; Azure's as api-key; OpenAI's as a bearer token.
+    with gateway(config(upstream), tmp_path) as (base, _):
+        key = create_key(base)["key"]
+        body = {"model": "m", "messages": MESSAGES}
+        for header in ("x-api-key", "api-key"):
+            assert httpx.post(base + "/v1/chat/completions", json=body, headers={header: key}).status_code == 200
+            assert httpx.get(base + "/v1/models", headers={header: key}).status_code == 200
+        assert httpx.post(base + "/v1/chat/completions", json=body, headers={"x-api-key": "tw-no"}).status_code == 401

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from tests.inprocess import gateway, reply
 from tests.property_support import PROPERTY
-from tokenway.api.openai import read_call
+from tokenway.api.calls import read_call
 from tokenway.config import Limits
 from tokenway.errors import InvalidRequest
 from tokenway.protocol import CHAT_REQUEST, COMPLETION_REQUEST, SIMPLE_CHAT_REQUEST, parse_body

@@ -6,6 +6,10 @@ After that, a failure ends the stream with an OpenAI-style ``data: {"error": ...
 
 The writer also counts the completion tokens it hands to the client (``ctx.delivered_tokens``):
 a stream that ends early (a hang-up, a broken backend, a timeout) is billed from that count.
+
+A front door with a wire format of its own (Responses, Anthropic's Messages) passes a
+``StreamTranslation``: the writer reads each internal block first (tokens, ``[DONE]``), then sends
+what the translation makes of it, and its events for an error.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from tokenway.api.wire import StreamTranslation
 from tokenway.asgi import STREAM_HEADERS, Send
 from tokenway.context import RequestContext
 from tokenway.errors import GatewayError, InternalError, UpstreamError, UpstreamTimeout
@@ -33,12 +38,14 @@ class StreamLimits:
 
 
 class _Writer:
-    __slots__ = ("ctx", "finished", "headers", "limits", "send", "started", "stream")
+    __slots__ = ("ctx", "finished", "headers", "limits", "send", "started", "stream", "translation")
 
     def __init__(
         self, stream: Stream, send: Send, ctx: RequestContext, limits: StreamLimits, headers: list[tuple[bytes, bytes]],
+        translation: StreamTranslation | None,
     ) -> None:
         self.stream, self.send, self.ctx, self.limits, self.headers = stream, send, ctx, limits, headers
+        self.translation = translation
         self.started = False
         self.finished = False
 
@@ -53,14 +60,23 @@ class _Writer:
             await self.send({"type": "http.response.start", "status": 200, "headers": headers})
 
     async def body(self, data: bytes) -> None:
+        """Send one internal block (translated, if the front door translates)."""
+        out = data if self.translation is None else self.translation.feed(data)
         # The block that carries [DONE] also ends the response: one write fewer per stream.
         if ends_stream(data):
             self.finished = self.ctx.responded = True
-            await self.send({"type": "http.response.body", "body": data, "more_body": False})
-        else:
-            await self.send({"type": "http.response.body", "body": data, "more_body": True})
+            await self.send({"type": "http.response.body", "body": out, "more_body": False})
+        elif out:
+            await self.send({"type": "http.response.body", "body": out, "more_body": True})
         # Counted once ``send`` has taken the block: a hang-up cancels the wait before that.
         self.ctx.delivered_tokens += completion_tokens(data)
+
+    async def raw(self, data: bytes) -> None:
+        """Send bytes of the client's own format as they are (a heartbeat, an error's events)."""
+        await self.send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def error(self, error: GatewayError) -> None:
+        await self.raw(sse_error(error) if self.translation is None else self.translation.error(error))
 
     async def first_block(self) -> bytes | None:
         """Await the first bytes, sending ``: keep-alive`` comments while they take their time."""
@@ -89,7 +105,7 @@ class _Writer:
                         return None
                 if loop.time() < deadline:
                     await self.start()
-                    await self.body(SSE_HEARTBEAT)
+                    await self.raw(SSE_HEARTBEAT)
         finally:
             if not pending.done():
                 pending.cancel()
@@ -171,9 +187,10 @@ def _has_arguments(delta: dict[str, Any]) -> bool:
 
 async def write_stream(
     stream: Stream, send: Send, ctx: RequestContext, limits: StreamLimits, headers: list[tuple[bytes, bytes]],
+    translation: StreamTranslation | None = None,
 ) -> None:
     """Send ``stream`` as an SSE response. Raises ``GatewayError`` only if nothing was sent yet."""
-    writer = _Writer(stream, send, ctx, limits, headers)
+    writer = _Writer(stream, send, ctx, limits, headers, translation)
     try:
         first = await writer.first_block()
         if first is None:
@@ -189,7 +206,7 @@ async def write_stream(
         ctx.failed_mid_stream = True
         if not writer.started:
             raise
-        await writer.body(sse_error(error))
+        await writer.error(error)
     except (asyncio.CancelledError, GeneratorExit):
         raise
     except Exception as exc:  # a bug: the client gets an error event, the log gets the traceback
@@ -197,7 +214,7 @@ async def write_stream(
             raise
         ctx.status, ctx.error_type = 500, type(exc).__name__
         ctx.exception = exc
-        await writer.body(sse_error(InternalError("Internal error.")))
+        await writer.error(InternalError("Internal error."))
     finally:
         ctx.usage = stream.usage
         await stream.aclose()

@@ -8,8 +8,8 @@ from typing import Any
 
 from fastapi import Request
 
+from tokenway.api.calls import read_call
 from tokenway.api.guards import presented_key
-from tokenway.api.openai import read_call
 from tokenway.config import Limits
 from tokenway.context import JobRef, RequestContext
 from tokenway.errors import InvalidRequest, PermissionDenied
@@ -29,8 +29,9 @@ class Callers:
     def identify(self, request: Request, model: str | None = None) -> tuple[str, KeyRecord | None]:
         """The caller's owner name (key id, "master" or "anonymous") and key; 401/403 as live traffic gets."""
         headers = request.headers
+        api_key = headers.get("api-key") or headers.get("x-api-key")  # Azure's header, Anthropic's
         ctx = RequestContext(request_id="", endpoint="jobs",
-                             api_key=presented_key(headers.get("authorization"), headers.get("api-key")),
+                             api_key=presented_key(headers.get("authorization"), api_key),
                              client_ip=request.client.host if request.client else None)
         key = self._access.authenticate(ctx, model)
         if key is not None:

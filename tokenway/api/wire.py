@@ -36,9 +36,11 @@ class StreamTranslation(Protocol):
 
 
 class WireFormat(Protocol):
-    """What one front door reads and writes. ``endpoint`` names it in metrics and logs."""
+    """What one front door reads and writes."""
 
-    endpoint: str
+    @property
+    def endpoint(self) -> str:
+        """The front door's name in metrics and logs (``chat``, ``responses``, ...)."""
 
     def read(self, body: bytes, limits: Limits) -> Call:
         """The request, validated (``InvalidRequest`` naming the field in this API's terms) and turned
