@@ -1,0 +1,120 @@
+"""Anthropic's Messages API: ``POST /v1/messages`` as a wire format, and ``/v1/messages/count_tokens``.
+
+``/v1/messages`` runs the data plane's steps like every endpoint (key, limits, budget, cache,
+routing, retries, ledger, metrics, log): ``MessagesWire`` reads an Anthropic body into a chat
+``Call`` and turns the chat answer, body or stream, back into Anthropic's (``tokenway/translate``).
+``count_tokens`` calls no backend: it answers the gateway's own estimate, after the same key check.
+docs/anthropic.md says what is translated how.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from tokenway.api.calls import check_limits
+from tokenway.api.wire import StreamTranslation
+from tokenway.asgi import ClientDisconnected, Receive, Scope, Send, read_body, send_bytes, server_hooks
+from tokenway.config import Limits
+from tokenway.context import RequestContext
+from tokenway.errors import GatewayError, InternalError, ModelNotFound
+from tokenway.ids import IdGenerator
+from tokenway.protocol import parse_body
+from tokenway.providers.base import Call
+from tokenway.translate.anthropic_in import COUNT_TOKENS_REQUEST, MESSAGES_REQUEST, chat_body, chat_messages
+from tokenway.translate.anthropic_out import MessageEvents, error_body, message_body
+from tokenway.usage.cost import prompt_size, tokens_for_chars
+
+
+class MessagesWire:
+    """``/v1/messages``: Anthropic's request in, a chat ``Call`` to the policy list, Anthropic's answer out."""
+
+    def __init__(self) -> None:
+        self._new_id = IdGenerator("msg_")
+
+    @property
+    def endpoint(self) -> str:
+        return "messages"
+
+    def read(self, body: bytes, limits: Limits) -> Call:
+        call = Call("chat", chat_body(parse_body(MESSAGES_REQUEST, body, ())))
+        check_limits(call, limits)
+        return call
+
+    def completion(self, body: bytes, call: Call, ctx: RequestContext) -> bytes:
+        return message_body(body, self._new_id(), call.body["model"], call.body.get("stop"))
+
+    def stream(self, call: Call, ctx: RequestContext) -> StreamTranslation:
+        return MessageEvents(self._new_id(), call.body["model"], call.body.get("stop"))
+
+    def error(self, error: GatewayError) -> tuple[int, bytes]:
+        return error_body(error)
+
+
+def count_tokens(request: dict[str, Any]) -> int:
+    """The gateway's estimate of a request's input tokens (``usage.cost``: a token per 4 characters plus
+    framing per message), over its text as a chat backend gets it, tool calls and tool definitions included."""
+    messages = chat_messages(request)
+    chars, count = prompt_size(Call("chat", {"messages": messages}))
+    for message in messages:
+        for call in message.get("tool_calls") or ():
+            chars += len(call["function"]["name"]) + len(call["function"]["arguments"])
+    for tool in request.get("tools") or ():
+        chars += len(orjson.dumps(tool))
+    return tokens_for_chars(chars, count)
+
+
+Authenticate = Callable[[RequestContext, "str | None"], object]
+
+
+class CountTokens:
+    """``POST /v1/messages/count_tokens``: ``{"input_tokens": N}``, the key checked as for ``/v1/messages``
+    (401 without a valid one, 403 for a model it may not use), errors in Anthropic's envelope."""
+
+    def __init__(self, authenticate: Authenticate, models: Callable[[], list[str]], limits: Limits) -> None:
+        self._authenticate = authenticate
+        self._models = models
+        self._limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key, length = _key_and_length(scope["headers"])
+        client = scope.get("client")
+        ctx = RequestContext(request_id="", endpoint="count_tokens", api_key=key,
+                             client_ip=client[0] if client else None)
+        try:
+            body = await read_body(receive, self._limits.max_body_bytes, length, server_hooks(scope))
+            self._authenticate(ctx, None)  # a caller without a valid key: 401 whatever it sent
+            request = parse_body(COUNT_TOKENS_REQUEST, body, ())
+            model = request["model"]
+            if model not in self._models():
+                raise ModelNotFound(f"The model '{model}' does not exist on this gateway.", param="model")
+            self._authenticate(ctx, model)
+            answer = orjson.dumps({"input_tokens": count_tokens(request)})
+            await send_bytes(send, 200, answer, [])
+        except ClientDisconnected:
+            return
+        except GatewayError as error:
+            status, answer = error_body(error)
+            await send_bytes(send, status, answer, error.headers())
+        except Exception:  # a bug: the envelope, never a traceback
+            status, answer = error_body(InternalError("Internal error."))
+            await send_bytes(send, status, answer, [])
+
+
+def _key_and_length(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, int | None]:
+    key = length = None
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                key = token.strip()
+        elif name in (b"x-api-key", b"api-key") and key is None:
+            key = value.decode("latin-1").strip() or None
+        elif name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                length = None
+    return key, length
