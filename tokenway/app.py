@@ -26,6 +26,7 @@ from tokenway.api.client_address import TrustedProxies
 from tokenway.api.control import control_app
 from tokenway.api.guards import require_metrics_token
 from tokenway.api.jobs import jobs_router
+from tokenway.api.messages import CountTokens, MessagesWire
 from tokenway.api.models import models_router
 from tokenway.api.openai import DataPlane
 from tokenway.asgi import Receive, Scope, Send, send_error
@@ -209,7 +210,12 @@ class Gateway:
         plane = DataPlane(self.config, handler, self.log, metrics, self.is_ready, self.tracing,
                           TrustedProxies.of(self.settings.trusted_proxies),
                           identify=lambda ctx: self.access.policy.authenticate(ctx, None))
-        self._data_routes = plane.routes()
+        self._data_routes = {
+            **plane.routes({"/v1/messages": MessagesWire()}),
+            # no backend call, no policies: the key check and the gateway's estimate
+            "/v1/messages/count_tokens": CountTokens(
+                self.access.policy.authenticate, self._models.names, self.config.limits),
+        }
         await self.jobs.start(handler, self.clock, self.is_ready, metrics)  # jobs re-enter the same policy list
         callers = Callers(self.access.policy, self.config.limits, self._models.names)
         self.jobs.service.validator = callers.validator
