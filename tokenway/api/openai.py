@@ -103,6 +103,9 @@ class DataPlane:
             if self._identify is not None:
                 self._identify(ctx)
             call = wire.read(body, self._limits)
+            prepare = getattr(wire, "prepare", None)  # a StatefulWire's (50 ns; isinstance on a Protocol is 8 us)
+            if prepare is not None:
+                await prepare(call, ctx)
             ctx.stream = call.stream
             if self._log.content:
                 ctx.content = _content_for_log(call)

@@ -56,6 +56,18 @@ class WireFormat(Protocol):
         """The status and body of an error answer, in this API's envelope."""
 
 
+class StatefulWire(WireFormat, Protocol):
+    """A front door whose calls continue state the gateway keeps (Responses' ``previous_response_id``).
+
+    ``read`` stays a pure, synchronous parse; ``prepare`` then completes the call from that state (a
+    store read, async) once the caller is known, before the policy list runs, so the policies see the
+    whole call (its prompt estimate, its model) and need to know nothing of the front door."""
+
+    async def prepare(self, call: Call, ctx: RequestContext) -> None:
+        """Complete ``call`` from the gateway's state for the caller in ``ctx``; raise ``GatewayError``
+        (a 404 naming the field, in this API's terms) when the state it names is not there."""
+
+
 @dataclass(frozen=True, slots=True)
 class OpenAIWire:
     """OpenAI's chat and text completions: the internal form, nothing to translate."""
