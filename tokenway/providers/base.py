@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from tokenway.errors import InvalidRequest
 from tokenway.protocol import Usage
 
 if TYPE_CHECKING:
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
     from tokenway.providers.upstream import HttpClient
 
 
-CallKind = Literal["chat", "completions"]
+# A call's kind is also the name of the provider method that serves it (``Provider.chat`` ...).
+CallKind = Literal["chat", "completions", "embeddings"]
 
 
 @dataclass(slots=True)
@@ -48,6 +50,8 @@ class Call:
 
     @property
     def max_tokens(self) -> int | None:
+        if self.kind == "embeddings":
+            return 0  # an embedding generates nothing: no output tokens to hold on a budget
         value = self.body.get("max_completion_tokens") or self.body.get("max_tokens")
         return int(value) if value else None
 
@@ -151,11 +155,24 @@ class Provider(Protocol):
 
     async def completions(self, call: Call, ctx: RequestContext) -> Answer: ...
 
+    async def embeddings(self, call: Call, ctx: RequestContext) -> Answer:
+        """A ``Completion`` in OpenAI's embeddings shape; a provider without embeddings raises
+        ``not_served(call)``."""
+        ...
+
     async def models(self) -> list[str]:
         """Upstream model ids this deployment serves (used by health checks and listings)."""
         ...
 
     async def aclose(self) -> None: ...
+
+
+def not_served(call: Call, deployment: str | None = None) -> InvalidRequest:
+    """The 400 for a call of a kind this model's backend does not serve (embeddings from a chat model)."""
+    model = call.body.get("model")
+    where = f" (deployment {deployment})" if deployment else ""
+    return InvalidRequest(f"The model {model!r}{where} does not serve {call.kind}; send {call.kind} to a model "
+                          "that does (GET /v1/models lists them).", param="model", code="model_not_supported")
 
 
 ProviderFactory = Callable[["DeploymentConfig", ProviderOptions, ProviderResources], Provider]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from tokenway.config import DeploymentConfig, Price
 from tokenway.prices import list_price
@@ -56,7 +57,7 @@ def estimate_prompt_tokens(call: Call) -> int:
 
 def prompt_size(call: Call) -> tuple[int, int | None]:
     """The prompt's characters (text parts only), and its number of chat messages (None for a
-    completions prompt)."""
+    completions prompt or an embeddings input)."""
     body = call.body
     if call.kind == "chat":
         messages = body.get("messages") or []
@@ -68,8 +69,22 @@ def prompt_size(call: Call) -> tuple[int, int | None]:
             elif isinstance(content, list):
                 chars += sum(len(part.get("text") or "") for part in content if isinstance(part, dict))
         return chars, len(messages)
+    if call.kind == "embeddings":
+        return input_chars(body.get("input")), None
     prompt = body.get("prompt")
     return (len(prompt) if isinstance(prompt, str) else sum(len(p) for p in prompt or [] if isinstance(p, str))), None
+
+
+def input_chars(value: Any) -> int:
+    """An embeddings ``input``'s characters: its texts', and 4 a token for a token array (the rate the
+    estimate divides by, so an array is estimated at its own length)."""
+    if isinstance(value, str):
+        return len(value)
+    if not isinstance(value, list) or not value:
+        return 0
+    if isinstance(value[0], int):
+        return 4 * len(value)
+    return sum(input_chars(item) for item in value)
 
 
 def tokens_for_chars(chars: int, messages: int | None) -> int:
