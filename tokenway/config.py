@@ -45,6 +45,7 @@ from tokenway.routing.options import (
     RetryConfig,
     RoutingConfig,
 )
+from tokenway.translate.responses_store import ResponsesConfig
 from tokenway.usage.options import AccessConfig
 from tokenway.validation.options import ModelStructuredOutputConfig, StructuredOutputConfig
 
@@ -279,6 +280,7 @@ class GatewayConfig(_Strict):
     jobs: JobsConfig = JobsConfig()  # the async API and batches (tokenway.jobs.options)
     guards: GuardsConfig = GuardsConfig()  # named guard profiles that models and keys use (tokenway.guards.options)
     structured_output: StructuredOutputConfig = StructuredOutputConfig()  # replies checked (tokenway.validation)
+    responses: ResponsesConfig = ResponsesConfig()  # stored responses' TTL and bounds (tokenway.translate)
 
     @field_validator("models")
     @classmethod
