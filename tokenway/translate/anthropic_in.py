@@ -16,7 +16,9 @@ What becomes what (docs/anthropic.md has the table):
   takes no reasoning back, and Anthropic's signatures mean nothing to it.
 - ``tools`` -> function tools; ``tool_choice`` -> chat's (``any`` is ``required``);
   ``stop_sequences`` -> ``stop``; ``metadata.user_id`` -> ``user``; ``top_k`` goes on as the vendor
-  field vLLM, SGLang and llama.cpp read; ``thinking`` and ``service_tier`` are accepted and not sent.
+  field vLLM, SGLang and llama.cpp read; ``output_config.format`` (a JSON schema) -> ``response_format``;
+  ``thinking``, ``output_config.effort`` and Anthropic's service knobs (``service_tier``, ``speed``,
+  ``inference_geo``, ``container``, ``cache_control``...) are accepted and not sent.
 """
 
 from __future__ import annotations
@@ -140,6 +142,18 @@ class Metadata(TypedDict, total=False):
     user_id: Annotated[str, Field(max_length=256)] | None
 
 
+class JsonOutputFormat(TypedDict, total=False):
+    __pydantic_config__ = _BLOCK  # type: ignore[misc]
+    type: Required[Literal["json_schema"]]
+    schema: Required[dict[str, Any]]
+
+
+class OutputConfig(TypedDict, total=False):
+    __pydantic_config__ = _BLOCK  # type: ignore[misc]
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None
+    format: JsonOutputFormat | None
+
+
 class Thinking(TypedDict, total=False):
     __pydantic_config__ = _BLOCK  # type: ignore[misc]
     type: Required[Literal["enabled", "disabled", "adaptive"]]
@@ -172,7 +186,16 @@ class MessagesRequest(_Counted, total=False):
     top_p: Annotated[float, Field(ge=0, le=1)]
     top_k: Annotated[int, Field(ge=0)]
     metadata: Metadata
-    service_tier: Literal["auto", "standard_only"]
+    output_config: OutputConfig | None
+    # Anthropic's own knobs, accepted (the SDK sends them) and not sent on: a chat backend has none of them.
+    service_tier: Literal["auto", "standard_only"] | None
+    speed: Literal["standard", "fast"] | None
+    inference_geo: str | None
+    container: str | dict[str, Any] | None
+    diagnostics: dict[str, Any] | None
+    cache_control: dict[str, Any] | None
+    user_profile_id: str
+    workspace_id: str
 
 
 def _rules(request: dict[str, Any]) -> dict[str, Any]:
@@ -217,6 +240,10 @@ def chat_body(request: dict[str, Any]) -> dict[str, Any]:
     user = (request.get("metadata") or {}).get("user_id")
     if user:
         body["user"] = user
+    output_format = (request.get("output_config") or {}).get("format")
+    if output_format is not None:  # the structured-output policy checks the reply against it, as for chat
+        body["response_format"] = {"type": "json_schema",
+                                   "json_schema": {"name": "output", "schema": output_format["schema"]}}
     tools = request.get("tools")
     if tools:
         body["tools"] = [chat_tool(tool) for tool in tools]
