@@ -92,6 +92,28 @@ class Embedder:
                                 return_tensors="np")
         return mean_pool(self._forward(batch), batch["attention_mask"])
 
+    @property
+    def vocab_size(self) -> int:
+        """The model's vocabulary: token ids given as input must be below it."""
+        return len(self._tokenizer)
+
+    def encode_items(self, items: list[str | list[int]]) -> tuple[np.ndarray, list[int]]:
+        """Vectors for texts and token arrays (ids of this model's vocabulary, without its special
+        tokens), one row each, and each input's token count; an input past the model's length is cut
+        there, as ``encode`` cuts a text (blocking: the model runs on the calling thread)."""
+        tokenizer, keep = self._tokenizer, self._max_length - 2  # room for [CLS] and [SEP]
+        texts = [item for item in items if isinstance(item, str)]
+        encoded = iter(tokenizer(texts, add_special_tokens=False, truncation=True, max_length=keep)["input_ids"]
+                       if texts else ())
+        rows = [next(encoded) if isinstance(item, str) else item[:keep] for item in items]
+        ids = np.full((len(rows), max(map(len, rows)) + 2), tokenizer.pad_token_id, dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for i, row in enumerate(rows):
+            ids[i, : len(row) + 2] = [tokenizer.cls_token_id, *row, tokenizer.sep_token_id]
+            mask[i, : len(row) + 2] = 1
+        batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        return mean_pool(self._forward(batch), mask), [len(row) for row in rows]
+
     async def embed(self, text: str) -> np.ndarray:
         """The vector of one question, encoded off the event loop (read-only: it may be shared)."""
         text = normalise(text)
