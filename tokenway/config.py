@@ -314,8 +314,12 @@ class GatewayConfig(_Strict):
 
 
 def default_config() -> GatewayConfig:
-    """No config file: serve the embedded local model as ``local``."""
-    return GatewayConfig.model_validate({"models": [{"name": "local", "deployments": [{"provider": "local"}]}]})
+    """No config file: serve the embedded local model as ``local`` and the bundled MiniLM embeddings as
+    ``local-embed``."""
+    return GatewayConfig.model_validate({"models": [
+        {"name": "local", "deployments": [{"provider": "local"}]},
+        {"name": "local-embed", "deployments": [{"provider": "local-embed"}]},
+    ]})
 
 
 class LocatedError(ValueError):

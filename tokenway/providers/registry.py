@@ -11,6 +11,7 @@ PROVIDERS: dict[str, str | type[Any]] = {
     "openai": "tokenway.providers.openai_compat:OpenAICompatProvider",
     "ollama": "tokenway.providers.ollama:OllamaProvider",
     "local": "tokenway.providers.local.provider:LocalProvider",
+    "local-embed": "tokenway.providers.local_embed:LocalEmbedProvider",
 }
 
 
