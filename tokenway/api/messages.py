@@ -118,3 +118,78 @@ def _key_and_length(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, int
             except ValueError:
                 length = None
     return key, length
+
+
+# ---- the two operations in /openapi.json (api/openapi.py adds them) ------------------------------
+
+_REF = "#/components/schemas/{model}"
+_ERROR = {"type": "object", "title": "AnthropicError", "required": ["type", "error"], "properties": {
+    "type": {"const": "error"}, "error": {"type": "object", "required": ["type", "message"], "properties": {
+        "type": {"type": "string"}, "message": {"type": "string"}}}}}
+_USAGE = {"type": "object", "required": ["input_tokens", "output_tokens"], "properties": {
+    "input_tokens": {"type": "integer"}, "output_tokens": {"type": "integer"},
+    "cache_read_input_tokens": {"type": "integer"}}}
+_MESSAGE = {"type": "object", "title": "AnthropicReply", "required": [
+    "id", "type", "role", "model", "content", "stop_reason", "stop_sequence", "usage"], "properties": {
+    "id": {"type": "string", "pattern": "^msg_"}, "type": {"const": "message"}, "role": {"const": "assistant"},
+    "model": {"type": "string"}, "content": {"type": "array", "items": {"anyOf": [
+        {"type": "object", "required": ["type", "text"], "properties": {
+            "type": {"const": "text"}, "text": {"type": "string"}}},
+        {"type": "object", "required": ["type", "id", "name", "input"], "properties": {
+            "type": {"const": "tool_use"}, "id": {"type": "string"}, "name": {"type": "string"},
+            "input": {"type": "object"}}}]}},
+    "stop_reason": {"anyOf": [{"enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal"]},
+                              {"type": "null"}]},
+    "stop_sequence": {"anyOf": [{"type": "string"}, {"type": "null"}]}, "usage": _USAGE}}
+_EVENT_TYPES = ["message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta",
+                "message_stop", "ping", "error"]
+_EVENTS = {"description": "Anthropic's server-sent events: `message_start`, `ping`, then per content block "
+                          "`content_block_start`, `content_block_delta` (`text_delta`, `input_json_delta`), "
+                          "`content_block_stop`, then `message_delta` and `message_stop`; `error` ends a failed one.",
+           "schema": {"type": "object", "required": ["event", "data"], "properties": {
+               "event": {"enum": _EVENT_TYPES},
+               "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": {
+                   "type": "object", "required": ["type"], "properties": {"type": {"enum": _EVENT_TYPES}}}}}}}
+_ERRORS = {
+    "400": "Invalid request (invalid_request_error; the message names the field).",
+    "401": "Missing or wrong API key (authentication_error).", "403": "The key may not use this model.",
+    "404": "Unknown model (not_found_error).", "408": "The body did not arrive in time.",
+    "413": "Body over the size limit (request_too_large).", "429": "Rate limited or over budget (rate_limit_error).",
+    "502": "The backend failed (api_error).", "503": "No capacity, starting or draining (overloaded_error).",
+    "504": "The backend timed out (api_error).",
+}
+_COUNTED = {"type": "object", "title": "AnthropicTokenCount", "required": ["input_tokens"],
+            "properties": {"input_tokens": {"type": "integer", "minimum": 0}}}
+
+
+def openapi_paths(components: dict[str, Any]) -> dict[str, Any]:
+    """``/v1/messages`` and ``/v1/messages/count_tokens`` as OpenAPI operations; their schemas go into
+    ``components``."""
+    components.update({"AnthropicError": _ERROR, "AnthropicReply": _MESSAGE, "AnthropicTokenCount": _COUNTED})
+    example = {"model": "claude-model", "max_tokens": 64, "messages": [{"role": "user", "content": "Say hello."}]}
+    messages = _operation(MESSAGES_REQUEST, "AnthropicMessagesRequest", components, example, {
+        "application/json": {"schema": {"$ref": _REF.format(model="AnthropicReply")}}, "text/event-stream": _EVENTS})
+    messages.update(summary="Create a message (Anthropic's Messages API)", operationId="createMessage",
+                    description="Anthropic-compatible; translated to chat for every backend. `stream: true` "
+                                "answers with Anthropic's server-sent events. docs/anthropic.md.")
+    counted = _operation(COUNT_TOKENS_REQUEST, "AnthropicCountTokensRequest", components,
+                         {k: v for k, v in example.items() if k != "max_tokens"},
+                         {"application/json": {"schema": {"$ref": _REF.format(model="AnthropicTokenCount")}}})
+    counted.update(summary="Count a message's input tokens (Anthropic's)", operationId="countMessageTokens",
+                   description="The gateway's estimate; no backend is called.")
+    counted["responses"] = {code: answer for code, answer in counted["responses"].items()
+                            if code not in ("429", "502", "503", "504")}
+    return {"/v1/messages": {"post": messages}, "/v1/messages/count_tokens": {"post": counted}}
+
+
+def _operation(adapter: Any, name: str, components: dict[str, Any], example: dict[str, Any],
+               answer: dict[str, Any]) -> dict[str, Any]:
+    # Prefixed: the chat schemas have their own ToolDefinition, Metadata, ToolChoice...
+    body = adapter.json_schema(ref_template=_REF.format(model="Anthropic{model}"))
+    components.update({f"Anthropic{def_name}": schema for def_name, schema in body.pop("$defs", {}).items()})
+    components[name] = {**body, "title": name}
+    error = {"application/json": {"schema": {"$ref": _REF.format(model="AnthropicError")}}}
+    return {"tags": ["anthropic"], "requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": _REF.format(model=name)}, "example": example}}},
+        "responses": {"200": {"description": "The answer.", "content": answer},
+                      **{code: {"description": text, "content": error} for code, text in _ERRORS.items()}}}
