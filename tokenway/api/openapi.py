@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import TypeAdapter
 
+from tokenway.api.messages import openapi_paths as messages_paths
 from tokenway.protocol import CHAT_REQUEST, COMPLETION_REQUEST, SIMPLE_CHAT_REQUEST
 from tokenway.stores.base import KeyRecord
 
@@ -277,6 +278,7 @@ def openapi_document(app: FastAPI, keyed: bool = False, metrics_keyed: bool = Fa
     for path, summary, adapter, answer, description in _DATA_PLANE_DOCS:
         schema["paths"][path] = {"post": _data_plane_operation(path, summary, adapter, answer, description,
                                                                components)}
+    schema["paths"].update(messages_paths(components))
     _link(schema["paths"])
     if keyed or metrics_keyed:
         schema["components"]["securitySchemes"] = {"bearer": _BEARER}
