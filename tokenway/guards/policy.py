@@ -253,13 +253,14 @@ def _request_texts(body: dict[str, Any]) -> Iterator[tuple[str, str, str, Any]]:
                     if isinstance(part, dict) and isinstance(part.get("text"), str):
                         yield f"messages[{i}].content[{j}].text", part["text"], role, _putter(body, i, j)
         return
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        yield "prompt", prompt, "user", lambda new: body.__setitem__("prompt", new)
-    elif isinstance(prompt, list):
-        for j, item in enumerate(prompt):
-            if isinstance(item, str):
-                yield f"prompt[{j}]", item, "user", _prompt_putter(body, j)
+    for name in ("prompt", "input"):  # a completions prompt; an embeddings input (token arrays are not text)
+        value = body.get(name)
+        if isinstance(value, str):
+            yield name, value, "user", _list_putter(body, name, None)
+        elif isinstance(value, list):
+            for j, item in enumerate(value):
+                if isinstance(item, str):
+                    yield f"{name}[{j}]", item, "user", _list_putter(body, name, j)
 
 
 def _putter(body: dict[str, Any], i: int, j: int | None) -> Any:
@@ -275,10 +276,13 @@ def _putter(body: dict[str, Any], i: int, j: int | None) -> Any:
     return put
 
 
-def _prompt_putter(body: dict[str, Any], j: int) -> Any:
+def _list_putter(body: dict[str, Any], name: str, j: int | None) -> Any:
     def put(new: str) -> None:
-        prompt = body["prompt"] = list(body["prompt"])
-        prompt[j] = new
+        if j is None:
+            body[name] = new
+        else:
+            texts = body[name] = list(body[name])
+            texts[j] = new
 
     return put
 

@@ -18,7 +18,7 @@ from tokenway.providers.base import Answer, Call
 if TYPE_CHECKING:
     from tokenway.config import TracingConfig
 
-_OPERATION = {"chat": "chat", "completions": "text_completion"}
+_OPERATION = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
 _REQUEST_ATTRIBUTES = {
     "max_tokens": "gen_ai.request.max_tokens",
     "temperature": "gen_ai.request.temperature",

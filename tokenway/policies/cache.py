@@ -103,7 +103,9 @@ class ResponseCache:
         body = call.body
         rules = self._rules.get(body.get("model"))  # type: ignore[arg-type]
         control = ctx.cache_control or ""
-        if rules is None or "no-store" in control or (rules.deterministic_only and not is_deterministic(body)):
+        # An embedding is a function of its input: always deterministic, whatever the sampling fields say.
+        deterministic = call.kind == "embeddings" or is_deterministic(body)
+        if rules is None or "no-store" in control or (rules.deterministic_only and not deterministic):
             return await self._bypass(ctx, call, next)
         ctx.model = body["model"]
         scope = tenant_scope(ctx)

@@ -183,7 +183,7 @@ class Resilience:
 
     def _degrade(self, ctx: RequestContext, call: Call, requested: str, last: GatewayError) -> Answer:
         degradation = self._configs[requested].degradation
-        if degradation.reply is None:
+        if degradation.reply is None or call.kind == "embeddings":  # a canned text is no embedding
             self._stats.count("degraded.error")
             if last.retry_after is None and (last.retryable or isinstance(last, Shed)):
                 last.retry_after = degradation.retry_after
