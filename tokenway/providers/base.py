@@ -156,8 +156,8 @@ class Provider(Protocol):
     async def completions(self, call: Call, ctx: RequestContext) -> Answer: ...
 
     async def embeddings(self, call: Call, ctx: RequestContext) -> Answer:
-        """A ``Completion`` in OpenAI's embeddings shape; a provider without embeddings raises
-        ``not_served(call)``."""
+        """A ``Completion`` in OpenAI's embeddings shape. A provider that serves none leaves it out (the
+        gateway then answers ``not_served``), or raises ``not_served`` itself."""
         ...
 
     async def models(self) -> list[str]:
