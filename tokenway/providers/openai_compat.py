@@ -57,7 +57,8 @@ class OpenAICompatProvider:
         self._http = resources.http  # off the hot path: the model list
         self._upstream: HttpClient = resources.upstream
         self._base = deployment.api_base.rstrip("/")
-        self._endpoints = {path: Endpoint(self._base + path) for path in ("/chat/completions", "/completions")}
+        paths = ("/chat/completions", "/completions", "/embeddings")
+        self._endpoints = {path: Endpoint(self._base + path) for path in paths}
         headers = {"content-type": "application/json", **deployment.headers}
         key = deployment.api_key()
         if key:
@@ -87,6 +88,9 @@ class OpenAICompatProvider:
 
     async def completions(self, call: Call, ctx: RequestContext) -> Answer:
         return await self._send("/completions", call, ctx)
+
+    async def embeddings(self, call: Call, ctx: RequestContext) -> Answer:
+        return await self._send("/embeddings", call, ctx)
 
     async def _send(self, path: str, call: Call, ctx: RequestContext) -> Answer:
         body = dict(call.body)
@@ -126,7 +130,7 @@ class OpenAICompatProvider:
             close_response(resp)
             raise
         if not call.stream:
-            return _completion(raw, self.deployment.name or "")
+            return _completion(raw, self.deployment.name or "", "data" if call.kind == "embeddings" else "choices")
         return Stream(lambda stream: _relay(resp, stream, strip_usage, self.deployment.name or ""))
 
 
@@ -157,13 +161,14 @@ def _retry_after(value: str | None) -> float | None:
         return None  # an HTTP date; rare from model servers, treated as absent
 
 
-def _completion(raw: bytes, deployment: str) -> Completion:
+def _completion(raw: bytes, deployment: str, content: str) -> Completion:
+    """The relayed body, checked to be a JSON object with ``content`` (``choices``; ``data`` for embeddings)."""
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise UpstreamError(f"The backend {deployment} returned a body that is not JSON.") from None
-    if not isinstance(parsed, dict) or "choices" not in parsed:
-        raise UpstreamError(f"The backend {deployment} returned JSON without 'choices'.")
+    if not isinstance(parsed, dict) or content not in parsed:
+        raise UpstreamError(f"The backend {deployment} returned JSON without '{content}'.")
     return Completion(body=raw, usage=Usage.from_openai(parsed.get("usage")))
 
 
