@@ -52,6 +52,8 @@ def read_embeddings(body: bytes, limits: Limits) -> Call:
     """An ``embeddings`` call from a request body, validated, with its prompt estimate; ``InvalidRequest``
     names the field."""
     call = Call("embeddings", parse_body(EMBEDDINGS_REQUEST, body, ("model", "input")))
+    if call.body.get("stream") is not None:  # the request path would take it for a stream
+        raise InvalidRequest("Embeddings are not streamed; remove 'stream'.", param="stream", code="invalid_value")
     chars, _ = prompt_size(call)
     if chars > limits.max_total_chars:
         raise InvalidRequest(f"The input is {chars} characters; the limit is {limits.max_total_chars}.",

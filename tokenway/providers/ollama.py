@@ -106,7 +106,26 @@ class OllamaProvider:
             body["keep_alive"] = self.options.keep_alive
         return body
 
+    async def embeddings(self, call: Call, ctx: RequestContext) -> Answer:
+        from tokenway.embeddings.ollama import embed_answer, embed_request
+
+        body = embed_request(call, self.deployment.model or call.body["model"], self.options.keep_alive)
+        resp, raw = await self._post("/api/embed", body, call, ctx)
+        resp.release()
+        return embed_answer(raw, call)
+
     async def _send(self, path: str, body: dict[str, Any], call: Call, ctx: RequestContext) -> Answer:
+        resp, raw = await self._post(path, body, call, ctx)
+        translate = _ChatTranslator(call) if call.kind == "chat" else _TextTranslator(call)
+        if not call.stream:
+            resp.release()
+            return translate.completion(raw)
+        return Stream(lambda stream: translate.relay(resp, stream))
+
+    async def _post(
+        self, path: str, body: dict[str, Any], call: Call, ctx: RequestContext
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
+        """The response (its head; and its body, read, unless the call streams) of one POST to Ollama."""
         first_byte = min(self.deployment.timeouts.first_token, ctx.remaining() or float("inf"))
         resp: aiohttp.ClientResponse | None = None
         try:
@@ -129,11 +148,7 @@ class OllamaProvider:
         except BaseException:
             close_response(resp)
             raise
-        translate = _ChatTranslator(call) if call.kind == "chat" else _TextTranslator(call)
-        if not call.stream:
-            resp.release()
-            return translate.completion(raw)
-        return Stream(lambda stream: translate.relay(resp, stream))
+        return resp, raw
 
 
 def _message(message: dict[str, Any]) -> dict[str, Any]:
