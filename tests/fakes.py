@@ -8,7 +8,9 @@ server notices is recorded, so tests can assert what the upstream saw.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -138,6 +140,8 @@ class FakeUpstream:
                 raise
         if scenario == "slow":  # every answer takes first_delay seconds
             await asyncio.sleep(self.first_delay)
+        if tail == "embeddings":
+            return web.json_response(_embeddings(body))
         if scenario in self.replies:
             queue = self.replies[scenario]
             message = queue.pop(0) if len(queue) > 1 else queue[0]
@@ -219,6 +223,10 @@ class FakeUpstream:
         body = await request.json()
         self.seen.append(Seen(request.path, body, {k.lower(): v for k, v in request.headers.items()}))
         kind = request.match_info["kind"]
+        if kind == "embed":
+            texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            return web.json_response({"model": body["model"], "embeddings": [fake_vector(t) for t in texts],
+                                      "prompt_eval_count": sum(len(t.split()) for t in texts)})
         key = "message" if kind == "chat" else "response"
         def piece(word: str) -> dict[str, Any]:
             return {"model": body["model"], "done": False,
@@ -258,3 +266,27 @@ def _chunk(word: str, i: int, text_mode: bool, last: bool) -> dict[str, Any]:
     delta = {"role": "assistant", "content": word} if i == 0 else {"content": word}
     return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "upstream-model",
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+
+def fake_vector(item: str | list[int], width: int = 8) -> list[float]:
+    """A unit vector that depends only on ``item`` (a text or token ids): what the fake embeds it as."""
+    seed = sum((i + 1) * ord(c) for i, c in enumerate(item)) if isinstance(item, str) else sum(item) + len(item)
+    raw = [((seed * (k + 3)) % 17) - 8.0 + 0.5 for k in range(width)]
+    norm = sum(v * v for v in raw) ** 0.5
+    return [v / norm for v in raw]
+
+
+def _embeddings(body: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's embeddings answer: 8 values a vector (or ``dimensions``), floats or base64."""
+    given = body["input"]
+    inputs = [given] if isinstance(given, str) or (given and isinstance(given[0], int)) else given
+    data = []
+    for i, item in enumerate(inputs):
+        vector = fake_vector(item, body.get("dimensions") or 8)
+        embedding: Any = vector
+        if body.get("encoding_format") == "base64":
+            embedding = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": i, "embedding": embedding})
+    tokens = sum(len(item.split()) if isinstance(item, str) else len(item) for item in inputs)
+    return {"object": "list", "data": data, "model": "upstream-embedder",
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
