@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from aiohttp import web
 from tests.access_support import MASTER, create_key, gateway
 from tests.fakes import WORDS, FakeUpstream
 from tests.servers import free_port
+from tests.test_stream_billing import _ledger_row
 
 TEXT = "".join(WORDS)
 HI = [{"role": "user", "content": "hi"}]
@@ -252,20 +252,7 @@ def test_a_virtual_key_is_budgeted_and_ledgered(served: Any) -> None:
     assert message.usage.output_tokens == len(WORDS)
     row = _ledger_row(base, data, key["id"])
     # 7 prompt tokens at 1.00 and 6 completion tokens at 2.00 per 1M tokens: 19,000 nano-dollars.
-    assert row == (7, len(WORDS), 19_000, 200, "m")
+    assert row == (7, len(WORDS), 19_000, 200, 0)  # prompt, completion, nano-dollars, status, partial
     state = httpx.get(f"{base}/admin/keys/{key['id']}", headers={"Authorization": f"Bearer {MASTER}"}).json()
     assert round(state["budgets"][0]["committed_usd"] * 1e9) == 19_000
 
-
-def _ledger_row(base: str, data: Path, key_id: str) -> tuple[Any, ...]:
-    for _ in range(50):
-        httpx.get(base + "/admin/usage", headers={"Authorization": f"Bearer {MASTER}"})  # flushes the ledger
-        db = sqlite3.connect(data / "tokenway.db")
-        rows = db.execute("SELECT prompt_tokens, completion_tokens, cost_nanos, status, model FROM tokenway_usage "
-                          "WHERE key_id = ?", (key_id,)).fetchall()
-        db.close()
-        if rows:
-            assert len(rows) == 1
-            return tuple(rows[0])
-        asyncio.run(asyncio.sleep(0.1))
-    raise AssertionError("no ledger row")
