@@ -127,6 +127,14 @@ def error_event(error: GatewayError) -> bytes:
     return event(b"error", orjson.loads(error_body(error)[1]))
 
 
+def _payloads(block: bytes) -> list[bytes]:
+    """The payloads of a block of canonical events. Most blocks are one event (a relay hands chunks on
+    one at a time): its payload is taken without a scan of the block."""
+    if block.startswith(b"data: {") and block.endswith(b"\n\n") and block.count(b"\n") == 2:
+        return [block[6:-2]]
+    return iter_sse_data(block)
+
+
 _PING = event(b"ping", {"type": "ping"})
 _STOP = event(b"message_stop", {"type": "message_stop"})
 
@@ -134,7 +142,7 @@ _STOP = event(b"message_stop", {"type": "message_stop"})
 class MessageEvents:
     """One stream's translation: canonical OpenAI chat SSE blocks in, Anthropic's events out."""
 
-    __slots__ = ("_block", "_ended", "_finish", "_id", "_model", "_open_now", "_pieces", "_started",
+    __slots__ = ("_block", "_delta", "_ended", "_finish", "_id", "_model", "_open_now", "_pieces", "_started",
                  "_stop_sequences", "_tool", "_tools_seen", "_usage")
 
     def __init__(self, message_id: str, model: str, stop_sequences: list[str] | None) -> None:
@@ -147,6 +155,9 @@ class MessageEvents:
         self._finish: dict[str, Any] = {}  # the choice that carried finish_reason
         self._usage: Any = None
         self._pieces = 0  # chunks with generated text: output tokens when the backend reports no usage
+        # The open block's content_block_delta event up to its string: a delta per chunk of every stream,
+        # so its fixed bytes are made once per block, as ``event`` would write them.
+        self._delta = b""
 
     def feed(self, block: bytes) -> bytes:
         """Anthropic's events for one block of the internal stream; ``data: [DONE]`` closes the message."""
@@ -156,20 +167,20 @@ class MessageEvents:
         if not self._started:
             self._started = True
             out.append(self._start())
-        for data in iter_sse_data(block):
+        for data in _payloads(block):
             if is_done(data):
                 out.append(self._close())
                 break
             chunk = orjson.loads(data)
-            if "error" in chunk and not chunk.get("choices"):  # a backend's error event, relayed
+            choices = chunk.get("choices")
+            if choices:  # one, at index 0: a Messages request cannot ask for n > 1
+                self._choice(choices[0], out)
+            elif "error" in chunk:  # a backend's error event, relayed
                 out.append(self._relayed_error(chunk["error"]))
                 break
             if chunk.get("usage"):
                 self._usage = chunk["usage"]
-            for choice in chunk.get("choices") or ():
-                if choice.get("index", 0) == 0:  # Anthropic has one answer; n > 1 cannot be asked for
-                    self._choice(choice, out)
-        return b"".join(out)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def error(self, error: GatewayError) -> bytes:
         """The error event that ends the stream (after message_start, as Anthropic sends one)."""
@@ -185,16 +196,18 @@ class MessageEvents:
         return event(b"message_start", {"type": "message_start", "message": message}) + _PING
 
     def _choice(self, choice: dict[str, Any], out: list[bytes]) -> None:
-        delta = choice.get("delta") or {}
-        text = delta.get("content")
-        if text:
-            self._pieces += 1
-            if not self._open_now or self._tool is not None:
-                self._open({"type": "text", "text": ""}, None, out)
-            out.append(event(b"content_block_delta", {"type": "content_block_delta", "index": self._block,
-                                                      "delta": {"type": "text_delta", "text": text}}))
-        for call in delta.get("tool_calls") or ():
-            self._tool_piece(call, out)
+        delta = choice.get("delta")
+        if delta:
+            text = delta.get("content")
+            if text:
+                self._pieces += 1
+                if not self._open_now or self._tool is not None:
+                    self._open({"type": "text", "text": ""}, None, out)
+                out.append(self._delta + orjson.dumps(text) + b"}}\n\n")
+            calls = delta.get("tool_calls")
+            if calls:
+                for call in calls:
+                    self._tool_piece(call, out)
         if choice.get("finish_reason"):
             self._finish = choice
 
@@ -214,15 +227,16 @@ class MessageEvents:
         arguments = function.get("arguments")
         if arguments:
             self._pieces += 1
-            out.append(event(b"content_block_delta", {
-                "type": "content_block_delta", "index": self._block,
-                "delta": {"type": "input_json_delta", "partial_json": arguments}}))
+            out.append(self._delta + orjson.dumps(arguments) + b"}}\n\n")
 
     def _open(self, block: dict[str, Any], tool: int | None, out: list[bytes]) -> None:
         self._close_block(out)
         self._block += 1
         self._open_now = True
         self._tool = tool
+        kind = b'"text_delta","text":' if tool is None else b'"input_json_delta","partial_json":'
+        self._delta = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
+                       + str(self._block).encode() + b',"delta":{"type":' + kind)
         if tool is not None:
             self._tools_seen.add(tool)
         out.append(event(b"content_block_start", {"type": "content_block_start", "index": self._block,
