@@ -9,6 +9,7 @@ docs/anthropic.md says what is translated how.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from tokenway.config import Limits
 from tokenway.context import RequestContext
 from tokenway.errors import GatewayError, InternalError, ModelNotFound
 from tokenway.ids import IdGenerator
+from tokenway.observability.logging import JsonLog
 from tokenway.protocol import parse_body
 from tokenway.providers.base import Call
 from tokenway.translate.anthropic_in import COUNT_TOKENS_REQUEST, MESSAGES_REQUEST, chat_body, chat_messages
@@ -71,36 +73,44 @@ Authenticate = Callable[[RequestContext, "str | None"], object]
 
 class CountTokens:
     """``POST /v1/messages/count_tokens``: ``{"input_tokens": N}``, the key checked as for ``/v1/messages``
-    (401 without a valid one, 403 for a model it may not use), errors in Anthropic's envelope."""
+    (401 without a valid one, 403 for a model it may not use), errors in Anthropic's envelope, a log line."""
 
-    def __init__(self, authenticate: Authenticate, models: Callable[[], list[str]], limits: Limits) -> None:
+    def __init__(self, authenticate: Authenticate, models: Callable[[], list[str]], limits: Limits,
+                 log: JsonLog | None = None) -> None:
         self._authenticate = authenticate
         self._models = models
         self._limits = limits
+        self._log = log
+        self._new_request_id = IdGenerator("req_")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         key, length = _key_and_length(scope["headers"])
         client = scope.get("client")
-        ctx = RequestContext(request_id="", endpoint="count_tokens", api_key=key,
+        ctx = RequestContext(request_id=self._new_request_id(), endpoint="count_tokens", api_key=key,
                              client_ip=client[0] if client else None)
+        headers = [(b"x-request-id", ctx.request_id.encode())]
         try:
             body = await read_body(receive, self._limits.max_body_bytes, length, server_hooks(scope))
             self._authenticate(ctx, None)  # a caller without a valid key: 401 whatever it sent
             request = parse_body(COUNT_TOKENS_REQUEST, body, ())
-            model = request["model"]
-            if model not in self._models():
-                raise ModelNotFound(f"The model '{model}' does not exist on this gateway.", param="model")
-            self._authenticate(ctx, model)
-            answer = orjson.dumps({"input_tokens": count_tokens(request)})
-            await send_bytes(send, 200, answer, [])
+            ctx.model = request["model"]
+            if ctx.model not in self._models():
+                raise ModelNotFound(f"The model '{ctx.model}' does not exist on this gateway.", param="model")
+            self._authenticate(ctx, ctx.model)
+            await send_bytes(send, 200, orjson.dumps({"input_tokens": count_tokens(request)}), headers)
         except ClientDisconnected:
-            return
+            ctx.status, ctx.error_type = 499, "ClientDisconnected"
         except GatewayError as error:
+            ctx.status, ctx.error_type = error.status, type(error).__name__
             status, answer = error_body(error)
-            await send_bytes(send, status, answer, error.headers())
-        except Exception:  # a bug: the envelope, never a traceback
-            status, answer = error_body(InternalError("Internal error."))
-            await send_bytes(send, status, answer, [])
+            await send_bytes(send, status, answer, [*headers, *error.headers()])
+        except Exception as exc:  # a bug: the envelope to the client, the traceback to the log
+            ctx.status, ctx.error_type, ctx.exception = 500, type(exc).__name__, exc
+            status, answer = error_body(InternalError(f"Internal error; request id {ctx.request_id}."))
+            await send_bytes(send, status, answer, headers)
+        finally:
+            if self._log is not None:
+                self._log.request(ctx, time.perf_counter())
 
 
 def _key_and_length(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, int | None]:
