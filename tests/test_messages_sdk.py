@@ -19,7 +19,15 @@ from aiohttp import web
 from tests.access_support import MASTER, create_key, gateway
 from tests.fakes import WORDS, FakeUpstream
 from tests.servers import free_port
-from tests.test_stream_billing import _ledger_row
+from tests.test_stream_billing import (
+    NANOS_PER_TOKEN,
+    PROMPT,
+    PROMPT_ESTIMATE,
+    TokenUpstream,
+    _committed,
+    _config,
+    _ledger_row,
+)
 
 TEXT = "".join(WORDS)
 HI = [{"role": "user", "content": "hi"}]
@@ -256,3 +264,25 @@ def test_a_virtual_key_is_budgeted_and_ledgered(served: Any) -> None:
     state = httpx.get(f"{base}/admin/keys/{key['id']}", headers={"Authorization": f"Bearer {MASTER}"}).json()
     assert round(state["budgets"][0]["committed_usd"] * 1e9) == 19_000
 
+
+
+def test_a_stream_the_client_hangs_up_on_is_billed_for_what_it_was_sent(tmp_path: Path) -> None:
+    upstream = TokenUpstream()  # 200 one-token chunks, 2 ms apart
+    try:
+        with gateway(_config(upstream, "done"), tmp_path) as (base, _):
+            key = create_key(base, budget="100/day")
+            deltas = 0
+            request = {"model": "m", "max_tokens": 500, "messages": PROMPT, "stream": True}
+            with httpx.stream("POST", base + "/v1/messages", json=request, timeout=30,
+                              headers={"x-api-key": key["key"], "anthropic-version": "2023-06-01"}) as response:
+                for line in response.iter_lines():
+                    deltas += line == "event: content_block_delta"
+                    if deltas == 30:
+                        break
+            prompt, completion, cost, status, partial = _ledger_row(base, tmp_path, key["id"])
+            committed = _committed(base, key["id"])
+    finally:
+        upstream.stop()
+    assert (status, partial, prompt) == (499, 1, PROMPT_ESTIMATE)
+    assert 30 <= completion <= 40  # the 30 read, and a few that were on their way when it hung up
+    assert committed == cost == (prompt + completion) * NANOS_PER_TOKEN
