@@ -358,3 +358,14 @@ async def test_in_process_a_call_without_a_key_is_refused_before_its_body_is_rea
         keyed = await gw.clock.run(gw.client.post("/v1/messages/count_tokens", headers={"x-api-key": "sk-master"},
                                                   json={"model": "m", "messages": HI}))
         assert keyed.status_code == 200 and keyed.json() == {"input_tokens": 1 + 4 + 3}
+        assert keyed.headers["x-request-id"].startswith("req_")
+        bad = await gw.clock.run(gw.client.post("/v1/messages/count_tokens", headers={"x-api-key": "sk-master"},
+                                                json={"model": "m", "messages": HI, "max_tokens": 5}))
+        assert bad.status_code == 400 and bad.json()["error"] == {  # count_tokens takes no max_tokens
+            "type": "invalid_request_error", "message": "Invalid value for 'max_tokens': Extra inputs are not "
+                                                        "permitted."}
+        unknown = await gw.clock.run(gw.client.post("/v1/messages/count_tokens", headers={"x-api-key": "sk-master"},
+                                                    json={"model": "nope", "messages": HI}))
+        assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "not_found_error"
+        wrong = await gw.clock.run(gw.client.get("/v1/messages/count_tokens", headers={"x-api-key": "sk-master"}))
+        assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"

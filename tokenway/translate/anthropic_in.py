@@ -170,10 +170,18 @@ class _Counted(TypedDict, total=False):
     tools: Annotated[list[ToolDefinition], Field(max_length=128)]
     tool_choice: ToolChoice
     thinking: Thinking
+    output_config: OutputConfig | None
+    # Anthropic's own knobs, accepted (the SDK sends them) and not sent on: a chat backend has none of them.
+    speed: Literal["standard", "fast"] | None
+    cache_control: dict[str, Any] | None
+    user_profile_id: str
+    workspace_id: str
 
 
 class CountTokensRequest(_Counted, total=False):
     """POST /v1/messages/count_tokens (Anthropic's). Unknown fields are refused, as Anthropic refuses them."""
+
+    output_format: JsonOutputFormat | None  # the SDK's older name for output_config.format
 
 
 class MessagesRequest(_Counted, total=False):
@@ -186,16 +194,10 @@ class MessagesRequest(_Counted, total=False):
     top_p: Annotated[float, Field(ge=0, le=1)]
     top_k: Annotated[int, Field(ge=0)]
     metadata: Metadata
-    output_config: OutputConfig | None
-    # Anthropic's own knobs, accepted (the SDK sends them) and not sent on: a chat backend has none of them.
     service_tier: Literal["auto", "standard_only"] | None
-    speed: Literal["standard", "fast"] | None
     inference_geo: str | None
     container: str | dict[str, Any] | None
     diagnostics: dict[str, Any] | None
-    cache_control: dict[str, Any] | None
-    user_profile_id: str
-    workspace_id: str
 
 
 def _rules(request: dict[str, Any]) -> dict[str, Any]:
