@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import random
 
+import orjson
 import pytest
 
-from tokenway.bench.client import Exchange
+from tokenway.bench.client import Endpoint, Exchange, build_payload
 from tokenway.bench.loadgen import LoadShape, arrival_times
 from tokenway.bench.metrics import SLO, concurrency_profile, describe, percentile
 from tokenway.bench.parallel import worker_shape
@@ -149,3 +150,15 @@ def test_worker_shares_add_up() -> None:
     assert len({s.seed for s in shares}) == 3  # independent arrival streams
     open_loop = worker_shape(LoadShape(rate=30.0, max_concurrency=4, duration_s=5.0), 1, 3)
     assert open_loop.rate == 10.0 and open_loop.max_concurrency == 1 and open_loop.duration_s == 5.0
+
+
+def test_a_payload_that_does_not_stream_carries_no_stream_options() -> None:
+    # OpenAI (and the gateway) refuse stream_options on a request that does not stream: `--extra-body
+    # '{"stream": false}'` got every request of a JSON load refused with a 400.
+    messages = [{"role": "user", "content": "hi"}]
+    streamed = orjson.loads(build_payload(Endpoint("http://x/v1", "m"), messages, 6))
+    assert streamed["stream"] is True and streamed["stream_options"] == {"include_usage": True}
+    plain = orjson.loads(build_payload(Endpoint("http://x/v1", "m", extra_body=(("stream", False),)), messages, 6))
+    assert plain["stream"] is False and "stream_options" not in plain
+    asked = Endpoint("http://x/v1", "m", extra_body=(("stream", False), ("stream_options", {"x": 1})))
+    assert orjson.loads(build_payload(asked, messages, 6))["stream_options"] == {"x": 1}  # what the user asked for

@@ -62,7 +62,10 @@ def build_payload(ep: Endpoint, messages: list[dict[str, str]], max_tokens: int)
         body["ignore_eos"] = True
     if ep.min_tokens:
         body["min_tokens"] = max_tokens
-    body.update(dict(ep.extra_body))
+    extra = dict(ep.extra_body)
+    body.update(extra)
+    if not body.get("stream") and "stream_options" not in extra:
+        del body["stream_options"]  # OpenAI refuses stream_options on a request that does not stream
     return orjson.dumps(body)
 
 
