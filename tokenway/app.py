@@ -29,6 +29,7 @@ from tokenway.api.jobs import jobs_router
 from tokenway.api.messages import CountTokens, MessagesWire
 from tokenway.api.models import models_router
 from tokenway.api.openai import DataPlane
+from tokenway.api.responses import ResponsesWire, responses_router
 from tokenway.asgi import Receive, Scope, Send, send_error
 from tokenway.clock import SYSTEM_CLOCK, Clock
 from tokenway.config import DeploymentConfig, GatewayConfig, Settings, load_config
@@ -54,6 +55,7 @@ from tokenway.providers.upstream import HttpClient
 from tokenway.routing.discovery import Discovery
 from tokenway.routing.health import Monitors
 from tokenway.routing.stats import RoutingStats
+from tokenway.translate.responses_store import open_store
 
 
 def upstream_caller(metrics: Metrics) -> Handler:
@@ -210,8 +212,10 @@ class Gateway:
         plane = DataPlane(self.config, handler, self.log, metrics, self.is_ready, self.tracing,
                           TrustedProxies.of(self.settings.trusted_proxies),
                           identify=lambda ctx: self.access.policy.authenticate(ctx, None))
+        stored_responses = open_store(self.config.responses, self.redis)  # previous_response_id, GET, DELETE
         self._data_routes = {
-            **plane.routes({"/v1/messages": MessagesWire()}),
+            **plane.routes({"/v1/messages": MessagesWire(),
+                            "/v1/responses": ResponsesWire(stored_responses, self.config.limits)}),
             # no backend call, no policies: the key check and the gateway's estimate
             "/v1/messages/count_tokens": CountTokens(
                 self.access.policy.authenticate, self._models.names, self.config.limits),
@@ -232,7 +236,8 @@ class Gateway:
                                              admin_router(self.access, self.settings.master_key,
                                                           self.config.guards.profiles),
                                              jobs_router(self.jobs.service, callers, self.settings.master_key),
-                                             batches_router(self.jobs.service, callers)])
+                                             batches_router(self.jobs.service, callers),
+                                             responses_router(stored_responses, callers)])
         self._starting = asyncio.get_running_loop().create_task(self._start_providers())
         self._monitors = Monitors(self._http)
         for deployment in self._models.all():
