@@ -52,7 +52,8 @@ def response_object(
 
 def response_usage(usage: Usage) -> dict[str, Any]:
     return {
-        "input_tokens": usage.prompt_tokens, "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": 0},
         "output_tokens": usage.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": usage.total_tokens,
     }
@@ -176,7 +177,9 @@ class ResponsesStream:
     def _fail(self, out: list[bytes], error: dict[str, Any]) -> None:
         self._event(out, "error", {"code": error.get("code"), "message": error.get("message") or "The stream failed.",
                                    "param": error.get("param")})
-        failed = {"code": error.get("code") or "server_error", "message": error.get("message") or "The stream failed."}
+        # The response's own error takes only OpenAI's codes: a rate limit, or a server error for the rest.
+        code = "rate_limit_exceeded" if error.get("code") == "rate_limit_exceeded" else "server_error"
+        failed = {"code": code, "message": error.get("message") or "The stream failed."}
         snapshot = response_object(self._draft, self._output, self._usage, None, status="failed", error=failed)
         self._event(out, "response.failed", {"response": snapshot})
 
