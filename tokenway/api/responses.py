@@ -142,3 +142,69 @@ def responses_router(store: ResponseStore, callers: Callers) -> APIRouter:
         return {"id": response_id, "object": "response", "deleted": True}
 
     return router
+
+
+# ---- the OpenAPI document (/openapi.json; the fuzz test holds the gateway to it) -------------------
+
+_REF = "#/components/schemas/{model}"
+_EVENT_TYPES = [
+    "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+    "response.output_text.delta", "response.output_text.done", "response.content_part.done",
+    "response.output_item.done", "response.function_call_arguments.delta", "response.function_call_arguments.done",
+    "response.completed", "response.incomplete", "response.failed", "error",
+]
+_USAGE = {"type": "object", "required": ["input_tokens", "output_tokens", "total_tokens"], "properties": {
+    "input_tokens": {"type": "integer"}, "output_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}}}
+RESPONSE = {
+    "type": "object", "title": "Response",
+    "required": ["id", "object", "created_at", "status", "model", "output", "usage"],
+    "properties": {
+        "id": {"type": "string"}, "object": {"const": "response"}, "created_at": {"type": "integer"},
+        "status": {"enum": ["completed", "incomplete", "failed", "in_progress"]}, "model": {"type": "string"},
+        "output": {"type": "array", "items": {"type": "object", "required": ["id", "type"], "properties": {
+            "id": {"type": "string"}, "type": {"enum": ["message", "function_call"]}}}},
+        "usage": {"anyOf": [_USAGE, {"type": "null"}]},
+        "previous_response_id": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+    },
+}
+_DELETED = {"type": "object", "required": ["id", "object", "deleted"], "properties": {
+    "id": {"type": "string"}, "object": {"const": "response"}, "deleted": {"const": True}}}
+_STREAM = {"description": "Responses' server-sent events, each `event: <type>` with its JSON (a `sequence_number` "
+                          "each): `response.created`, `response.in_progress`, per output item its `added`, deltas "
+                          "and `done` events, then `response.completed` (or `response.incomplete`) with usage; "
+                          "`error` and `response.failed` end a failed one.",
+           "schema": {"type": "object", "required": ["event", "data"], "properties": {
+               "event": {"enum": _EVENT_TYPES},
+               "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": {
+                   "type": "object", "required": ["type", "sequence_number"], "properties": {
+                       "type": {"enum": _EVENT_TYPES}, "sequence_number": {"type": "integer"}}}}}}}
+
+
+def document(paths: dict[str, Any], components: dict[str, Any], errors: dict[str, dict[str, Any]]) -> None:
+    """Put ``POST /v1/responses`` into ``paths`` (its schemas into ``components``; ``errors``: the data
+    plane's error answers by status), give the ``GET``/``DELETE`` routes their answers' schemas, and
+    link a created response to them."""
+    body = RESPONSES_REQUEST.json_schema(ref_template=_REF.format(model="Responses{model}"))
+    components.update({f"Responses{name}": schema for name, schema in body.pop("$defs", {}).items()})
+    components.update({"ResponsesRequest": {**body, "title": "ResponsesRequest"}, "Response": RESPONSE})
+    answer = {"application/json": {"schema": {"$ref": _REF.format(model="Response")}}, "text/event-stream": _STREAM}
+    post: dict[str, Any] = {
+        "tags": ["openai"], "summary": "Create a response (OpenAI's Responses API)", "operationId": "createResponse",
+        "description": "OpenAI-compatible; translated to chat completions for every backend. `stream: true` answers "
+                       "with Responses' server-sent events. docs/responses.md.",
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": _REF.format(model="ResponsesRequest")},
+            "example": {"model": "gpt-4o-mini", "input": "Say hello."}}}},
+        "responses": {"200": {"description": "The response (JSON), or its events when `stream` is true.",
+                              "content": answer}, **errors},
+    }
+    paths["/v1/responses"] = {"post": post}
+    stored = paths.get("/v1/responses/{response_id}", {})
+    links = {}
+    for method, schema in (("get", {"$ref": _REF.format(model="Response")}), ("delete", _DELETED)):
+        operation = stored.get(method)
+        if operation is not None:
+            operation["responses"]["200"]["content"] = {"application/json": {"schema": schema}}
+            links[f"{method.capitalize()}Response"] = {"operationId": operation["operationId"],
+                                                       "parameters": {"response_id": "$response.body#/id"}}
+    post["responses"]["200"]["links"] = links
