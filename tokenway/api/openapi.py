@@ -18,6 +18,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import TypeAdapter
 
 from tokenway.api.messages import openapi_paths as messages_paths
+from tokenway.api.responses import document as document_responses
 from tokenway.protocol import CHAT_REQUEST, COMPLETION_REQUEST, SIMPLE_CHAT_REQUEST
 from tokenway.stores.base import KeyRecord
 
@@ -279,6 +280,8 @@ def openapi_document(app: FastAPI, keyed: bool = False, metrics_keyed: bool = Fa
         schema["paths"][path] = {"post": _data_plane_operation(path, summary, adapter, answer, description,
                                                                components)}
     schema["paths"].update(messages_paths(components))
+    document_responses(schema["paths"], components,
+                       {code: _error_response(text) for code, text in _DATA_PLANE_ERRORS.items()})
     _link(schema["paths"])
     if keyed or metrics_keyed:
         schema["components"]["securitySchemes"] = {"bearer": _BEARER}
