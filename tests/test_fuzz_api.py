@@ -61,7 +61,7 @@ include-method = "GET"
 checks.use_after_free.enabled = false
 
 [[operations]]
-include-path = ["/v1/chat/completions", "/v1/completions", "/chat", "/v1/messages"]
+include-path = ["/v1/chat/completions", "/v1/completions", "/chat", "/v1/messages", "/v1/responses"]
 # The data plane's documented 5xx: the backend failed (502: as when a reply asked to be JSON is not,
 # retries and all: the fake backend answers prose), no capacity (503), the backend timed out (504).
 checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "502", "503", "504"]
