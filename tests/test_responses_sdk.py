@@ -216,3 +216,19 @@ def test_keys_budgets_and_the_ledger_work_as_for_chat(upstream: FakeUpstream, tm
     # Both calls are rows, as for chat: the refused one at no tokens and no cost.
     assert (row["model"], row["requests"], row["prompt_tokens"], row["completion_tokens"]) == ("billed", 2, 7, 6)
     assert row["cost_nanos"] == SERVED_COST
+
+
+def test_with_redis_a_conversation_continues_on_another_replica(upstream: FakeUpstream, tmp_path: Path) -> None:
+    upstream.replies["shared"] = [{"content": "First answer."}, {"content": "Second answer."}]
+    yaml = _config(upstream, ["shared"]) + f'responses: {{redis_prefix: "tw-test-resp-{time.time_ns()}:"}}\n'
+    redis_url = "redis://127.0.0.1:6379/0"
+    with gateway(yaml, tmp_path / "a", redis_url=redis_url) as (first, _), \
+            gateway(yaml, tmp_path / "b", redis_url=redis_url) as (second, _):
+        made = _client(first).responses.create(model="shared", input="Remember: blue.")
+        followed = _client(second).responses.create(model="shared", input="What colour?",
+                                                    previous_response_id=made.id)
+        fetched = _client(second).responses.retrieve(made.id)
+    assert followed.output_text == "Second answer." and fetched.output_text == "First answer."
+    assert _seen(upstream, "shared")[-1]["messages"] == [
+        {"role": "user", "content": "Remember: blue."}, {"role": "assistant", "content": "First answer."},
+        {"role": "user", "content": "What colour?"}]
