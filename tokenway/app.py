@@ -30,12 +30,14 @@ from tokenway.api.messages import CountTokens, MessagesWire
 from tokenway.api.models import models_router
 from tokenway.api.openai import DataPlane
 from tokenway.api.responses import ResponsesWire, responses_router
+from tokenway.api.wire import OpenAIWire
 from tokenway.asgi import Receive, Scope, Send, send_error
 from tokenway.clock import SYSTEM_CLOCK, Clock
 from tokenway.config import DeploymentConfig, GatewayConfig, Settings, load_config
 from tokenway.context import RequestContext
 from tokenway.deployments import Deployment, ModelTable
 from tokenway.drain import drain_when_file_appears, install_drain_on_sigterm
+from tokenway.embeddings.schema import read_embeddings
 from tokenway.errors import GatewayError, MethodNotAllowed
 from tokenway.guards.policy import Guards, open_guards
 from tokenway.jobs.runtime import Jobs
@@ -49,7 +51,7 @@ from tokenway.policies.cache import ResponseCache, open_cache
 from tokenway.policies.resilience import Resilience
 from tokenway.policies.routing import Route
 from tokenway.policies.structured_output import StructuredOutput
-from tokenway.providers.base import Answer, Call, Completion, ProviderResources
+from tokenway.providers.base import Answer, Call, Completion, ProviderResources, not_served
 from tokenway.providers.registry import provider_class
 from tokenway.providers.upstream import HttpClient
 from tokenway.routing.discovery import Discovery
@@ -67,9 +69,12 @@ def upstream_caller(metrics: Metrics) -> Handler:
         if ctx.deadline is None:
             ctx.deadline = ctx.started + deployment.config.timeouts.total
         provider = deployment.provider
+        serve = getattr(provider, call.kind, None)  # chat, completions or embeddings
+        if serve is None:  # a backend without this kind (embeddings from a chat-only model)
+            raise not_served(call, deployment.name)
         ctx.upstream_started = time.perf_counter()
         try:
-            answer = await (provider.chat(call, ctx) if call.kind == "chat" else provider.completions(call, ctx))
+            answer = await serve(call, ctx)
         except GatewayError as error:
             metrics.upstream_attempt_failed(deployment.name, error)
             raise
@@ -215,7 +220,8 @@ class Gateway:
         stored_responses = open_store(self.config.responses, self.redis)  # previous_response_id, GET, DELETE
         self._data_routes = {
             **plane.routes({"/v1/messages": MessagesWire(),
-                            "/v1/responses": ResponsesWire(stored_responses, self.config.limits)}),
+                            "/v1/responses": ResponsesWire(stored_responses, self.config.limits),
+                            "/v1/embeddings": OpenAIWire("embeddings", read_embeddings)}),
             # no backend call, no policies: the key check and the gateway's estimate
             "/v1/messages/count_tokens": CountTokens(
                 self.access.policy.authenticate, self._models.names, self.config.limits),

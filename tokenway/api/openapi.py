@@ -19,6 +19,7 @@ from pydantic import TypeAdapter
 
 from tokenway.api.messages import openapi_paths as messages_paths
 from tokenway.api.responses import document as document_responses
+from tokenway.embeddings.schema import EMBEDDINGS_ANSWER, EMBEDDINGS_REQUEST
 from tokenway.protocol import CHAT_REQUEST, COMPLETION_REQUEST, SIMPLE_CHAT_REQUEST
 from tokenway.stores.base import KeyRecord
 
@@ -95,7 +96,11 @@ _DATA_PLANE_DOCS: list[tuple[str, str, TypeAdapter[Any], dict[str, Any], str]] =
     ("/chat", "Simple chat", SIMPLE_CHAT_REQUEST, SIMPLE_CHAT_ANSWER,
      'Answers `{"content", "cached", "elapsed_ms"}`; with `stream: true`, SSE events `{"delta"}` '
      "then that object, then `[DONE]`."),
+    ("/v1/embeddings", "Create embeddings", EMBEDDINGS_REQUEST, EMBEDDINGS_ANSWER,
+     "OpenAI-compatible; `encoding_format: base64` sends little-endian float32 bytes, and a `dimensions` below "
+     "the model's size truncates each vector and makes it unit length again. docs/embeddings.md."),
 ]
+_EXAMPLES = {"/v1/completions": {"prompt": "Say hello."}, "/v1/embeddings": {"input": "Say hello."}}
 _DATA_PLANE_ERRORS = {
     "400": "Invalid request (the error names the field).", "401": "Missing or wrong API key.",
     "403": "The key may not use this model.", "404": "Unknown model (the error lists the known ones).",
@@ -318,12 +323,12 @@ def _data_plane_operation(
     components[name] = body
     components[answer["title"]] = answer
     example: dict[str, Any] = {"model": "gpt-4o-mini"}
-    example.update({"prompt": "Say hello."} if path == "/v1/completions" else
-                   {"messages": [{"role": "user", "content": "Say hello."}]})
+    example.update(_EXAMPLES.get(path, {"messages": [{"role": "user", "content": "Say hello."}]}))
+    content: dict[str, Any] = {"application/json": {"schema": {"$ref": _REF.format(model=answer["title"])}}}
+    if path != "/v1/embeddings":  # never streamed
+        content["text/event-stream"] = _events(_DELTA, answer) if path == "/chat" else _events(_CHUNK)
     responses: dict[str, Any] = {"200": {
-        "description": "The completion (JSON), or an SSE stream when `stream` is true.",
-        "content": {"application/json": {"schema": {"$ref": _REF.format(model=answer["title"])}},
-                    "text/event-stream": _events(_DELTA, answer) if path == "/chat" else _events(_CHUNK)},
+        "description": "The answer (JSON), or an SSE stream when `stream` is true.", "content": content,
     }}
     responses.update({code: _error_response(text) for code, text in _DATA_PLANE_ERRORS.items()})
     return {

@@ -68,3 +68,20 @@ def items(body: dict[str, Any]) -> list[Item]:
     if isinstance(value, str) or isinstance(value[0], int):
         return [value]
     return list(value)
+
+
+# The answer, for /openapi.json (built by ``tokenway.embeddings.vectors.answer``, or relayed from the backend).
+EMBEDDINGS_ANSWER: dict[str, Any] = {
+    "type": "object", "title": "Embeddings", "required": ["object", "data", "model", "usage"],
+    "properties": {
+        "object": {"const": "list"}, "model": {"type": "string"},
+        "data": {"type": "array", "items": {
+            "type": "object", "required": ["object", "index", "embedding"],
+            "properties": {"object": {"const": "embedding"}, "index": {"type": "integer"}, "embedding": {
+                "anyOf": [{"type": "array", "items": {"type": "number"}},
+                          {"type": "string", "description": "base64 of little-endian float32 values"}]}},
+        }},
+        "usage": {"type": "object", "required": ["prompt_tokens", "total_tokens"],
+                  "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}}},
+    },
+}
