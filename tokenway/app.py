@@ -224,7 +224,7 @@ class Gateway:
                             "/v1/embeddings": OpenAIWire("embeddings", read_embeddings)}),
             # no backend call, no policies: the key check and the gateway's estimate
             "/v1/messages/count_tokens": CountTokens(
-                self.access.policy.authenticate, self._models.names, self.config.limits),
+                self.access.policy.authenticate, self._models.names, self.config.limits, self.log),
         }
         await self.jobs.start(handler, self.clock, self.is_ready, metrics)  # jobs re-enter the same policy list
         callers = Callers(self.access.policy, self.config.limits, self._models.names)
