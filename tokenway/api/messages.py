@@ -76,7 +76,7 @@ class CountTokens:
     (401 without a valid one, 403 for a model it may not use), errors in Anthropic's envelope, a log line."""
 
     def __init__(self, authenticate: Authenticate, models: Callable[[], list[str]], limits: Limits,
-                 log: JsonLog | None = None) -> None:
+                 log: JsonLog) -> None:
         self._authenticate = authenticate
         self._models = models
         self._limits = limits
@@ -109,8 +109,7 @@ class CountTokens:
             status, answer = error_body(InternalError(f"Internal error; request id {ctx.request_id}."))
             await send_bytes(send, status, answer, headers)
         finally:
-            if self._log is not None:
-                self._log.request(ctx, time.perf_counter())
+            self._log.request(ctx, time.perf_counter())
 
 
 def _key_and_length(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, int | None]:
