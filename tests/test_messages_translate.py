@@ -351,7 +351,9 @@ async def test_in_process_reply_stream_and_mid_stream_failure() -> None:
         assert bad.status_code == 400 and bad.json()["error"]["message"] == "Missing required parameter: 'max_tokens'."
 
 
-async def test_in_process_a_call_without_a_key_is_refused_before_its_body_is_read() -> None:
+async def test_in_process_a_call_without_a_key_is_refused_before_its_body_is_read(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
     async with gateway(CONFIG, master_key="sk-master") as gw:
         answer = await gw.clock.run(gw.client.post("/v1/messages", content=b"not json"))
         assert answer.status_code == 401 and answer.json()["error"]["type"] == "authentication_error"
@@ -369,3 +371,8 @@ async def test_in_process_a_call_without_a_key_is_refused_before_its_body_is_rea
         assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "not_found_error"
         wrong = await gw.clock.run(gw.client.get("/v1/messages/count_tokens", headers={"x-api-key": "sk-master"}))
         assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    lines = [json.loads(line) for line in capfd.readouterr().out.splitlines() if '"event":"request"' in line]
+    counted = [(line["endpoint"], line["status"], line["request_id"]) for line in lines
+               if line["endpoint"] == "count_tokens"]
+    assert [status for _, status, _ in counted] == [200, 400, 404]  # one line per call
+    assert counted[0][2] == keyed.headers["x-request-id"]
