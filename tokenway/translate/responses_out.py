@@ -122,24 +122,34 @@ class ResponsesStream:
         self._text: list[str] | None = None  # the open message item's text so far
         self._text_id = ""
         self._text_index = 0
+        self._delta_head = b""  # the open message item's text delta event, up to its delta
+        self._ended = False  # response.completed, .incomplete or .failed is out: nothing follows it
         self._calls: dict[int, _Call] = {}  # open function calls by their chat tool call index
         self._finish: str | None = None
         self._usage: Usage | None = None
         self.response: dict[str, Any] | None = None
 
     def feed(self, block: bytes) -> bytes:
-        payloads = iter_sse_data(block)
+        # Most blocks are one canonical event (``data: {...}\n\n``): its payload without a scan.
+        if block.startswith(b"data: {") and block.find(b"\n") == len(block) - 2:
+            payloads = [block[6:-2]]
+        else:
+            payloads = iter_sse_data(block)
         if not payloads:
             return block  # a heartbeat comment: it keeps the client's connection alive just the same
         out: list[bytes] = []
         if not self._started:
             self._start(out)
+        choose = self._choice
         for payload in payloads:
+            if self._ended:
+                break
             if is_done(payload):
                 self._close_items(out)
                 self.response = response_object(self._draft, self._output, self._usage, self._finish)
                 ending = "response.incomplete" if self.response["status"] == "incomplete" else "response.completed"
                 self._event(out, ending, {"response": self.response})
+                self._ended = True
                 continue
             chunk = orjson.loads(payload)
             if "error" in chunk:  # a provider's own error event: the stream ends with it
@@ -150,10 +160,12 @@ class ResponsesStream:
                 self._usage = Usage.from_openai(chunk["usage"])
             for choice in chunk.get("choices") or ():
                 if choice.get("index", 0) == 0:
-                    self._choice(out, choice)
-        return b"".join(out)
+                    choose(out, choice)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def error(self, error: GatewayError) -> bytes:
+        if self._ended:
+            return b""
         out: list[bytes] = []
         if not self._started:
             self._start(out)
@@ -182,6 +194,7 @@ class ResponsesStream:
         failed = {"code": code, "message": error.get("message") or "The stream failed."}
         snapshot = response_object(self._draft, self._output, self._usage, None, status="failed", error=failed)
         self._event(out, "response.failed", {"response": snapshot})
+        self._ended = True
 
     def _choice(self, out: list[bytes], choice: dict[str, Any]) -> None:
         delta = choice.get("delta") or {}
@@ -191,9 +204,9 @@ class ResponsesStream:
                 self._open_text(out)
             assert self._text is not None
             self._text.append(text)
-            self._event(out, "response.output_text.delta", {
-                "item_id": self._text_id, "output_index": self._text_index, "content_index": 0, "delta": text,
-                "logprobs": []})
+            # The most frequent event, written from a template: a third of the cost of dumping a dict.
+            out.append(b"%s%s,\"sequence_number\":%d}\n\n" % (self._delta_head, orjson.dumps(text), self._sequence))
+            self._sequence += 1
         for call in delta.get("tool_calls") or ():
             self._call_delta(out, call)
         if choice.get("finish_reason"):
@@ -202,11 +215,14 @@ class ResponsesStream:
     def _open_text(self, out: list[bytes]) -> None:
         self._close_calls(out)
         self._text, self._text_id = [], self._new_message_id()
-        self._text_index = len(self._output) + len(self._calls)
+        self._text_index = len(self._output)
         self._event(out, "response.output_item.added", {
             "output_index": self._text_index, "item": message_item(self._text_id, "", "in_progress")})
         self._event(out, "response.content_part.added", {
             "item_id": self._text_id, "output_index": self._text_index, "content_index": 0, "part": output_text("")})
+        self._delta_head = (b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+                            b'"item_id":"%s","output_index":%d,"content_index":0,"logprobs":[],"delta":'
+                            % (self._text_id.encode(), self._text_index))
 
     def _close_text(self, out: list[bytes]) -> None:
         if self._text is None:

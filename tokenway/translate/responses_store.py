@@ -56,7 +56,8 @@ class MemoryResponses:
     def __init__(self, config: ResponsesConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self._config = config
         self._clock = clock
-        self._records: OrderedDict[tuple[str, str], tuple[float, bytes]] = OrderedDict()
+        # The records themselves, not their JSON: nobody changes a record once stored (readers copy its lists).
+        self._records: OrderedDict[tuple[str, str], tuple[float, dict[str, Any]]] = OrderedDict()
         self._per_owner: dict[str, OrderedDict[str, None]] = {}
 
     async def get(self, owner: str, response_id: str) -> dict[str, Any] | None:
@@ -66,11 +67,10 @@ class MemoryResponses:
         if found[0] <= self._clock():
             self._drop(owner, response_id)
             return None
-        record: dict[str, Any] = orjson.loads(found[1])
-        return record
+        return found[1]
 
     async def put(self, owner: str, response_id: str, record: dict[str, Any]) -> None:
-        self._records[(owner, response_id)] = (self._clock() + self._config.ttl_s, orjson.dumps(record))
+        self._records[(owner, response_id)] = (self._clock() + self._config.ttl_s, record)
         ids = self._per_owner.setdefault(owner, OrderedDict())
         ids[response_id] = None
         while len(ids) > self._config.max_per_key:
