@@ -199,3 +199,14 @@ def test_items_become_chat_messages() -> None:
 def test_an_assistant_refusal_stays_a_refusal(content: list[dict[str, Any]]) -> None:
     assert chat_messages([{"type": "message", "role": "assistant", "content": content}]) == [
         {"role": "assistant", "content": None, "refusal": "No."}]
+
+
+def test_an_error_chunk_inside_the_chat_stream_ends_the_response_as_failed() -> None:
+    # As the structured-output policy ends a stream whose reply broke its schema: an error chunk, then [DONE].
+    translation = _stream()
+    error = sse_event({"error": {"message": "The reply did not match the schema.", "type": "api_error",
+                                 "param": None, "code": "structured_output_invalid"}})
+    events = _events(translation.feed(_chunk({"content": "{oops"})) + translation.feed(error + SSE_DONE))
+    assert [e["type"] for e in events[-2:]] == ["error", "response.failed"]
+    assert events[-2]["code"] == "structured_output_invalid"
+    assert translation.response is None and translation.feed(SSE_DONE) == b""
