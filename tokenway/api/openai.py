@@ -103,7 +103,7 @@ class DataPlane:
             if self._identify is not None:
                 self._identify(ctx)
             call = wire.read(body, self._limits)
-            prepare = getattr(wire, "prepare", None)  # a StatefulWire's (50 ns; isinstance on a Protocol is 8 us)
+            prepare = getattr(wire, "prepare", None)  # a StatefulWire completes the call from the state it keeps
             if prepare is not None:
                 await prepare(call, ctx)
             ctx.stream = call.stream
