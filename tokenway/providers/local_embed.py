@@ -16,7 +16,7 @@ from pydantic import Field
 from tokenway.config import DeploymentConfig
 from tokenway.context import RequestContext
 from tokenway.embeddings.schema import items
-from tokenway.errors import InvalidRequest, Overloaded, UpstreamError
+from tokenway.errors import InvalidRequest, Overloaded, UpstreamError, UpstreamUnavailable
 from tokenway.providers.base import Answer, Call, ProviderOptions, ProviderResources, not_served
 
 if TYPE_CHECKING:
@@ -46,12 +46,17 @@ class LocalEmbedProvider:
         self.embedder: Embedder | None = None
         self.batcher: DynamicBatcher | None = None
         self.width = 0  # the model's vector size, known once loaded
+        self._failed: str | None = None  # why the model did not load
 
     async def start(self) -> None:
         from tokenway.cache.semantic import Embedder
         from tokenway.embeddings.batcher import DynamicBatcher
 
-        embedder = await asyncio.to_thread(Embedder.load)
+        try:
+            embedder = await asyncio.to_thread(Embedder.load)
+        except Exception as exc:  # the gateway logs it and serves its other models; calls here say why
+            self._failed = str(exc)
+            raise
         self.width = int(embedder.encode(["width"]).shape[1])
         self.embedder = embedder
         options = self.options
@@ -77,6 +82,8 @@ class LocalEmbedProvider:
     async def embeddings(self, call: Call, ctx: RequestContext) -> Answer:
         from tokenway.embeddings.vectors import answer, check_dimensions  # numpy: imported once a model is used
 
+        if self._failed is not None:
+            raise UpstreamUnavailable(f"The local embedding model did not start: {self._failed}")
         if self.batcher is None or self.embedder is None:
             raise Overloaded("The local embedding model is still loading; retry shortly.", retry_after=2)
         body = call.body
