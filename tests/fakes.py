@@ -223,6 +223,10 @@ class FakeUpstream:
         body = await request.json()
         self.seen.append(Seen(request.path, body, {k.lower(): v for k, v in request.headers.items()}))
         kind = request.match_info["kind"]
+        scenario = request.match_info["scenario"]
+        if scenario in ("echokey", "echokey400"):  # a proxy in front of Ollama that says the gateway's key back
+            said = f"bad credentials: {request.headers.get('Authorization', '')}"
+            return web.json_response({"error": said}, status=401 if scenario == "echokey" else 400)
         if kind == "embed":
             texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
             return web.json_response({"model": body["model"], "embeddings": [fake_vector(t) for t in texts],

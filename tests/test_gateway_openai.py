@@ -184,3 +184,20 @@ models:
     with running_gateway(yaml) as base:
         for _ in range(4):
             assert client(base).chat.completions.create(model="m", messages=MESSAGES).choices[0].message.content == TEXT
+
+
+def test_ollama_refusals_never_relay_the_gateways_credentials(upstream: FakeUpstream) -> None:
+    secret = "Bearer proxy-secret-4f9a2c"
+    yaml = "models:\n" + "".join(f"""  - name: {name}
+    deployments:
+      - provider: ollama
+        api_base: http://127.0.0.1:{upstream.port}/{scenario}
+        headers: {{Authorization: "{secret}"}}
+""" for name, scenario in (("refused", "echokey"), ("quoted", "echokey400")))
+    with running_gateway(yaml) as base:
+        refused = httpx.post(base + "/v1/chat/completions", json={"model": "refused", "messages": MESSAGES})
+        quoted = httpx.post(base + "/v1/chat/completions", json={"model": "quoted", "messages": MESSAGES})
+    assert upstream.seen[0].headers["authorization"] == secret  # the proxy did get it
+    assert refused.status_code == 502 and "credentials" in refused.json()["error"]["message"]  # not the client's 401
+    assert quoted.status_code == 400 and "[upstream key]" in quoted.json()["error"]["message"]
+    assert "proxy-secret" not in refused.text + quoted.text

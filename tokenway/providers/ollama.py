@@ -61,6 +61,8 @@ class OllamaProvider:
         self._http = resources.http
         self._base = (deployment.api_base or "http://127.0.0.1:11434").rstrip("/")
         self._headers = {"content-type": "application/json", **deployment.headers}
+        # Credentials a deployment sends (a proxy's Authorization header) that a refusal may quote back.
+        self._secrets = [value.encode() for value in deployment.headers.values() if len(value) >= 8]
         self._timeout = connect_timeout(deployment)
 
     async def start(self) -> None:
@@ -134,7 +136,14 @@ class OllamaProvider:
                 resp = await self._http.post(self._base + path, data=orjson.dumps(body), headers=headers,
                                              timeout=self._timeout)
                 if resp.status != 200:
-                    detail = (await resp.read())[:300].decode(errors="replace")
+                    if resp.status in (401, 403):  # the gateway's credentials, not the client's key: the operator's
+                        raise UpstreamError(f"Ollama at {self._base} refused the gateway's credentials (HTTP "
+                                            f"{resp.status}); check the deployment's headers.",
+                                            upstream_status=resp.status)
+                    answer = await resp.read()
+                    for secret in self._secrets:  # whatever Ollama says, it never relays the gateway's credentials
+                        answer = answer.replace(secret, b"[upstream key]")
+                    detail = answer[:300].decode(errors="replace")
                     if resp.status >= 500 or resp.status == 429:
                         raise UpstreamError(f"Ollama answered {resp.status}: {detail}", upstream_status=resp.status)
                     raise UpstreamRejected(f"Ollama answered {resp.status}: {detail}", status=resp.status)
