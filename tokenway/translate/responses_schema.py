@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Required
 from pydantic import AfterValidator, Field, TypeAdapter
 from typing_extensions import TypedDict
 
-from tokenway.request_schema import _OPEN, Metadata, Name, NonEmpty, broken_rule
+from tokenway.request_schema import _OPEN, JsonObjectFormat, Metadata, Name, NonEmpty, TextFormat, broken_rule
 
 # ---- input items ----------------------------------------------------------------------------
 
@@ -112,16 +112,6 @@ class FunctionChoice(TypedDict, total=False):
 
 
 ToolChoice = Literal["none", "auto", "required"] | FunctionChoice
-
-
-class TextFormat(TypedDict, total=False):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: Required[Literal["text"]]
-
-
-class JsonObjectFormat(TypedDict, total=False):
-    __pydantic_config__ = _OPEN  # type: ignore[misc]
-    type: Required[Literal["json_object"]]
 
 
 class JsonSchemaFormat(TypedDict, total=False):
