@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from tokenway.api.calls import check_limits
+from tokenway.api.openai import request_context
 from tokenway.api.wire import StreamTranslation
 from tokenway.asgi import ClientDisconnected, Receive, Scope, Send, read_body, send_bytes, server_hooks
 from tokenway.config import Limits
@@ -84,10 +85,7 @@ class CountTokens:
         self._new_request_id = IdGenerator("req_")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        key, length = _key_and_length(scope["headers"])
-        client = scope.get("client")
-        ctx = RequestContext(request_id=self._new_request_id(), endpoint="count_tokens", api_key=key,
-                             client_ip=client[0] if client else None)
+        ctx, length = request_context(scope, "count_tokens", self._new_request_id)
         headers = [(b"x-request-id", ctx.request_id.encode())]
         try:
             body = await read_body(receive, self._limits.max_body_bytes, length, server_hooks(scope))
@@ -110,23 +108,6 @@ class CountTokens:
             await send_bytes(send, status, answer, headers)
         finally:
             self._log.request(ctx, time.perf_counter())
-
-
-def _key_and_length(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, int | None]:
-    key = length = None
-    for name, value in headers:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                key = token.strip()
-        elif name in (b"x-api-key", b"api-key") and key is None:
-            key = value.decode("latin-1").strip() or None
-        elif name == b"content-length":
-            try:
-                length = int(value)
-            except ValueError:
-                length = None
-    return key, length
 
 
 # ---- the two operations in /openapi.json (api/openapi.py adds them) ------------------------------

@@ -76,7 +76,7 @@ class DataPlane:
         return {path: partial(self._serve, wire) for path, wire in doors.items()}
 
     async def _serve(self, wire: WireFormat, scope: Scope, receive: Receive, send: Send) -> None:
-        ctx, declared_length = _context(scope, wire.endpoint, self._new_request_id)
+        ctx, declared_length = request_context(scope, wire.endpoint, self._new_request_id)
         if self._proxies is not None and ctx.client_ip is not None:
             ctx.client_ip = self._proxies.client(ctx.client_ip, scope["headers"])
         hook = server_hooks(scope)
@@ -178,7 +178,7 @@ async def run_finalizers(ctx: RequestContext) -> None:
             ctx.finalizer_errors.append(repr(exc))
 
 
-def _context(scope: Scope, endpoint: str, new_id: IdGenerator) -> tuple[RequestContext, int | None]:
+def request_context(scope: Scope, endpoint: str, new_id: IdGenerator) -> tuple[RequestContext, int | None]:
     """The request context from the headers (one pass), and the declared body length."""
     request_id = api_key = cache_control = None
     priority = 0
