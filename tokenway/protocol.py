@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from tokenway.errors import UpstreamError
 from tokenway.request_schema import (
     CHAT_REQUEST,
     COMPLETION_REQUEST,
@@ -29,8 +30,8 @@ from tokenway.request_schema import (
 __all__ = [
     "CHAT_REQUEST", "COMPLETION_REQUEST", "SIMPLE_CHAT_REQUEST", "SSE_DONE", "SSE_HEARTBEAT", "ChatCompletionRequest",
     "ChatMessage", "CompletionRequest", "ResponseFormat", "SSEDecoder", "SimpleChatRequest", "Usage", "chat_choice",
-    "chat_chunk", "chat_completion", "ends_stream", "is_done", "iter_sse_data", "new_id", "parse_body", "sse_data",
-    "sse_error", "sse_event", "sse_events", "text_choice", "text_chunk", "text_completion",
+    "chat_chunk", "chat_completion", "ends_stream", "first_choice", "is_done", "iter_sse_data", "new_id", "parse_body",
+    "sse_data", "sse_error", "sse_event", "sse_events", "text_choice", "text_chunk", "text_completion",
 ]
 
 
@@ -203,6 +204,20 @@ def _event_data(event: bytes) -> bytes:
         elif line == b"data":  # a field name alone is that field with an empty value
             values.append(b"")
     return b"\n".join(values)
+
+
+def first_choice(body: bytes) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A finished chat completion's parsed body, its first choice and that choice's message, for a front
+    door that translates the answer; ``UpstreamError`` when the backend's answer has none."""
+    try:
+        completion = orjson.loads(body)
+        choice = completion["choices"][0]
+        message = choice["message"]
+        if not isinstance(message, dict):
+            raise TypeError
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        raise UpstreamError("The backend's answer had no message to translate.") from None
+    return completion, choice, message
 
 
 # ---- builders for backends that do not speak OpenAI natively (Ollama, local engines) ----------

@@ -11,10 +11,11 @@ import orjson
 from tokenway.api.calls import check_limits
 from tokenway.config import Limits
 from tokenway.context import RequestContext
-from tokenway.errors import GatewayError, UpstreamError
+from tokenway.errors import GatewayError
 from tokenway.protocol import (
     SIMPLE_CHAT_REQUEST,
     SSE_DONE,
+    first_choice,
     is_done,
     iter_sse_data,
     parse_body,
@@ -42,10 +43,7 @@ class SimpleChatWire:
         return call
 
     def completion(self, body: bytes, call: Call, ctx: RequestContext) -> bytes:
-        try:
-            content = orjson.loads(body)["choices"][0]["message"].get("content") or ""
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
-            raise UpstreamError("The backend's answer had no message content.") from None
+        content = first_choice(body)[2].get("content") or ""
         return orjson.dumps({"content": content, "cached": _cached(ctx), "elapsed_ms": round(ctx.elapsed_ms(), 3)})
 
     def stream(self, call: Call, ctx: RequestContext) -> _Deltas:

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from tokenway.errors import GatewayError, UpstreamError, UpstreamRejected
-from tokenway.protocol import is_done, iter_sse_data
+from tokenway.protocol import first_choice, is_done, iter_sse_data
 
 # Anthropic's error type for each status; any other 4xx is an invalid request, any other 5xx api_error.
 _ERROR_TYPES = {
@@ -56,12 +56,7 @@ def error_body(error: GatewayError) -> tuple[int, bytes]:
 
 def message_body(chat: bytes, message_id: str, model: str, stop_sequences: list[str] | None) -> bytes:
     """A finished chat completion (JSON bytes) as an Anthropic ``message``."""
-    try:
-        completion = orjson.loads(chat)
-        choice = completion["choices"][0]
-        said = choice["message"]
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-        raise UpstreamError("The backend's answer had no message to translate.") from None
+    completion, choice, said = first_choice(chat)
     content: list[dict[str, Any]] = []
     text = said.get("content")
     if text:

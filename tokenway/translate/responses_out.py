@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from tokenway.errors import GatewayError, UpstreamError
-from tokenway.protocol import Usage, is_done, iter_sse_data
+from tokenway.errors import GatewayError
+from tokenway.protocol import Usage, first_choice, is_done, iter_sse_data
 from tokenway.translate.responses_in import ECHOED, ResponseDraft
 
 NewId = Callable[[], str]
@@ -75,12 +75,7 @@ def call_item(item_id: str, call_id: str, name: str, arguments: str, status: str
 
 def from_chat(draft: ResponseDraft, body: bytes, new_message_id: NewId, new_call_id: NewId) -> dict[str, Any]:
     """The ``response`` object for a finished chat completion body."""
-    try:
-        chat = orjson.loads(body)
-        choice = chat["choices"][0]
-        message = choice["message"]
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-        raise UpstreamError("The backend's answer had no message.") from None
+    chat, choice, message = first_choice(body)
     output: list[dict[str, Any]] = []
     text = message.get("content")
     if isinstance(text, str) and text:
