@@ -115,8 +115,16 @@ def deployments(draw: st.DrawFn) -> dict[str, Any]:
 def configs(draw: st.DrawFn) -> dict[str, Any]:
     names = draw(st.lists(NAMES, min_size=1, max_size=3, unique=True))
     models = [{"name": name, "deployments": draw(st.lists(deployments(), min_size=1, max_size=2))} for name in names]
-    for model in models[1:]:  # a fallback is another configured model
-        if draw(st.booleans()):
+    native = set()
+    for model in models:  # a model relays Responses natively with every deployment, or with none
+        relays = all(d["provider"] == "openai" for d in model["deployments"]) and draw(st.booleans())
+        for deployment in model["deployments"]:
+            deployment.pop("responses", None)
+            if relays:
+                deployment["responses"] = "native"
+                native.add(model["name"])
+    for model in models[1:]:  # a fallback is another configured model (a native one's, native too)
+        if draw(st.booleans()) and (model["name"] not in native or names[0] in native):
             model["fallbacks"] = [names[0]]
     config: dict[str, Any] = {"models": models}
     for key, model_type in (("limits", Limits), ("streaming", Streaming), ("logging", Logging)):
@@ -139,6 +147,9 @@ def test_valid_configs_load_and_round_trip(config: dict[str, Any]) -> None:
 @PROPERTY
 @given(configs(), st.data())
 def test_a_changed_provider_option_changes_the_digest(config: dict[str, Any], data: st.DataObject) -> None:
+    for model in config["models"]:  # an Ollama deployment translates Responses: so does every model here
+        for deployment in model["deployments"]:
+            deployment.pop("responses", None)
     config["models"][0]["deployments"][0] = {"provider": "ollama", "keep_alive": data.draw(NAMES)}
     loaded = parse_config(yaml.safe_dump(config), SOURCE)
     config["models"][0]["deployments"][0]["keep_alive"] += "0"

@@ -220,7 +220,9 @@ class Gateway:
         stored_responses = open_store(self.config.responses, self.redis)  # previous_response_id, GET, DELETE
         self._data_routes = {
             **plane.routes({"/v1/messages": MessagesWire(),
-                            "/v1/responses": ResponsesWire(stored_responses, self.config.limits),
+                            "/v1/responses": ResponsesWire(
+                                stored_responses, self.config.limits,
+                                native=[model.name for model in self.config.models if model.native_responses]),
                             "/v1/embeddings": OpenAIWire("embeddings", read_embeddings)}),
             # no backend call, no policies: the key check and the gateway's estimate
             "/v1/messages/count_tokens": CountTokens(

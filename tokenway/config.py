@@ -215,6 +215,12 @@ class ModelConfig(_Strict):
     guards: list[str] = []  # guard profiles (guards.profiles) run on this model's requests (tokenway/guards)
     structured_output: ModelStructuredOutputConfig = ModelStructuredOutputConfig()  # tokenway.validation.options
 
+    @property
+    def native_responses(self) -> bool:
+        """Whether ``/v1/responses`` calls to this model go to its backends as they are (its deployments
+        say ``responses: native``) rather than translated to chat."""
+        return getattr(self.deployments[0].options, "responses", "translate") == "native"
+
     @model_validator(mode="after")
     def _name_deployments(self) -> ModelConfig:
         for index, deployment in enumerate(self.deployments):
@@ -304,6 +310,35 @@ class GatewayConfig(_Strict):
                     known = ", ".join(sorted(self.guards.profiles)) or "none"
                     raise LocatedError(("models", i, "guards", j),
                                        f"guard profile {name!r} is not under guards.profiles (defined: {known})")
+        return self
+
+    @model_validator(mode="after")
+    def _native_responses_whole(self) -> GatewayConfig:
+        """A model answers Responses natively or by translation, never half: its deployments agree, its
+        fallbacks answer the same way (a relayed request cannot become a chat one mid-way), and no guard
+        profile of its checks output (which only translated answers let the guards read)."""
+        native = {model.name for model in self.models if model.native_responses}
+        for i, model in enumerate(self.models):
+            for j, deployment in enumerate(model.deployments):
+                if getattr(deployment.options, "responses", "translate") != getattr(
+                        model.deployments[0].options, "responses", "translate"):
+                    raise LocatedError(("models", i, "deployments", j, "responses"),
+                                       "every deployment of a model answers Responses the same way: set "
+                                       "'responses: native' on all of them or on none")
+            if model.name not in native:
+                continue
+            for field in ("fallbacks", "context_fallbacks"):
+                for j, name in enumerate(getattr(model, field)):
+                    if name not in native:
+                        raise LocatedError((
+                            "models", i, field, j), f"{name!r} translates Responses, and {model.name!r} relays "
+                            "them natively: a relayed request cannot fall back to a translating model")
+            for j, name in enumerate(model.guards):
+                profile = self.guards.profiles.get(name)
+                if profile is not None and profile.output:
+                    raise LocatedError(("models", i, "guards", j),
+                                       f"guard profile {name!r} checks output, which a model that relays Responses "
+                                       "natively does not let it read; use input checks only, or translate")
         return self
 
     def digest(self) -> str:

@@ -7,6 +7,7 @@ field); the names are re-exported here, where the rest of the wire format is.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -63,6 +64,18 @@ class Usage:
         return cls(
             prompt_tokens=int(raw.get("prompt_tokens") or 0),
             completion_tokens=int(raw.get("completion_tokens") or 0),
+            cached_tokens=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
+        )
+
+    @classmethod
+    def from_responses(cls, raw: Any) -> Usage | None:
+        """The Responses API's usage (``input_tokens``, ``output_tokens``, ``input_tokens_details``)."""
+        if not isinstance(raw, dict):
+            return None
+        details = raw.get("input_tokens_details") or {}
+        return cls(
+            prompt_tokens=int(raw.get("input_tokens") or 0),
+            completion_tokens=int(raw.get("output_tokens") or 0),
             cached_tokens=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
         )
 
@@ -125,6 +138,26 @@ def iter_sse_data(block: bytes) -> list[bytes]:
     return _payloads(block)
 
 
+# The event that ends a Responses stream: the response's last state, or an error. Such streams end
+# with it, not with ``[DONE]``. A JSON string cannot hold a bare quote: generated text never matches.
+_RESPONSE_END = re.compile(rb'"type"\s*:\s*"(?:response\.(?:completed|incomplete|failed)|error)"')
+
+
+def response_end(block: bytes) -> dict[str, Any] | None:
+    """The event of ``block`` (a Responses stream's whole events) that ends the stream, if it holds one."""
+    if not _RESPONSE_END.search(block):
+        return None
+    for data in iter_sse_data(block):
+        if _RESPONSE_END.search(data):
+            try:
+                event = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(event, dict):
+                return event
+    return None
+
+
 class SSEDecoder:
     """Server-sent events in any framing, from a byte stream that arrives in pieces of any size.
 
@@ -133,14 +166,17 @@ class SSEDecoder:
     in ``\\r\\n``, ``\\r`` or ``\\n`` (a ``\\r\\n`` may be split between two pieces); ``data:`` may be
     followed by one space or none; an event's ``data`` lines make one payload, joined by ``\\n``.
     Comments and the other fields (``event``, ``id``, ``retry``) are dropped: OpenAI's streams
-    say everything in ``data``, and ``[DONE]`` is a payload like any other.
+    say everything in ``data``, and ``[DONE]`` is a payload like any other. ``verbatim`` keeps
+    every line of each event (only line ends are made ``\n``): a relay of an API whose clients
+    read the ``event`` field, such as Responses.
     """
 
-    __slots__ = ("_after_cr", "_pending")
+    __slots__ = ("_after_cr", "_pending", "_verbatim")
 
-    def __init__(self) -> None:
+    def __init__(self, verbatim: bool = False) -> None:
         self._pending = b""  # the start of an event whose blank line has not arrived, with \n line ends
         self._after_cr = False  # the last piece ended in \r: a \n starting the next one is that line's end
+        self._verbatim = verbatim
 
     def feed(self, piece: bytes) -> bytes:
         if not piece:
@@ -159,7 +195,9 @@ class SSEDecoder:
         self._pending = buf[end:]
         events = buf if end == len(buf) else buf[:end]
         # Most backends already write canonical events: those go on as they came, not copied.
-        return events if _canonical_payloads(events) is not None else sse_events(_payloads(events))
+        if self._verbatim or _canonical_payloads(events) is not None:
+            return events
+        return sse_events(_payloads(events))
 
 
 # ``in`` finds a byte given as an int several times faster than one given as bytes.

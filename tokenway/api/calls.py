@@ -44,7 +44,7 @@ def check_limits(call: Call, limits: Limits) -> None:
             f"The input is {chars} characters; the limit is {limits.max_total_chars}.", param=param,
             code="context_length_exceeded",
         )
-    for field in ("max_tokens", "max_completion_tokens"):
+    for field in ("max_output_tokens",) if call.kind == "responses" else ("max_tokens", "max_completion_tokens"):
         value = body.get(field)
         if value is not None and value > limits.max_tokens:
             raise InvalidRequest(

@@ -1,20 +1,26 @@
 """OpenAI's Responses API: ``POST /v1/responses`` as a wire format over chat, and ``GET``/``DELETE
-/v1/responses/{id}`` over the stored responses.
+/v1/responses/{id}`` (and its ``input_items``) over the stored responses.
 
 ``POST`` runs the data plane like chat (keys, limits, budgets, cache, routing, retries, ledger):
 ``read`` validates the Responses body and builds a chat ``Call``; ``prepare`` puts the stored
 conversation of ``previous_response_id`` (the caller's own) in front of the new input; the answer,
 body or stream, goes back as a ``response`` object or Responses events, and, unless ``store`` is
 false, is stored for the caller once it is sent. docs/responses.md has the mapping.
+
+A model whose backends speak Responses (``responses: native``) gets a ``responses`` call instead:
+the request goes through the same policies to the backend as it is, and its answer comes back as
+the backend wrote it; the gateway still keeps it, so ``GET``, ``DELETE`` and ``previous_response_id``
+stay the caller's own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
 from tokenway.api.callers import Callers
 from tokenway.api.calls import check_limits
@@ -25,8 +31,8 @@ from tokenway.ids import IdGenerator
 from tokenway.protocol import parse_body
 from tokenway.providers.base import Call
 from tokenway.translate.responses_in import ResponseDraft, chat_body, input_items
-from tokenway.translate.responses_out import ResponsesStream, from_chat
-from tokenway.translate.responses_schema import RESPONSES_REQUEST
+from tokenway.translate.responses_out import NativeEvents, ResponsesStream, from_chat, listed_item
+from tokenway.translate.responses_schema import NATIVE_RESPONSES_REQUEST, RESPONSES_REQUEST
 from tokenway.translate.responses_store import ResponseStore
 
 # The chat limits' fields, as the Responses request names them.
@@ -52,20 +58,32 @@ class ResponsesWire:
 
     endpoint = "responses"
 
-    def __init__(self, store: ResponseStore, limits: Limits) -> None:
+    def __init__(self, store: ResponseStore, limits: Limits, native: Collection[str] = ()) -> None:
         self._store = store
         self._limits = limits
+        self._native = frozenset(native)  # models whose backends answer Responses themselves
         self._new_response_id = IdGenerator("resp_")
         self._new_message_id = IdGenerator("msg_")
         self._new_call_id = IdGenerator("fc_")
+        self._new_output_id = IdGenerator("fco_")
 
     def read(self, body: bytes, limits: Limits) -> Call:
+        if self._native and _model_of(body) in self._native:
+            return self._read_native(body, limits)
         request = parse_body(RESPONSES_REQUEST, body, ("model", "input"))
         items = input_items(request)
         draft = ResponseDraft(self._new_response_id(), request["model"], request, items)
         call = ResponsesCall("chat", chat_body(request, items), draft=draft)
         if request.get("previous_response_id") is None:
             _check(call, limits)  # else once the conversation is whole, in prepare
+        return call
+
+    def _read_native(self, body: bytes, limits: Limits) -> Call:
+        """A ``responses`` call: the request as the client sent it, checked only where the gateway reads it."""
+        request = parse_body(NATIVE_RESPONSES_REQUEST, body, ("model",))
+        items = input_items(request) if "input" in request else []
+        call = ResponsesCall("responses", request, draft=ResponseDraft("", request["model"], request, items))
+        _check(call, limits)
         return call
 
     async def prepare(self, call: Call, ctx: RequestContext) -> None:
@@ -76,19 +94,38 @@ class ResponsesWire:
         record = await self._store.get(owner_of(ctx), previous)
         if record is None:  # unknown, expired, deleted, or another key's: the same answer
             raise NotFound(f"Previous response with id '{previous}' not found.", param="previous_response_id")
+        native = call.kind == "responses"
+        if bool(record.get("native")) != native:
+            # Each side keeps its own half of the state: a native backend the conversation, the gateway the
+            # items it translates. A conversation stays with the kind of model it began on.
+            began = "a model that answers Responses natively" if record.get("native") else "a translating model"
+            raise InvalidRequest(f"Previous response '{previous}' was made by {began}; continue it on a model "
+                                 "that answers the same way.", param="previous_response_id")
         draft.items = [*record["items"], *record["response"]["output"], *draft.items]
+        if native:
+            return  # the backend keeps the conversation: the request goes to it as it is
         call.body = chat_body(draft.request, draft.items)
         _check(call, self._limits)
 
     def completion(self, body: bytes, call: Call, ctx: RequestContext) -> bytes:
         draft = _draft(call)
+        if call.kind == "responses":
+            if draft.store:
+                response = orjson.loads(body)
+                ctx.defer(lambda ctx: self._keep(ctx, draft, response, native=True))
+            return body
         response = from_chat(draft, body, self._new_message_id, self._new_call_id)
         if draft.store:
             ctx.defer(lambda ctx: self._keep(ctx, draft, response))
         return orjson.dumps(response)
 
-    def stream(self, call: Call, ctx: RequestContext) -> ResponsesStream:
+    def stream(self, call: Call, ctx: RequestContext) -> ResponsesStream | NativeEvents:
         draft = _draft(call)
+        if call.kind == "responses":
+            events = NativeEvents()
+            if draft.store:
+                ctx.defer(lambda ctx: self._keep(ctx, draft, events.response, native=True))
+            return events
         translation = ResponsesStream(draft, self._new_message_id, self._new_call_id)
         if draft.store:
             ctx.defer(lambda ctx: self._keep(ctx, draft, translation.response))
@@ -97,10 +134,36 @@ class ResponsesWire:
     def error(self, error: GatewayError) -> tuple[int, bytes]:
         return error.status, error.envelope()
 
-    async def _keep(self, ctx: RequestContext, draft: ResponseDraft, response: dict[str, Any] | None) -> None:
-        """Store a response that was sent whole (after it was sent: the client does not wait for it)."""
-        if response is not None and ctx.status == 200:
-            await self._store.put(owner_of(ctx), draft.id, {"response": response, "items": draft.items})
+    async def _keep(
+        self, ctx: RequestContext, draft: ResponseDraft, response: dict[str, Any] | None, native: bool = False
+    ) -> None:
+        """Store a response that was sent whole (after it was sent: the client does not wait for it), its
+        conversation's items numbered so ``input_items`` can page through them. A native response is
+        kept under the backend's id."""
+        if response is None or ctx.status != 200:
+            return
+        response_id = response.get("id") if native else draft.id
+        if not isinstance(response_id, str) or not response_id:
+            return
+        items = [item if item.get("id") else {**item, "id": self._item_id(item)} for item in draft.items]
+        record = {"response": response, "items": items, **({"native": True} if native else {})}
+        await self._store.put(owner_of(ctx), response_id, record)
+
+    def _item_id(self, item: dict[str, Any]) -> str:
+        kind = item.get("type")
+        if kind == "function_call":
+            return self._new_call_id()
+        return self._new_output_id() if kind == "function_call_output" else self._new_message_id()
+
+
+def _model_of(body: bytes) -> Any:
+    """The request's ``model``, looked at before the body is validated (a broken body: None, and the
+    validation that follows names what is wrong)."""
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return request.get("model") if isinstance(request, dict) else None
 
 
 def _draft(call: Call) -> ResponseDraft:
@@ -133,6 +196,28 @@ def responses_router(store: ResponseStore, callers: Callers) -> APIRouter:
             raise not_found(response_id)
         response: dict[str, Any] = record["response"]
         return response
+
+    @router.get("/v1/responses/{response_id}/input_items", summary="List a stored response's input items")
+    async def list_input_items(
+        response_id: str, request: Request, after: str | None = None, before: str | None = None,
+        limit: int = Query(20, ge=1, le=100), order: Literal["asc", "desc"] = "desc",
+    ) -> dict[str, Any]:
+        owner, _ = callers.identify(request)
+        record = await store.get(owner, response_id)
+        if record is None:
+            raise not_found(response_id)
+        items = [listed_item(item) for item in record["items"]]
+        if order == "desc":
+            items.reverse()
+        ids = [item.get("id") for item in items]
+        for name, cursor in (("after", after), ("before", before)):
+            if cursor is not None and cursor not in ids:
+                raise InvalidRequest(f"No input item with id '{cursor}' in response '{response_id}'.", param=name)
+        start = ids.index(after) + 1 if after is not None else 0
+        end = ids.index(before) if before is not None else len(items)
+        page = items[start:end][:limit]
+        return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None, "has_more": end - start > limit}
 
     @router.delete("/v1/responses/{response_id}", summary="Delete a stored response")
     async def delete_response(response_id: str, request: Request) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from tokenway.context import RequestContext
+from tokenway.errors import InvalidRequest
 from tokenway.guards.base import GuardBlocked, Stage, TextGuard, apply
 from tokenway.guards.options import (
     Action,
@@ -159,6 +160,13 @@ class Guards:
         if plan is None:
             return await next(ctx, call)
         label = model or "none"
+        if call.kind == "responses" and (plan.output or plan.lengths):
+            # A native Responses answer goes to the client as the backend wrote it: output checks, which
+            # read chat answers, cannot see it, and a guard that cannot look must not let it through.
+            raise InvalidRequest(
+                f"The model {model!r} answers Responses natively, and this request's guards check output, which "
+                "they can only do on answers the gateway translates; use a model whose deployments translate "
+                "Responses (docs/responses.md).", param="model", code="guard_unsupported")
         if plan.input or plan.injection:
             findings = Findings()
             try:
@@ -198,7 +206,7 @@ class Guards:
 
     async def _check_input(self, call: Call, plan: _Guards, findings: Findings) -> None:
         suspects: list[tuple[str, str]] = []  # (param, text) the injection guards look at
-        for param, text, role, put in _request_texts(call.body):
+        for param, text, role, put in _request_texts(call):
             if plan.input:
                 new = apply(text, plan.input, "input", findings, param)
                 if new is not text:
@@ -236,53 +244,67 @@ class Guards:
 _MISSING: Any = object()
 
 
-def _request_texts(body: dict[str, Any]) -> Iterator[tuple[str, str, str, Any]]:
+def _request_texts(call: Call) -> Iterator[tuple[str, str, str, Any]]:
     """Each text of a request: (param, text, role, put), where ``put(new)`` writes a new text in its
-    place (copying the message and the list it is in, never the caller's objects)."""
+    place (copying the containers on its way, never the caller's objects)."""
+    body = call.body
+    if call.kind == "responses":
+        yield from _responses_texts(body)
+        return
     messages = body.get("messages")
     if isinstance(messages, list):
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict):
-                continue
-            role = message.get("role") or ""
-            content = message.get("content")
-            if isinstance(content, str):
-                yield f"messages[{i}].content", content, role, _putter(body, i, None)
-            elif isinstance(content, list):
-                for j, part in enumerate(content):
-                    if isinstance(part, dict) and isinstance(part.get("text"), str):
-                        yield f"messages[{i}].content[{j}].text", part["text"], role, _putter(body, i, j)
+        yield from _item_texts(body, "messages", messages)
         return
     for name in ("prompt", "input"):  # a completions prompt; an embeddings input (token arrays are not text)
         value = body.get(name)
         if isinstance(value, str):
-            yield name, value, "user", _list_putter(body, name, None)
+            yield name, value, "user", _putter(body, (name,))
         elif isinstance(value, list):
             for j, item in enumerate(value):
                 if isinstance(item, str):
-                    yield f"{name}[{j}]", item, "user", _list_putter(body, name, j)
+                    yield f"{name}[{j}]", item, "user", _putter(body, (name, j))
 
 
-def _putter(body: dict[str, Any], i: int, j: int | None) -> Any:
+def _responses_texts(body: dict[str, Any]) -> Iterator[tuple[str, str, str, Any]]:
+    """A Responses request's texts: ``instructions`` (the system prompt), then ``input``'s messages and
+    function call outputs (a tool's result, which injection guards read like a tool message)."""
+    instructions = body.get("instructions")
+    if isinstance(instructions, str):
+        yield "instructions", instructions, "system", _putter(body, ("instructions",))
+    items = body.get("input")
+    if isinstance(items, str):
+        yield "input", items, "user", _putter(body, ("input",))
+    elif isinstance(items, list):
+        yield from _item_texts(body, "input", items)
+
+
+def _item_texts(body: dict[str, Any], name: str, items: list[Any]) -> Iterator[tuple[str, str, str, Any]]:
+    """The texts of chat messages (``name`` = messages) or Responses input items (``name`` = input)."""
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        role = item.get("role") or ("tool" if item.get("type") == "function_call_output" else "")
+        field = "output" if item.get("type") == "function_call_output" else "content"
+        content = item.get(field)
+        if isinstance(content, str):
+            yield f"{name}[{i}].{field}", content, role, _putter(body, (name, i, field))
+        elif isinstance(content, list):
+            for j, part in enumerate(content):
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    put = _putter(body, (name, i, field, j, "text"))
+                    yield f"{name}[{i}].{field}[{j}].text", part["text"], role, put
+
+
+def _putter(body: dict[str, Any], path: tuple[str | int, ...]) -> Any:
+    """``put(new)``: ``new`` written at ``path`` in ``body``, each list and dict on the way copied first."""
+
     def put(new: str) -> None:
-        messages = body["messages"] = list(body["messages"])
-        message = messages[i] = dict(messages[i])
-        if j is None:
-            message["content"] = new
-        else:
-            parts = message["content"] = list(message["content"])
-            parts[j] = {**parts[j], "text": new}
-
-    return put
-
-
-def _list_putter(body: dict[str, Any], name: str, j: int | None) -> Any:
-    def put(new: str) -> None:
-        if j is None:
-            body[name] = new
-        else:
-            texts = body[name] = list(body[name])
-            texts[j] = new
+        holder: Any = body
+        for step in path[:-1]:
+            child = holder[step]
+            holder[step] = child = list(child) if isinstance(child, list) else dict(child)
+            holder = child
+        holder[path[-1]] = new
 
     return put
 

@@ -105,7 +105,9 @@ class ResponseCache:
         control = ctx.cache_control or ""
         # An embedding is a function of its input: always deterministic, whatever the sampling fields say.
         deterministic = call.kind == "embeddings" or is_deterministic(body)
-        if rules is None or "no-store" in control or (rules.deterministic_only and not deterministic):
+        # A native Responses answer carries the backend's own response id and state: never one to hand out twice.
+        if (rules is None or "no-store" in control or (rules.deterministic_only and not deterministic)
+                or call.kind == "responses"):
             return await self._bypass(ctx, call, next)
         ctx.model = body["model"]
         scope = tenant_scope(ctx)

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 
 # A call's kind is also the name of the provider method that serves it (``Provider.chat`` ...).
-CallKind = Literal["chat", "completions", "embeddings"]
+# ``responses`` is a Responses API request relayed as it is, to a backend that speaks it natively.
+CallKind = Literal["chat", "completions", "embeddings", "responses"]
 
 
 @dataclass(slots=True)
@@ -52,7 +53,10 @@ class Call:
     def max_tokens(self) -> int | None:
         if self.kind == "embeddings":
             return 0  # an embedding generates nothing: no output tokens to hold on a budget
-        value = self.body.get("max_completion_tokens") or self.body.get("max_tokens")
+        if self.kind == "responses":
+            value = self.body.get("max_output_tokens")
+        else:
+            value = self.body.get("max_completion_tokens") or self.body.get("max_tokens")
         return int(value) if value else None
 
 
@@ -158,6 +162,11 @@ class Provider(Protocol):
     async def embeddings(self, call: Call, ctx: RequestContext) -> Answer:
         """A ``Completion`` in OpenAI's embeddings shape. A provider that serves none leaves it out (the
         gateway then answers ``not_served``), or raises ``not_served`` itself."""
+        ...
+
+    async def responses(self, call: Call, ctx: RequestContext) -> Answer:
+        """A Responses API request relayed as it is, its answer (a ``response`` body, or Responses
+        events) as the backend sent it. Only a deployment that speaks Responses natively serves it."""
         ...
 
     async def models(self) -> list[str]:

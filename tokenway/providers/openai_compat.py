@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import orjson
 
@@ -24,8 +24,16 @@ from tokenway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from tokenway.protocol import SSEDecoder, Usage, ends_stream, iter_sse_data, sse_events
-from tokenway.providers.base import Answer, Call, Completion, ProviderOptions, ProviderResources, Stream
+from tokenway.protocol import SSEDecoder, Usage, ends_stream, iter_sse_data, response_end, sse_events
+from tokenway.providers.base import (
+    Answer,
+    Call,
+    Completion,
+    ProviderOptions,
+    ProviderResources,
+    Stream,
+    not_served,
+)
 from tokenway.providers.http import close_response, connect_timeout
 from tokenway.providers.upstream import (
     AnswerTimedOut,
@@ -43,6 +51,10 @@ class OpenAICompatOptions(ProviderOptions):
     # that chunk is then dropped before it reaches the client. Turn off for servers that
     # reject ``stream_options``.
     stream_usage: bool = True
+    # ``native``: the backend speaks OpenAI's Responses API, and /v1/responses calls are relayed to its
+    # /responses as they are (built-in tools, reasoning items and its own stored state included) instead
+    # of being translated to chat. Every deployment of the model must say the same (docs/responses.md).
+    responses: Literal["translate", "native"] = "translate"
 
 
 class OpenAICompatProvider:
@@ -57,7 +69,7 @@ class OpenAICompatProvider:
         self._http = resources.http  # off the hot path: the model list
         self._upstream: HttpClient = resources.upstream
         self._base = deployment.api_base.rstrip("/")
-        paths = ("/chat/completions", "/completions", "/embeddings")
+        paths = ("/chat/completions", "/completions", "/embeddings", "/responses")
         self._endpoints = {path: Endpoint(self._base + path) for path in paths}
         headers = {"content-type": "application/json", **deployment.headers}
         key = deployment.api_key()
@@ -92,11 +104,17 @@ class OpenAICompatProvider:
     async def embeddings(self, call: Call, ctx: RequestContext) -> Answer:
         return await self._send("/embeddings", call, ctx)
 
+    async def responses(self, call: Call, ctx: RequestContext) -> Answer:
+        if self.options.responses != "native":
+            raise not_served(call, self.deployment.name)
+        return await self._send("/responses", call, ctx)
+
     async def _send(self, path: str, call: Call, ctx: RequestContext) -> Answer:
         body = dict(call.body)
         body["model"] = self.deployment.model
         strip_usage = False
-        if call.stream and self.options.stream_usage and not call.include_usage:
+        # A Responses stream always ends with its usage (response.completed); it has no stream_options.
+        if call.stream and self.options.stream_usage and not call.include_usage and call.kind != "responses":
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
             strip_usage = True
         if ctx.upstream_headers:
@@ -129,9 +147,12 @@ class OpenAICompatProvider:
         except BaseException:
             close_response(resp)
             raise
+        name = self.deployment.name or ""
         if not call.stream:
-            return _completion(raw, self.deployment.name or "", "data" if call.kind == "embeddings" else "choices")
-        return Stream(lambda stream: _relay(resp, stream, strip_usage, self.deployment.name or ""))
+            return _completion(raw, name, call.kind)
+        if call.kind == "responses":
+            return Stream(lambda stream: _relay_events(resp, stream, name))
+        return Stream(lambda stream: _relay(resp, stream, strip_usage, name))
 
 
 async def _status_error(resp: Response, name: str, secrets: list[bytes]) -> GatewayError:
@@ -161,15 +182,21 @@ def _retry_after(value: str | None) -> float | None:
         return None  # an HTTP date; rare from model servers, treated as absent
 
 
-def _completion(raw: bytes, deployment: str, content: str) -> Completion:
-    """The relayed body, checked to be a JSON object with ``content`` (``choices``; ``data`` for embeddings)."""
+# What a finished answer of each kind must hold (the rest say ``choices``).
+_CONTENT = {"embeddings": "data", "responses": "output"}
+
+
+def _completion(raw: bytes, deployment: str, kind: str) -> Completion:
+    """The relayed body, checked to be a JSON object with the content of its ``kind``."""
+    content = _CONTENT.get(kind, "choices")
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise UpstreamError(f"The backend {deployment} returned a body that is not JSON.") from None
     if not isinstance(parsed, dict) or content not in parsed:
         raise UpstreamError(f"The backend {deployment} returned JSON without '{content}'.")
-    return Completion(body=raw, usage=Usage.from_openai(parsed.get("usage")))
+    usage = parsed.get("usage")
+    return Completion(body=raw, usage=Usage.from_responses(usage) if kind == "responses" else Usage.from_openai(usage))
 
 
 async def _relay(
@@ -196,6 +223,33 @@ async def _relay(
         resp.release() if done else resp.close()
     if not done:
         raise UpstreamError(f"The backend {deployment} ended the stream without [DONE].")
+
+
+async def _relay_events(resp: Response, stream: Stream, deployment: str) -> AsyncIterator[bytes]:
+    """Forward a Responses stream's whole events as they came (``event:`` lines kept); note the usage
+    of the event that ends it. Responses streams end with that event, not with ``[DONE]``."""
+    decoder = SSEDecoder(verbatim=True)
+    done = False
+    try:
+        async for data in resp.chunks():
+            block = decoder.feed(data)
+            if not block:
+                continue
+            end = response_end(block)
+            if end is not None:
+                done = True
+                response = end.get("response")
+                if isinstance(response, dict):
+                    stream.usage = Usage.from_responses(response.get("usage"))
+            yield block
+            if done:
+                return
+    except UpstreamHttpError as exc:
+        raise UpstreamError(f"The backend {deployment} broke off the stream: {exc}.") from None
+    finally:
+        resp.release() if done else resp.close()
+    if not done:
+        raise UpstreamError(f"The backend {deployment} ended the stream before response.completed.")
 
 
 # A chunk that reports usage, as opposed to the ``"usage": null`` that OpenAI puts in every other

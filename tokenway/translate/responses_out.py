@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from tokenway.errors import GatewayError
-from tokenway.protocol import Usage, first_choice, is_done, iter_sse_data
+from tokenway.protocol import Usage, first_choice, is_done, iter_sse_data, response_end
 from tokenway.translate.responses_in import ECHOED, ResponseDraft
 
 NewId = Callable[[], str]
@@ -88,6 +88,22 @@ def from_chat(draft: ResponseDraft, body: bytes, new_message_id: NewId, new_call
         output.append(call_item(new_call_id(), str(call.get("id") or new_call_id()), str(function.get("name") or ""),
                                 str(function.get("arguments") or "")))
     return response_object(draft, output, Usage.from_openai(chat.get("usage")), choice.get("finish_reason"))
+
+
+def listed_item(item: dict[str, Any]) -> dict[str, Any]:
+    """A stored conversation item as ``GET /v1/responses/{id}/input_items`` lists it: in the full form
+    of Responses' items (a message's text as content parts, a status), whatever form the caller sent.
+    Item types the gateway does not translate (a native backend's) are listed as they were kept."""
+    kind = item.get("type")
+    if kind in ("function_call", "function_call_output"):
+        return {"status": "completed", **item}
+    if kind != "message":
+        return item
+    content = item.get("content")
+    if isinstance(content, str):
+        text = output_text(content) if item.get("role") == "assistant" else {"type": "input_text", "text": content}
+        content = [text]
+    return {"status": "completed", **item, "content": content}
 
 
 class _Call:
@@ -264,3 +280,34 @@ class ResponsesStream:
     def _close_items(self, out: list[bytes]) -> None:
         self._close_text(out)
         self._close_calls(out)
+
+
+class NativeEvents:
+    """A Responses stream relayed from a backend that speaks it (``wire.StreamTranslation``): its
+    events go to the client as they came; the gateway only keeps the finished ``response`` (for the
+    store) and, when the stream fails under it, ends it with Responses' own ``error`` event."""
+
+    __slots__ = ("_ended", "_sequence", "response")
+
+    def __init__(self) -> None:
+        self._sequence = 0  # events relayed so far: the backend numbers its events 0, 1, 2 ...
+        self._ended = False
+        self.response: dict[str, Any] | None = None
+
+    def feed(self, block: bytes) -> bytes:
+        self._sequence += block.count(b"\n\n")
+        end = None if self._ended else response_end(block)
+        if end is not None:
+            self._ended = True
+            if end.get("type") in ("response.completed", "response.incomplete"):
+                response = end.get("response")
+                self.response = response if isinstance(response, dict) else None
+        return block
+
+    def error(self, error: GatewayError) -> bytes:
+        if self._ended:
+            return b""
+        self._ended = True
+        event = {"type": "error", "code": error.code, "message": error.message, "param": error.param,
+                 "sequence_number": self._sequence}
+        return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"

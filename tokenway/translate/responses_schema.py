@@ -198,3 +198,23 @@ def _rules(request: dict[str, Any]) -> dict[str, Any]:
 
 
 RESPONSES_REQUEST: TypeAdapter[Any] = TypeAdapter(Annotated[ResponsesRequest, AfterValidator(_rules)])
+
+
+class NativeResponsesRequest(TypedDict, total=False):
+    """POST /v1/responses for a model whose backends speak Responses (``responses: native``): the fields
+    the gateway reads itself (its limits, budgets, stored state, streaming) are checked here; the rest
+    (built-in tools, reasoning, background, ...) goes to the backend as it is, which checks it."""
+
+    __pydantic_config__ = _OPEN  # type: ignore[misc]
+    model: Required[NonEmpty]
+    input: str | list[dict[str, Any]]
+    instructions: str | None
+    max_output_tokens: Annotated[int, Field(ge=1)] | None
+    metadata: Metadata | None
+    user: str
+    store: bool | None
+    stream: bool | None
+    previous_response_id: NonEmpty | None
+
+
+NATIVE_RESPONSES_REQUEST: TypeAdapter[Any] = TypeAdapter(NativeResponsesRequest)

@@ -71,8 +71,32 @@ def prompt_size(call: Call) -> tuple[int, int | None]:
         return chars, len(messages)
     if call.kind == "embeddings":
         return input_chars(body.get("input")), None
+    if call.kind == "responses":
+        return responses_size(body)
     prompt = body.get("prompt")
     return (len(prompt) if isinstance(prompt, str) else sum(len(p) for p in prompt or [] if isinstance(p, str))), None
+
+
+def responses_size(body: dict[str, Any]) -> tuple[int, int]:
+    """A Responses request's characters (``instructions`` and the texts of ``input``'s items) and its
+    number of items, each framed like a chat message."""
+    instructions = body.get("instructions")
+    chars = len(instructions) if isinstance(instructions, str) else 0
+    items = body.get("input")
+    if isinstance(items, str):
+        return chars + len(items), 1 + bool(instructions)
+    if not isinstance(items, list):
+        return chars, bool(instructions)
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        for name in ("content", "output", "arguments"):
+            value = item.get(name)
+            if isinstance(value, str):
+                chars += len(value)
+            elif isinstance(value, list):
+                chars += sum(len(part.get("text") or "") for part in value if isinstance(part, dict))
+    return chars, len(items) + bool(instructions)
 
 
 def input_chars(value: Any) -> int:
