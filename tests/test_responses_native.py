@@ -198,6 +198,26 @@ guards:
     assert blocked.value.body["code"] == "guard_blocked" and blocked.value.body["param"] == "input[0].output"  # type: ignore[index]
 
 
+def test_a_keys_output_guards_refuse_a_native_call_they_cannot_read(
+    native: NativeResponsesUpstream, tmp_path: Path
+) -> None:
+    profiles = """
+guards:
+  profiles:
+    scrub-out:
+      output: [{check: pii, action: mask}]
+"""
+    with gateway(_config(native, ["ok"], profiles), tmp_path) as (base, _):
+        key = create_key(base, name="guarded-out", guards=["scrub-out"])["key"]
+        calls = len(native.seen)
+        with pytest.raises(openai.BadRequestError) as refused:
+            _client(base, key).responses.create(model="ok", input="hi")
+        answered = _client(base, key).chat.completions.create(model="ok", messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.body["code"] == "guard_unsupported" and refused.value.body["param"] == "model"  # type: ignore[index]
+    assert len(native.seen) == calls  # refused before it reached the backend
+    assert answered.choices[0].message.content == TEXT  # chat answers the guards can read go on as ever
+
+
 def test_input_items_of_a_translated_response_page_like_openais(chat: FakeUpstream, tmp_path: Path) -> None:
     chat.replies["paged"] = [{"content": "One."}, {"content": "Two."}]
     config = f"""
