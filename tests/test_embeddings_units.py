@@ -17,7 +17,7 @@ from tokenway.embeddings.ollama import embed_answer, embed_request
 from tokenway.embeddings.schema import items, read_embeddings
 from tokenway.embeddings.vectors import answer, shorten
 from tokenway.errors import InvalidRequest, UpstreamError
-from tokenway.guards.policy import _request_texts
+from tokenway.guards.policy import request_texts
 from tokenway.providers.base import Call
 from tokenway.usage.cost import estimate_prompt_tokens
 
@@ -193,15 +193,15 @@ def test_ollama_is_sent_no_token_arrays_and_a_wrong_answer_is_an_upstream_error(
 def test_the_input_guards_see_and_rewrite_each_text_of_an_input() -> None:
     body = {"model": "e", "input": ["mail a@b.c", "plain"]}
     original = body["input"]
-    found = list(_request_texts(body))
+    found = list(request_texts(Call("embeddings", body)))
     assert [(param, text) for param, text, _, _ in found] == [("input[0]", "mail a@b.c"), ("input[1]", "plain")]
     found[0][3]("mail [EMAIL]")
     assert body["input"] == ["mail [EMAIL]", "plain"] and original == ["mail a@b.c", "plain"]  # a copy changed
     single = {"model": "e", "input": "one"}
-    (param, _, _, put), = _request_texts(single)
+    (param, _, _, put), = request_texts(Call("embeddings", single))
     put("two")
     assert param == "input" and single["input"] == "two"
-    assert list(_request_texts({"model": "e", "input": [1, 2]})) == []  # token arrays are no text
+    assert list(request_texts(Call("embeddings", {"model": "e", "input": [1, 2]}))) == []  # token arrays are no text
 
 
 async def test_local_embed_that_could_not_load_says_why_on_each_call(monkeypatch: pytest.MonkeyPatch) -> None:

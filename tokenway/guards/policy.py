@@ -206,7 +206,7 @@ class Guards:
 
     async def _check_input(self, call: Call, plan: _Guards, findings: Findings) -> None:
         suspects: list[tuple[str, str]] = []  # (param, text) the injection guards look at
-        for param, text, role, put in _request_texts(call):
+        for param, text, role, put in request_texts(call):
             if plan.input:
                 new = apply(text, plan.input, "input", findings, param)
                 if new is not text:
@@ -244,7 +244,7 @@ class Guards:
 _MISSING: Any = object()
 
 
-def _request_texts(call: Call) -> Iterator[tuple[str, str, str, Any]]:
+def request_texts(call: Call) -> Iterator[tuple[str, str, str, Any]]:
     """Each text of a request: (param, text, role, put), where ``put(new)`` writes a new text in its
     place (copying the containers on its way, never the caller's objects)."""
     body = call.body
