@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     # and `tokenway worker` processes run them; unset, workers inside the gateway run them.
     jobs_broker_url: str | None = None
     files_dir: Path | None = None  # Batch API files; default <data_dir>/files (a shared volume for a fleet)
+    config_history: int = 5  # configs kept for POST /admin/config/rollback (tokenway/reload.py)
     # Reverse proxies (nginx, a cloud load balancer) whose X-Forwarded-For / X-Real-IP name the client,
     # comma-separated addresses or CIDRs: "127.0.0.1,10.0.0.0/8". Empty: the socket's peer is the client
     # (tokenway/api/client_address.py). A process setting, not YAML: it says where this process runs.
