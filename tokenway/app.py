@@ -54,6 +54,9 @@ from tokenway.policies.structured_output import StructuredOutput
 from tokenway.providers.base import Answer, Call, Completion, ProviderResources, not_served
 from tokenway.providers.registry import provider_class
 from tokenway.providers.upstream import HttpClient
+from tokenway.releases.admin import releases_router
+from tokenway.releases.policy import ReleaseSplit
+from tokenway.releases.record import ReleaseRecord
 from tokenway.reload import (
     ConfigConflict,
     Reloads,
@@ -130,6 +133,7 @@ class Gateway:
         self._control: Any = None
         self.access = Access(settings, config, self.log)  # keys, limits, budgets, ledger (started in startup)
         self.jobs = Jobs(settings, config, self.log, self.metrics)  # async jobs and batches (started in startup)
+        self.releases = ReleaseRecord()  # what each release version and its shadow did (GET /admin/releases)
 
     def policies(self, models: ModelTable, config: GatewayConfig) -> list[Policy]:
         """The request path for ``config``, top to bottom. Adding a policy is adding a module and a line here.
@@ -140,6 +144,8 @@ class Gateway:
             # PII, injection, blocked terms, output length; before the cache, so every caller's guards apply to hits
             *([self.guards] if self.guards is not None else []),
             *([self.cache] if self.cache is not None else []),
+            # a released model's caller goes to their version (sticky), a share copied to a shadow candidate
+            *([ReleaseSplit(config, self.releases)] if ReleaseSplit.wanted(config) else []),
             # replies checked against response_format / tools and retried; after the cache, so it stores only valid ones
             *([StructuredOutput(config, self.metrics, self.access.policy.hold_more)]
               if StructuredOutput.wanted(config) else []),
@@ -218,6 +224,7 @@ class Gateway:
         self._monitors = Monitors(self._http)
         self._swap(await self.serve(self.config, self._models))
         self.reloads.started(self.config)
+        self.metrics.add_collector(self.releases)
         self.metrics.add_collector(LiveState(lambda: self._models, self.routing, self._queue_lengths,
                                              self.access.store_failures))
         metrics = self.metrics if self.config.observability.metrics else None
@@ -288,6 +295,7 @@ class Gateway:
                                        admin_router(self.access, self.settings.master_key,
                                                     config.guards.profiles),
                                        config_router(self.reloads, self.settings.master_key),
+                                       releases_router(config, self.releases, self.settings.master_key),
                                        jobs_router(self.jobs.service, callers, self.settings.master_key),
                                        batches_router(self.jobs.service, callers),
                                        responses_router(stored_responses, callers)])
@@ -359,6 +367,7 @@ class Gateway:
             await self._monitors.aclose()
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
+        await self.releases.aclose()  # shadow copies still in flight: nobody waits for their answers
         await asyncio.gather(*(d.provider.aclose() for d in self._models.all()), return_exceptions=True)
         if self._http is not None:
             await self._http.close()

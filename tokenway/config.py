@@ -35,6 +35,7 @@ from tokenway.guards.options import GuardsConfig
 from tokenway.jobs.options import JobsConfig
 from tokenway.providers.base import ProviderOptions
 from tokenway.providers.registry import UnknownProvider, provider_class
+from tokenway.releases.options import ReleaseConfig
 from tokenway.routing.options import (
     BreakerConfig,
     DegradationConfig,
@@ -215,6 +216,7 @@ class ModelConfig(_Strict):
     degradation: DegradationConfig = DegradationConfig()
     guards: list[str] = []  # guard profiles (guards.profiles) run on this model's requests (tokenway/guards)
     structured_output: ModelStructuredOutputConfig = ModelStructuredOutputConfig()  # tokenway.validation.options
+    release: ReleaseConfig | None = None  # sticky weighted versions, a shadow (tokenway.releases)
 
     @model_validator(mode="after")
     def _name_deployments(self) -> ModelConfig:
@@ -305,6 +307,22 @@ class GatewayConfig(_Strict):
                     known = ", ".join(sorted(self.guards.profiles)) or "none"
                     raise LocatedError(("models", i, "guards", j),
                                        f"guard profile {name!r} is not under guards.profiles (defined: {known})")
+        return self
+
+    @model_validator(mode="after")
+    def _release_models_exist(self) -> GatewayConfig:
+        names = {model.name for model in self.models}
+        for i, model in enumerate(self.models):
+            release = model.release
+            if release is None:
+                continue
+            targets: list[tuple[tuple[str | int, ...], str]] = [
+                (("versions", j, "model"), version.model) for j, version in enumerate(release.versions)]
+            targets += [(("shadow", "model"), release.shadow.model)] if release.shadow is not None else []
+            for loc, name in targets:
+                if name not in names:
+                    raise LocatedError(("models", i, "release", *loc),
+                                       f"{name!r} is not a configured model (a version is one of the models)")
         return self
 
     def digest(self) -> str:
