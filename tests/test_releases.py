@@ -25,6 +25,7 @@ from tests.servers import running_app
 from tokenway.config import ConfigError, parse_config
 from tokenway.context import RequestContext
 from tokenway.providers.base import Answer, Call, Completion
+from tokenway.releases.cli import main as releases_main
 from tokenway.releases.policy import ReleaseSplit
 from tokenway.releases.record import ReleaseRecord
 
@@ -187,7 +188,7 @@ def wait_for(condition: Any, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def test_shadows_are_measured_beside_the_primary(upstream: FakeUpstream) -> None:
+def test_shadows_are_measured_beside_the_primary(upstream: FakeUpstream, capsys: pytest.CaptureFixture[str]) -> None:
     with running_app(shadowed(f"http://127.0.0.1:{upstream.port}", "candidate", percent=50)) as (base, _):
         client = openai.OpenAI(base_url=base + "/v1", api_key="anything", max_retries=0)
         for i in range(40):
@@ -201,12 +202,20 @@ def test_shadows_are_measured_beside_the_primary(upstream: FakeUpstream) -> None
                  and httpx.get(base + "/admin/releases").json()["shadows_in_flight"] == 0)
         shadow = view()["shadow"]["by_version"]["stable"]
         primary = view()["versions"][0]
+        capsys.readouterr()
+        assert releases_main(["--base-url", base]) == 0
+        # the server in this process logs JSON lines to the same stdout: the table is the rest
+        table = [line.split() for line in capsys.readouterr().out.splitlines() if not line.startswith("{")]
     copies = [s for s in upstream.seen if s.path.startswith("/candidate/")]
     assert 10 <= len(copies) <= 30 and shadow["requests"] == len(copies)  # about half of 40, by request id
     assert all("stream" not in s.body and s.body["model"] == "candidate" for s in copies)
     assert primary["requests"] == 40 and primary["errors"] == 0
     assert shadow["errors"] == 0 and shadow["completion_tokens"] > 0 and shadow["latency_ms"]["p99"] is not None
     assert shadow["model"] == "candidate" and primary["model"] == "chat"
+    assert table[0][:4] == ["model", "version", "role", "serves"]
+    assert table[1][:6] == ["chat", "stable", "primary", "chat", "100.0%", "40"]
+    assert table[4][:6] == ["chat", "stable", "shadow", "(50%)", "candidate", "-"]
+    assert table[4][6] == str(len(copies))
 
 
 def test_a_failing_or_hanging_shadow_never_touches_the_primary(upstream: FakeUpstream) -> None:
