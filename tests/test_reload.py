@@ -24,7 +24,7 @@ import openai
 import pytest
 
 from tests.fakes import FakeUpstream
-from tests.servers import free_port, wait_until_ready
+from tests.servers import free_port, serving_workers, wait_until_ready
 
 MASTER = "sk-reload-master"
 ADMIN = {"Authorization": f"Bearer {MASTER}"}
@@ -245,3 +245,19 @@ def test_an_unchanged_deployment_keeps_its_open_breaker(served: tuple[Server, Pa
     with pytest.raises(openai.APIStatusError) as shed:
         client.chat.completions.create(model="flaky", messages=[{"role": "user", "content": "x"}])
     assert shed.value.status_code == 503  # shed by the breaker carried over, not sent upstream
+
+
+def test_every_worker_reloads_when_the_file_changes(tmp_path: Path, upstream: FakeUpstream) -> None:
+    """``serve --workers 2`` with TOKENWAY_CONFIG_WATCH_S: each worker sees the file change on its own."""
+    with serving_workers(config(upstream), tmp_path, workers=2, TOKENWAY_CONFIG_WATCH_S="0.2") as base:
+        (tmp_path / "tokenway.yaml").write_text(config(upstream, extra_model=True))
+
+        def every_worker_has_it() -> bool:
+            # a new connection per call: the workers share the listening socket, so calls spread over both
+            return all("extra" in {m["id"] for m in httpx.get(base + "/v1/models").json()["data"]}
+                       for _ in range(20))
+
+        wait_for(every_worker_has_it, timeout=15)
+        answer = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0).chat.completions.create(
+            model="extra", messages=[{"role": "user", "content": "new model"}])
+        assert answer.choices[0].message.content == WHOLE

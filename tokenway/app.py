@@ -63,6 +63,7 @@ from tokenway.reload import (
     Serving,
     config_router,
     install_reload_on_sighup,
+    reload_when_file_changes,
     reusable,
     start_or_close,
 )
@@ -129,6 +130,7 @@ class Gateway:
                                self.log, settings.config_history)
         self._starting: asyncio.Task[None] | None = None
         self._drain_watch: asyncio.Task[None] | None = None  # waits for the drain file (settings.drain_file)
+        self._config_watch: asyncio.Task[None] | None = None  # reloads on a config file change (config_watch_s)
         self._data_routes: dict[str, Any] = {}
         self._control: Any = None
         self.access = Access(settings, config, self.log)  # keys, limits, budgets, ledger (started in startup)
@@ -231,7 +233,10 @@ class Gateway:
         await self.jobs.start(self._handle, self.clock, self.is_ready, metrics)  # jobs re-enter the same policy list
         self.jobs.service.validator = self._callers.validator
         self._starting = asyncio.get_running_loop().create_task(self._start_providers())
-        install_reload_on_sighup(self.reloads, self.log)
+        install_reload_on_sighup(self.reloads)
+        if self.settings.config is not None and self.settings.config_watch_s > 0:
+            self._config_watch = asyncio.get_running_loop().create_task(
+                reload_when_file_changes(self.settings.config, self.reloads, self.settings.config_watch_s))
         install_drain_on_sigterm(self.begin_drain, self.settings.drain_delay_s)
         if self.settings.drain_file is not None:
             self._drain_watch = asyncio.get_running_loop().create_task(
@@ -358,8 +363,9 @@ class Gateway:
 
     async def shutdown(self) -> None:
         self.ready = False
-        if self._drain_watch is not None:
-            self._drain_watch.cancel()
+        for watch in (self._drain_watch, self._config_watch):
+            if watch is not None:
+                watch.cancel()
         await self.reloads.aclose()
         if self._serving is not None:
             await self._serving.discovery.aclose()

@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     jobs_broker_url: str | None = None
     files_dir: Path | None = None  # Batch API files; default <data_dir>/files (a shared volume for a fleet)
     config_history: int = 5  # configs kept for POST /admin/config/rollback (tokenway/reload.py)
+    config_watch_s: float = 0.0  # > 0: reload when the config file changes, looked at this often (docs/reload.md)
     # Reverse proxies (nginx, a cloud load balancer) whose X-Forwarded-For / X-Real-IP name the client,
     # comma-separated addresses or CIDRs: "127.0.0.1,10.0.0.0/8". Empty: the socket's peer is the client
     # (tokenway/api/client_address.py). A process setting, not YAML: it says where this process runs.

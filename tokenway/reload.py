@@ -16,6 +16,7 @@ guards, stored responses, Redis and the HTTP session. A reload that changes thos
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import signal
 import threading
@@ -166,11 +167,20 @@ class Reloads:
         async with self._lock:
             try:
                 config = await asyncio.to_thread(load_config, self._path)
-            except ConfigError as exc:
+                return await self._apply(config, trigger, "reload", self.history[-1])
+            except (ConfigError, GatewayError) as exc:
                 self._log.event("config_refused", level="error", trigger=trigger, error=str(exc),
                                 config_hash=self.history[-1].digest)
                 raise
-            return await self._apply(config, trigger, "reload", self.history[-1])
+
+    async def reload_in_background(self, trigger: str) -> None:
+        """``reload`` for a trigger nobody waits on (a signal, a file change): every outcome is only logged."""
+        try:
+            await self.reload(trigger)
+        except (ConfigError, GatewayError):
+            pass  # logged as config_refused with its line; the old config keeps serving
+        except Exception as exc:  # a bug in building the new path must not take the process down
+            self._log.event("config_reload_failed", level="error", trigger=trigger, error=repr(exc))
 
     async def rollback(self) -> dict[str, Any]:
         """Serve the config before the current one again (the current one is dropped from the history)."""
@@ -228,27 +238,41 @@ class Reloads:
                 "path": str(self._path) if self._path else None}
 
 
-def install_reload_on_sighup(reloads: Reloads, log: JsonLog) -> None:
+def install_reload_on_sighup(reloads: Reloads) -> None:
     """SIGHUP reloads the config file in this process; a bad file is logged and the old config stays."""
     if threading.current_thread() is not threading.main_thread():
         return  # a server in a test thread: no signals there
     loop = asyncio.get_running_loop()
-    running: set[asyncio.Task[Any]] = set()
-
-    async def reload() -> None:
-        try:
-            await reloads.reload("SIGHUP")
-        except (ConfigError, GatewayError):
-            pass  # logged as config_refused with its line; the old config keeps serving
-        except Exception as exc:  # a build failure must not take the process down with it
-            log.event("config_reload_failed", level="error", trigger="SIGHUP", error=repr(exc))
+    running: set[asyncio.Task[None]] = set()
 
     def on_sighup() -> None:
-        task = loop.create_task(reload())
+        task = loop.create_task(reloads.reload_in_background("SIGHUP"))
         running.add(task)
         task.add_done_callback(running.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
+
+
+async def reload_when_file_changes(path: Path, reloads: Reloads, interval: float) -> None:
+    """Reload whenever the file's bytes change (an edit, a ConfigMap update the kubelet wrote).
+
+    Every worker of ``serve --workers N`` and every replica of a fleet runs this on its own file, so
+    one change reaches them all with no signal to deliver. A file that stays bad is refused once.
+    """
+    seen = await asyncio.to_thread(_read_digest, path)
+    while True:
+        await asyncio.sleep(interval)
+        now = await asyncio.to_thread(_read_digest, path)
+        if now != seen:
+            seen = now
+            await reloads.reload_in_background("file change")
+
+
+def _read_digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:  # mid-swap (a ConfigMap's symlink flip) or removed: the next look decides
+        return None
 
 
 def config_router(reloads: Reloads, master_key: str | None) -> APIRouter:
