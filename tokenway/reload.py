@@ -275,6 +275,11 @@ def _read_digest(path: Path) -> str | None:
         return None
 
 
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
 def config_router(reloads: Reloads, master_key: str | None) -> APIRouter:
     """``POST /admin/config/reload``, ``POST /admin/config/rollback`` and ``GET /admin/config``."""
     router = APIRouter(prefix="/admin/config", tags=["admin"],
@@ -284,7 +289,8 @@ def config_router(reloads: Reloads, master_key: str | None) -> APIRouter:
     async def current() -> dict[str, Any]:
         return reloads.snapshot()
 
-    @router.post("/reload", summary="Read the config file again and apply it; a bad one is refused with its line")
+    @router.post("/reload", summary="Read the config file again and apply it; a bad one is refused with its line",
+                 responses={409: _error("No config file to reload, or the new deployments could not start.")})
     async def reload() -> dict[str, Any]:
         try:
             return await reloads.reload("admin")
@@ -292,7 +298,8 @@ def config_router(reloads: Reloads, master_key: str | None) -> APIRouter:
             raise InvalidRequest(f"The config was refused and the old one keeps serving: {exc}",
                                  code="invalid_config") from None
 
-    @router.post("/rollback", summary="Serve the config before the current one again")
+    @router.post("/rollback", summary="Serve the config before the current one again",
+                 responses={409: _error("No earlier config kept, or its deployments could not start.")})
     async def rollback() -> dict[str, Any]:
         return await reloads.rollback()
 

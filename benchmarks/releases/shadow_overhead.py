@@ -1,12 +1,13 @@
 """What shadow traffic costs the primary: its latency with a shadow on every request, against none.
 
 Two ``tokenway serve`` processes on this box serve the same released model ``chat`` from the same
-fake upstream; one copies 100% of the requests to a candidate that answers 50 ms later (so copies
+fake upstream; one copies ``--percent`` of the requests (default all) to a candidate that answers 50 ms later (so copies
 are in flight during the primaries), the other has no shadow. Rounds alternate between them, so
 both see the same box noise; every primary is a JSON chat completion from 8 concurrent clients.
-Reports p50/p99 of each and the difference, and writes ``results.json`` and ``shadow_overhead.svg``.
+Reports p50/p99 of each and the difference, and writes ``--out`` (JSON) and the same name ``.svg``.
 
-    .venv/bin/python benchmarks/releases/shadow_overhead.py --rounds 10 --requests 300
+    .venv/bin/python benchmarks/releases/shadow_overhead.py --rounds 12 --requests 300 --clients 2 \
+        --percent 10 --out benchmarks/releases/shadow_10.json
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ models:
   - name: candidate
     deployments: [{{name: candidate-a, api_base: "{upstream}/slow/v1"}}]
 """
-SHADOW = "      shadow: {model: candidate, percent: 100, max_concurrent: 64}"
+SHADOW = "      shadow: {{model: candidate, percent: {percent}, max_concurrent: 64}}"
 
 
 def serve(tmp: Path, name: str, text: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -85,17 +86,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--requests", type=int, default=300, help="per round and variant")
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--percent", type=float, default=100.0, help="the shadow's share of requests")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results.json"))
     args = parser.parse_args()
     from tqdm import tqdm
 
     upstream = FakeUpstream(first_delay=0.05, chunk_delay=0.0).start()
     url = f"http://127.0.0.1:{upstream.port}"
-    samples: dict[str, list[float]] = {"no shadow": [], "shadow 100%": []}
+    samples: dict[str, list[float]] = {"no shadow": [], "with shadow": []}
     per_round: dict[str, list[float]] = {name: [] for name in samples}
     with tempfile.TemporaryDirectory() as tmp:
+        shadowed = CONFIG.format(upstream=url, shadow=SHADOW.format(percent=args.percent))
         servers = {"no shadow": serve(Path(tmp), "off", CONFIG.format(upstream=url, shadow="")),
-                   "shadow 100%": serve(Path(tmp), "on", CONFIG.format(upstream=url, shadow=SHADOW))}
+                   "with shadow": serve(Path(tmp), "on", shadowed)}
         try:
             for _, base in servers.values():  # warm up: connections, first-call paths
                 asyncio.run(burst(base, 100, args.clients))
@@ -106,7 +109,7 @@ def main() -> None:
                         samples[name] += latencies
                         per_round[name].append(percentile(latencies, 0.99))
                         bar.update()
-            shadows = httpx.get(servers["shadow 100%"][1] + "/admin/releases").json()["models"]["chat"]["shadow"]
+            shadows = httpx.get(servers["with shadow"][1] + "/admin/releases").json()["models"]["chat"]["shadow"]
         finally:
             for proc, _ in servers.values():
                 proc.send_signal(signal.SIGTERM)
@@ -118,8 +121,9 @@ def main() -> None:
                "p99_by_round_median_ms": round(statistics.median(per_round[name]), 3)}
         for name, values in samples.items()
     }
-    off, on = variants["no shadow"], variants["shadow 100%"]
+    off, on = variants["no shadow"], variants["with shadow"]
     result = {
+        "shadow_percent": args.percent, "clients": args.clients,
         "variants": variants,
         "p99_added_ms": round(on["p99_ms"] - off["p99_ms"], 3),
         "p99_by_round_added_ms": round(on["p99_by_round_median_ms"] - off["p99_by_round_median_ms"], 3),
@@ -127,15 +131,15 @@ def main() -> None:
                     "skipped": shadows["skipped"]},
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    plot(per_round, args.out.with_name("shadow_overhead.svg"))
+    plot(per_round, args.out.with_suffix(".svg"), args.percent)
     print(json.dumps(result, indent=2))
 
 
-def plot(per_round: dict[str, list[float]], path: Path) -> None:
+def plot(per_round: dict[str, list[float]], path: Path, percent: float) -> None:
     from tokenway.bench.svg import line_chart
 
     series = [(name, [float(i) for i in range(1, len(values) + 1)], values) for name, values in per_round.items()]
-    path.write_text(line_chart(series, "Primary p99 per round, with and without a 100% shadow", "round",
+    path.write_text(line_chart(series, f"Primary p99 per round, with and without a {percent:g}% shadow", "round",
                                "primary p99 (ms)", markers=True, ymin=0.0))
 
 if __name__ == "__main__":
