@@ -211,8 +211,10 @@ def test_a_bad_config_is_refused_with_its_line_and_the_old_one_serves(served: tu
 def test_rollback_goes_back_one(served: tuple[Server, Path], upstream: FakeUpstream) -> None:
     server, path = served
     first = server.status()["config_hash"]
-    path.write_text(config(upstream, extra_model=True))
-    assert server.reload().status_code == 200
+    path.write_text(config(upstream, extra_model=True) + "limits: {max_messages: 100}\n")
+    applied = server.reload()
+    assert applied.status_code == 200
+    assert applied.json()["restart_required"] == ["limits"]  # the rest applied; limits wait for a restart
     second = server.status()["config_hash"]
     assert "extra" in server.status()["models"]
     answer = httpx.post(server.base + "/admin/config/rollback", headers=ADMIN, timeout=30)
