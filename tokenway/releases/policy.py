@@ -102,7 +102,7 @@ def _release(name: str, config: ReleaseConfig) -> _Release:
 def _settle(side: Side, ctx: RequestContext, started: float) -> None:
     target = ctx.target
     cost = target.rates.usage_nanos(ctx.usage) if target is not None else 0
-    side.add(time.perf_counter() - started, ctx.usage, cost, ctx.status >= 400)
+    side.add(time.perf_counter() - started, ctx.usage, cost, ctx.status >= 400 or ctx.failed_mid_stream)
 
 
 async def _shadow(side: Side, ctx: RequestContext, call: Call, next: Handler) -> None:
