@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -263,3 +264,37 @@ def test_every_worker_reloads_when_the_file_changes(tmp_path: Path, upstream: Fa
         answer = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0).chat.completions.create(
             model="extra", messages=[{"role": "user", "content": "new model"}])
         assert answer.choices[0].message.content == WHOLE
+
+
+def test_a_stream_outlives_the_deployment_a_reload_dropped(tmp_path: Path) -> None:
+    """A stream that started before the reload ends whole on the old deployment; its provider closes after."""
+    slow = FakeUpstream(first_delay=0.0, chunk_delay=0.3).start()  # six chunks: about 1.8 s
+    try:
+        path = tmp_path / "tokenway.yaml"
+        path.write_text(config(slow))
+        server = Server(path, tmp_path / "server.log")
+        try:
+            wait_until_ready(server.base, alive=lambda: server.proc.poll() is None)
+            client = openai.OpenAI(base_url=server.base + "/v1", api_key=MASTER, max_retries=0)
+            stream = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "long"}],
+                                                    stream=True, user="u")
+            first = next(iter(stream))  # under way on chat-a or chat-b
+            path.write_text(config(slow, weight=7.0).replace("name: chat-a,", "name: chat-c,"))
+            assert server.reload().json()["deployments"] == {"kept": 1, "started": 2, "retiring": 2}
+            rest = list(stream)
+            ended = time.time()
+            text = "".join(c.choices[0].delta.content or "" for c in [first, *rest] if c.choices)
+            assert text == WHOLE and rest[-1].choices[0].finish_reason == "stop"
+            wait_for(lambda: server.events("deployments_retired") != [])
+            retired = server.events("deployments_retired")[0]
+            assert sorted(retired["deployments"]) == ["chat-a", "chat-b"]
+            assert retired_at(retired) >= ended - 0.05  # closed only once the stream was done
+            assert slow.hangups == []
+        finally:
+            server.stop()
+    finally:
+        slow.stop()
+
+
+def retired_at(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp()
