@@ -240,12 +240,12 @@ class InProcessGateway(Gateway):
         super().__init__(settings, config, clock=clock)
         self.extra = list(extra)
 
-    def policies(self, models: ModelTable) -> list[Policy]:
+    def policies(self, models: ModelTable, config: GatewayConfig) -> list[Policy]:
         for deployment in models.all():
             if isinstance(deployment.provider, ScriptedProvider):
                 deployment.provider.clock = self.clock
         chain: list[Policy] = []
-        for policy in super().policies(models):
+        for policy in super().policies(models, config):
             if isinstance(policy, Resilience):
                 chain += self.extra
             chain.append(policy)

@@ -78,10 +78,10 @@ def test_no_profile_no_policy() -> None:
 
 async def test_the_policy_sits_after_access_and_before_the_cache() -> None:
     async with gateway(MODELS + PROFILES + "cache: {enabled: true}\n") as gw:
-        kinds = [type(policy) for policy in gw.app.policies(gw.app.models)]
+        kinds = [type(policy) for policy in gw.app.policies(gw.app.models, gw.app.config)]
     assert kinds.index(Guards) == 1 and kinds.index(ResponseCache) == 2
     async with gateway("models: [{name: m, deployments: [{provider: fake, name: a}]}]") as gw:
-        assert Guards not in [type(policy) for policy in gw.app.policies(gw.app.models)]
+        assert Guards not in [type(policy) for policy in gw.app.policies(gw.app.models, gw.app.config)]
 
 
 async def test_masks_in_process_json_and_stream() -> None:

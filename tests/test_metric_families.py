@@ -83,7 +83,7 @@ def _gateway_exposition() -> str:
     routing = RoutingStats()
     routing.count("least_busy")
     models = SimpleNamespace(all=lambda: [deployment], items=lambda: [("m", (deployment,))])
-    metrics.add_collector(LiveState(models, routing, lambda: {"m": 4}, lambda: 0))  # type: ignore[arg-type]
+    metrics.add_collector(LiveState(lambda: models, routing, lambda: {"m": 4}, lambda: 0))  # type: ignore[arg-type]
     return metrics.render().decode()
 
 

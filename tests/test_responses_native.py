@@ -269,6 +269,12 @@ def _native_model(name: str, extra: str = "") -> str:
         api_base: http://127.0.0.1:9/v1""", 7, "cannot fall back to a translating model"),
     (_native_model("a") + "\n    guards: [scrub]\nguards:\n  profiles:\n    scrub:\n      output: [{check: pii}]",
      7, "checks output"),
+    (_native_model("a") + "\n    release:\n      versions:\n        - {name: s, model: a, weight: 90}\n"
+     "        - {name: c, model: b, weight: 10}" + """
+  - name: b
+    deployments:
+      - provider: openai
+        api_base: http://127.0.0.1:9/v1""", 10, "answer Responses differently"),
     ("""
   - name: a
     deployments:

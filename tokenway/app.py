@@ -28,7 +28,7 @@ from tokenway.api.guards import require_metrics_token
 from tokenway.api.jobs import jobs_router
 from tokenway.api.messages import CountTokens, MessagesWire
 from tokenway.api.models import models_router
-from tokenway.api.openai import DataPlane
+from tokenway.api.openai import DataPlane, Endpoint
 from tokenway.api.responses import ResponsesWire, responses_router
 from tokenway.api.wire import OpenAIWire
 from tokenway.asgi import Receive, Scope, Send, send_error
@@ -54,6 +54,19 @@ from tokenway.policies.structured_output import StructuredOutput
 from tokenway.providers.base import Answer, Call, Completion, ProviderResources, not_served
 from tokenway.providers.registry import provider_class
 from tokenway.providers.upstream import HttpClient
+from tokenway.releases.admin import releases_router
+from tokenway.releases.policy import ReleaseSplit
+from tokenway.releases.record import ReleaseRecord
+from tokenway.reload import (
+    ConfigConflict,
+    Reloads,
+    Serving,
+    config_router,
+    install_reload_on_sighup,
+    reload_when_file_changes,
+    reusable,
+    start_or_close,
+)
 from tokenway.routing.discovery import Discovery
 from tokenway.routing.health import Monitors
 from tokenway.routing.stats import RoutingStats
@@ -104,33 +117,42 @@ class Gateway:
         self.draining = False
         self.routing = RoutingStats()  # routing decisions by reason (GET /admin/routing)
         self._monitors: Monitors | None = None
-        self._discovery: Discovery | None = None  # workers found by DNS or Kubernetes (started in startup)
         self._http: aiohttp.ClientSession | None = None
         self._upstream: HttpClient | None = None
         self.redis: Any = None  # redis.asyncio.Redis when TOKENWAY_REDIS_URL is set; shared by every store
         self.cache: ResponseCache | None = None  # None when caching is off for every model
         self.guards: Guards | None = None  # None when no guard profile is configured
         self._models = ModelTable({})
+        self.route: Route | None = None
+        self._serving: Serving | None = None  # the request path of the config serving now (tokenway/reload.py)
+        self._resources: ProviderResources | None = None
+        self.reloads = Reloads(settings.config, lambda: self._models, self.serve, self._swap, self._retire,
+                               self.log, settings.config_history)
         self._starting: asyncio.Task[None] | None = None
         self._drain_watch: asyncio.Task[None] | None = None  # waits for the drain file (settings.drain_file)
+        self._config_watch: asyncio.Task[None] | None = None  # reloads on a config file change (config_watch_s)
         self._data_routes: dict[str, Any] = {}
         self._control: Any = None
         self.access = Access(settings, config, self.log)  # keys, limits, budgets, ledger (started in startup)
         self.jobs = Jobs(settings, config, self.log, self.metrics)  # async jobs and batches (started in startup)
+        self.releases = ReleaseRecord()  # what each release version and its shadow did (GET /admin/releases)
 
-    def policies(self, models: ModelTable) -> list[Policy]:
-        """The request path, top to bottom. Adding a policy is adding a module and a line here."""
-        self.route = Route(models, self.config, self.routing, self.clock)
+    def policies(self, models: ModelTable, config: GatewayConfig) -> list[Policy]:
+        """The request path for ``config``, top to bottom. Adding a policy is adding a module and a line here.
+        Read ``config``, not ``self.config``: a reload builds the new list while the old config still serves."""
+        route = Route(models, config, self.routing, self.clock, previous=self.route)
         return [
             self.access.policy,  # keys -> rate limits + budget hold (one atomic step) -> settle + ledger at the end
             # PII, injection, blocked terms, output length; before the cache, so every caller's guards apply to hits
             *([self.guards] if self.guards is not None else []),
             *([self.cache] if self.cache is not None else []),
+            # a released model's caller goes to their version (sticky), a share copied to a shadow candidate
+            *([ReleaseSplit(config, self.releases)] if ReleaseSplit.wanted(config) else []),
             # replies checked against response_format / tools and retried; after the cache, so it stores only valid ones
-            *([StructuredOutput(self.config, self.metrics, self.access.policy.hold_more)]
-              if StructuredOutput.wanted(self.config) else []),
-            Resilience(models, self.config, self.routing, self.clock),  # retries, fallbacks within the allow-list
-            self.route,  # picks ctx.target, the deployment of this attempt
+            *([StructuredOutput(config, self.metrics, self.access.policy.hold_more)]
+              if StructuredOutput.wanted(config) else []),
+            Resilience(models, config, self.routing, self.clock),  # retries, fallbacks within the allow-list
+            route,  # picks ctx.target, the deployment of this attempt
             LimitConcurrency(self.clock),
         ]
 
@@ -195,63 +217,26 @@ class Gateway:
         self.cache = await open_cache(self.config, self.redis)
         self.guards = await open_guards(self.config, self.metrics, self.log)
         self._upstream = HttpClient()
-        resources = ProviderResources(http=self._http, upstream=self._upstream, data_dir=self.settings.data_dir)
-
-        def build(d: DeploymentConfig) -> Deployment:
-            return Deployment(d, provider_class(d.provider)(d, d.options, resources))
-
-        # Entries with a discovery block are templates: their workers join once found (routing/discovery.py).
-        self._models = ModelTable({
-            model.name: [build(d) for d in model.deployments if d.discovery is None] for model in self.config.models
-        })
+        self._resources = ProviderResources(http=self._http, upstream=self._upstream, data_dir=self.settings.data_dir)
         await self.access.start()
-        policies, upstream = self.policies(self._models), upstream_caller(self.metrics)
         if self.config.observability.tracing.enabled:
             self.tracing = Tracing(self.config.observability.tracing)
-            policies, upstream = [self.tracing.wrap(p) for p in policies], self.tracing.wrap_upstream(upstream)
-        handler = compose(policies, upstream)
-        self.metrics.add_collector(
-            LiveState(self._models, self.routing, self.route.queue_lengths, self.access.store_failures)
-        )
-        metrics = self.metrics if self.config.observability.metrics else None
-        plane = DataPlane(self.config, handler, self.log, metrics, self.is_ready, self.tracing,
-                          TrustedProxies.of(self.settings.trusted_proxies),
-                          identify=lambda ctx: self.access.policy.authenticate(ctx, None))
-        stored_responses = open_store(self.config.responses, self.redis)  # previous_response_id, GET, DELETE
-        self._data_routes = {
-            **plane.routes({"/v1/messages": MessagesWire(),
-                            "/v1/responses": ResponsesWire(
-                                stored_responses, self.config.limits,
-                                native=[model.name for model in self.config.models if model.native_responses]),
-                            "/v1/embeddings": OpenAIWire("embeddings", read_embeddings)}),
-            # no backend call, no policies: the key check and the gateway's estimate
-            "/v1/messages/count_tokens": CountTokens(
-                self.access.policy.authenticate, self._models.names, self.config.limits, self.log),
-        }
-        await self.jobs.start(handler, self.clock, self.is_ready, metrics)  # jobs re-enter the same policy list
-        callers = Callers(self.access.policy, self.config.limits, self._models.names)
-        self.jobs.service.validator = callers.validator
-        metrics_auth = (require_metrics_token(self.settings.metrics_token, self.settings.master_key)
-                        if self.settings.metrics_token else None)
-        self._control = control_app(self.is_ready, metrics, metrics_auth=metrics_auth,
-                                    keyed=self.settings.master_key is not None,
-                                    routers=[models_router(self._models, callers, int(time.time())),
-                                             routing_router(self._models, self.routing, self.settings.master_key,
-                                                            self._discovered),
-                                             status_router(self.config, self._models, self.routing,
-                                                           self.route.queue_lengths, self._state, self.request_drain,
-                                                           self.settings.master_key),
-                                             admin_router(self.access, self.settings.master_key,
-                                                          self.config.guards.profiles),
-                                             jobs_router(self.jobs.service, callers, self.settings.master_key),
-                                             batches_router(self.jobs.service, callers),
-                                             responses_router(stored_responses, callers)])
-        self._starting = asyncio.get_running_loop().create_task(self._start_providers())
+        self._stored_responses = open_store(self.config.responses, self.redis)  # previous_response_id, GET, DELETE
+        self._callers = Callers(self.access.policy, self.config.limits, lambda: self._models.names())
         self._monitors = Monitors(self._http)
-        for deployment in self._models.all():
-            self._monitors.watch(deployment)
-        self._discovery = Discovery(self.config, self.route, build, self._monitors, self._http, self.log)
-        self._discovery.start()
+        self._swap(await self.serve(self.config, self._models))
+        self.reloads.started(self.config)
+        self.metrics.add_collector(self.releases)
+        self.metrics.add_collector(LiveState(lambda: self._models, self.routing, self._queue_lengths,
+                                             self.access.store_failures))
+        metrics = self.metrics if self.config.observability.metrics else None
+        await self.jobs.start(self._handle, self.clock, self.is_ready, metrics)  # jobs re-enter the same policy list
+        self.jobs.service.validator = self._callers.validator
+        self._starting = asyncio.get_running_loop().create_task(self._start_providers())
+        install_reload_on_sighup(self.reloads)
+        if self.settings.config is not None and self.settings.config_watch_s > 0:
+            self._config_watch = asyncio.get_running_loop().create_task(
+                reload_when_file_changes(self.settings.config, self.reloads, self.settings.config_watch_s))
         install_drain_on_sigterm(self.begin_drain, self.settings.drain_delay_s)
         if self.settings.drain_file is not None:
             self._drain_watch = asyncio.get_running_loop().create_task(
@@ -261,6 +246,92 @@ class Gateway:
             "starting", version=__version__, pid=os.getpid(), models=self._models.names(),
             config_hash=self.config.digest(), auth="master key" if self.settings.master_key else "open" + open_note,
         )
+
+    async def serve(self, config: GatewayConfig, previous: ModelTable) -> Serving:
+        """The request path for ``config``: the deployments of ``previous`` whose config is unchanged are
+        reused (provider, breaker, latency and health state); new ones are started here once the gateway is
+        serving."""
+        assert self._resources is not None and self._monitors is not None and self._http is not None
+        resources, running = self._resources, reusable(previous)
+
+        def build(d: DeploymentConfig) -> Deployment:
+            return Deployment(d, provider_class(d.provider)(d, d.options, resources))
+
+        # Entries with a discovery block are templates: their workers join once found (routing/discovery.py).
+        models = ModelTable({
+            model.name: [running(model.name, d) or build(d) for d in model.deployments if d.discovery is None]
+            for model in config.models
+        })
+        running_before = set(previous.all())
+        new = [d for d in models.all() if d not in running_before]
+        if self._serving is not None:  # a reload (at start-up _start_providers starts them in the background)
+            if self._starting is not None and not self._starting.done():
+                raise ConfigConflict("The gateway is still starting its deployments; reload once /ready says so.")
+            await start_or_close(new)
+        policies, upstream = self.policies(models, config), upstream_caller(self.metrics)
+        route = next(p for p in policies if isinstance(p, Route))
+        if self.tracing is not None:
+            policies, upstream = [self.tracing.wrap(p) for p in policies], self.tracing.wrap_upstream(upstream)
+        handler = compose(policies, upstream)
+        metrics = self.metrics if config.observability.metrics else None
+        plane = DataPlane(config, handler, self.log, metrics, self.is_ready, self.tracing,
+                          TrustedProxies.of(self.settings.trusted_proxies),
+                          identify=lambda ctx: self.access.policy.authenticate(ctx, None))
+        stored_responses, callers = self._stored_responses, self._callers
+        data_routes: dict[str, Endpoint] = {
+            **plane.routes({"/v1/messages": MessagesWire(),
+                            "/v1/responses": ResponsesWire(
+                                stored_responses, config.limits,
+                                native=[model.name for model in config.models if model.native_responses]),
+                            "/v1/embeddings": OpenAIWire("embeddings", read_embeddings)}),
+            # no backend call, no policies: the key check and the gateway's estimate
+            "/v1/messages/count_tokens": CountTokens(
+                self.access.policy.authenticate, models.names, config.limits, self.log),
+        }
+        metrics_auth = (require_metrics_token(self.settings.metrics_token, self.settings.master_key)
+                        if self.settings.metrics_token else None)
+        discovery = Discovery(config, route, build, self._monitors, self._http, self.log)
+        control = control_app(self.is_ready, metrics, metrics_auth=metrics_auth,
+                              keyed=self.settings.master_key is not None,
+                              routers=[models_router(models, callers, int(time.time())),
+                                       routing_router(models, self.routing, self.settings.master_key,
+                                                      discovery.snapshot),
+                                       status_router(config, models, self.routing,
+                                                     route.queue_lengths, self._state, self.request_drain,
+                                                     self.settings.master_key),
+                                       admin_router(self.access, self.settings.master_key,
+                                                    config.guards.profiles),
+                                       config_router(self.reloads, self.settings.master_key),
+                                       releases_router(config, self.releases, self.settings.master_key),
+                                       jobs_router(self.jobs.service, callers, self.settings.master_key),
+                                       batches_router(self.jobs.service, callers),
+                                       responses_router(stored_responses, callers)])
+        for deployment in new:
+            self._monitors.watch(deployment)
+        discovery.start()
+        return Serving(config, models, route, handler, data_routes, control, discovery)
+
+    def _swap(self, serving: Serving) -> Serving:
+        """Make ``serving`` the request path for every call from now on; return the one it replaces. No await
+        here: a call sees either the old path or the new one, whole."""
+        old = self._serving or serving
+        self._serving, self.config, self._models, self.route = serving, serving.config, serving.models, serving.route
+        self._data_routes, self._control = serving.data_routes, serving.control
+        return old
+
+    async def _handle(self, ctx: RequestContext, call: Call) -> Answer:
+        """The policy list of the config serving now (jobs hold this, not one config's handler)."""
+        assert self._serving is not None
+        return await self._serving.handler(ctx, call)
+
+    def _queue_lengths(self) -> dict[str, int]:
+        return self.route.queue_lengths() if self.route is not None else {}
+
+    async def _retire(self, deployment: Deployment) -> None:
+        """A deployment a reload dropped, once its calls are done: stop its checks, close its provider."""
+        assert self._monitors is not None
+        await self._monitors.forget(deployment)
+        await deployment.provider.aclose()
 
     async def _start_providers(self) -> None:
         started = time.perf_counter()
@@ -274,9 +345,6 @@ class Gateway:
             return
         self.ready = True
         self.log.event("ready", models=self._models.names(), seconds=round(time.perf_counter() - started, 3))
-
-    def _discovered(self) -> dict[str, Any]:
-        return self._discovery.snapshot() if self._discovery is not None else {}
 
     def request_drain(self) -> bool:
         """``POST /admin/drain``: this process now, every other worker of the server through the drain file."""
@@ -297,14 +365,17 @@ class Gateway:
 
     async def shutdown(self) -> None:
         self.ready = False
-        if self._drain_watch is not None:
-            self._drain_watch.cancel()
-        if self._discovery is not None:
-            await self._discovery.aclose()
+        for watch in (self._drain_watch, self._config_watch):
+            if watch is not None:
+                watch.cancel()
+        await self.reloads.aclose()
+        if self._serving is not None:
+            await self._serving.discovery.aclose()
         if self._monitors is not None:
             await self._monitors.aclose()
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
+        await self.releases.aclose()  # shadow copies still in flight: nobody waits for their answers
         await asyncio.gather(*(d.provider.aclose() for d in self._models.all()), return_exceptions=True)
         if self._http is not None:
             await self._http.close()

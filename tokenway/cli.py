@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> None:
         from tokenway.jobs.cli import main as jobs_main
 
         sys.exit(jobs_main(argv[1:]))
+    if argv and argv[0] == "releases":
+        from tokenway.releases.cli import main as releases_main
+
+        sys.exit(releases_main(argv[1:]))
     if argv and argv[0] == "worker":
         from tokenway.jobs.celery_worker import main as worker_main
 
@@ -73,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     commands.add_parser("bench", help="load-test an OpenAI-compatible endpoint (tokenway bench --help)")
     commands.add_parser("jobs", help="submit and follow batches and async jobs on a gateway (tokenway jobs --help)")
+    commands.add_parser("releases", help="compare release versions and shadows on a gateway (tokenway releases --help)")
     commands.add_parser("worker", help="run jobs for a fleet of gateways: a Celery worker (tokenway worker --help)")
     access_commands.add_commands(commands)
     return parser

@@ -35,6 +35,7 @@ from tokenway.guards.options import GuardsConfig
 from tokenway.jobs.options import JobsConfig
 from tokenway.providers.base import ProviderOptions
 from tokenway.providers.registry import UnknownProvider, provider_class
+from tokenway.releases.options import ReleaseConfig
 from tokenway.routing.options import (
     BreakerConfig,
     DegradationConfig,
@@ -83,6 +84,8 @@ class Settings(BaseSettings):
     # and `tokenway worker` processes run them; unset, workers inside the gateway run them.
     jobs_broker_url: str | None = None
     files_dir: Path | None = None  # Batch API files; default <data_dir>/files (a shared volume for a fleet)
+    config_history: int = 5  # configs kept for POST /admin/config/rollback (tokenway/reload.py)
+    config_watch_s: float = 0.0  # > 0: reload when the config file changes, looked at this often (docs/reload.md)
     # Reverse proxies (nginx, a cloud load balancer) whose X-Forwarded-For / X-Real-IP name the client,
     # comma-separated addresses or CIDRs: "127.0.0.1,10.0.0.0/8". Empty: the socket's peer is the client
     # (tokenway/api/client_address.py). A process setting, not YAML: it says where this process runs.
@@ -214,6 +217,7 @@ class ModelConfig(_Strict):
     degradation: DegradationConfig = DegradationConfig()
     guards: list[str] = []  # guard profiles (guards.profiles) run on this model's requests (tokenway/guards)
     structured_output: ModelStructuredOutputConfig = ModelStructuredOutputConfig()  # tokenway.validation.options
+    release: ReleaseConfig | None = None  # sticky weighted versions, a shadow (tokenway.releases)
 
     @property
     def native_responses(self) -> bool:
@@ -339,6 +343,27 @@ class GatewayConfig(_Strict):
                     raise LocatedError(("models", i, "guards", j),
                                        f"guard profile {name!r} checks output, which a model that relays Responses "
                                        "natively does not let it read; use input checks only, or translate")
+        return self
+
+    @model_validator(mode="after")
+    def _release_models_exist(self) -> GatewayConfig:
+        names = {model.name for model in self.models}
+        native = {model.name for model in self.models if model.native_responses}
+        for i, model in enumerate(self.models):
+            release = model.release
+            if release is None:
+                continue
+            targets: list[tuple[tuple[str | int, ...], str]] = [
+                (("versions", j, "model"), version.model) for j, version in enumerate(release.versions)]
+            targets += [(("shadow", "model"), release.shadow.model)] if release.shadow is not None else []
+            for loc, name in targets:
+                if name not in names:
+                    raise LocatedError(("models", i, "release", *loc),
+                                       f"{name!r} is not a configured model (a version is one of the models)")
+                if (name in native) != (model.name in native):
+                    raise LocatedError(("models", i, "release", *loc),
+                                       f"{name!r} and {model.name!r} answer Responses differently (one relays them "
+                                       "natively): a version answers as the model it stands in for")
         return self
 
     def digest(self) -> str:

@@ -28,6 +28,14 @@ class CacheOutcome:
 
 
 @dataclass(slots=True, frozen=True)
+class ReleaseTag:
+    """The release version a request went to (written by ``releases/policy.py``; read by the log)."""
+
+    model: str  # the released model's public name
+    version: str
+
+
+@dataclass(slots=True, frozen=True)
 class JobRef:
     """The job a request runs for (written by the job runner; read by access, which takes the job's
     owner as the caller, and by the ledger and the log)."""
@@ -52,11 +60,14 @@ class RequestContext:
     content: str | None = None  # what the client asked, for content logging (only when it is on)
     trace_id: str | None = None  # the request span's trace id, when tracing is on (read by the log)
     job: JobRef | None = None  # set by the job runner: the request runs for a job, not a live caller
+    session: str | None = None  # x-tokenway-session: who the caller is when no user or key says (releases)
     # Access (policies/access.py): who is calling.
     key: KeyRecord | None = None  # the virtual key; None for the master key and anonymous callers
     key_alias: str | None = None  # who the key belongs to, safe to log
     # The response cache (policies/cache.py).
     cache: CacheOutcome | None = None
+    # Releases (releases/policy.py): the version of a released model this request went to.
+    release: ReleaseTag | None = None
     # Resilience and routing (policies/resilience.py, policies/routing.py).
     model: str | None = None  # public name of the model being tried (a fallback's, after a fallback)
     tried: set[str] = field(default_factory=set)  # deployments of that model tried by this request

@@ -21,10 +21,10 @@ class LiveState:
     """A prometheus-client collector over the app's deployments, queues and routing counters."""
 
     def __init__(
-        self, models: ModelTable, routing: RoutingStats, queue_lengths: Callable[[], dict[str, int]],
+        self, models: Callable[[], ModelTable], routing: RoutingStats, queue_lengths: Callable[[], dict[str, int]],
         store_failures: Callable[[], int],
     ) -> None:
-        self._models = models
+        self._models = models  # the table serving now: a config reload replaces it
         self._routing = routing
         self._queue_lengths = queue_lengths
         self._store_failures = store_failures
@@ -42,7 +42,7 @@ class LiveState:
                                     "Requests running inside the worker (vLLM/SGLang /metrics).", labels=["deployment"])
         kv_usage = GaugeMetricFamily("tokenway_worker_kv_cache_usage_ratio",
                                      "KV-cache use of the worker, 0..1 (vLLM/SGLang /metrics).", labels=["deployment"])
-        for deployment in self._models.all():
+        for deployment in self._models().all():
             name = deployment.name
             in_flight.add_metric([name], deployment.in_flight)
             circuit.add_metric([name], CIRCUIT_STATES.get(deployment.breaker.state, 0.0))
@@ -56,7 +56,7 @@ class LiveState:
             "tokenway_model_deployments",
             "Deployments that can take the model's calls now, discovered workers included.", labels=["model"],
         )
-        for model, group in self._models.items():
+        for model, group in self._models().items():
             deployments.add_metric([model], len(group))
         queue = GaugeMetricFamily("tokenway_queue_length", "Calls waiting in the gateway's admission queue.",
                                   labels=["model"])

@@ -49,6 +49,10 @@ class AdmissionQueue:
         return len(self._heap)
 
     @property
+    def config(self) -> QueueConfig:
+        return self._config
+
+    @property
     def enabled(self) -> bool:
         return self._config.size > 0
 

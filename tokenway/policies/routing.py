@@ -39,15 +39,23 @@ class _Model:
 
 class Route:
     def __init__(
-        self, models: ModelTable, config: GatewayConfig, stats: RoutingStats, clock: Clock = SYSTEM_CLOCK
+        self, models: ModelTable, config: GatewayConfig, stats: RoutingStats, clock: Clock = SYSTEM_CLOCK,
+        previous: Route | None = None,
     ) -> None:
+        """``previous``: the route a config reload replaces; a model whose queue settings did not change keeps
+        its queue, so the calls waiting in it are woken by the same deployments' releases."""
         self._table = models
         self._stats = stats
         self._clock = clock  # breakers, Retry-After cooldowns and the queue all read this one
         self._models: dict[str, _Model] = {}
         for model in config.models:
             deployments = models.lookup(model.name)
-            queue = AdmissionQueue(model.queue, sum(d.config.max_concurrency or 1 for d in deployments), clock)
+            slots = sum(d.config.max_concurrency or 1 for d in deployments)
+            kept = previous._models.get(model.name) if previous is not None else None
+            if kept is not None and kept.queue.config == model.queue:
+                queue, queue.slots = kept.queue, max(1, slots)
+            else:
+                queue = AdmissionQueue(model.queue, slots, clock)
             state = _Model(model.name, balancers.build(model.routing), queue, model.retry, model.breaker)
             for deployment in deployments:
                 self._adopt(state, deployment)
@@ -126,7 +134,8 @@ class Route:
         self._stats.count("discovery.left")
 
     def _adopt(self, state: _Model, deployment: Deployment) -> None:
-        deployment.breaker = CircuitBreaker(state.breaker, self._clock)
+        if not deployment.breaker.follows(state.breaker, self._clock):  # a reload keeps an unchanged one's state
+            deployment.breaker = CircuitBreaker(state.breaker, self._clock)
         deployment.on_release = state.queue.released
 
     def queue_lengths(self) -> dict[str, int]:

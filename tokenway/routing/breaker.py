@@ -38,6 +38,10 @@ class CircuitBreaker:
         self.opens = 0  # how many times it opened, for the admin view
         self.reason = ""
 
+    def follows(self, config: BreakerConfig, clock: Clock) -> bool:
+        """Whether this breaker already runs on ``config`` and ``clock`` (then a config reload keeps its state)."""
+        return self._config == config and self._clock is clock
+
     def allows(self) -> bool:
         """Whether routing may pick this deployment now (does not take a probe slot)."""
         if self.state == "closed":

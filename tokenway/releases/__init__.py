@@ -1,0 +1,1 @@
+"""Releases: sticky weighted splits between versions of a model, and shadow traffic to a candidate."""
