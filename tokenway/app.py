@@ -48,6 +48,7 @@ from tokenway.observability.tracing import Tracing
 from tokenway.policies.admission import LimitConcurrency
 from tokenway.policies.base import Handler, Policy, compose
 from tokenway.policies.cache import ResponseCache, open_cache
+from tokenway.policies.context_window import ContextWindow
 from tokenway.policies.resilience import Resilience
 from tokenway.policies.routing import Route
 from tokenway.policies.structured_output import StructuredOutput
@@ -110,6 +111,7 @@ class Gateway:
         self.redis: Any = None  # redis.asyncio.Redis when TOKENWAY_REDIS_URL is set; shared by every store
         self.cache: ResponseCache | None = None  # None when caching is off for every model
         self.guards: Guards | None = None  # None when no guard profile is configured
+        self.context: ContextWindow | None = None  # None when no model has a context window section
         self._models = ModelTable({})
         self._starting: asyncio.Task[None] | None = None
         self._drain_watch: asyncio.Task[None] | None = None  # waits for the drain file (settings.drain_file)
@@ -121,6 +123,8 @@ class Gateway:
     def policies(self, models: ModelTable) -> list[Policy]:
         """The request path, top to bottom. Adding a policy is adding a module and a line here."""
         self.route = Route(models, self.config, self.routing, self.clock)
+        self.context = (ContextWindow(self.config, models, self.log, self.metrics)
+                        if ContextWindow.wanted(self.config) else None)
         return [
             self.access.policy,  # keys -> rate limits + budget hold (one atomic step) -> settle + ledger at the end
             # PII, injection, blocked terms, output length; before the cache, so every caller's guards apply to hits
@@ -130,6 +134,8 @@ class Gateway:
             *([StructuredOutput(self.config, self.metrics, self.access.policy.hold_more)]
               if StructuredOutput.wanted(self.config) else []),
             Resilience(models, self.config, self.routing, self.clock),  # retries, fallbacks within the allow-list
+            # conversations too long for the window of the model tried: reject, trim or summarise
+            *([self.context] if self.context is not None else []),
             self.route,  # picks ctx.target, the deployment of this attempt
             LimitConcurrency(self.clock),
         ]
@@ -210,6 +216,8 @@ class Gateway:
             self.tracing = Tracing(self.config.observability.tracing)
             policies, upstream = [self.tracing.wrap(p) for p in policies], self.tracing.wrap_upstream(upstream)
         handler = compose(policies, upstream)
+        if self.context is not None:
+            self.context.bind(handler)  # summaries are asked of a model through the same policy list
         self.metrics.add_collector(
             LiveState(self._models, self.routing, self.route.queue_lengths, self.access.store_failures)
         )
@@ -270,6 +278,8 @@ class Gateway:
         if failed and len(failed) == len(deployments):
             self.log.event("not_ready", level="error", reason="no deployment could start")
             return
+        if self.context is not None:
+            await self.context.learn()  # windows the config leaves to the workers (vLLM's max_model_len)
         self.ready = True
         self.log.event("ready", models=self._models.names(), seconds=round(time.perf_counter() - started, 3))
 

@@ -45,6 +45,7 @@ from tokenway.routing.options import (
     RetryConfig,
     RoutingConfig,
 )
+from tokenway.shaping.options import ContextConfig
 from tokenway.translate.responses_store import ResponsesConfig
 from tokenway.usage.options import AccessConfig
 from tokenway.validation.options import ModelStructuredOutputConfig, StructuredOutputConfig
@@ -214,6 +215,7 @@ class ModelConfig(_Strict):
     degradation: DegradationConfig = DegradationConfig()
     guards: list[str] = []  # guard profiles (guards.profiles) run on this model's requests (tokenway/guards)
     structured_output: ModelStructuredOutputConfig = ModelStructuredOutputConfig()  # tokenway.validation.options
+    context: ContextConfig | None = None  # window and strategy for conversations too long (tokenway.shaping.options)
 
     @model_validator(mode="after")
     def _name_deployments(self) -> ModelConfig:
@@ -304,6 +306,17 @@ class GatewayConfig(_Strict):
                     known = ", ".join(sorted(self.guards.profiles)) or "none"
                     raise LocatedError(("models", i, "guards", j),
                                        f"guard profile {name!r} is not under guards.profiles (defined: {known})")
+        return self
+
+    @model_validator(mode="after")
+    def _summarizers_exist(self) -> GatewayConfig:
+        names = [model.name for model in self.models]
+        for i, model in enumerate(self.models):
+            summarizer = model.context.summarizer if model.context is not None else None
+            if summarizer is not None and (summarizer not in names or summarizer == model.name):
+                raise LocatedError(("models", i, "context", "summarizer"),
+                                   f"summarizer {summarizer!r} is not another configured model "
+                                   f"(configured: {', '.join(names)})")
         return self
 
     def digest(self) -> str:
