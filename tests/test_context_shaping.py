@@ -114,7 +114,12 @@ def test_trim_keeps_the_system_prompt_the_last_turn_and_tool_calls_with_their_re
         messages = conversation()
         raw = client(base).chat.completions.with_raw_response.create(model="chat", messages=messages)  # type: ignore[arg-type]
         assert raw.parse().choices[0].message.content
-        [sent] = arrived(upstream, "ctx-trim")
+        streamed = client(base).chat.completions.with_raw_response.create(
+            model="chat", messages=messages, stream=True)  # type: ignore[arg-type]
+        assert "".join(c.choices[0].delta.content or "" for c in streamed.parse() if c.choices)
+        assert streamed.headers["x-tokenway-context"] == raw.headers["x-tokenway-context"]
+        sent, sent_streamed = arrived(upstream, "ctx-trim")
+        assert sent_streamed == sent
     assert sent[0] == messages[0] and sent[-1] == messages[-1]
     assert len(sent) < len(messages) and sent == [messages[0], *messages[len(messages) - len(sent) + 1:]]
     assert sent[1]["role"] == "user"  # whole turns went, oldest first

