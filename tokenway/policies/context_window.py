@@ -32,7 +32,15 @@ from tokenway.observability.logging import JsonLog
 from tokenway.observability.metrics import Metrics
 from tokenway.policies.base import Handler
 from tokenway.providers.base import Answer, Call
-from tokenway.shaping.counting import ESTIMATE, Counter, Message, TemplateCounter, hf_counter, tiktoken_counter
+from tokenway.shaping.counting import (
+    ESTIMATE,
+    Counter,
+    Message,
+    RememberedCounts,
+    TemplateCounter,
+    hf_counter,
+    tiktoken_counter,
+)
 from tokenway.shaping.fitting import Layout, layout, turns_to_drop
 from tokenway.shaping.options import ContextConfig
 from tokenway.shaping.summaries import Summaries, prefix_hashes, summary_message
@@ -54,7 +62,7 @@ def counter_for(model: ModelConfig, deployments: Sequence[Deployment]) -> Counte
         render = getattr(first.provider, "prompt_tokens", None)
         text = getattr(first.provider, "text_tokens", None)
         if render is not None and text is not None:  # the embedded model: its own template and tokenizer
-            return TemplateCounter(render, text)
+            return TemplateCounter(render, RememberedCounts(text))
     upstream = model.deployments[0]
     if upstream.provider == "openai":
         found = tiktoken_counter(upstream.model or model.name)
@@ -135,6 +143,9 @@ class ContextWindow:
         reserve = call.max_tokens or shaped.config.output_reserve
         budget = shaped.window - reserve
         counter = shaped.counter
+        bound = counter.upper_bound(messages)
+        if bound is not None and bound <= budget:
+            return await next(ctx, call)
         before = counter.prompt_tokens(messages)
         if before <= budget:
             return await next(ctx, call)
@@ -204,8 +215,11 @@ class ContextWindow:
     def _record(self, ctx: RequestContext, shaped: _Shaped, done: ContextShaped) -> None:
         ctx.context_shaped = done
         self._shaped.labels(shaped.name, done.strategy).inc()
-        if done.tokens_before > done.tokens_after:
-            self._removed.labels(shaped.name, done.strategy).inc(done.tokens_before - done.tokens_after)
+        # Each attempt (a retry, a context fallback) shapes again: the header tells of the last one only.
+        ctx.response_headers[:] = [h for h in ctx.response_headers if h[0] != HEADER]
+        if done.strategy == "reject":  # the error answer carries no header; the log line has it
+            return
+        self._removed.labels(shaped.name, done.strategy).inc(done.tokens_before - done.tokens_after)
         value = (f"{done.strategy}; tokens={done.tokens_before}->{done.tokens_after}; "
                  f"turns_dropped={done.turns_dropped}; counted={done.counted_by}"
                  + (f"; summary={done.summary}" if done.summary else ""))

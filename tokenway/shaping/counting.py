@@ -18,6 +18,7 @@ Four counters, picked per model once at start (``counter_for``), best first:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,10 @@ class Counter(Protocol):
         """The whole conversation's tokens as the model will see them."""
         ...
 
+    def upper_bound(self, messages: Sequence[Message]) -> int | None:
+        """At least the prompt's tokens, found without tokenizing; None when this tokenizer gives no such bound."""
+        ...
+
 
 def message_text(message: Message) -> str:
     """What a message contributes to the prompt: its text parts, its name, its tool calls' names and
@@ -76,6 +81,9 @@ class TextCounter:
     per_message: int
     per_name: int = 0
     counts_keys: bool = False  # the role and name are tokens of their own (OpenAI's framing), not in per_message
+    # A byte-level BPE (tiktoken) never makes more tokens than the text has UTF-8 bytes: a conversation whose
+    # bytes fit the window fits, and is not tokenized at all (most requests, with windows of 32k and more).
+    bytes_bound: bool = False
 
     def message_tokens(self, message: Message) -> int:
         tokens = self.per_message + self.text_tokens(message_text(message))
@@ -88,6 +96,47 @@ class TextCounter:
 
     def prompt_tokens(self, messages: Sequence[Message]) -> int:
         return REPLY_PRIMING + sum(self.message_tokens(m) for m in messages)
+
+    def upper_bound(self, messages: Sequence[Message]) -> int | None:
+        if not self.bytes_bound:
+            return None
+        total = REPLY_PRIMING
+        for message in messages:
+            total += self.per_message + self.per_name + _utf8_length(message_text(message))
+            total += _utf8_length(str(message.get("role") or "")) + _utf8_length(str(message.get("name") or ""))
+        return total
+
+
+def _utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
+class RememberedCounts:
+    """A text tokenizer's counts, remembered for long texts: a chat client sends the whole history again on
+    every turn, and tokenizing it again each time cost milliseconds a request (benchmarks/context_shaping).
+    Bounded by the characters held; the least recently used texts go first."""
+
+    MIN_CHARS = 256  # shorter texts are counted again: cheaper than keeping them
+
+    def __init__(self, count: Callable[[str], int], max_chars: int = 4_000_000) -> None:
+        self._count = count
+        self._max_chars = max_chars
+        self._chars = 0
+        self._memo: OrderedDict[str, int] = OrderedDict()
+
+    def __call__(self, text: str) -> int:
+        if len(text) < self.MIN_CHARS:
+            return self._count(text)
+        found = self._memo.get(text)
+        if found is not None:
+            self._memo.move_to_end(text)
+            return found
+        tokens = self._memo[text] = self._count(text)
+        self._chars += len(text)
+        while self._chars > self._max_chars:
+            gone, _ = self._memo.popitem(last=False)
+            self._chars -= len(gone)
+        return tokens
 
 
 def _chars_estimate(text: str) -> int:
@@ -112,6 +161,9 @@ class TemplateCounter:
     def prompt_tokens(self, messages: Sequence[Message]) -> int:
         return self.render(messages)
 
+    def upper_bound(self, messages: Sequence[Message]) -> int | None:
+        return None  # the template may add text of its own (a default system prompt)
+
 
 def tiktoken_counter(upstream_model: str) -> TextCounter | None:
     """OpenAI's tokenizer for ``upstream_model`` when it is cl100k_base and available offline, else None."""
@@ -131,7 +183,8 @@ def tiktoken_counter(upstream_model: str) -> TextCounter | None:
     def count(text: str) -> int:
         return len(encoding.encode_ordinary(text))
 
-    return TextCounter("tiktoken:cl100k_base", False, count, per_message=3, per_name=1, counts_keys=True)
+    return TextCounter("tiktoken:cl100k_base", False, RememberedCounts(count), per_message=3, per_name=1,
+                       counts_keys=True, bytes_bound=True)
 
 
 def hf_counter(path: Path) -> TextCounter:
@@ -146,4 +199,4 @@ def hf_counter(path: Path) -> TextCounter:
     def count(text: str) -> int:
         return len(tokenizer.encode(text, add_special_tokens=False).ids)
 
-    return TextCounter(f"hf:{path.name}", False, count, per_message=4)
+    return TextCounter(f"hf:{path.name}", False, RememberedCounts(count), per_message=4)
