@@ -131,18 +131,18 @@ def test_the_byte_bound_is_never_below_the_tiktoken_count() -> None:
     assert ESTIMATE.upper_bound(texts) is None  # type: ignore[arg-type]
 
 
-def test_long_texts_are_tokenized_once_within_a_bound_on_what_is_kept() -> None:
+def test_texts_are_tokenized_once_within_a_bound_on_what_is_kept() -> None:
     seen: list[str] = []
 
     def count(text: str) -> int:
         seen.append(text)
         return len(text) // 10
 
-    remembered = RememberedCounts(count, max_chars=1000)
+    remembered = RememberedCounts(count, max_chars=1000 + 3 * RememberedCounts.ENTRY_CHARS)
     long_a, long_b, short = "a" * 400, "b" * 400, "short"
     assert [remembered(t) for t in (long_a, long_a, short, short, long_b, long_a)] == [40, 40, 0, 0, 40, 40]
-    assert seen == [long_a, short, short, long_b]  # short texts are counted each time; long ones once
-    remembered("c" * 400)  # 1200 characters held: the least recently used (b) goes
+    assert seen == [long_a, short, long_b]  # each text is counted once
+    remembered("c" * 400)  # 1205 characters held: the least recently used (short, then b) go
     assert remembered(long_a) == 40 and seen.count(long_a) == 1
     assert remembered(long_b) == 40 and seen.count(long_b) == 2
 
@@ -206,6 +206,22 @@ async def test_concurrent_requests_for_one_prefix_share_one_call_and_the_cache_i
     assert summaries.cached("k1") is None and summaries.cached("k3") == "summary 3"  # the oldest went
 
 
+async def test_a_caller_that_hangs_up_does_not_take_the_summary_from_the_others() -> None:
+    model = SummaryModel()
+    summaries = Summaries(entries=4, log=JsonLog(io.BytesIO()), metrics=None)
+    summaries.handler = model
+    ctx = RequestContext(request_id="r", endpoint="chat")
+    first = asyncio.create_task(summaries.summary(ctx, "k", "small", [user("a")], 50))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(summaries.summary(ctx, "k", "small", [user("a")], 50))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    model.release.set()
+    assert await second == "summary 1" and summaries.cached("k") == "summary 1" and len(model.bodies) == 1
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
 # ---- the policy in process ----------------------------------------------------------------------------------
 
 
@@ -253,3 +269,13 @@ async def test_concurrent_requests_sharing_a_prefix_make_one_summary() -> None:
         for call in gw.fake("m").calls:
             assert call["messages"][1]["content"].endswith("They said a, b, c, d.")
 
+
+
+async def test_declared_tools_take_room_in_the_window() -> None:
+    tools = [{"type": "function", "function": {"name": f"tool_{i}", "description": "d" * 200,
+                                               "parameters": {"type": "object", "properties": {}}}} for i in range(4)]
+    async with gateway(models(m="context: {window: 500, output_reserve: 10}")) as gw:
+        assert (await gw.chat(messages=LONG)).status_code == 200  # 431 tokens fit 490
+        r = await gw.chat(messages=LONG, tools=tools)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+        assert "for the declared tools" in r.json()["error"]["message"]

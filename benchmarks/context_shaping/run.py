@@ -37,7 +37,7 @@ from tokenway.observability.logging import JsonLog
 from tokenway.observability.metrics import Metrics
 from tokenway.policies.context_window import ContextWindow, counter_for
 from tokenway.providers.base import Answer, Call, Completion
-from tokenway.shaping.counting import Counter
+from tokenway.shaping.counting import tiktoken_counter
 
 HERE = Path(__file__).parent
 FILLER = "The user and the assistant discussed the problem, the numbers and the options in detail. "
@@ -67,23 +67,21 @@ def config(strategy: str, window: int, upstream_model: str, summary_tokens: int)
 
 
 class Backend:
-    """The model behind the policy: records what it was sent and answers at once."""
+    """The model behind the policy: records what it was sent (counted afterwards, off the clock) and answers
+    at once."""
 
-    def __init__(self, counter: Counter, summary_tokens: int) -> None:
-        self.counter = counter
-        self.sent: list[int] = []
-        self.summary_calls = 0
-        self.summary_input_tokens = 0
+    def __init__(self, summary_tokens: int) -> None:
+        self.sent_messages: list[list[dict[str, Any]]] = []
+        self.summarised: list[list[dict[str, Any]]] = []
         words = FILLER * (summary_tokens // 12 + 1)
         self.summary = words[: int(summary_tokens * 3.5)]  # ~summary_tokens tokens of English
 
     async def __call__(self, ctx: RequestContext, call: Call) -> Answer:
         if call.body["model"] == "small":
-            self.summary_calls += 1
-            self.summary_input_tokens += self.counter.prompt_tokens(call.body["messages"])
+            self.summarised.append(call.body["messages"])
             text = self.summary
         else:
-            self.sent.append(self.counter.prompt_tokens(call.body["messages"]))
+            self.sent_messages.append(call.body["messages"])
             text = "ok"
         body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
         return Completion(orjson.dumps(body))
@@ -95,14 +93,14 @@ async def replay(strategy: str, args: argparse.Namespace, sample: list[tuple[str
     gateway_config = config(strategy, args.window, upstream, args.summary_tokens)
     policy = ContextWindow(gateway_config, ModelTable({"chat": [], "small": []}), JsonLog(io.BytesIO()), Metrics())
     counter = counter_for(gateway_config.models[0], [])
-    backend = Backend(counter, args.summary_tokens)
+    backend = Backend(args.summary_tokens)
     policy.bind(backend)
     before, after, fits_us, shaped_us, made_us = [], [], [], [], []
     rejected = 0
     for i, (_, messages) in enumerate(sample):
         ctx = RequestContext(request_id=f"r{i}", endpoint="chat")
         call = Call("chat", {"model": "chat", "messages": messages})
-        calls_before = backend.summary_calls
+        calls_before, sent_before = len(backend.summarised), len(backend.sent_messages)
         started = time.thread_time_ns()
         try:
             await policy(ctx, call, backend)
@@ -111,17 +109,25 @@ async def replay(strategy: str, args: argparse.Namespace, sample: list[tuple[str
         spent_us = (time.thread_time_ns() - started) / 1000  # CPU time: the box is shared
         tokens = counter.prompt_tokens(messages)
         before.append(tokens)
-        after.append(backend.sent[-1] if ctx.context_shaped is None or ctx.context_shaped.strategy != "reject"
-                     else 0)
+        answered = len(backend.sent_messages) > sent_before
+        after.append(counter.prompt_tokens(backend.sent_messages[-1]) if answered else 0)
         if ctx.context_shaped is None:
             fits_us.append(spent_us)
-        elif backend.summary_calls > calls_before:
+        elif len(backend.summarised) > calls_before:
             made_us.append(spent_us)
         else:
             shaped_us.append(spent_us)
     return {"strategy": strategy, "before": before, "after": after, "rejected": rejected, "fits_us": fits_us,
-            "shaped_us": shaped_us, "made_us": made_us, "summary_calls": backend.summary_calls,
-            "summary_input_tokens": backend.summary_input_tokens, "counter": counter.name}
+            "shaped_us": shaped_us, "made_us": made_us, "summary_calls": len(backend.summarised),
+            "summary_input_tokens": sum(counter.prompt_tokens(m) for m in backend.summarised), "counter": counter.name,
+            "over_by_cl100k": over_by_cl100k(backend.sent_messages, args.window - 256)}
+
+
+def over_by_cl100k(sent: list[list[dict[str, Any]]], budget: int) -> int | None:
+    """How many of the prompts sent are still over the budget by OpenAI's cl100k count (None without tiktoken):
+    what an estimate that counts too few lets through."""
+    cl100k = tiktoken_counter("gpt-4")
+    return None if cl100k is None else sum(1 for messages in sent if cl100k.prompt_tokens(messages) > budget)
 
 
 def quantiles(values: list[float]) -> str:
@@ -184,14 +190,14 @@ async def main() -> None:
     print(f"{len(sample)} requests from 40 conversations, {total:,} prompt tokens in all, {over} over the window "
           f"({args.window} - 256 reserved); counted by {results[0]['counter']}")
     print("| strategy | requests answered | prompt tokens sent | saved | summariser calls (tokens read) "
-          "| policy time, fits (median / p95) | shaped | shaped, summary made |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| policy time, fits (median / p95) | shaped | shaped, summary made | sent over by cl100k |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         sent = sum(r["after"])
         saved = f"{1 - sent / total:.0%}" if not r["rejected"] else f"- ({r['rejected']} failed)"
         print(f"| {r['strategy']} | {len(sample) - r['rejected']} of {len(sample)} | {sent:,} | {saved} "
               f"| {r['summary_calls']} ({r['summary_input_tokens']:,}) | {quantiles(r['fits_us'])} "
-              f"| {quantiles(r['shaped_us'])} | {quantiles(r['made_us'])} |")
+              f"| {quantiles(r['shaped_us'])} | {quantiles(r['made_us'])} | {r['over_by_cl100k']} |")
     (HERE / "tokens.svg").write_text(chart(results, args.window))
     if args.local_summarizer:
         await local_summaries(args.local_summarizer, sample, args.summary_tokens)

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from tokenway.config import GatewayConfig, ModelConfig
 from tokenway.context import ContextShaped, RequestContext
 from tokenway.deployments import Deployment, ModelTable
@@ -141,8 +143,14 @@ class ContextWindow:
             return await next(ctx, call)
         messages: list[Message] = call.body["messages"]
         reserve = call.max_tokens or shaped.config.output_reserve
-        budget = shaped.window - reserve
         counter = shaped.counter
+        tools = call.body.get("tools")
+        # Declared tools are part of the prompt too (the template writes their schemas); they always stay.
+        tools_tokens = counter.text_tokens(orjson.dumps(tools).decode()) if tools else 0
+        budget = shaped.window - reserve - tools_tokens
+        strategy = shaped.config.strategy
+        if strategy != "reject" and counter is ESTIMATE:  # a reject is left to the backend when unsure
+            budget = int(budget * (1 - shaped.config.estimate_margin))
         bound = counter.upper_bound(messages)
         if bound is not None and bound <= budget:
             return await next(ctx, call)
@@ -150,7 +158,6 @@ class ContextWindow:
         if before <= budget:
             return await next(ctx, call)
         fit = None
-        strategy = shaped.config.strategy
         if strategy == "summarize":
             fit = await self._summarized(ctx, shaped, messages, budget)
         if strategy == "trim" or (strategy == "summarize" and fit is None):
@@ -159,7 +166,7 @@ class ContextWindow:
                 fit.summary = "failed"
         if fit is None:
             self._record(ctx, shaped, ContextShaped("reject", before, before, 0, counter.name))
-            raise ContextLengthExceeded(_too_long(shaped, before, reserve, strategy), param="messages")
+            raise ContextLengthExceeded(_too_long(shaped, before, reserve, tools_tokens, strategy), param="messages")
         self._record(ctx, shaped, ContextShaped(strategy, before, fit.tokens, fit.dropped, counter.name, fit.summary))
         return await next(ctx, Call(call.kind, {**call.body, "messages": fit.messages}))
 
@@ -246,8 +253,10 @@ def _with_summary(messages: list[Message], shape: Layout, covered: int, summary:
     return [*messages[: shape.pinned], summary_message(summary), *messages[start:]]
 
 
-def _too_long(shaped: _Shaped, tokens: int, reserve: int, strategy: str) -> str:
+def _too_long(shaped: _Shaped, tokens: int, reserve: int, tools_tokens: int, strategy: str) -> str:
     counted = "" if shaped.counter.exact else f" (counted by {shaped.counter.name}, an estimate)"
+    if tools_tokens:
+        counted += f" plus {tools_tokens} for the declared tools"
     why = "" if strategy == "reject" else (
         f" Even with the older turns {'summarised' if strategy == 'summarize' else 'dropped'}, the system prompt "
         "and the last user turn do not fit."

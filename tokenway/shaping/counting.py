@@ -42,6 +42,11 @@ class Counter(Protocol):
         """False: the count is an estimate."""
         ...
 
+    @property
+    def text_tokens(self) -> Callable[[str], int]:
+        """A text's tokens, without any chat framing."""
+        ...
+
     def message_tokens(self, message: Message) -> int:
         """One message's tokens, framing included; summed with ``REPLY_PRIMING`` for a whole prompt."""
         ...
@@ -114,9 +119,10 @@ def _utf8_length(text: str) -> int:
 class RememberedCounts:
     """A text tokenizer's counts, remembered for long texts: a chat client sends the whole history again on
     every turn, and tokenizing it again each time cost milliseconds a request (benchmarks/context_shaping).
-    Bounded by the characters held; the least recently used texts go first."""
+    Bounded by the characters held (each entry weighs ``ENTRY_CHARS`` more, so that many tiny texts such as
+    roles and names are bounded too); the least recently used texts go first."""
 
-    MIN_CHARS = 256  # shorter texts are counted again: cheaper than keeping them
+    ENTRY_CHARS = 64
 
     def __init__(self, count: Callable[[str], int], max_chars: int = 4_000_000) -> None:
         self._count = count
@@ -125,17 +131,15 @@ class RememberedCounts:
         self._memo: OrderedDict[str, int] = OrderedDict()
 
     def __call__(self, text: str) -> int:
-        if len(text) < self.MIN_CHARS:
-            return self._count(text)
         found = self._memo.get(text)
         if found is not None:
             self._memo.move_to_end(text)
             return found
         tokens = self._memo[text] = self._count(text)
-        self._chars += len(text)
+        self._chars += len(text) + self.ENTRY_CHARS
         while self._chars > self._max_chars:
             gone, _ = self._memo.popitem(last=False)
-            self._chars -= len(gone)
+            self._chars -= len(gone) + self.ENTRY_CHARS
         return tokens
 
 

@@ -34,6 +34,9 @@ class ContextConfig(BaseModel):
     # a prompt trimmed to the last token of the window would leave the model no room to reply.
     output_reserve: Annotated[int, Field(ge=0)] = 256
     tokenizer: Path | None = None  # a Hugging Face ``tokenizer.json`` for this model's prompts
+    # trim and summarize aim this share below the window when the count is the 4-characters estimate, which
+    # counted up to 20% too few tokens on logs and JSON (benchmarks/context_shaping/RESULTS.md)
+    estimate_margin: Annotated[float, Field(ge=0, lt=1)] = 0.2
     summarizer: str | None = None  # the model (by public name) that writes summaries for ``summarize``
     summary_max_tokens: Annotated[int, Field(ge=16, le=8192)] = 400
     summary_cache_entries: Annotated[int, Field(ge=1)] = 1024  # summaries kept, least recently used dropped

@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
+from functools import partial
 
 import orjson
 
@@ -70,7 +71,7 @@ class Summaries:
     def __init__(self, entries: int, log: JsonLog, metrics: Metrics | None) -> None:
         self._entries = entries
         self._cache: OrderedDict[str, str] = OrderedDict()
-        self._pending: dict[str, asyncio.Future[str]] = {}
+        self._pending: dict[str, asyncio.Task[str]] = {}
         self._log = log
         self._metrics = metrics
         self.handler: Handler | None = None  # the composed policy list; the app sets it once it is built
@@ -85,28 +86,25 @@ class Summaries:
     async def summary(
         self, ctx: RequestContext, key: str, summarizer: str, messages: Sequence[Message], max_tokens: int
     ) -> str:
-        """The summary of ``messages`` under ``key``: from the cache, from a call in flight, or a new call."""
+        """The summary of ``messages`` under ``key``: from the cache, from a call in flight, or a new call.
+        The call runs as a task of its own, so a caller that hangs up does not take it from the others."""
         found = self.cached(key)
         if found is not None:
             return found
-        pending = self._pending.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._pending[key] = future
-        try:
-            summary = await self._write(ctx, summarizer, messages, max_tokens)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # marked retrieved: no waiter is a normal case, not an unhandled error
-            raise
-        finally:
-            del self._pending[key]
-        future.set_result(summary)
-        self._cache[key] = summary
+        task = self._pending.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._write(ctx, summarizer, messages, max_tokens))
+            self._pending[key] = task
+            task.add_done_callback(partial(self._written, key))
+        return await asyncio.shield(task)
+
+    def _written(self, key: str, task: asyncio.Task[str]) -> None:
+        del self._pending[key]
+        if task.cancelled() or task.exception() is not None:  # the waiters have the error; nothing is kept
+            return
+        self._cache[key] = task.result()
         if len(self._cache) > self._entries:
             self._cache.popitem(last=False)
-        return summary
 
     async def _write(self, ctx: RequestContext, summarizer: str, messages: Sequence[Message], max_tokens: int) -> str:
         assert self.handler is not None, "the app binds the policy list before serving"
