@@ -4,6 +4,7 @@ recording what arrived, and a fake summariser model."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -168,6 +169,21 @@ def test_the_window_is_learned_from_the_workers_max_model_len(upstream: FakeUpst
         with pytest.raises(openai.BadRequestError) as caught:
             client(base).chat.completions.create(model="chat", messages=conversation())  # type: ignore[arg-type]
         assert "maximum context length is 300 tokens" in caught.value.message
+
+
+def test_a_window_no_worker_reported_at_start_is_asked_for_again(upstream: FakeUpstream) -> None:
+    with running_gateway(config(upstream, "ctx-late", "{strategy: reject}")) as base:
+        upstream.model_lengths["ctx-late"] = 300  # the worker reports its window only now (it was loading)
+        client(base).chat.completions.create(model="chat", messages=conversation())  # type: ignore[arg-type]
+        deadline = time.monotonic() + 10
+        while True:  # the first request passed unshaped and had the window asked for, off its path
+            try:
+                client(base).chat.completions.create(model="chat", messages=conversation())  # type: ignore[arg-type]
+            except openai.BadRequestError as error:
+                assert "maximum context length is 300 tokens" in error.message
+                break
+            assert time.monotonic() < deadline, "the window was not learned"
+            time.sleep(0.05)
 
 
 def test_an_unknown_summarizer_is_a_config_error_naming_the_line() -> None:

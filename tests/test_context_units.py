@@ -279,3 +279,14 @@ async def test_declared_tools_take_room_in_the_window() -> None:
         r = await gw.chat(messages=LONG, tools=tools)
         assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
         assert "for the declared tools" in r.json()["error"]["message"]
+
+
+async def test_anthropic_messages_are_shaped_as_chat_calls() -> None:
+    async with gateway(models(m="context: {window: 300, strategy: trim, output_reserve: 10}")) as gw:
+        request = {"model": "m", "max_tokens": 10, "system": "Be kind.",
+                   "messages": [m for m in LONG if m["role"] != "system"]}
+        answer = await gw.clock.run(gw.client.post("/v1/messages", json=request))
+        assert answer.status_code == 200 and answer.headers["x-tokenway-context"].startswith("trim;")
+        sent = gw.fake("m").calls[0]["messages"]
+        assert sent[0] == {"role": "system", "content": "Be kind."} and sent[-1]["content"] == "last?"
+        assert len(sent) < len(LONG)

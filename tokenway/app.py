@@ -322,6 +322,8 @@ class Gateway:
         await self.access.aclose()  # flushes the usage ledger
         if self.cache is not None:
             await self.cache.aclose()
+        if self.context is not None:
+            await self.context.aclose()
         if self.guards is not None:
             await self.guards.aclose()
         if self.redis is not None:

@@ -48,6 +48,7 @@ from tokenway.shaping.options import ContextConfig
 from tokenway.shaping.summaries import Summaries, prefix_hashes, summary_message
 
 HEADER = b"x-tokenway-context"
+RELEARN_S = 30.0  # an unknown window is asked for again at most this often
 
 
 class ContextLengthExceeded(InvalidRequest):
@@ -78,8 +79,9 @@ class _Shaped:
     name: str
     config: ContextConfig
     counter: Counter
-    window: int | None  # configured, or learned at start; None: not known, nothing is shaped
+    window: int | None  # configured, or learned from the deployments; None: not known, nothing is shaped
     summaries: Summaries | None
+    ask_again_at: float = 0.0  # event-loop time after which an unknown window is asked for again
 
 
 @dataclass(slots=True)
@@ -102,6 +104,7 @@ class ContextWindow:
             self._models[model.name] = _Shaped(model.name, context, counter_for(model, models.lookup(model.name)),
                                                context.window, summaries)
         self._table = models
+        self._learning: set[asyncio.Task[None]] = set()
         self._log = log
         self._shaped = metrics.context_shaped
         self._removed = metrics.context_tokens_removed
@@ -120,26 +123,45 @@ class ContextWindow:
     async def learn(self) -> None:
         """The window of each shaped model that configures none: the smallest its deployments report
         (a vLLM worker's ``max_model_len``, the embedded model's context size)."""
-        for shaped in self._models.values():
-            if shaped.window is not None:
-                continue
-            asks = [asyncio.wait_for(d.provider.context_window(), d.config.timeouts.connect)
-                    for d in self._table.lookup(shaped.name) if hasattr(d.provider, "context_window")]
-            found = await asyncio.gather(*asks, return_exceptions=True)
-            windows = [w for w in found if isinstance(w, int)]
-            shaped.window = min(windows) if windows else None
-            fields: dict[str, Any] = {"model": shaped.name, "window": shaped.window,
-                                      "counted_by": shaped.counter.name}
-            failed = [repr(e) for e in found if isinstance(e, BaseException)]
-            if failed:
-                fields["errors"] = failed
-            if not windows:
-                fields["note"] = "no window configured or reported by a deployment: this model is not shaped"
-            self._log.event("context_window", level="info" if windows else "warning", **fields)
+        await asyncio.gather(*(self._learn(shaped) for shaped in self._models.values() if shaped.window is None))
+
+    async def _learn(self, shaped: _Shaped) -> None:
+        asks = [asyncio.wait_for(d.provider.context_window(), d.config.timeouts.connect)
+                for d in self._table.lookup(shaped.name) if hasattr(d.provider, "context_window")]
+        found = await asyncio.gather(*asks, return_exceptions=True)
+        windows = [w for w in found if isinstance(w, int)]
+        shaped.window = min(windows) if windows else None
+        fields: dict[str, Any] = {"model": shaped.name, "window": shaped.window, "counted_by": shaped.counter.name}
+        failed = [repr(e) for e in found if isinstance(e, BaseException)]
+        if failed:
+            fields["errors"] = failed
+        if not windows:
+            fields["note"] = (f"no window configured or reported by a deployment: not shaped; asked again on a "
+                              f"request, at most every {RELEARN_S:.0f}s")
+        self._log.event("context_window", level="info" if windows else "warning", **fields)
+
+    def _learn_later(self, shaped: _Shaped) -> None:
+        """Ask again, off the request path, for a window no deployment reported at start: workers found by
+        discovery join later, a worker may have been loading."""
+        now = asyncio.get_running_loop().time()
+        if now < shaped.ask_again_at:
+            return
+        shaped.ask_again_at = now + RELEARN_S
+        task = asyncio.get_running_loop().create_task(self._learn(shaped))
+        self._learning.add(task)
+        task.add_done_callback(self._learning.discard)
+
+    async def aclose(self) -> None:
+        for task in list(self._learning):
+            task.cancel()
+        await asyncio.gather(*self._learning, return_exceptions=True)
 
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
         shaped = self._models.get(ctx.model or call.body["model"])
-        if shaped is None or shaped.window is None or call.kind != "chat":
+        if shaped is None or call.kind != "chat":
+            return await next(ctx, call)
+        if shaped.window is None:
+            self._learn_later(shaped)
             return await next(ctx, call)
         messages: list[Message] = call.body["messages"]
         reserve = call.max_tokens or shaped.config.output_reserve
