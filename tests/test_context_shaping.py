@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
+from tests.access_support import create_key, gateway
 from tests.fakes import FakeUpstream
 from tests.servers import running_gateway
 from tokenway.config import ConfigError, parse_config
@@ -201,3 +204,22 @@ def test_an_unknown_summarizer_is_a_config_error_naming_the_line() -> None:
     assert "'tiny' is not another configured model (configured: chat)" in str(caught.value)
     with pytest.raises(ConfigError, match=r"tokenway.yaml:6: models\[0\].context: .*needs 'summarizer'"):
         parse_config(yaml.replace("      summarizer: tiny\n", ""), "tokenway.yaml")
+
+
+def test_the_summary_is_made_and_billed_as_the_callers_key(upstream: FakeUpstream, tmp_path: Path) -> None:
+    context = "{window: 560, strategy: summarize, summarizer: small, output_reserve: 50, summary_max_tokens: 60}"
+    yaml = config(upstream, "ctx-billed", context) + "access: {keys_refresh_s: 0.2, ledger_flush_s: 0.1}\n"
+    with gateway(yaml, tmp_path) as (base, _):
+        key = create_key(base, team="summaries")
+        caller = openai.OpenAI(base_url=base + "/v1", api_key=key["key"], max_retries=0)
+        raw = caller.chat.completions.with_raw_response.create(
+            model="chat", messages=conversation("Bills?"))  # type: ignore[arg-type]
+        assert raw.headers["x-tokenway-context"].endswith("summary=made")
+        deadline = time.monotonic() + 10
+        while True:
+            usage = httpx.get(base + "/v1/usage", headers={"Authorization": f"Bearer {key['key']}"}).json()
+            models = {row["model"] for row in usage["by_model"]}
+            if models >= {"chat", "small"} or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    assert models == {"chat", "small"}, usage  # the summariser's call is the caller's, in its ledger
