@@ -22,7 +22,7 @@ import orjson
 
 from tokenway.api.openai import end_request
 from tokenway.context import RequestContext
-from tokenway.errors import UpstreamError
+from tokenway.errors import GatewayError, UpstreamError
 from tokenway.observability.logging import JsonLog
 from tokenway.observability.metrics import Metrics
 from tokenway.policies.base import Handler
@@ -75,7 +75,6 @@ class Summaries:
         self._log = log
         self._metrics = metrics
         self.handler: Handler | None = None  # the composed policy list; the app sets it once it is built
-        self.calls = 0  # summaries written by the model (not found in the cache)
 
     def cached(self, key: str) -> str | None:
         summary = self._cache.get(key)
@@ -108,12 +107,10 @@ class Summaries:
 
     async def _write(self, ctx: RequestContext, summarizer: str, messages: Sequence[Message], max_tokens: int) -> str:
         assert self.handler is not None, "the app binds the policy list before serving"
-        self.calls += 1
         asked = [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": transcript(messages)}]
         call = Call("chat", {"model": summarizer, "temperature": 0, "max_tokens": max_tokens, "messages": asked})
         sub = RequestContext(request_id=f"{ctx.request_id}.summary", endpoint="chat", client_ip=ctx.client_ip,
-                             api_key=ctx.api_key, priority=ctx.priority, deadline=ctx.deadline,
-                             job=ctx.job,
+                             api_key=ctx.api_key, priority=ctx.priority, deadline=ctx.deadline, job=ctx.job,
                              upstream_headers=dict(ctx.upstream_headers))
         if self._metrics is not None:
             self._metrics.request_started("chat")
@@ -128,8 +125,14 @@ class Summaries:
             if not isinstance(text, str) or not text.strip():
                 raise UpstreamError(f"The summariser {summarizer!r} wrote no summary.")
             return text.strip()
-        except BaseException as exc:
-            sub.status, sub.error_type = getattr(exc, "status", 500), type(exc).__name__
+        except GatewayError as error:
+            sub.status, sub.error_type = error.status, type(error).__name__
+            raise
+        except asyncio.CancelledError:
+            sub.status, sub.error_type = 499, "Cancelled"
+            raise
+        except Exception as exc:  # a bug: its traceback goes to the summary call's log line
+            sub.status, sub.error_type, sub.exception = 500, type(exc).__name__, exc
             raise
         finally:
             await end_request(sub, self._metrics, self._log)
