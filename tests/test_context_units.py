@@ -290,3 +290,24 @@ async def test_anthropic_messages_are_shaped_as_chat_calls() -> None:
         sent = gw.fake("m").calls[0]["messages"]
         assert sent[0] == {"role": "system", "content": "Be kind."} and sent[-1]["content"] == "last?"
         assert len(sent) < len(LONG)
+
+
+async def test_a_longer_prefix_is_summarised_from_the_earlier_summary_and_the_newer_turns() -> None:
+    def turn(name: str) -> list[dict[str, Any]]:
+        return [user(f"{name} asks " + "q" * 390), assistant(f"{name} answer " + "r" * 388)]
+
+    yaml = models(m="context: {window: 700, strategy: summarize, summarizer: small, output_reserve: 10, "
+                    "summary_max_tokens: 20}", small="")
+    first = [SYSTEM, *turn("T0"), *turn("T1"), *turn("T2"), user("last?")]
+    grown = [*first[:-1], *turn("T3"), *turn("T4"), user("next?")]
+    async with gateway(yaml) as gw:
+        gw.fake("small").script(reply("S-one."), reply("S-two."))
+        assert (await gw.chat(messages=first)).headers["x-tokenway-context"].endswith("summary=made")
+        assert (await gw.chat(messages=grown)).headers["x-tokenway-context"].endswith("summary=made")
+        asked = [call["messages"][-1]["content"] for call in gw.fake("small").calls]
+        sent = gw.fake("m").calls[-1]["messages"]
+    assert len(asked) == 2 and "T0 asks" in asked[0] and "T1 asks" not in asked[0]
+    # the second summary reads the first and the turns after it, not T0 again
+    assert asked[1].startswith("system: Summary of the earlier conversation: S-one.")
+    assert "T0 asks" not in asked[1] and "T1 asks" in asked[1]
+    assert sent[0] == SYSTEM and sent[1]["content"].endswith("S-two.") and sent[-1] == user("next?")

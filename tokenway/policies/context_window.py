@@ -229,7 +229,7 @@ class ContextWindow:
             previous = summaries.cached(keys[cached_turns - 1]) or ""
             source = [summary_message(previous), *messages[start:end]]
         else:
-            source = messages[shape.pinned:end]
+            source = shape.dropped_messages(messages, covered)
         try:
             summary = await summaries.summary(ctx, keys[covered - 1], config.summarizer, source,
                                               config.summary_max_tokens)
