@@ -1,6 +1,6 @@
 """Prompt tokens of a chat conversation, counted with the model's own tokenizer where the gateway has it.
 
-Four counters, picked per model once at start (``counter_for``), best first:
+Four counters, picked per model once at start (``policies.context_window.counter_for``), best first:
 
 - ``hf:<file>``: a Hugging Face ``tokenizer.json`` the model's ``context.tokenizer`` names. Text is
   exact; the chat template's framing is not known, so each message adds 4 tokens (an estimate).
