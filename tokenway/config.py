@@ -46,6 +46,7 @@ from tokenway.routing.options import (
     RetryConfig,
     RoutingConfig,
 )
+from tokenway.shaping.options import ContextConfig
 from tokenway.translate.responses_store import ResponsesConfig
 from tokenway.usage.options import AccessConfig
 from tokenway.validation.options import ModelStructuredOutputConfig, StructuredOutputConfig
@@ -224,6 +225,7 @@ class ModelConfig(_Strict):
         """Whether ``/v1/responses`` calls to this model go to its backends as they are (its deployments
         say ``responses: native``) rather than translated to chat."""
         return getattr(self.deployments[0].options, "responses", "translate") == "native"
+    context: ContextConfig | None = None  # window and strategy for conversations too long (tokenway.shaping.options)
 
     @model_validator(mode="after")
     def _name_deployments(self) -> ModelConfig:
@@ -364,6 +366,17 @@ class GatewayConfig(_Strict):
                     raise LocatedError(("models", i, "release", *loc),
                                        f"{name!r} and {model.name!r} answer Responses differently (one relays them "
                                        "natively): a version answers as the model it stands in for")
+        return self
+
+    @model_validator(mode="after")
+    def _summarizers_exist(self) -> GatewayConfig:
+        names = [model.name for model in self.models]
+        for i, model in enumerate(self.models):
+            summarizer = model.context.summarizer if model.context is not None else None
+            if summarizer is not None and (summarizer not in names or summarizer == model.name):
+                raise LocatedError(("models", i, "context", "summarizer"),
+                                   f"summarizer {summarizer!r} is not another configured model "
+                                   f"(configured: {', '.join(names)})")
         return self
 
     def digest(self) -> str:

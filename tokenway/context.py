@@ -36,6 +36,19 @@ class ReleaseTag:
 
 
 @dataclass(slots=True, frozen=True)
+class ContextShaped:
+    """What context shaping did to a conversation too long for the model's window (written by
+    ``policies.context_window``; read by the log and the metrics)."""
+
+    strategy: str  # reject, trim, summarize
+    tokens_before: int
+    tokens_after: int  # equal to tokens_before when rejected
+    turns_dropped: int  # turns removed (trim) or replaced by the summary (summarize)
+    counted_by: str  # the counter: gguf, tiktoken:cl100k_base, hf:<file>, estimate
+    summary: str | None = None  # summarize: made, cached, or failed (then trimmed)
+
+
+@dataclass(slots=True, frozen=True)
 class JobRef:
     """The job a request runs for (written by the job runner; read by access, which takes the job's
     owner as the caller, and by the ledger and the log)."""
@@ -68,6 +81,8 @@ class RequestContext:
     cache: CacheOutcome | None = None
     # Releases (releases/policy.py): the version of a released model this request went to.
     release: ReleaseTag | None = None
+    # Context shaping (policies/context_window.py), when the conversation did not fit the window.
+    context_shaped: ContextShaped | None = None
     # Resilience and routing (policies/resilience.py, policies/routing.py).
     model: str | None = None  # public name of the model being tried (a fallback's, after a fallback)
     tried: set[str] = field(default_factory=set)  # deployments of that model tried by this request

@@ -37,6 +37,7 @@ from tokenway.deployments import Deployment, ModelTable
 from tokenway.errors import GatewayError, InvalidRequest
 from tokenway.observability.logging import JsonLog
 from tokenway.policies.base import Handler
+from tokenway.policies.context_window import ContextWindow
 from tokenway.policies.routing import Route
 from tokenway.routing.discovery import Discovery
 
@@ -64,6 +65,7 @@ class Serving:
     data_routes: dict[str, Endpoint]
     control: Endpoint
     discovery: Discovery
+    context: ContextWindow | None = None  # context shaping, when a model has a window (its learning tasks)
     digest: str = ""
     active: int = 0  # data-plane calls in flight on this Serving
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -217,6 +219,8 @@ class Reloads:
     async def _retire(self, old: Serving, removed: list[Deployment]) -> None:
         await old.discovery.aclose()  # no more workers join the old table
         await old.settled()
+        if old.context is not None:
+            await old.context.aclose()
         loop = asyncio.get_running_loop()
         for deployment in removed:
             # Jobs call the handler directly, not through a data route: their calls show only here.

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import asdict
 from typing import IO, Any
 
 import orjson
@@ -153,6 +154,8 @@ class JsonLog:
             line["cache"] = ctx.cache.status
         if ctx.release is not None:
             line["release"], line["version"] = ctx.release.model, ctx.release.version
+        if ctx.context_shaped is not None:  # the conversation did not fit the model's window
+            line["context"] = asdict(ctx.context_shaped)
         if ctx.finalizer_errors:
             line["finalizer_errors"] = ctx.finalizer_errors
         if self.content and ctx.content is not None:

@@ -96,6 +96,16 @@ class Metrics:
             "tokenway_guard_actions", "Guard actions taken (block, mask, flag), by guard and stage (input, output).",
             ["guard", "stage", "action", "model"], registry=registry,
         )
+        # Conversations too long for the model's window (tokenway/policies/context_window.py), by what was done:
+        # strategy reject, trim or summarize; and the prompt tokens that shaping took out of them.
+        self.context_shaped = Counter(
+            "tokenway_context_shaped", "Requests whose conversation exceeded the model's context window.",
+            ["model", "strategy"], registry=registry,
+        )
+        self.context_tokens_removed = Counter(
+            "tokenway_context_tokens_removed", "Prompt tokens removed by trimming or summarising.",
+            ["model", "strategy"], registry=registry,
+        )
         # (name, help, type) of every family above, declared on /metrics before first use (see render)
         self._declared = [(family.name, family.documentation, family.type) for family in registry.collect()]
         # Live state read at scrape time (breakers, queues, worker load): this process's own view.

@@ -95,6 +95,17 @@ class OpenAICompatProvider:
             payload = await resp.json(loads=orjson.loads, content_type=None)
         return [m["id"] for m in payload.get("data", []) if isinstance(m, dict) and "id" in m]
 
+    async def context_window(self) -> int | None:
+        """The worker's window for this deployment's model, as vLLM lists it (``max_model_len`` in
+        ``/models``); None when the backend does not say (OpenAI itself, most others)."""
+        async with self._http.get(f"{self._base}/models", headers=self._headers, timeout=self._timeout) as resp:
+            payload = await resp.json(loads=orjson.loads, content_type=None)
+        for entry in payload.get("data", []) if isinstance(payload, dict) else []:
+            if isinstance(entry, dict) and entry.get("id") == self.deployment.model:
+                window = entry.get("max_model_len")
+                return window if isinstance(window, int) and window > 0 else None
+        return None
+
     async def chat(self, call: Call, ctx: RequestContext) -> Answer:
         return await self._send("/chat/completions", call, ctx)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, ClassVar
 
 import orjson
@@ -87,6 +87,16 @@ class LocalProvider:
 
     async def models(self) -> list[str]:
         return [self.deployment.model or "local"]
+
+    async def context_window(self) -> int | None:
+        return self.engine.context_window
+
+    def prompt_tokens(self, messages: Sequence[dict[str, Any]]) -> int:
+        """The tokens ``chat`` would give the engine for ``messages``: rendered with the model's chat template."""
+        return len(self.engine.chat_prompt([_text_message(m, i) for i, m in enumerate(messages)]))
+
+    def text_tokens(self, text: str) -> int:
+        return len(self.engine.text_prompt(text))
 
     async def chat(self, call: Call, ctx: RequestContext) -> Answer:
         messages = [_text_message(m, i) for i, m in enumerate(call.body.get("messages") or [])]
