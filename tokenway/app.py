@@ -18,6 +18,8 @@ import aiohttp
 from tokenway import __version__
 from tokenway.access import Access
 from tokenway.api.admin import admin_router
+from tokenway.api.admin_prompts import prompts_router
+from tokenway.api.admin_requests import requests_router
 from tokenway.api.admin_routing import routing_router
 from tokenway.api.admin_status import status_router
 from tokenway.api.batches import batches_router
@@ -51,9 +53,14 @@ from tokenway.policies.cache import ResponseCache, open_cache
 from tokenway.policies.resilience import Resilience
 from tokenway.policies.routing import Route
 from tokenway.policies.structured_output import StructuredOutput
+from tokenway.prompts.policy import ApplyPrompt
+from tokenway.prompts.service import Prompts
+from tokenway.prompts.store import open_prompt_store
 from tokenway.providers.base import Answer, Call, Completion, ProviderResources, not_served
 from tokenway.providers.registry import provider_class
 from tokenway.providers.upstream import HttpClient
+from tokenway.replay.recorder import Recorder
+from tokenway.replay.store import open_record_store
 from tokenway.routing.discovery import Discovery
 from tokenway.routing.health import Monitors
 from tokenway.routing.stats import RoutingStats
@@ -117,12 +124,18 @@ class Gateway:
         self._control: Any = None
         self.access = Access(settings, config, self.log)  # keys, limits, budgets, ledger (started in startup)
         self.jobs = Jobs(settings, config, self.log, self.metrics)  # async jobs and batches (started in startup)
+        self.prompts = Prompts(open_prompt_store(settings), self.log, config.prompts.refresh_s)  # prompt versions
+        # None unless the config's record: section names a model or a key
+        self.recorder = (Recorder(config.record, open_record_store(settings), self.log)
+                         if config.record.enabled else None)
 
     def policies(self, models: ModelTable) -> list[Policy]:
         """The request path, top to bottom. Adding a policy is adding a module and a line here."""
         self.route = Route(models, self.config, self.routing, self.clock)
         return [
             self.access.policy,  # keys -> rate limits + budget hold (one atomic step) -> settle + ledger at the end
+            *([self.recorder.front] if self.recorder is not None else []),  # chosen requests recorded, as sent
+            ApplyPrompt(self.prompts, self.config, self.metrics),  # a prompt's messages; before guards and cache
             # PII, injection, blocked terms, output length; before the cache, so every caller's guards apply to hits
             *([self.guards] if self.guards is not None else []),
             *([self.cache] if self.cache is not None else []),
@@ -132,6 +145,7 @@ class Gateway:
             Resilience(models, self.config, self.routing, self.clock),  # retries, fallbacks within the allow-list
             self.route,  # picks ctx.target, the deployment of this attempt
             LimitConcurrency(self.clock),
+            *([self.recorder.attempts] if self.recorder is not None else []),  # each deployment call, for the record
         ]
 
     @property
@@ -205,6 +219,9 @@ class Gateway:
             model.name: [build(d) for d in model.deployments if d.discovery is None] for model in self.config.models
         })
         await self.access.start()
+        await self.prompts.start()
+        if self.recorder is not None:
+            await self.recorder.start()
         policies, upstream = self.policies(self._models), upstream_caller(self.metrics)
         if self.config.observability.tracing.enabled:
             self.tracing = Tracing(self.config.observability.tracing)
@@ -242,6 +259,9 @@ class Gateway:
                                              admin_router(self.access, self.settings.master_key,
                                                           self.config.guards.profiles),
                                              jobs_router(self.jobs.service, callers, self.settings.master_key),
+                                             prompts_router(self.prompts, self.settings.master_key),
+                                             *([requests_router(self.recorder, self.config.record.retention_s,
+                                                                self.settings.master_key)] if self.recorder else []),
                                              batches_router(self.jobs.service, callers),
                                              responses_router(stored_responses, callers)])
         self._starting = asyncio.get_running_loop().create_task(self._start_providers())
@@ -310,6 +330,9 @@ class Gateway:
             await self._upstream.aclose()
         await self.jobs.aclose()  # running jobs go back to the queue; their requests' ledger rows are written
         await self.access.aclose()  # flushes the usage ledger
+        await self.prompts.aclose()
+        if self.recorder is not None:
+            await self.recorder.aclose()
         if self.cache is not None:
             await self.cache.aclose()
         if self.guards is not None:

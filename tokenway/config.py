@@ -33,8 +33,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from tokenway.cache.options import CacheConfig, ModelCacheConfig
 from tokenway.guards.options import GuardsConfig
 from tokenway.jobs.options import JobsConfig
+from tokenway.prompts.options import PromptPin, PromptsConfig
 from tokenway.providers.base import ProviderOptions
 from tokenway.providers.registry import UnknownProvider, provider_class
+from tokenway.replay.options import RecordConfig
 from tokenway.routing.options import (
     BreakerConfig,
     DegradationConfig,
@@ -214,6 +216,7 @@ class ModelConfig(_Strict):
     degradation: DegradationConfig = DegradationConfig()
     guards: list[str] = []  # guard profiles (guards.profiles) run on this model's requests (tokenway/guards)
     structured_output: ModelStructuredOutputConfig = ModelStructuredOutputConfig()  # tokenway.validation.options
+    prompt: PromptPin | None = None  # a prompt version its requests run with: name or name@3 (tokenway/prompts)
 
     @model_validator(mode="after")
     def _name_deployments(self) -> ModelConfig:
@@ -281,6 +284,8 @@ class GatewayConfig(_Strict):
     guards: GuardsConfig = GuardsConfig()  # named guard profiles that models and keys use (tokenway.guards.options)
     structured_output: StructuredOutputConfig = StructuredOutputConfig()  # replies checked (tokenway.validation)
     responses: ResponsesConfig = ResponsesConfig()  # stored responses' TTL and bounds (tokenway.translate)
+    prompts: PromptsConfig = PromptsConfig()  # prompt versions kept in the database (tokenway.prompts)
+    record: RecordConfig = RecordConfig()  # requests recorded for replay (tokenway.replay)
 
     @field_validator("models")
     @classmethod
