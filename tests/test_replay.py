@@ -81,9 +81,11 @@ def test_recorded_request_tells_its_routing_story(upstream: FakeUpstream, tmp_pa
 
 
 def test_stream_assembled_and_only_chosen_requests_kept(upstream: FakeUpstream, tmp_path: Path) -> None:
-    with served(_recording(upstream, "models: [m]"), tmp_path, "sqlite") as base:
+    yaml = _recording(upstream, "models: [m]").replace("    fallbacks: [other]\n", "    guards: [masked]\n")
+    yaml += "guards:\n  profiles:\n    masked:\n      input: [{check: pii, action: mask}]\n"
+    with served(yaml, tmp_path, "sqlite") as base:
         stream = client(base).chat.completions.with_raw_response.create(
-            model="m", messages=[{"role": "user", "content": "hi"}], stream=True,
+            model="m", messages=[{"role": "user", "content": "hi, call +1 415 555 0100"}], stream=True,
             stream_options={"include_usage": True})
         text = "".join(chunk.choices[0].delta.content or "" for chunk in stream.parse() if chunk.choices)
         assert text == HELLO
@@ -91,6 +93,8 @@ def test_stream_assembled_and_only_chosen_requests_kept(upstream: FakeUpstream, 
         assert record["stream"] is True
         assert record["response"]["body"]["choices"][0]["message"]["content"] == HELLO  # assembled from chunks
         assert record["usage"]["completion_tokens"] == 6
+        assert record["routing"]["guards"] == ["pii/input/mask"]  # the guard's verdict is part of the story
+        assert record["request"]["messages"][0]["content"] == "hi, call [phone]"
 
         other = client(base).chat.completions.with_raw_response.create(
             model="other", messages=[{"role": "user", "content": "hi"}])

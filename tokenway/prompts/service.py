@@ -9,35 +9,28 @@ change applies it at once.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 from tokenway.errors import InvalidRequest, NotFound
 from tokenway.observability.logging import JsonLog
 from tokenway.prompts.book import PromptBook
 from tokenway.prompts.store import PromptStore
 from tokenway.prompts.templates import PromptTemplate, PromptVersion
+from tokenway.stores.polling import Poller
 
 
 class Prompts:
     def __init__(self, store: PromptStore, log: JsonLog, refresh_s: float = 0.5) -> None:
         self.store = store
         self.book = PromptBook()
-        self._log = log
-        self._refresh_s = refresh_s
-        self._task: asyncio.Task[None] | None = None
-        self._failing = False
+        self._poller = Poller(self.refresh, refresh_s, log, "prompts",
+                              "serving the prompt versions already loaded; changes are not seen until it recovers")
 
     async def start(self) -> None:
         await self.store.start()
         await self.refresh()
-        self._task = asyncio.get_running_loop().create_task(self._poll())
+        self._poller.start()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._poller.aclose()
         await self.store.aclose()
 
     async def refresh(self) -> None:
@@ -98,19 +91,3 @@ class Prompts:
         if version is None:
             return NotFound(f"Prompt {prompt_id!r} has no active version; activate one first.")
         return NotFound(f"Prompt {prompt_id!r} has no version {version}; see GET /admin/prompts/{prompt_id}.")
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self._refresh_s)
-            try:
-                await self.refresh()
-            except Exception as exc:  # keep serving from the book; say so once, and when it recovers
-                if not self._failing:
-                    self._log.event("prompts_refresh_failed", level="error", error=repr(exc),
-                                    note="serving the prompt versions already loaded; changes are not seen until "
-                                         "it recovers")
-                self._failing = True
-                continue
-            if self._failing:
-                self._log.event("prompts_refresh_recovered")
-                self._failing = False

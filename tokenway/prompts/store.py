@@ -11,17 +11,15 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import orjson
 
 from tokenway.config import Settings
 from tokenway.prompts.book import Action, PromptEvent
 from tokenway.prompts.templates import PromptTemplate
+from tokenway.stores.small_pg import SmallPostgresStore
 from tokenway.stores.sqlite import SqliteFile
-
-if TYPE_CHECKING:
-    import asyncpg
 
 _COLUMNS = "seq, prompt_id, version, action, data, ts"
 _CREATE = (
@@ -87,28 +85,9 @@ class SqlitePromptStore(SqliteFile):
         return [PromptEvent(*row) for row in rows]
 
 
-class PostgresPromptStore:
+class PostgresPromptStore(SmallPostgresStore):
     def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
-        self._pool: asyncpg.Pool | None = None
-
-    @property
-    def pool(self) -> asyncpg.Pool:
-        assert self._pool is not None, "PostgresPromptStore.start() was not awaited"
-        return self._pool
-
-    async def start(self) -> None:
-        import asyncpg
-
-        self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=2, command_timeout=10, timeout=5)
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(7426115)")  # processes starting together
-            await conn.execute(_CREATE.format(seq="seq BIGSERIAL", real="DOUBLE PRECISION", autoincrement=""))
-
-    async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        super().__init__(dsn, _CREATE.format(seq="seq BIGSERIAL", real="DOUBLE PRECISION", autoincrement=""))
 
     async def create(self, prompt_id: str, template: PromptTemplate) -> int:
         async with self.pool.acquire() as conn, conn.transaction():

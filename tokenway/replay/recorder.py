@@ -37,6 +37,7 @@ from tokenway.replay.recording import Attempt, Recording, captured, clean, docum
 from tokenway.replay.store import RecordStore, Row
 
 REPLAY_PREFIX = "replay_"
+_PRUNE_EVERY_S = 60.0
 
 
 class Recorder:
@@ -103,10 +104,11 @@ class Recorder:
         assert ctx.recording is not None
         self._queue.append((ctx, ctx.recording, time.perf_counter()))
 
-    async def flush(self) -> None:
-        """Write everything queued so far (also what ``GET /admin/requests/{id}`` does first)."""
+    async def flush(self, prune: bool = False) -> None:
+        """Write everything queued so far (also what ``GET /admin/requests/{id}`` does first); with ``prune``,
+        enforce the retention even when there is nothing to write."""
         async with self._writing:
-            if not self._queue:
+            if not self._queue and not prune:
                 return
             batch, self._queue = self._queue, []
             rows: list[Row] = []
@@ -121,6 +123,10 @@ class Recorder:
                 self._log.event("records_write_failed", level="error", records=len(batch), error=repr(exc))
 
     async def _run(self) -> None:
+        pruned = time.monotonic()
         while True:
             await asyncio.sleep(self._config.flush_s)
-            await self.flush()
+            idle_prune = time.monotonic() - pruned > _PRUNE_EVERY_S  # old records go even with no new ones
+            if idle_prune or self._queue:
+                pruned = time.monotonic()
+            await self.flush(prune=idle_prune)

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import orjson
 
 from tokenway.config import Settings
+from tokenway.stores.small_pg import SmallPostgresStore
 from tokenway.stores.sqlite import SqliteFile
-
-if TYPE_CHECKING:
-    import asyncpg
 
 # (request_id, ts, model, status, the document as JSON)
 Row = tuple[str, float, str | None, int, str]
@@ -78,28 +76,9 @@ class SqliteRecordStore(SqliteFile):
         return int(row[0])
 
 
-class PostgresRecordStore:
+class PostgresRecordStore(SmallPostgresStore):
     def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
-        self._pool: asyncpg.Pool | None = None
-
-    @property
-    def pool(self) -> asyncpg.Pool:
-        assert self._pool is not None, "PostgresRecordStore.start() was not awaited"
-        return self._pool
-
-    async def start(self) -> None:
-        import asyncpg
-
-        self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=2, command_timeout=10, timeout=5)
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(7426115)")  # processes starting together
-            await conn.execute(_CREATE.format(seq="seq BIGSERIAL", real="DOUBLE PRECISION"))
-
-    async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        super().__init__(dsn, _CREATE.format(seq="seq BIGSERIAL", real="DOUBLE PRECISION"))
 
     async def write(self, rows: list[Row], before: float, keep: int) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
