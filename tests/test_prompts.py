@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.access_support import config, create_key
+from tests.access_support import config, create_key, drop_schema, gateway, pg_schema, pg_url
 from tests.fakes import FakeUpstream
 from tests.prompt_support import STORES, admin, client, served
 
@@ -153,3 +153,41 @@ def test_cli_change_reaches_a_running_gateway(upstream: FakeUpstream, tmp_path: 
         failed = subprocess.run([sys.executable, "-m", "tokenway", "prompts", "activate", "greet", "7"], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert failed.returncode == 1 and "no version 7" in failed.stderr
+
+
+def test_a_change_reaches_another_replica_through_postgres(upstream: FakeUpstream, tmp_path: Path) -> None:
+    schema = pg_schema()
+    yaml = config(upstream)
+    try:
+        with gateway(yaml, tmp_path / "a", database_url=pg_url(schema)) as (a, _), \
+                gateway(yaml, tmp_path / "b", database_url=pg_url(schema)) as (b, _):
+
+            def b_says(text: str) -> float:
+                """Seconds until replica b sends ``text`` as the system message."""
+                started = time.monotonic()
+                while True:
+                    try:
+                        _ask(b, {"id": "fleet"})
+                        if _sent(upstream)[0]["content"] == text:
+                            return time.monotonic() - started
+                    except openai.BadRequestError:  # not there yet: an unknown prompt
+                        pass
+                    assert time.monotonic() - started < 3, f"replica b never used {text!r}"
+                    time.sleep(0.05)
+
+            admin("POST", a, "/admin/prompts", json={"id": "fleet", "system": "one", "activate": True})
+            assert b_says("one") < 1.5  # prompts.refresh_s is 0.5
+            admin("POST", a, "/admin/prompts", json={"id": "fleet", "system": "two", "activate": True})
+            assert b_says("two") < 1.5
+            assert admin("POST", b, "/admin/prompts/fleet/rollback").json()["version"] == 1  # b rolls back ...
+            _ask(b, {"id": "fleet"})
+            assert _sent(upstream)[0]["content"] == "one"  # ... uses it at once ...
+            started = time.monotonic()
+            while True:  # ... and a follows by polling (its GET /admin/prompts would refresh at once: not used)
+                _ask(a, {"id": "fleet"})
+                if _sent(upstream)[0]["content"] == "one":
+                    break
+                assert time.monotonic() - started < 1.5
+                time.sleep(0.05)
+    finally:
+        drop_schema(schema)

@@ -42,7 +42,7 @@ class PromptBook:
             self.seq = event.seq
             if event.action == "create":
                 template = orjson.loads(event.data or "{}")
-                self.versions.setdefault(event.prompt_id, {})[event.version] = PromptVersion(
+                self.versions.setdefault(event.prompt_id, {})[event.version] = PromptVersion.of(
                     event.prompt_id, event.version, template.get("system"), template.get("user"),
                     template.get("note"), event.ts)
             elif event.action == "activate":

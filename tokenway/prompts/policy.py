@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import Counter
-
 from tokenway.config import GatewayConfig
 from tokenway.context import RequestContext
 from tokenway.observability.metrics import Metrics
@@ -26,10 +24,7 @@ class ApplyPrompt:
     def __init__(self, prompts: Prompts, config: GatewayConfig, metrics: Metrics) -> None:
         self._prompts = prompts
         self._model_pins = {m.name: parse_pin(m.prompt) for m in config.models if m.prompt}
-        self._requests = Counter(
-            "tokenway_prompt_requests", "Requests that ran with a prompt version, by prompt, version and status.",
-            ["prompt", "version", "model", "status_code"], registry=metrics.registry,
-        )
+        self._requests = metrics.prompt_requests
 
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
         if call.kind != "chat":  # a completions request's "prompt" is its text

@@ -42,12 +42,13 @@ class PromptVersion:
     user: str | None
     note: str | None
     created_at: float
+    variables: tuple[str, ...] = ()  # the names its parts use, in order of first use (``of`` finds them)
 
-    @property
-    def variables(self) -> list[str]:
-        """The variable names its parts use, in order of first use."""
-        text = (self.system or "") + "\n" + (self.user or "")
-        return list(dict.fromkeys(_VARIABLE.findall(text)))
+    @classmethod
+    def of(cls, prompt_id: str, version: int, system: str | None, user: str | None, note: str | None,
+           created_at: float) -> PromptVersion:
+        names = tuple(dict.fromkeys(_VARIABLE.findall((system or "") + "\n" + (user or ""))))
+        return cls(prompt_id, version, system, user, note, created_at, names)
 
     def render(self, values: dict[str, str]) -> list[dict[str, Any]]:
         """The messages this version stands for, with ``values`` in place (400 naming a missing or unknown one)."""
@@ -77,7 +78,7 @@ class PromptVersion:
 
     def public(self, active: bool = False) -> dict[str, Any]:
         return {"id": self.id, "version": self.version, "system": self.system, "user": self.user,
-                "variables": self.variables, "note": self.note, "created_at": self.created_at, "active": active}
+                "variables": list(self.variables), "note": self.note, "created_at": self.created_at, "active": active}
 
 
 def parse_pin(pin: str) -> tuple[str, int | None]:
