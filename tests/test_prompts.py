@@ -12,11 +12,13 @@ from pathlib import Path
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from tests.access_support import config, create_key, drop_schema, gateway, pg_schema, pg_url
 from tests.fakes import FakeUpstream
 from tests.prompt_support import STORES, admin, client, served
+from tokenway.config import ConfigError, parse_config
 
 SUPPORT = "You support {{product}}. Answer in {{tone}} words."
 
@@ -107,7 +109,7 @@ def test_errors_name_the_field(upstream: FakeUpstream, tmp_path: Path, store: st
         assert httpx.get(base + "/admin/prompts").status_code == 401  # the master key is required
 
 
-def test_key_and_model_pins(upstream: FakeUpstream, tmp_path: Path) -> None:
+def test_key_and_model_pins(upstream: FakeUpstream, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     yaml = config(upstream).replace("  - name: other\n", "  - name: other\n    prompt: house@1\n")
     with served(yaml, tmp_path, "sqlite") as base:
         admin("POST", base, "/admin/prompts", json={"id": "house", "system": "House style v1.", "activate": True})
@@ -124,6 +126,19 @@ def test_key_and_model_pins(upstream: FakeUpstream, tmp_path: Path) -> None:
         assert _sent(upstream) == hi  # no pin, no prompt: as sent
         bad = admin("POST", base, "/admin/keys", json={"prompt": "legal@zero"})
         assert bad.status_code == 400 and "name@3" in bad.json()["error"]["message"]
+        time.sleep(0.3)  # the log's flusher writes a few times a second
+    lines = [orjson.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{")]
+    requests = [line for line in lines if line["event"] == "request"]
+    assert [(r["model"], r.get("prompt"), r.get("prompt_version")) for r in requests] == [
+        ("m", "legal", 1), ("other", "house", 1), ("m", None, None)]
+
+
+def test_a_bad_pin_in_the_config_names_its_line(upstream: FakeUpstream) -> None:
+    yaml = config(upstream).replace("  - name: other\n", "  - name: other\n    prompt: house@latest\n")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(yaml, "tokenway.yaml")
+    line = yaml.splitlines().index("    prompt: house@latest") + 1
+    assert f"tokenway.yaml:{line}: models[1].prompt" in str(caught.value) and "name@3" in str(caught.value)
 
 
 def test_cli_change_reaches_a_running_gateway(upstream: FakeUpstream, tmp_path: Path) -> None:

@@ -123,6 +123,30 @@ def test_row_cap_and_retention(upstream: FakeUpstream, tmp_path: Path, store: st
         assert rows(where[0], "tokenway_recorded_requests") == 1
 
 
+def test_recorded_per_key_and_sampled(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """A key opted in is recorded on any model; sample 0 records nothing, but a replay is still kept."""
+    env = {**os.environ, "TOKENWAY_DATA_DIR": str(tmp_path)}
+    env.pop("TOKENWAY_DATABASE_URL", None)
+    made = subprocess.run([sys.executable, "-m", "tokenway", "keys", "create", "--name", "traced"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    key = orjson.loads(made.stdout[:made.stdout.rindex("}") + 1])
+
+    def recorded(base: str, api_key: str, model: str, request_id: str | None = None) -> int:
+        raw = client(base, api_key).chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-request-id": request_id} if request_id else None)
+        return admin("GET", base, f"/admin/requests/{raw.headers['x-request-id']}").status_code
+
+    with served(_recording(upstream, f"keys: [{key['id']}]"), tmp_path, "sqlite") as base:
+        assert recorded(base, key["key"], "other") == 200  # the key is opted in: its requests, whatever model
+        assert recorded(base, "sk-master-test", "other") == 404  # the same model without that key: not chosen
+    with served(_recording(upstream, "models: [m]\nsample: 0"), tmp_path, "sqlite") as base:
+        assert recorded(base, "sk-master-test", "m") == 404  # m is opted in, but sampled at 0
+        assert recorded(base, "sk-master-test", "m", "replay_abc") == 200  # what `tokenway replay` sends
+        assert recorded(base, key["key"], "m", "replay_def") == 404  # only the master key may force one
+
+
 def test_replay_round_trip(upstream: FakeUpstream, tmp_path: Path) -> None:
     with served(_recording(upstream, "models: [m]"), tmp_path, "sqlite") as base:
         raw = client(base).chat.completions.with_raw_response.create(
