@@ -96,7 +96,14 @@ def test_errors_name_the_field(upstream: FakeUpstream, tmp_path: Path, store: st
         assert refused({"id": "p", "variables": {"name": 3}})["param"] == "prompt.variables.name"
         assert refused({"variables": {}})["param"] == "prompt.id"
         assert refused(None)["param"] == "messages"  # no prompt: messages may not be empty
+        simple = httpx.post(base + "/chat", headers={"Authorization": "Bearer sk-master-test"},
+                            json={"messages": [{"role": "user", "content": "x"}], "prompt": "p"})
+        assert simple.status_code == 400 and simple.json()["error"]["param"] == "prompt"  # /chat checks it too
         assert len(upstream.seen) == sent_before  # none of them reached the backend
+        simple = httpx.post(base + "/chat", headers={"Authorization": "Bearer sk-master-test"},
+                            json={"messages": [{"role": "user", "content": "x"}],
+                                  "prompt": {"id": "p", "variables": {"name": "Ada"}}})
+        assert simple.status_code == 200 and _sent(upstream)[0] == {"role": "system", "content": "Hi Ada"}
 
         only_one = admin("POST", base, "/admin/prompts/p/rollback")
         assert only_one.status_code == 400 and "nothing to roll back" in only_one.json()["error"]["message"]

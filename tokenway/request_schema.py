@@ -339,6 +339,7 @@ class SimpleChatRequest(TypedDict, total=False):
     messages: Required[Annotated[list[ChatMessage], Field(min_length=1)]]
     stream: bool | None
     model: NonEmpty
+    prompt: PromptVariables
 
 
 # ---- the rules between fields (one Python call per request, after the pass) -----------------
