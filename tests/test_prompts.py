@@ -175,6 +175,9 @@ def test_cli_change_reaches_a_running_gateway(upstream: FakeUpstream, tmp_path: 
         failed = subprocess.run([sys.executable, "-m", "tokenway", "prompts", "activate", "greet", "7"], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert failed.returncode == 1 and "no version 7" in failed.stderr
+        empty = subprocess.run([sys.executable, "-m", "tokenway", "prompts", "create", "greet"], env=env,
+                               capture_output=True, text=True, timeout=60)
+        assert empty.returncode == 2 and "needs a 'system' part" in empty.stderr and "--system" in empty.stderr
 
 
 def test_a_change_reaches_another_replica_through_postgres(upstream: FakeUpstream, tmp_path: Path) -> None:

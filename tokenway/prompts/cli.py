@@ -44,11 +44,15 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
         return asyncio.run(_run(args, load_settings()))
-    except (SettingsError, ValidationError) as exc:
-        print(exc, file=sys.stderr)
+    except SettingsError as exc:
+        print(f"tokenway prompts: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # a template with no part
+        print(f"tokenway prompts: {exc.errors()[0]['msg'].removeprefix('Value error, ')} "
+              "(--system/--user, or --system-file/--user-file).", file=sys.stderr)
         return 2
     except GatewayError as exc:  # an unknown prompt or version, nothing to roll back to
-        print(exc.message, file=sys.stderr)
+        print(f"tokenway prompts: {exc.message}", file=sys.stderr)
         return 1
 
 
@@ -82,11 +86,7 @@ async def _run(args: argparse.Namespace, settings: object) -> int:
 
 
 def _table(rows: list[dict[str, object]], columns: list[str]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from tokenway.jobs.cli import _table as print_table  # a rich table on a terminal, plain columns otherwise
 
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*(", ".join(map(str, v)) if isinstance(v, list) else "-" if v is None else str(v)
-                        for v in (row.get(c) for c in columns)))
-    Console().print(table)
+    print_table(columns, [[", ".join(map(str, v)) if isinstance(v, list) else v for v in (row.get(c) for c in columns)]
+                          for row in rows])
