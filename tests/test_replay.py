@@ -147,8 +147,9 @@ def test_recorded_per_key_and_sampled(upstream: FakeUpstream, tmp_path: Path) ->
         assert recorded(base, key["key"], "m", "replay_def") == 404  # only the master key may force one
 
 
-def test_replay_round_trip(upstream: FakeUpstream, tmp_path: Path) -> None:
-    with served(_recording(upstream, "models: [m]"), tmp_path, "sqlite") as base:
+@pytest.mark.parametrize("store", STORES)
+def test_replay_round_trip(upstream: FakeUpstream, tmp_path: Path, store: str) -> None:
+    with served(_recording(upstream, "models: [m]"), tmp_path, store) as base:
         raw = client(base).chat.completions.with_raw_response.create(
             model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices) == HELLO
