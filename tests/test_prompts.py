@@ -131,13 +131,17 @@ def test_key_and_model_pins(upstream: FakeUpstream, tmp_path: Path, capfd: pytes
         assert _sent(upstream)[0]["content"] == "House style v1."  # the model's pin names version 1
         client(base).chat.completions.create(model="m", messages=hi)  # type: ignore[arg-type]
         assert _sent(upstream) == hi  # no pin, no prompt: as sent
+        dangling = create_key(base, name="dangling", prompt="legal@9")
+        with pytest.raises(openai.BadRequestError) as caught:
+            client(base, dangling["key"]).chat.completions.create(model="m", messages=hi)  # type: ignore[arg-type]
+        assert "no version 9" in caught.value.message and "pinned by your key" in caught.value.message
         bad = admin("POST", base, "/admin/keys", json={"prompt": "legal@zero"})
         assert bad.status_code == 400 and "name@3" in bad.json()["error"]["message"]
         time.sleep(0.3)  # the log's flusher writes a few times a second
     lines = [orjson.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{")]
     requests = [line for line in lines if line["event"] == "request"]
     assert [(r["model"], r.get("prompt"), r.get("prompt_version")) for r in requests] == [
-        ("m", "legal", 1), ("other", "house", 1), ("m", None, None)]
+        ("m", "legal", 1), ("other", "house", 1), ("m", None, None), ("m", None, None)]  # the last: the 400
 
 
 def test_a_bad_pin_in_the_config_names_its_line(upstream: FakeUpstream) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from tokenway.config import GatewayConfig
 from tokenway.context import RequestContext
+from tokenway.errors import InvalidRequest
 from tokenway.observability.metrics import Metrics
 from tokenway.policies.base import Handler
 from tokenway.prompts.service import Prompts
@@ -35,11 +36,16 @@ class ApplyPrompt:
             version = self._prompts.resolve(asked["id"], asked.get("version"))
             values = asked.get("variables") or {}
         else:
-            pin = parse_pin(ctx.key.prompt) if ctx.key is not None and ctx.key.prompt else self._model_pins.get(
-                body["model"])
+            key_pin = ctx.key.prompt if ctx.key is not None else None
+            pin = parse_pin(key_pin) if key_pin else self._model_pins.get(body["model"])
             if pin is None:
                 return await next(ctx, call)
-            version, values = self._prompts.resolve(*pin), {}
+            try:
+                version, values = self._prompts.resolve(*pin), {}
+            except InvalidRequest as error:  # the caller sent no prompt: say where this one comes from
+                pinned_by = "your key" if key_pin else f"the model {body['model']!r}"
+                raise InvalidRequest(f"{error.message} It is pinned by {pinned_by}; an admin can fix the pin.",
+                                     code=error.code) from None
         messages = version.render(values)
         call.body = {k: v for k, v in body.items() if k != "prompt"}
         call.body["messages"] = [*messages, *body["messages"]]
