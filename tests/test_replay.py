@@ -105,7 +105,7 @@ def test_stream_assembled_and_only_chosen_requests_kept(upstream: FakeUpstream, 
 
 @pytest.mark.parametrize("store", STORES)
 def test_row_cap_and_retention(upstream: FakeUpstream, tmp_path: Path, store: str) -> None:
-    yaml = _recording(upstream, "models: ['*']\nmax_records: 3\nretention_s: 1.5\nflush_s: 0.1")
+    yaml = _recording(upstream, "models: ['*']\nmax_records: 3\nretention_s: 3\nflush_s: 0.1")
     where: list[str] = []
     with served(yaml, tmp_path, store, where) as base:
         ids = []
@@ -116,7 +116,7 @@ def test_row_cap_and_retention(upstream: FakeUpstream, tmp_path: Path, store: st
             time.sleep(0.15)  # each in its own batch: the cap holds across writes
         kept = [admin("GET", base, f"/admin/requests/{i}").status_code for i in ids]
         assert kept == [404, 404, 200, 200, 200]
-        time.sleep(1.6)
+        time.sleep(3.1)
         assert admin("GET", base, f"/admin/requests/{ids[-1]}").status_code == 404  # past the retention
         client(base).chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
         time.sleep(0.3)  # the next write deletes what is past the retention
