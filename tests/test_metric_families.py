@@ -55,6 +55,7 @@ FAMILIES = {  # name: (type, label names)
     "tokenway_guard_actions": ("counter", {"guard", "stage", "action", "model"}),
     "tokenway_context_shaped": ("counter", {"model", "strategy"}),
     "tokenway_context_tokens_removed": ("counter", {"model", "strategy"}),
+    "tokenway_prompt_requests": ("counter", {"prompt", "version", "model", "status_code"}),
 }
 
 
@@ -81,6 +82,7 @@ def _gateway_exposition() -> str:
     metrics.guard_acted("pii", "input", "mask", "m")
     metrics.context_shaped.labels("m", "trim").inc()
     metrics.context_tokens_removed.labels("m", "trim").inc(120)
+    metrics.prompt_requests.labels("support", "2", "m", "200").inc()
     engine = SimpleNamespace(waiting=2, running=3, kv_usage=0.5)
     deployment = SimpleNamespace(name="m#0", in_flight=1, breaker=SimpleNamespace(state="open"), healthy=True,
                                  engine=engine)

@@ -18,6 +18,8 @@ import aiohttp
 from tokenway import __version__
 from tokenway.access import Access
 from tokenway.api.admin import admin_router
+from tokenway.api.admin_prompts import prompts_router
+from tokenway.api.admin_requests import requests_router
 from tokenway.api.admin_routing import routing_router
 from tokenway.api.admin_status import status_router
 from tokenway.api.batches import batches_router
@@ -52,6 +54,9 @@ from tokenway.policies.context_window import ContextWindow
 from tokenway.policies.resilience import Resilience
 from tokenway.policies.routing import Route
 from tokenway.policies.structured_output import StructuredOutput
+from tokenway.prompts.policy import ApplyPrompt
+from tokenway.prompts.service import Prompts
+from tokenway.prompts.store import open_prompt_store
 from tokenway.providers.base import Answer, Call, Completion, ProviderResources, not_served
 from tokenway.providers.registry import provider_class
 from tokenway.providers.upstream import HttpClient
@@ -68,6 +73,8 @@ from tokenway.reload import (
     reusable,
     start_or_close,
 )
+from tokenway.replay.recorder import Recorder
+from tokenway.replay.store import open_record_store
 from tokenway.routing.discovery import Discovery
 from tokenway.routing.health import Monitors
 from tokenway.routing.stats import RoutingStats
@@ -137,6 +144,10 @@ class Gateway:
         self.access = Access(settings, config, self.log)  # keys, limits, budgets, ledger (started in startup)
         self.jobs = Jobs(settings, config, self.log, self.metrics)  # async jobs and batches (started in startup)
         self.releases = ReleaseRecord()  # what each release version and its shadow did (GET /admin/releases)
+        self.prompts = Prompts(open_prompt_store(settings), self.log, config.prompts.refresh_s)  # prompt versions
+        # None unless the config's record: section names a model or a key
+        self.recorder = (Recorder(config.record, open_record_store(settings), self.log)
+                         if config.record.enabled else None)
 
     def policies(self, models: ModelTable, config: GatewayConfig) -> list[Policy]:
         """The request path for ``config``, top to bottom. Adding a policy is adding a module and a line here.
@@ -145,6 +156,8 @@ class Gateway:
         context = ContextWindow(config, models, self.log, self.metrics) if ContextWindow.wanted(config) else None
         return [
             self.access.policy,  # keys -> rate limits + budget hold (one atomic step) -> settle + ledger at the end
+            *([self.recorder.front] if self.recorder is not None else []),  # chosen requests recorded, as sent
+            ApplyPrompt(self.prompts, config, self.metrics),  # a prompt's messages; before guards and cache
             # PII, injection, blocked terms, output length; before the cache, so every caller's guards apply to hits
             *([self.guards] if self.guards is not None else []),
             *([self.cache] if self.cache is not None else []),
@@ -158,6 +171,7 @@ class Gateway:
             *([context] if context is not None else []),
             route,  # picks ctx.target, the deployment of this attempt
             LimitConcurrency(self.clock),
+            *([self.recorder.attempts] if self.recorder is not None else []),  # each deployment call, for the record
         ]
 
     @property
@@ -227,6 +241,9 @@ class Gateway:
             self.tracing = Tracing(self.config.observability.tracing)
         self._stored_responses = open_store(self.config.responses, self.redis)  # previous_response_id, GET, DELETE
         self._callers = Callers(self.access.policy, self.config.limits, lambda: self._models.names())
+        await self.prompts.start()
+        if self.recorder is not None:
+            await self.recorder.start()
         self._monitors = Monitors(self._http)
         self._swap(await self.serve(self.config, self._models))
         self.reloads.started(self.config)
@@ -313,6 +330,9 @@ class Gateway:
                                        config_router(self.reloads, self.settings.master_key),
                                        releases_router(config, self.releases, self.settings.master_key),
                                        jobs_router(self.jobs.service, callers, self.settings.master_key),
+                                       prompts_router(self.prompts, self.settings.master_key),
+                                       *([requests_router(self.recorder, config.record.retention_s,
+                                                          self.settings.master_key)] if self.recorder else []),
                                        batches_router(self.jobs.service, callers),
                                        responses_router(stored_responses, callers)])
         for deployment in new:
@@ -394,6 +414,9 @@ class Gateway:
             await self._upstream.aclose()
         await self.jobs.aclose()  # running jobs go back to the queue; their requests' ledger rows are written
         await self.access.aclose()  # flushes the usage ledger
+        await self.prompts.aclose()
+        if self.recorder is not None:
+            await self.recorder.aclose()
         if self.cache is not None:
             await self.cache.aclose()
         if self._serving is not None and self._serving.context is not None:

@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> None:
         from tokenway.releases.cli import main as releases_main
 
         sys.exit(releases_main(argv[1:]))
+    if argv and argv[0] in ("prompts", "replay"):  # prompt versions; a recorded request sent again
+        from tokenway.prompts.cli import main as prompts_main
+        from tokenway.replay.cli import main as replay_main
+
+        sys.exit((prompts_main if argv[0] == "prompts" else replay_main)(argv[1:]))
     if argv and argv[0] == "worker":
         from tokenway.jobs.celery_worker import main as worker_main
 
@@ -78,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("bench", help="load-test an OpenAI-compatible endpoint (tokenway bench --help)")
     commands.add_parser("jobs", help="submit and follow batches and async jobs on a gateway (tokenway jobs --help)")
     commands.add_parser("releases", help="compare release versions and shadows on a gateway (tokenway releases --help)")
+    commands.add_parser("prompts", help="create, list, activate and roll back prompt versions (--help)")
+    commands.add_parser("replay", help="send a recorded request again, side by side with the original (--help)")
     commands.add_parser("worker", help="run jobs for a fleet of gateways: a Celery worker (tokenway worker --help)")
     access_commands.add_commands(commands)
     return parser

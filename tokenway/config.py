@@ -33,9 +33,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from tokenway.cache.options import CacheConfig, ModelCacheConfig
 from tokenway.guards.options import GuardsConfig
 from tokenway.jobs.options import JobsConfig
+from tokenway.prompts.options import PromptPin, PromptsConfig
 from tokenway.providers.base import ProviderOptions
 from tokenway.providers.registry import UnknownProvider, provider_class
 from tokenway.releases.options import ReleaseConfig
+from tokenway.replay.options import RecordConfig
 from tokenway.routing.options import (
     BreakerConfig,
     DegradationConfig,
@@ -219,13 +221,14 @@ class ModelConfig(_Strict):
     guards: list[str] = []  # guard profiles (guards.profiles) run on this model's requests (tokenway/guards)
     structured_output: ModelStructuredOutputConfig = ModelStructuredOutputConfig()  # tokenway.validation.options
     release: ReleaseConfig | None = None  # sticky weighted versions, a shadow (tokenway.releases)
+    context: ContextConfig | None = None  # window and strategy for conversations too long (tokenway.shaping.options)
+    prompt: PromptPin | None = None  # a prompt version its requests run with: name or name@3 (tokenway/prompts)
 
     @property
     def native_responses(self) -> bool:
         """Whether ``/v1/responses`` calls to this model go to its backends as they are (its deployments
         say ``responses: native``) rather than translated to chat."""
         return getattr(self.deployments[0].options, "responses", "translate") == "native"
-    context: ContextConfig | None = None  # window and strategy for conversations too long (tokenway.shaping.options)
 
     @model_validator(mode="after")
     def _name_deployments(self) -> ModelConfig:
@@ -293,6 +296,8 @@ class GatewayConfig(_Strict):
     guards: GuardsConfig = GuardsConfig()  # named guard profiles that models and keys use (tokenway.guards.options)
     structured_output: StructuredOutputConfig = StructuredOutputConfig()  # replies checked (tokenway.validation)
     responses: ResponsesConfig = ResponsesConfig()  # stored responses' TTL and bounds (tokenway.translate)
+    prompts: PromptsConfig = PromptsConfig()  # prompt versions kept in the database (tokenway.prompts)
+    record: RecordConfig = RecordConfig()  # requests recorded for replay (tokenway.replay)
 
     @field_validator("models")
     @classmethod

@@ -14,6 +14,7 @@ from tokenway.protocol import Usage
 
 if TYPE_CHECKING:
     from tokenway.deployments import Deployment
+    from tokenway.replay.recording import Recording
     from tokenway.stores.base import KeyRecord
 
 
@@ -77,12 +78,18 @@ class RequestContext:
     # Access (policies/access.py): who is calling.
     key: KeyRecord | None = None  # the virtual key; None for the master key and anonymous callers
     key_alias: str | None = None  # who the key belongs to, safe to log
+    # The prompts policy (tokenway/prompts/policy.py): the prompt version applied, as (id, version).
+    prompt: tuple[str, int] | None = None
     # The response cache (policies/cache.py).
     cache: CacheOutcome | None = None
     # Releases (releases/policy.py): the version of a released model this request went to.
     release: ReleaseTag | None = None
     # Context shaping (policies/context_window.py), when the conversation did not fit the window.
     context_shaped: ContextShaped | None = None
+    # The guards (guards/policy.py): each action taken, as "guard/stage/action" (read by the recorder).
+    guard_actions: list[str] = field(default_factory=list)
+    # The recorder (replay/recorder.py), when this request is recorded: its attempts and answer.
+    recording: Recording | None = None
     # Resilience and routing (policies/resilience.py, policies/routing.py).
     model: str | None = None  # public name of the model being tried (a fallback's, after a fallback)
     tried: set[str] = field(default_factory=set)  # deployments of that model tried by this request

@@ -8,12 +8,11 @@ any process or the CLI takes effect everywhere within about half a second.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import secrets
 
 from tokenway.observability.logging import JsonLog
 from tokenway.stores.base import Database, KeyRecord, hash_key
+from tokenway.stores.polling import Poller
 
 
 def new_key() -> tuple[str, str]:
@@ -30,23 +29,18 @@ class KeyCache:
 
     def __init__(self, db: Database, log: JsonLog, refresh_s: float = 0.5) -> None:
         self._db = db
-        self._log = log
-        self._refresh_s = refresh_s
+        self._poller = Poller(self.refresh, refresh_s, log, "keys",
+                              "serving from the cached key table; changes are not seen until it recovers")
         self._by_hash: dict[str, KeyRecord] = {}
         self._by_id: dict[str, KeyRecord] = {}  # for jobs, which run as the key that submitted them
         self._seq = 0
-        self._task: asyncio.Task[None] | None = None
-        self._failing = False
 
     async def start(self) -> None:
         await self.refresh()
-        self._task = asyncio.get_running_loop().create_task(self._poll())
+        self._poller.start()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._poller.aclose()
 
     def lookup(self, secret: str) -> KeyRecord | None:
         return self._by_hash.get(hash_key(secret))
@@ -63,18 +57,3 @@ class KeyCache:
         for record in changed:
             self._by_hash[record.hash] = record
             self._by_id[record.id] = record
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self._refresh_s)
-            try:
-                await self.refresh()
-            except Exception as exc:  # keep serving from the cache; say so once, and when it recovers
-                if not self._failing:
-                    self._log.event("keys_refresh_failed", level="error", error=repr(exc),
-                                    note="serving from the cached key table; changes are not seen until it recovers")
-                self._failing = True
-                continue
-            if self._failing:
-                self._log.event("keys_refresh_recovered")
-                self._failing = False

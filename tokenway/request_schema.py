@@ -252,6 +252,15 @@ ResponseFormat = Annotated[
 ]
 
 
+class PromptVariables(TypedDict, total=False):
+    """A prompt version to apply (tokenway/prompts): its system and user parts go before ``messages``."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[misc]
+    id: Required[Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")]]
+    version: Annotated[int, Field(ge=1)]  # absent: the prompt's active version
+    variables: dict[str, str]
+
+
 class StreamOptions(TypedDict, total=False):
     __pydantic_config__ = _OPEN  # type: ignore[misc]
     include_usage: bool
@@ -298,8 +307,10 @@ class ChatCompletionRequest(_Sampling, total=False):
 
     __pydantic_config__ = _open(allOf=[  # type: ignore[misc]
         _needs_true("stream_options", "stream"), _needs_true("top_logprobs", "logprobs"),
+        {"if": {"not": {"required": ["prompt"]}}, "then": {"properties": {"messages": {"minItems": 1}}}},
     ])
-    messages: Required[Annotated[list[ChatMessage], Field(min_length=1)]]
+    messages: Required[Annotated[list[ChatMessage], Field(description="May be empty when 'prompt' is sent.")]]
+    prompt: PromptVariables
     max_completion_tokens: Annotated[int, Field(ge=1)] | None
     tools: Annotated[list[Tool], Field(max_length=128)] | None
     tool_choice: ToolChoice | None
@@ -328,6 +339,7 @@ class SimpleChatRequest(TypedDict, total=False):
     messages: Required[Annotated[list[ChatMessage], Field(min_length=1)]]
     stream: bool | None
     model: NonEmpty
+    prompt: PromptVariables
 
 
 # ---- the rules between fields (one Python call per request, after the pass) -----------------
@@ -340,6 +352,9 @@ def broken_rule(param: str, message: str, code: str = "invalid_value") -> Pydant
 
 def _message_rules(request: dict[str, Any]) -> None:
     messages = request["messages"]
+    if not messages and "prompt" not in request:  # a prompt version supplies the messages
+        raise broken_rule("messages", "Invalid 'messages': empty array. Expected an array with minimum length 1, "
+                          "but got an empty array instead.", "empty_array")
     for message in messages:  # a plain loop, the common case first: this runs on every request
         if message["role"] == "assistant" and message.get("content") is None and not _says_other(message):
             i = messages.index(message)

@@ -18,6 +18,7 @@ from tokenway.api.guards import presented_key, require_master_key
 from tokenway.errors import AuthenticationFailed, InvalidRequest, NotFound
 from tokenway.keys import key_record, new_key
 from tokenway.policies.access import budget_lines
+from tokenway.prompts.options import PromptPin
 from tokenway.stores.base import NANOS_PER_DOLLAR, Budget, GroupBy, KeyRecord
 
 
@@ -39,6 +40,7 @@ class KeyFields(BaseModel):
     budget: Budget | None = None
     structured_output: Literal["validate", "buffer"] | None = None  # "buffer": guaranteed valid JSON on streams too
     guards: list[str] | None = None  # guard profiles (config guards.profiles) applied on top of the model's
+    prompt: PromptPin | None = None  # name or name@3: a prompt version this key's chat requests run with
     expires_at: float | None = None  # unix seconds
     expires_in_s: Annotated[float, Field(gt=0)] | None = None  # or: this long from now
 

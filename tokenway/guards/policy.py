@@ -235,6 +235,7 @@ class Guards:
     def _emit(self, ctx: RequestContext, model: str, findings: Findings) -> None:
         for (guard, stage, action), kinds in findings.items():
             self._metrics.guard_acted(guard, stage, action, model)
+            ctx.guard_actions.append(f"{guard}/{stage}/{action}")
             if action != "mask":
                 self._log.event("guard", level="warning" if action == "flag" else "info",
                                 request_id=ctx.request_id, guard=guard, stage=stage, action=action, model=model,

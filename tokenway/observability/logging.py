@@ -156,6 +156,8 @@ class JsonLog:
             line["release"], line["version"] = ctx.release.model, ctx.release.version
         if ctx.context_shaped is not None:  # the conversation did not fit the model's window
             line["context"] = asdict(ctx.context_shaped)
+        if ctx.prompt is not None:
+            line["prompt"], line["prompt_version"] = ctx.prompt
         if ctx.finalizer_errors:
             line["finalizer_errors"] = ctx.finalizer_errors
         if self.content and ctx.content is not None:

@@ -106,6 +106,11 @@ class Metrics:
             "tokenway_context_tokens_removed", "Prompt tokens removed by trimming or summarising.",
             ["model", "strategy"], registry=registry,
         )
+        # Prompt versions (tokenway/prompts/policy.py): requests per version, to watch one after activating it.
+        self.prompt_requests = Counter(
+            "tokenway_prompt_requests", "Requests that ran with a prompt version, by prompt, version and status.",
+            ["prompt", "version", "model", "status_code"], registry=registry,
+        )
         # (name, help, type) of every family above, declared on /metrics before first use (see render)
         self._declared = [(family.name, family.documentation, family.type) for family in registry.collect()]
         # Live state read at scrape time (breakers, queues, worker load): this process's own view.

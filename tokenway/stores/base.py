@@ -16,6 +16,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tokenway.prompts.options import PromptPin
+
 NANOS_PER_DOLLAR = 1_000_000_000
 Period = Literal["day", "month", "total"]
 _BUDGET = re.compile(r"^\s*\$?(\d+(?:\.\d+)?)\s*/\s*(day|month|total)\s*$")
@@ -93,6 +95,7 @@ class KeyRecord(BaseModel):
     # retried, then replayed (guaranteed valid output); None: the model's setting (tokenway/validation)
     structured_output: Literal["validate", "buffer"] | None = None
     guards: list[str] = Field(default_factory=list)  # guard profiles (config guards.profiles) on top of the model's
+    prompt: PromptPin | None = None  # a prompt version this key's chat requests run with (tokenway/prompts)
     expires_at: float | None = None
     revoked: bool = False
     created_at: float = Field(default_factory=time.time)

@@ -49,6 +49,7 @@ def _key_fields(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--structured-output", choices=["validate", "buffer"],
                         help="buffer: this key's JSON and tool-call streams are checked and retried before a byte "
                              "is sent (docs/structured-output.md)")
+    parser.add_argument("--prompt", help="name or name@3: a prompt version this key's chat requests run with")
     parser.add_argument("--expires-in-days", type=float)
     parser.add_argument("--label", action="append", default=[], metavar="NAME=VALUE")
 
@@ -57,7 +58,7 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         name: getattr(args, name)
         for name in ("name", "owner", "team", "rpm", "tpm", "max_parallel", "max_streams", "budget",
-                     "structured_output")
+                     "structured_output", "prompt")
         if getattr(args, name) is not None
     }
     if args.models:
