@@ -57,6 +57,7 @@ from tokenway.providers.upstream import HttpClient
 from tokenway.routing.discovery import Discovery
 from tokenway.routing.health import Monitors
 from tokenway.routing.stats import RoutingStats
+from tokenway.tiers.policy import TierRouting, open_tiers
 from tokenway.translate.responses_store import open_store
 
 
@@ -110,6 +111,7 @@ class Gateway:
         self.redis: Any = None  # redis.asyncio.Redis when TOKENWAY_REDIS_URL is set; shared by every store
         self.cache: ResponseCache | None = None  # None when caching is off for every model
         self.guards: Guards | None = None  # None when no guard profile is configured
+        self.tiers: TierRouting | None = None  # None when no router is configured (config.tiers)
         self._models = ModelTable({})
         self._starting: asyncio.Task[None] | None = None
         self._drain_watch: asyncio.Task[None] | None = None  # waits for the drain file (settings.drain_file)
@@ -123,6 +125,8 @@ class Gateway:
         self.route = Route(models, self.config, self.routing, self.clock)
         return [
             self.access.policy,  # keys -> rate limits + budget hold (one atomic step) -> settle + ledger at the end
+            # a router's public name becomes its tier's model: everything below acts as for that model
+            *([self.tiers] if self.tiers is not None else []),
             # PII, injection, blocked terms, output length; before the cache, so every caller's guards apply to hits
             *([self.guards] if self.guards is not None else []),
             *([self.cache] if self.cache is not None else []),
@@ -194,6 +198,7 @@ class Gateway:
             self.redis = redis.asyncio.from_url(self.settings.redis_url)
         self.cache = await open_cache(self.config, self.redis)
         self.guards = await open_guards(self.config, self.metrics, self.log)
+        self.tiers = await open_tiers(self.config, self.metrics, self.log, self.access.policy.hold_more)
         self._upstream = HttpClient()
         resources = ProviderResources(http=self._http, upstream=self._upstream, data_dir=self.settings.data_dir)
 
@@ -314,6 +319,8 @@ class Gateway:
             await self.cache.aclose()
         if self.guards is not None:
             await self.guards.aclose()
+        if self.tiers is not None:
+            await self.tiers.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         self.metrics.close()

@@ -45,6 +45,7 @@ from tokenway.routing.options import (
     RetryConfig,
     RoutingConfig,
 )
+from tokenway.tiers.options import TierRouterConfig
 from tokenway.translate.responses_store import ResponsesConfig
 from tokenway.usage.options import AccessConfig
 from tokenway.validation.options import ModelStructuredOutputConfig, StructuredOutputConfig
@@ -281,6 +282,7 @@ class GatewayConfig(_Strict):
     guards: GuardsConfig = GuardsConfig()  # named guard profiles that models and keys use (tokenway.guards.options)
     structured_output: StructuredOutputConfig = StructuredOutputConfig()  # replies checked (tokenway.validation)
     responses: ResponsesConfig = ResponsesConfig()  # stored responses' TTL and bounds (tokenway.translate)
+    tiers: list[TierRouterConfig] = []  # public names routed to the cheapest able model (tokenway.tiers)
 
     @field_validator("models")
     @classmethod
@@ -304,6 +306,18 @@ class GatewayConfig(_Strict):
                     known = ", ".join(sorted(self.guards.profiles)) or "none"
                     raise LocatedError(("models", i, "guards", j),
                                        f"guard profile {name!r} is not under guards.profiles (defined: {known})")
+        return self
+
+    @model_validator(mode="after")
+    def _tier_models_exist(self) -> GatewayConfig:
+        models = [m.name for m in self.models]
+        for i, router in enumerate(self.tiers):
+            if router.name in models or router.name in [r.name for r in self.tiers[:i]]:
+                raise LocatedError(("tiers", i, "name"), f"{router.name!r} is already a model or router name")
+            for j, tier in enumerate(router.tiers):
+                if tier.model not in models:
+                    raise LocatedError(("tiers", i, "tiers", j, "model"),
+                                       f"model {tier.model!r} is not configured (models: {', '.join(models)})")
         return self
 
     def digest(self) -> str:

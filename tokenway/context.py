@@ -15,6 +15,7 @@ from tokenway.protocol import Usage
 if TYPE_CHECKING:
     from tokenway.deployments import Deployment
     from tokenway.stores.base import KeyRecord
+    from tokenway.tiers.policy import TierDecision
 
 
 @dataclass(slots=True)
@@ -52,11 +53,15 @@ class RequestContext:
     content: str | None = None  # what the client asked, for content logging (only when it is on)
     trace_id: str | None = None  # the request span's trace id, when tracing is on (read by the log)
     job: JobRef | None = None  # set by the job runner: the request runs for a job, not a live caller
+    tier_override: str | None = None  # x-tokenway-tier: the tier the caller asks a router for
     # Access (policies/access.py): who is calling.
     key: KeyRecord | None = None  # the virtual key; None for the master key and anonymous callers
     key_alias: str | None = None  # who the key belongs to, safe to log
     # The response cache (policies/cache.py).
     cache: CacheOutcome | None = None
+    # Small-model routing (tiers/policy.py): the tier picked, and what calls it dropped cost (access bills it).
+    tier: TierDecision | None = None
+    prior_cost_nanos: int = 0
     # Resilience and routing (policies/resilience.py, policies/routing.py).
     model: str | None = None  # public name of the model being tried (a fallback's, after a fallback)
     tried: set[str] = field(default_factory=set)  # deployments of that model tried by this request

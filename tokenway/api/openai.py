@@ -180,7 +180,7 @@ async def run_finalizers(ctx: RequestContext) -> None:
 
 def request_context(scope: Scope, endpoint: str, new_id: IdGenerator) -> tuple[RequestContext, int | None]:
     """The request context from the headers (one pass), and the declared body length."""
-    request_id = api_key = cache_control = None
+    request_id = api_key = cache_control = tier = None
     priority = 0
     length: int | None = None
     for name, value in scope["headers"]:
@@ -196,6 +196,8 @@ def request_context(scope: Scope, endpoint: str, new_id: IdGenerator) -> tuple[R
             cache_control = value.decode("latin-1").lower()
         elif name == b"x-tokenway-priority":
             priority = _priority(value)
+        elif name == b"x-tokenway-tier":
+            tier = value.decode("latin-1")
         elif name == b"content-length":
             try:
                 length = int(value)
@@ -209,6 +211,7 @@ def request_context(scope: Scope, endpoint: str, new_id: IdGenerator) -> tuple[R
         client_ip=client[0] if client else None,
         cache_control=cache_control,
         priority=priority,
+        tier_override=tier,
     )
     return ctx, length
 

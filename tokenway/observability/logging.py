@@ -151,6 +151,8 @@ class JsonLog:
             line["traceback"] = "".join(traceback.format_exception(ctx.exception))
         if ctx.cache is not None:
             line["cache"] = ctx.cache.status
+        if ctx.tier is not None:
+            line["tier"] = ctx.tier.for_log()
         if ctx.finalizer_errors:
             line["finalizer_errors"] = ctx.finalizer_errors
         if self.content and ctx.content is not None:

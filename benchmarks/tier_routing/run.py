@@ -1,0 +1,200 @@
+"""Small-model routing on the labelled prompts: accuracy, saving against always-large, decision cost.
+
+    HF_HUB_OFFLINE=1 python benchmarks/tier_routing/run.py [--json results.json] [--plot sweep.png]
+
+``prompts.tsv`` holds the labelled set (label, category, prompt; earlier user turns of a
+conversation come before ``||``; the ``tools`` category is sent with a tool declared). Each prompt
+becomes a chat request body and is scored through the gateway's own ``TierRouter``, on three tiers
+priced from ``tokenway/prices.py``: simple -> gpt-4.1-nano, medium -> gpt-4.1-mini,
+complex -> gpt-4.1.
+
+- heuristic: the scorer as shipped, on every prompt.
+- neighbours: 5-fold cross-validation; each fold is scored by a router whose samples are the
+  other four folds (a prompt never votes for itself).
+
+Cost: prompt tokens are characters / 4 (``tokenway.usage.cost``'s estimate); completion tokens
+are assumed per label (simple 80, medium 300, complex 900), the same whichever tier answers.
+Decision cost: ``TierRouter.score`` + ``for_score`` per request, timed one by one on this
+(shared, 2-core) box; the neighbours embed runs on the calling thread here, as its encode does
+on the embedder's thread in the gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tokenway.prices import PRICES
+from tokenway.tiers.neighbours import NeighbourScorer
+from tokenway.tiers.options import TierRouterConfig
+from tokenway.tiers.policy import TierRouter
+
+HERE = Path(__file__).parent
+LABELS = ["simple", "medium", "complex"]
+MODELS = ["gpt-4.1-nano", "gpt-4.1-mini", "gpt-4.1"]
+COMPLETION_TOKENS = {"simple": 80, "medium": 300, "complex": 900}
+WEATHER_TOOL = {"type": "function", "function": {"name": "lookup", "description": "Look something up.",
+                                                 "parameters": {"type": "object", "properties": {}}}}
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for line in path.read_text().splitlines()[1:]:
+        label, category, prompt = line.split("\t")
+        *history, last = [turn.strip() for turn in prompt.split("||")]
+        messages: list[dict[str, Any]] = []
+        for turn in history:
+            messages += [{"role": "user", "content": turn}, {"role": "assistant", "content": "Sure."}]
+        messages.append({"role": "user", "content": last})
+        body: dict[str, Any] = {"model": "auto", "messages": messages}
+        if category == "tools":
+            body["tools"] = [WEATHER_TOOL]
+        rows.append({"label": label, "category": category, "body": body, "text": last,
+                     "chars": sum(len(m["content"]) for m in messages)})
+    return rows
+
+
+def router(up_to: tuple[float, float]) -> TierRouter:
+    return TierRouter(TierRouterConfig.model_validate({"name": "auto", "tiers": [
+        {"model": MODELS[0], "up_to": up_to[0]}, {"model": MODELS[1], "up_to": up_to[1]}, {"model": MODELS[2]}]}))
+
+
+def cost(row: dict[str, Any], tier: int) -> float:
+    price_in, price_out = PRICES[MODELS[tier]]
+    return (row["chars"] / 4 * price_in + COMPLETION_TOKENS[row["label"]] * price_out) / 1e6
+
+
+def evaluate(rows: list[dict[str, Any]], tiers: list[int]) -> dict[str, Any]:
+    wanted = [LABELS.index(row["label"]) for row in rows]
+    routed = sum(cost(row, tier) for row, tier in zip(rows, tiers, strict=True))
+    large = sum(cost(row, 2) for row in rows)
+    oracle = sum(cost(row, tier) for row, tier in zip(rows, wanted, strict=True))
+    n = len(rows)
+    by_category: dict[str, list[bool]] = {}
+    for row, tier, want in zip(rows, tiers, wanted, strict=True):
+        by_category.setdefault(row["category"], []).append(tier == want)
+    return {
+        "accuracy": sum(t == w for t, w in zip(tiers, wanted, strict=True)) / n,
+        "under_routed": sum(t < w for t, w in zip(tiers, wanted, strict=True)) / n,  # the quality risk
+        "over_routed": sum(t > w for t, w in zip(tiers, wanted, strict=True)) / n,  # money left on the table
+        "complex_kept_large": sum(t == 2 for t, w in zip(tiers, wanted, strict=True) if w == 2)
+        / max(1, wanted.count(2)),
+        "saving_vs_large": 1 - routed / large,
+        "oracle_saving_vs_large": 1 - oracle / large,
+        "cost_routed_usd": routed, "cost_large_usd": large,
+        "accuracy_by_category": {c: sum(v) / len(v) for c, v in sorted(by_category.items())},
+        "tiers_used": [tiers.count(i) for i in range(3)],
+    }
+
+
+async def timed_scores(tiers: TierRouter, bodies: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
+    picks, timings = [], []
+    for body in bodies:
+        started = time.perf_counter()
+        score, _ = await tiers.score(body)
+        picks.append(tiers.for_score(score))
+        timings.append((time.perf_counter() - started) * 1000)
+    return picks, timings
+
+
+def percentiles(timings: list[float]) -> dict[str, float]:
+    ordered = sorted(timings)
+    return {"p50_ms": statistics.median(ordered), "p99_ms": ordered[int(0.99 * (len(ordered) - 1))],
+            "mean_ms": statistics.fmean(ordered)}
+
+
+class ThreadlessEmbedder:
+    """The embedder's encode on the calling thread, so the timing is the decision's own work."""
+
+    def __init__(self, embedder: Any) -> None:
+        self._embedder = embedder
+
+    async def embed(self, text: str) -> Any:
+        return self._embedder.encode([text])[0]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--prompts", type=Path, default=HERE / "prompts.tsv")
+    parser.add_argument("--up-to", type=float, nargs=2, default=(0.15, 0.5), help="the two thresholds")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--plot", type=Path)
+    parser.add_argument("--no-neighbours", action="store_true")
+    args = parser.parse_args()
+    rows = load(args.prompts)
+    bodies = [row["body"] for row in rows]
+    heuristic = router(tuple(args.up_to))
+    for _ in range(3):  # warm the regexes and the interpreter
+        await timed_scores(heuristic, bodies)
+    picks, timings = await timed_scores(heuristic, bodies)
+    report: dict[str, Any] = {"prompts": len(rows), "labels": {label: [r["label"] for r in rows].count(label)
+                                                                for label in LABELS},
+                              "up_to": args.up_to, "heuristic": {**evaluate(rows, picks), **percentiles(timings)}}
+    sweep = []
+    for first in [x / 100 for x in range(5, 50, 5)]:
+        sweep_picks, _ = await timed_scores(router((first, max(first + 0.05, args.up_to[1]))), bodies)
+        sweep.append({"small_up_to": first, **{k: v for k, v in evaluate(rows, sweep_picks).items()
+                                               if k in ("accuracy", "under_routed", "saving_vs_large")}})
+    report["heuristic_sweep"] = sweep
+    if not args.no_neighbours:
+        report["neighbours"] = await neighbours(rows, tuple(args.up_to))
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.plot:
+        plot(sweep, args.plot)
+
+
+async def neighbours(rows: list[dict[str, Any]], up_to: tuple[float, float]) -> dict[str, Any]:
+    from tokenway.cache.semantic import Embedder, normalise
+
+    embedder = Embedder.load()
+    vectors = embedder.encode([normalise(row["text"]) for row in rows])
+    scores = [{"simple": 0.0, "medium": 0.5, "complex": 1.0}[row["label"]] for row in rows]
+    picks: list[int] = [0] * len(rows)
+    timings: list[float] = []
+    folds = 5
+    for fold in range(folds):
+        train = [i for i in range(len(rows)) if i % folds != fold]
+        tiers = router(up_to)
+        tiers.neighbours = NeighbourScorer(ThreadlessEmbedder(embedder), vectors[train],  # type: ignore[arg-type]
+                                           np.array([scores[i] for i in train], dtype=np.float32), k=7)
+        held = [i for i in range(len(rows)) if i % folds == fold]
+        fold_picks, fold_timings = await timed_scores(tiers, [rows[i]["body"] for i in held])
+        for i, pick in zip(held, fold_picks, strict=True):
+            picks[i] = pick
+        timings += fold_timings
+    return {**evaluate(rows, picks), **percentiles(timings), "backend": embedder.backend,
+            "samples_per_fold": len(rows) * (folds - 1) // folds}
+
+
+def plot(sweep: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [s["small_up_to"] for s in sweep]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, name in (("accuracy", "accuracy"), ("under_routed", "under-routed (quality risk)"),
+                      ("saving_vs_large", "saving vs always gpt-4.1")):
+        ax.plot(xs, [s[key] for s in sweep], marker="o", label=name)
+    ax.set_xlabel("first tier's up_to (heuristic score)")
+    ax.set_ylim(0, 1)
+    ax.set_xlim(min(xs), max(xs))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("Heuristic tier routing on the labelled prompts")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
