@@ -33,6 +33,7 @@ from tokenway.errors import InvalidRequest
 from tokenway.observability.logging import JsonLog
 from tokenway.observability.metrics import Metrics
 from tokenway.policies.base import Handler
+from tokenway.policies.structured_output import StructuredOutputInvalid
 from tokenway.protocol import Usage
 from tokenway.providers.base import Answer, Call, Completion, Stream
 from tokenway.tiers.checks import StreamPeek, answer_problem, wants_json
@@ -172,22 +173,42 @@ class TierRouting:
         while True:
             tier = router.tiers[index]
             attempt = Call(call.kind, {**call.body, "model": tier.model}, call.prompt_estimate)
-            answer = await next(ctx, attempt)
             if index == last or not router.checks:
-                return self._told(ctx, decision, answer)
-            answer, problem = await _checked(answer, json, router.checks)
-            if problem is None:
-                return self._told(ctx, decision, answer)
+                return self._told(ctx, decision, await next(ctx, attempt))
             upper = router.tiers[index + 1]
             further = Call(call.kind, {**call.body, "model": upper.model}, call.prompt_estimate)
-            if self._hold is not None and not await self._hold(ctx, further):  # the budget cannot pay for more
+            answer, problem = await self._answer_or_problem(ctx, next, attempt, further, router.checks, json)
+            if answer is not None:
                 return self._told(ctx, decision, answer)
-            ctx.prior_cost_nanos += _cost(ctx, attempt, answer)
-            await _drop(answer)
             self._metrics.tier_escalations.labels(router.name, tier.label, problem).inc()
             decision.escalated_from.append(tier.label)
             decision.tier, decision.reason = upper.label, f"escalated:{problem}"
             index += 1
+
+    async def _answer_or_problem(
+        self, ctx: RequestContext, next: Handler, attempt: Call, further: Call, checks: frozenset[Check], json: bool
+    ) -> tuple[Answer | None, Check | None]:
+        """This tier's answer to send (with no problem), or the check it failed once ``further``, the next
+        tier's call, is held on the budget (the dropped answer's cost then goes on the bill)."""
+        try:
+            answer = await next(ctx, attempt)
+        except StructuredOutputInvalid:  # structured output's own retries on this tier were spent
+            if "invalid_json" not in checks or not await self._may_pay(ctx, further):
+                raise
+            ctx.prior_cost_nanos += _rated(ctx, ctx.usage)  # what those retries used
+            ctx.usage = None
+            return None, "invalid_json"
+        answer, problem = await _checked(answer, json, checks)
+        if problem is None or not await self._may_pay(ctx, further):
+            return answer, None
+        # a stream dropped before its usage came is billed its prompt estimate (the few tokens read are not)
+        ctx.prior_cost_nanos += _rated(ctx, answer.usage or Usage(estimate_prompt_tokens(attempt), 0))
+        if isinstance(answer, Stream):
+            await answer.aclose()
+        return None, problem
+
+    async def _may_pay(self, ctx: RequestContext, further: Call) -> bool:
+        return self._hold is None or await self._hold(ctx, further)
 
     def _told(self, ctx: RequestContext, decision: TierDecision, answer: Answer) -> Answer:
         self._metrics.tier_decisions.labels(decision.router, decision.tier, decision.reason).inc()
@@ -242,13 +263,6 @@ class _Replay:
         await self._inner.aclose()
 
 
-def _cost(ctx: RequestContext, attempt: Call, answer: Answer) -> int:
-    """What a dropped answer cost at its deployment's rates: its usage, or for a stream dropped before
-    its usage came, the prompt estimate (the few tokens read are not counted)."""
-    usage = answer.usage or Usage(prompt_tokens=estimate_prompt_tokens(attempt), completion_tokens=0)
+def _rated(ctx: RequestContext, usage: Usage | None) -> int:
+    """What ``usage`` cost at the rates of the deployment that just answered."""
     return 0 if ctx.target is None else ctx.target.rates.usage_nanos(usage)
-
-
-async def _drop(answer: Answer) -> None:
-    if isinstance(answer, Stream):
-        await answer.aclose()
