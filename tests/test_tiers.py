@@ -4,7 +4,9 @@ in /metrics and in the usage ledger (which bills a dropped small answer too)."""
 
 from __future__ import annotations
 
+import json
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,24 @@ def test_a_small_answer_failing_a_check_is_asked_again_of_the_large_tier(
     metrics = httpx.get(base + "/metrics", headers=ADMIN).text
     assert f'tokenway_tier_escalations_total{{check="{check}",router="auto",tier="small"}} 1.0' in metrics
     assert f'tokenway_tier_decisions_total{{reason="escalated:{check}",router="auto",tier="large"}} 1.0' in metrics
+
+
+def test_the_request_log_line_carries_the_decision(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    small, large = FakeUpstream(chunk_delay=0.001).start(), FakeUpstream(chunk_delay=0.001).start()
+    small.replies["t"], large.replies["t"] = [{"content": ""}], [{"content": "Paris."}]
+    try:
+        with gateway(_yaml(small, large), tmp_path) as (base, _):  # started here, so its log goes to capfd
+            capfd.readouterr()
+            _ask(openai.OpenAI(base_url=base + "/v1", api_key=MASTER, max_retries=0), SIMPLE)
+            time.sleep(0.5)  # the log's flusher writes a few times a second
+            out = capfd.readouterr().out
+    finally:
+        small.stop()
+        large.stop()
+    lines = [json.loads(line) for line in out.splitlines() if '"event":"request"' in line]
+    assert len(lines) == 1 and lines[0]["model"] == "large" and lines[0]["deployment"] == "large#0"
+    assert lines[0]["tier"] == {"router": "auto", "tier": "large", "reason": "escalated:empty", "score": 0.0,
+                                "scorer": "heuristic", "escalated_from": ["small"]}
 
 
 def test_a_valid_json_answer_stays_on_the_small_tier(tiers: Any) -> None:

@@ -97,10 +97,11 @@ class TierRouter:
         return index
 
     async def score(self, body: dict[str, Any]) -> tuple[float, str]:
-        """The request's score and the scorer that gave it (the heuristic until the samples are embedded)."""
+        """The request's score and the scorer that gave it (the heuristic until the samples are embedded).
+        ``neighbours`` averages its samples' vote with the heuristic, which also sees tools and depth."""
         found = features(body)
         if self.neighbours is not None:
-            return await self.neighbours.score(found.text), "neighbours"
+            return (await self.neighbours.score(found.text) + heuristic_score(found)) / 2, "neighbours"
         return heuristic_score(found), "heuristic"
 
     def for_score(self, score: float) -> int:
