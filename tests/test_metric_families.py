@@ -53,6 +53,8 @@ FAMILIES = {  # name: (type, label names)
     "tokenway_structured_output_failures": ("counter", {"model", "kind"}),
     "tokenway_structured_output_retries": ("counter", {"model"}),
     "tokenway_guard_actions": ("counter", {"guard", "stage", "action", "model"}),
+    "tokenway_tier_decisions": ("counter", {"router", "tier", "reason"}),
+    "tokenway_tier_escalations": ("counter", {"router", "tier", "check"}),
 }
 
 
@@ -77,6 +79,8 @@ def _gateway_exposition() -> str:
     metrics.structured_output_failures.labels("m", "json").inc()
     metrics.structured_output_retries.labels("m").inc()
     metrics.guard_acted("pii", "input", "mask", "m")
+    metrics.tier_decisions.labels("auto", "large", "escalated:empty").inc()
+    metrics.tier_escalations.labels("auto", "small", "empty").inc()
     engine = SimpleNamespace(waiting=2, running=3, kv_usage=0.5)
     deployment = SimpleNamespace(name="m#0", in_flight=1, breaker=SimpleNamespace(state="open"), healthy=True,
                                  engine=engine)

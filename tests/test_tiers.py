@@ -192,6 +192,22 @@ def test_the_ledger_shows_the_model_that_answered_and_bills_the_dropped_answer(t
     assert by_model["large"] == (1, SMALL_CALL + LARGE_CALL)
 
 
+@pytest.mark.parametrize(("budget_nanos", "escalated"), [(400_000, False), (600_000, True)])
+def test_an_escalation_is_made_only_when_the_budget_can_hold_it(
+    tiers: Any, budget_nanos: int, escalated: bool
+) -> None:
+    base, _, small, large = tiers
+    small.replies["t"] = [{"content": ""}]
+    # The request's hold is its worst case at the large tier's rates: 15 estimated prompt and 6 completion
+    # tokens, 270,000 nano-dollars. 400,000 holds it once, not a second time for the large tier; 600,000 does.
+    key = create_key(base, models=["auto"], budget={"amount": budget_nanos / 1e9, "period": "total"})
+    client = openai.OpenAI(base_url=base + "/v1", api_key=key["key"], max_retries=0)
+    text, headers = _ask(client, SIMPLE, max_tokens=6)
+    assert headers["x-tokenway-tier"] == ("large" if escalated else "small")
+    assert text == ("A considered answer from the large model." if escalated else "")
+    assert len(small.seen) == 1 and len(large.seen) == int(escalated)
+
+
 def test_a_router_naming_an_unknown_model_is_a_config_error_with_its_line(tmp_path: Path) -> None:
     from tokenway.config import ConfigError, parse_config
 

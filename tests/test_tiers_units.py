@@ -11,13 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.inprocess import gateway
 from tokenway.config import ConfigError, parse_config
 from tokenway.errors import InvalidRequest
 from tokenway.protocol import SSE_DONE, sse_event
 from tokenway.tiers.checks import PEEK_CHARS, StreamPeek, answer_problem, text_problem
 from tokenway.tiers.neighbours import NeighbourScorer, SampleError, read_samples
 from tokenway.tiers.options import TierRouterConfig
-from tokenway.tiers.policy import TierDecision, TierRouter
+from tokenway.tiers.policy import TierDecision, TierRouter, TierRouting
 from tokenway.tiers.scorer import features, score_request
 
 
@@ -180,3 +181,12 @@ def test_router_config_errors_name_the_line(router: str, line: int, message: str
     with pytest.raises(ConfigError) as error:
         parse_config(MODELS + router, "tokenway.yaml")
     assert str(error.value).startswith(f"tokenway.yaml:{line}:") and message in str(error.value)
+
+
+async def test_the_policy_sits_right_after_access_and_only_when_a_router_is_configured() -> None:
+    fakes = "models: [{name: a, deployments: [{provider: fake}]}, {name: b, deployments: [{provider: fake}]}]\n"
+    async with gateway(fakes + "tiers: [{name: auto, tiers: [{model: a, up_to: 0.5}, {model: b}]}]\n") as gw:
+        kinds = [type(policy) for policy in gw.app.policies(gw.app.models)]
+    assert kinds.index(TierRouting) == 1
+    async with gateway(fakes) as gw:
+        assert TierRouting not in [type(policy) for policy in gw.app.policies(gw.app.models)]

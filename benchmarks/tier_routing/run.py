@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from tokenway.prices import PRICES
-from tokenway.tiers.neighbours import NeighbourScorer
+from tokenway.tiers.neighbours import PREFIX_CHARS, NeighbourScorer
 from tokenway.tiers.options import TierRouterConfig
 from tokenway.tiers.policy import TierRouter
 
@@ -98,26 +99,32 @@ def evaluate(rows: list[dict[str, Any]], tiers: list[int]) -> dict[str, Any]:
 
 async def timed_scores(
     tiers: TierRouter, bodies: list[dict[str, Any]], repeats: int = 1
-) -> tuple[list[int], list[float]]:
-    """Each body's tier, and its decision time: the least of ``repeats`` timings (the decision's own
-    work, with as little as possible of what else the shared box was doing then)."""
-    picks, timings = [], []
+) -> tuple[list[int], list[float], list[float]]:
+    """Each body's tier, and its decision time, wall-clock and this thread's CPU time: the least of
+    ``repeats`` timings each (the decision's own work, with as little as possible of what else the
+    shared box was doing then; CPU time leaves out the waits for a core)."""
+    picks, walls, cpus = [], [], []
     for body in bodies:
-        best = float("inf")
+        wall = cpu = float("inf")
         for _ in range(repeats):
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.thread_time()
             score, _ = await tiers.score(body)
             pick = tiers.for_score(score)
-            best = min(best, (time.perf_counter() - started) * 1000)
+            cpu = min(cpu, (time.thread_time() - started_cpu) * 1000)
+            wall = min(wall, (time.perf_counter() - started) * 1000)
         picks.append(pick)
-        timings.append(best)
-    return picks, timings
+        walls.append(wall)
+        cpus.append(cpu)
+    return picks, walls, cpus
 
 
-def percentiles(timings: list[float]) -> dict[str, float]:
-    ordered = sorted(timings)
-    return {"p50_ms": statistics.median(ordered), "p99_ms": ordered[int(0.99 * (len(ordered) - 1))],
-            "mean_ms": statistics.fmean(ordered)}
+def percentiles(walls: list[float], cpus: list[float]) -> dict[str, float]:
+    out = {}
+    for name, timings in (("wall", walls), ("cpu", cpus)):
+        ordered = sorted(timings)
+        out |= {f"{name}_p50_ms": statistics.median(ordered), f"{name}_p99_ms": ordered[int(0.99 * (len(ordered) - 1))],
+                f"{name}_mean_ms": statistics.fmean(ordered)}
+    return out
 
 
 class ThreadlessEmbedder:
@@ -127,7 +134,9 @@ class ThreadlessEmbedder:
         self._embedder = embedder
 
     async def embed(self, text: str) -> Any:
-        return self._embedder.encode([text])[0]
+        from tokenway.cache.semantic import normalise
+
+        return self._embedder.encode([normalise(text)])[0]
 
 
 async def main() -> None:
@@ -143,13 +152,14 @@ async def main() -> None:
     bodies = [row["body"] for row in rows]
     heuristic = router(tuple(args.up_to))
     await timed_scores(heuristic, bodies)  # warm the regexes and the interpreter
-    picks, timings = await timed_scores(heuristic, bodies, repeats=5)
+    picks, walls, cpus = await timed_scores(heuristic, bodies, repeats=5)
     report: dict[str, Any] = {"prompts": len(rows), "labels": {label: [r["label"] for r in rows].count(label)
                                                                 for label in LABELS},
-                              "up_to": args.up_to, "heuristic": {**evaluate(rows, picks), **percentiles(timings)}}
+                              "up_to": args.up_to, "heuristic": {**evaluate(rows, picks), **percentiles(walls, cpus)},
+                              "load_average": os.getloadavg()}
     sweep = []
     for first in [x / 100 for x in range(5, 50, 5)]:
-        sweep_picks, _ = await timed_scores(router((first, max(first + 0.05, args.up_to[1]))), bodies)
+        sweep_picks, _, _ = await timed_scores(router((first, max(first + 0.05, args.up_to[1]))), bodies)
         sweep.append({"small_up_to": first, **{k: v for k, v in evaluate(rows, sweep_picks).items()
                                                if k in ("accuracy", "under_routed", "saving_vs_large")}})
     report["heuristic_sweep"] = sweep
@@ -166,10 +176,11 @@ async def neighbours(rows: list[dict[str, Any]], up_to: tuple[float, float]) -> 
     from tokenway.cache.semantic import Embedder, normalise
 
     embedder = Embedder.load()
-    vectors = embedder.encode([normalise(row["text"]) for row in rows])
+    vectors = embedder.encode([normalise(row["text"][:PREFIX_CHARS]) for row in rows])  # as NeighbourScorer.build
     scores = [{"simple": 0.0, "medium": 0.5, "complex": 1.0}[row["label"]] for row in rows]
     picks: list[int] = [0] * len(rows)
-    timings: list[float] = []
+    walls: list[float] = []
+    cpus: list[float] = []
     folds = 5
     for fold in range(folds):
         train = [i for i in range(len(rows)) if i % folds != fold]
@@ -177,11 +188,22 @@ async def neighbours(rows: list[dict[str, Any]], up_to: tuple[float, float]) -> 
         tiers.neighbours = NeighbourScorer(ThreadlessEmbedder(embedder), vectors[train],  # type: ignore[arg-type]
                                            np.array([scores[i] for i in train], dtype=np.float32), k=7)
         held = [i for i in range(len(rows)) if i % folds == fold]
-        fold_picks, fold_timings = await timed_scores(tiers, [rows[i]["body"] for i in held], repeats=5)
+        fold_picks, fold_walls, fold_cpus = await timed_scores(tiers, [rows[i]["body"] for i in held], repeats=5)
         for i, pick in zip(held, fold_picks, strict=True):
             picks[i] = pick
-        timings += fold_timings
-    return {**evaluate(rows, picks), **percentiles(timings), "up_to": up_to, "backend": embedder.backend,
+        walls += fold_walls
+        cpus += fold_cpus
+    longest = max((row["text"] for row in rows), key=len)
+    encode_ms = {}
+    for chars in (40, PREFIX_CHARS, 600):  # why the vote reads a prefix: the encode grows with the text
+        best = float("inf")
+        for _ in range(20):
+            started = time.perf_counter()
+            embedder.encode([longest[:chars]])
+            best = min(best, (time.perf_counter() - started) * 1000)
+        encode_ms[chars] = best
+    return {**evaluate(rows, picks), **percentiles(walls, cpus), "up_to": up_to, "backend": embedder.backend,
+            "encode_ms_by_chars": encode_ms,
             "samples_per_fold": len(rows) * (folds - 1) // folds}
 
 

@@ -3,7 +3,7 @@
 The user's sample file is JSON Lines, one ``{"prompt": "...", "label": "..."}`` per line, labels
 ``simple``/``small`` (0), ``medium`` (0.5), ``complex``/``large`` (1). Each prompt is embedded
 once at start with the bundled MiniLM (``tokenway.cache.semantic.Embedder``); a request's score is
-the similarity-weighted mean label of its ``k`` nearest samples.
+the similarity-weighted mean label of its ``k`` nearest samples, each text read to ``PREFIX_CHARS``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ import numpy as np
 from tokenway.cache.semantic import Embedder, normalise
 
 LABEL_SCORES = {"simple": 0.0, "small": 0.0, "medium": 0.5, "complex": 1.0, "large": 1.0}
+# The vote reads a prompt's first characters only: the ask is stated at its start, and the encode's cost
+# grows with the text's length (benchmarks/tier_routing/RESULTS.md measures both).
+PREFIX_CHARS = 160
 
 
 class SampleError(ValueError):
@@ -61,7 +64,7 @@ class NeighbourScorer:
     @classmethod
     def build(cls, embedder: Embedder, samples: list[Sample], k: int) -> NeighbourScorer:
         """Embed every sample (blocking: call it from a thread at start)."""
-        vectors = embedder.encode([normalise(sample.prompt) for sample in samples])
+        vectors = embedder.encode([normalise(sample.prompt[:PREFIX_CHARS]) for sample in samples])
         return cls(embedder, vectors, np.array([sample.score for sample in samples], dtype=np.float32), k)
 
     def score_vector(self, vector: np.ndarray) -> float:
@@ -71,4 +74,4 @@ class NeighbourScorer:
         return float(np.dot(weights, self._scores[nearest]) / weights.sum())
 
     async def score(self, text: str) -> float:
-        return self.score_vector(await self._embedder.embed(text))
+        return self.score_vector(await self._embedder.embed(text[:PREFIX_CHARS]))

@@ -11,38 +11,79 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-_CODE = re.compile(
-    r"```|\bdef |\bclass |\bimport |#include|\bfunction\b|=>|\bSELECT\b|\bregex\b|\bsql\b|\bpython\b|\bjavascript\b"
-    r"|\btypescript\b|\brust\b|\bgolang\b|\bjava\b|\bc\+\+|\bbash\b|\bcode\b|\bbug\b|\bcompile|\bstack trace\b"
-    r"|\btraceback\b|\bsegfault\b|\brefactor|\bunit tests?\b|\bAPI\b|\bquery\b|\balgorithm|\bdeadlock"
-    r"|\brace condition|\bmemory leak|\bkubernetes\b|\bdocker", re.IGNORECASE)
-_MATH = re.compile(
-    r"\d\s*[-+*/^=]\s*\d|\\frac|\\sum|\\int|\bsqrt\b|\bintegral\b|\bderivative\b|\bequations?\b|\bsolve\b"
-    r"|\bprobability\b|\bmatrix\b|\beigen|\btheorem\b|\bprove\b|\bproof\b|\bexpected value\b|\bvariance\b"
-    r"|\bcombinatori|\bpolynomial|\blogarithm|\bdifferential|\bconverge|\barea\b|\bperimeter\b|\bvolume\b"
-    r"|\bslope\b|\bfactorial\b|\binterest\b|\baverage\b|\bmedian\b|\bfraction\b|\bpercent|\bcalculate\b"
-    r"|\bspeed\b|\bhow many ways\b|\bformula\b", re.IGNORECASE)
-_HARD = re.compile(
-    r"\bprove\b|\bproof\b|\bderive\b|\binduction\b|\blagrange|\brigorous|\bimplement|\bdesign\b|\barchitecture"
-    r"|\broot causes?\b|\btrade-?offs?\b|\bcritique\b|\bformal(ly)?\b|\bgame theory\b|\bnash\b|\bestimate\b"
-    r"|\bplan\b|\bwork out\b|\bstrategy\b|\bfor concurrency\b", re.IGNORECASE)
-_REASONING = re.compile(
-    r"\bstep[- ]by[- ]step\b|\bexplain why\b|\bwhy does\b|\banaly[sz]|\bcompare\b|\btrade-?offs?\b|\bdesign\b"
-    r"|\bplan\b|\bevaluate\b|\bpros and cons\b|\bstrateg|\barchitect|\bjustify|\bderive\b|\boptimi[sz]"
-    r"|\bcritique\b|\bimplications?\b|\bconsequences?\b|\bassess|\bweigh\b|\bin depth\b|\bthorough"
-    r"|\bmulti-step\b|\bfirst,.*then\b|\bhypothes|\broot cause|\bdebug|\bmigrat|\bscal(e|ing|able)\b",
-    re.IGNORECASE)
-_TASK = re.compile(
-    r"\bexplain|\bdescribe\b|\bsummar|\btl;?dr\b|\brewrite\b|\bdraft\b|\bdifferences?\b|\bhow (does|do|can)\b"
-    r"|\bwhy\b|\bextract\b|\bcondense\b|\bnotes\b|\bbullet|\bshorten\b|\bemail\b|\bletter\b|\bspeech\b"
-    r"|\bwhat are the\b|\bshould i\b|\bhelp me\b|\bfix\b|\bwrite (a|an) (python|sql|bash|javascript|function|script"
-    r"|query|regex|dockerfile|unit test)", re.IGNORECASE)
-_ASKS = re.compile(r",|;|\band\b|\bthen\b|\bwith\b|\bincluding\b|\?", re.IGNORECASE)
+
+@dataclass(frozen=True, slots=True)
+class Markers:
+    """Signs of one kind of work in a text: whole words, word beginnings ("analy" for analyse and
+    analysis; several words allowed), and strings found anywhere (punctuation included)."""
+
+    words: frozenset[str] = frozenset()
+    stems: tuple[str, ...] = ()
+    anywhere: tuple[str, ...] = ()
+
+    def found(self, text: Text) -> list[str]:
+        """The markers in ``text``, each once."""
+        hits = [word for word in self.words if word in text.words]
+        hits += [stem for stem in self.stems if " " + stem in text.spaced]
+        hits += [mark for mark in self.anywhere if mark in text.lower]
+        return hits
+
+
+CODE = Markers(
+    frozenset({"def", "class", "import", "function", "select", "regex", "sql", "python", "javascript", "typescript",
+               "rust", "golang", "java", "bash", "code", "bug", "traceback", "segfault", "api", "query",
+               "deadlock", "kubernetes", "dockerfile", "docker", "json", "css", "html", "git"}),
+    ("compil", "refactor", "unit test", "stack trace", "algorithm", "race condition", "memory leak"),
+    ("```", "#include", "=>", "c++", "();", "{}"))
+MATH = Markers(
+    frozenset({"sqrt", "integral", "derivative", "equation", "equations", "solve", "probability", "matrix", "theorem",
+               "prove", "proof", "variance", "area", "perimeter", "volume", "slope", "factorial", "interest",
+               "average", "median", "fraction", "calculate", "speed", "formula"}),
+    ("eigen", "expected value", "combinatori", "polynomial", "logarithm", "differential", "converge", "percent",
+     "how many ways"),
+    ("\\frac", "\\sum", "\\int"))
+HARD = Markers(
+    frozenset({"prove", "proof", "derive", "induction", "design", "critique", "formal", "formally", "nash",
+               "estimate", "plan", "strategy", "trade-off", "trade-offs", "tradeoffs"}),
+    ("lagrange", "rigorous", "implement", "architecture", "root cause", "game theory", "work out"))
+REASONING = Markers(
+    frozenset({"compare", "design", "plan", "evaluate", "derive", "critique", "implication", "implications",
+               "consequence", "consequences", "weigh", "trade-off", "trade-offs", "scale", "scaling", "scalable"}),
+    ("step by step", "step-by-step", "explain why", "why does", "analy", "pros and cons", "strateg", "architect",
+     "justify", "optimi", "assess", "in depth", "thorough", "multi-step", "hypothes", "root cause", "debug",
+     "migrat"))
+TASK = Markers(
+    frozenset({"describe", "rewrite", "draft", "difference", "differences", "why", "extract", "condense", "notes",
+               "shorten", "email", "letter", "speech", "fix", "tldr"}),
+    ("explain", "summar", "bullet", "how does", "how do", "how can", "what are the", "should i", "help me",
+     "write a python", "write a sql", "write a bash", "write a javascript", "write a function", "write a script",
+     "write a query", "write a regex", "write a dockerfile", "write a unit test"),
+    ("tl;dr",))
+ASK_WORDS = ("and", "then", "with", "including")  # each, like a comma, semicolon or "?", asks one thing more
+_ARITHMETIC = re.compile(r"\d\s*[-+*/^=]\s*\d")
+_NOT_WORD = re.compile(r"[^a-z0-9+#'\-]+")
 _SIMPLE = re.compile(
     r"^\s*(hi|hello|hey|thanks|thank you|good (morning|night|evening)|what is the capital"
     r"|who (is|was|wrote|invented|painted|discovered|composed)|when (is|was|did)|how do you say|translate|define"
     r"|what does .{1,30} (mean|stand for)|spell|what time|what day|what is \d|what's \d|how many|is \d+ a)\b",
     re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """A text made ready for the markers: lower case, its words, and its words between single spaces."""
+
+    lower: str
+    tokens: list[str]
+    words: frozenset[str]
+    spaced: str  # " word word ... ": a word beginning is " " + stem
+
+    @classmethod
+    def of(cls, text: str) -> Text:
+        lower = text.lower()
+        tokens = _NOT_WORD.sub(" ", lower).split()
+        return cls(lower, tokens, frozenset(tokens), " " + " ".join(tokens) + " ")
+
 
 # Weights of the heuristic, and the lengths at which length stops adding to the score.
 LENGTH_FULL_CHARS = 600  # the last user turn's length at which length alone gives LENGTH_WEIGHT
@@ -91,11 +132,12 @@ def features(body: dict[str, Any]) -> Features:
         prompt = body.get("prompt")
         last = prompt if isinstance(prompt, str) else _text(prompt)
         context, tool_turns, turns = len(last), False, 1
-    markers = {match.group(0).lower() for match in _REASONING.finditer(last)}
+    text = Text.of(last)
+    asks = sum(text.lower.count(mark) for mark in ",;?") + sum(text.tokens.count(word) for word in ASK_WORDS)
     return Features(
         text=last, context_chars=context, turns=turns,
-        code=_CODE.search(last) is not None, math=_MATH.search(last) is not None, reasoning=len(markers),
-        task=_TASK.search(last) is not None, hard=_HARD.search(last) is not None, asks=len(_ASKS.findall(last)),
+        code=bool(CODE.found(text)), math=bool(MATH.found(text)) or _ARITHMETIC.search(last) is not None,
+        reasoning=len(REASONING.found(text)), task=bool(TASK.found(text)), hard=bool(HARD.found(text)), asks=asks,
         tools=bool(body.get("tools") or body.get("functions")) or tool_turns,
         simple=_SIMPLE.search(last) is not None,
     )
