@@ -4,6 +4,7 @@ config's rules (each error at its line)."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,13 @@ import pytest
 from tests.inprocess import gateway
 from tokenway.config import ConfigError, parse_config
 from tokenway.errors import InvalidRequest
+from tokenway.observability.logging import JsonLog
+from tokenway.observability.metrics import Metrics
 from tokenway.protocol import SSE_DONE, sse_event
 from tokenway.tiers.checks import PEEK_CHARS, StreamPeek, answer_problem, text_problem
 from tokenway.tiers.neighbours import NeighbourScorer, SampleError, read_samples
 from tokenway.tiers.options import TierRouterConfig
-from tokenway.tiers.policy import TierDecision, TierRouter, TierRouting
+from tokenway.tiers.policy import TierDecision, TierRouter, TierRouting, open_tiers
 from tokenway.tiers.scorer import features, score_request
 
 
@@ -190,3 +193,25 @@ async def test_the_policy_sits_right_after_access_and_only_when_a_router_is_conf
     assert kinds.index(TierRouting) == 1
     async with gateway(fakes) as gw:
         assert TierRouting not in [type(policy) for policy in gw.app.policies(gw.app.models)]
+
+
+async def test_a_neighbours_router_embeds_its_samples_after_start_and_then_scores_by_them(tmp_path: Path) -> None:
+    samples = tmp_path / "samples.jsonl"
+    rows = [("hello there", "simple"), ("thanks a lot!", "simple"), ("what is the capital of peru", "simple"),
+            ("prove the theorem by induction on n", "complex"), ("design a fault tolerant consensus protocol",
+                                                                  "complex"),
+            ("derive the gradient of the loss and prove it converges", "complex")]
+    samples.write_text("".join(json.dumps({"prompt": p, "label": label}) + "\n" for p, label in rows))
+    config = parse_config(MODELS + f"  - name: auto\n    scorer: neighbours\n    samples: {samples}\n"
+                          "    neighbours: 3\n    tiers: [{model: small, up_to: 0.5}, {model: large}]\n")
+    routing = await open_tiers(config, Metrics(), JsonLog(io.BytesIO()), None)
+    assert routing is not None and routing.loading is not None
+    try:
+        await routing.loading
+        router = routing.routers["auto"]
+        assert router.neighbours is not None
+        hard, scorer = await router.score(chat("Prove by induction that this sequence converges."))
+        easy, _ = await router.score(chat("hello, thanks!"))
+    finally:
+        await routing.aclose()
+    assert scorer == "neighbours" and easy < 0.5 <= hard
