@@ -215,3 +215,12 @@ async def test_a_neighbours_router_embeds_its_samples_after_start_and_then_score
     finally:
         await routing.aclose()
     assert scorer == "neighbours" and easy < 0.5 <= hard
+
+
+async def test_a_bad_samples_file_stops_the_start_naming_its_line(tmp_path: Path) -> None:
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text('{"prompt": "hi", "label": "simple"}\n{"prompt": "hm"}\n')
+    config = parse_config(MODELS + f"  - name: auto\n    scorer: neighbours\n    samples: {samples}\n"
+                          "    tiers: [{model: small, up_to: 0.5}, {model: large}]\n")
+    with pytest.raises(SampleError, match=r"samples.jsonl:2: expected a JSON object with 'prompt' and 'label'"):
+        await open_tiers(config, Metrics(), JsonLog(io.BytesIO()), None)
