@@ -17,6 +17,7 @@ import pytest
 
 from tests.access_support import MASTER, create_key, gateway
 from tests.fakes import FakeUpstream
+from tests.jobs_support import wait_job
 
 SIMPLE = [{"role": "user", "content": "What is the capital of France?"}]
 COMPLEX = [{"role": "user", "content": (
@@ -206,6 +207,21 @@ def test_an_escalation_is_made_only_when_the_budget_can_hold_it(
     assert headers["x-tokenway-tier"] == ("large" if escalated else "small")
     assert text == ("A considered answer from the large model." if escalated else "")
     assert len(small.seen) == 1 and len(large.seen) == int(escalated)
+
+
+def test_the_router_is_listed_and_takes_async_jobs_for_a_key_allowed_only_it(tiers: Any) -> None:
+    base, _, small, _ = tiers
+    key = create_key(base, models=["auto"])["key"]
+    auth = {"Authorization": f"Bearer {key}"}
+    listed = httpx.get(base + "/v1/models", headers=auth).json()["data"]
+    assert [model["id"] for model in listed] == ["auto"]
+    assert [m["id"] for m in httpx.get(base + "/v1/models", headers=ADMIN).json()["data"]] == ["small", "large", "auto"]
+    submitted = httpx.post(base + "/v1/async/chat/completions", json={"model": "auto", "messages": SIMPLE},
+                           headers=auth)
+    assert submitted.status_code == 202, submitted.text
+    done = wait_job(base, key, submitted.json()["id"])
+    assert done["status"] == "succeeded" and done["result"]["choices"][0]["message"]["content"] == "Paris."
+    assert [seen.body["model"] for seen in small.seen] == ["small"]  # the job's request was routed too
 
 
 def test_a_router_naming_an_unknown_model_is_a_config_error_with_its_line(tmp_path: Path) -> None:

@@ -232,13 +232,18 @@ class Gateway:
                 self.access.policy.authenticate, self._models.names, self.config.limits, self.log),
         }
         await self.jobs.start(handler, self.clock, self.is_ready, metrics)  # jobs re-enter the same policy list
-        callers = Callers(self.access.policy, self.config.limits, self._models.names)
+        routers = [router.name for router in self.config.tiers]
+
+        def public_names() -> list[str]:  # what clients may ask for: the models and the routers before them
+            return [*self._models.names(), *routers]
+
+        callers = Callers(self.access.policy, self.config.limits, public_names)
         self.jobs.service.validator = callers.validator
         metrics_auth = (require_metrics_token(self.settings.metrics_token, self.settings.master_key)
                         if self.settings.metrics_token else None)
         self._control = control_app(self.is_ready, metrics, metrics_auth=metrics_auth,
                                     keyed=self.settings.master_key is not None,
-                                    routers=[models_router(self._models, callers, int(time.time())),
+                                    routers=[models_router(public_names, callers, int(time.time())),
                                              routing_router(self._models, self.routing, self.settings.master_key,
                                                             self._discovered),
                                              status_router(self.config, self._models, self.routing,
