@@ -73,6 +73,9 @@ def test_whole_answers_fail_the_checks_they_break_and_tool_calls_pass() -> None:
     assert answer_problem(body({"content": None, "refusal": "No."}), False, every) == "refusal"
     assert answer_problem(body({"content": "I'm sorry, but I can't help with that."}), False, every) == "refusal"
     assert answer_problem(body({"content": "Sorry to hear that! Here is a plan."}), False, every) is None
+    assert answer_problem(body({"content": "I'm sorry to hear that. Rest and drink water."}), False, every) is None
+    assert answer_problem(body({"content": "I\u2019m sorry, but I can\u2019t do that."}), False, every) == "refusal"
+    assert answer_problem(body({"content": "As an AI, I have no opinions."}), False, every) == "refusal"
     assert answer_problem(body({"content": "{\"a\": 1"}), True, every) == "invalid_json"
     assert answer_problem(body({"content": "{\"a\": 1}"}), True, every) is None
     assert answer_problem(body({"content": "not json"}), False, every) is None  # JSON was not asked for

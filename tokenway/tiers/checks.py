@@ -25,9 +25,10 @@ from tokenway.validation.replies import JSON_FORMATS
 PEEK_CHARS = 48  # text held back from a stream for the refusal check: enough for "I'm sorry, but I can't ..."
 
 _REFUSAL = re.compile(
-    r"^\W*(i'?m sorry|i am sorry|sorry, (but )?i|i can(no|')t (help|assist|do|provide|answer|comply)"
-    r"|i cannot (help|assist|do|provide|answer|comply)|i('m| am) (unable|not able) to|i won'?t be able"
-    r"|as an ai\b|unfortunately,? i can)", re.IGNORECASE)
+    r"^\W*((i'?m|i am) sorry,? (but )?(i|that)\b.{0,20}?(can'?t|cannot|unable|won'?t|not able)"
+    r"|sorry,? (but )?i (can'?t|cannot|won'?t|am unable)|i can(no|')t (help|assist|do|provide|answer|comply)"
+    r"|i('m| am) (unable|not able) to|i won'?t be able|as an ai\b|unfortunately,? i (can'?t|cannot|am unable))",
+    re.IGNORECASE)
 
 
 def wants_json(body: dict[str, Any]) -> bool:
@@ -38,7 +39,7 @@ def wants_json(body: dict[str, Any]) -> bool:
 def text_problem(text: str, refusal: str | None, json: bool, checks: Collection[Check], finished: bool) -> Check | None:
     """What is wrong with an answer's text (None: nothing the configured checks see). ``finished``:
     the whole text is in hand, else only its start."""
-    if "refusal" in checks and (refusal or _REFUSAL.match(text)):
+    if "refusal" in checks and (refusal or _REFUSAL.match(text.replace("\u2019", "'"))):  # a typographic apostrophe too
         return "refusal"
     stripped = text.lstrip()
     if "empty" in checks and finished and not stripped:

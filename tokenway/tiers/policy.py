@@ -23,7 +23,6 @@ answered.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,19 +32,17 @@ from tokenway.errors import InvalidRequest
 from tokenway.observability.logging import JsonLog
 from tokenway.observability.metrics import Metrics
 from tokenway.policies.base import Handler
-from tokenway.policies.structured_output import StructuredOutputInvalid
+from tokenway.policies.structured_output import Hold, StructuredOutputInvalid
 from tokenway.protocol import Usage
 from tokenway.providers.base import Answer, Call, Completion, Stream
 from tokenway.tiers.checks import StreamPeek, answer_problem, wants_json
-from tokenway.tiers.neighbours import NeighbourScorer, read_samples
+from tokenway.tiers.neighbours import NeighbourScorer, Sample, read_samples
 from tokenway.tiers.options import Check, TierRouterConfig
 from tokenway.tiers.scorer import features, heuristic_score
 from tokenway.usage.cost import estimate_prompt_tokens
 
 if TYPE_CHECKING:
     from tokenway.cache.semantic import Embedder
-
-Hold = Callable[[RequestContext, Call], Awaitable[bool]]  # AccessPolicy.hold_more: may one more call be paid for?
 
 TIER_HEADER = b"x-tokenway-tier"
 REASON_HEADER = b"x-tokenway-tier-reason"
@@ -136,7 +133,8 @@ class TierRouting:
         self.loading: asyncio.Task[None] | None = None
         self._embedder: Embedder | None = None
 
-    async def embed_samples(self, samples: dict[str, Any], log: JsonLog) -> None:
+    async def embed_samples(self, samples: dict[str, list[Sample]], log: JsonLog) -> None:
+        """Embed each router's samples (after start, off the event loop); its neighbours scorer then takes over."""
         from tokenway.cache.semantic import Embedder
 
         try:
