@@ -224,6 +224,17 @@ def test_the_router_is_listed_and_takes_async_jobs_for_a_key_allowed_only_it(tie
     assert [seen.body["model"] for seen in small.seen] == ["small"]  # the job's request was routed too
 
 
+def test_the_anthropic_front_door_is_routed_too(tiers: Any) -> None:
+    base, _, small, _ = tiers
+    body = {"model": "auto", "messages": SIMPLE}
+    counted = httpx.post(base + "/v1/messages/count_tokens", json=body, headers={"x-api-key": MASTER})
+    answered = httpx.post(base + "/v1/messages", json={**body, "max_tokens": 50}, headers={"x-api-key": MASTER})
+    assert counted.status_code == 200 and counted.json()["input_tokens"] > 0
+    assert answered.status_code == 200 and answered.headers["x-tokenway-tier"] == "small"
+    assert answered.json()["content"][0]["text"] == "Paris." and answered.json()["model"] == "auto"
+    assert [seen.body["model"] for seen in small.seen] == ["small"]
+
+
 def test_a_router_naming_an_unknown_model_is_a_config_error_with_its_line(tmp_path: Path) -> None:
     from tokenway.config import ConfigError, parse_config
 

@@ -223,20 +223,20 @@ class Gateway:
                           TrustedProxies.of(self.settings.trusted_proxies),
                           identify=lambda ctx: self.access.policy.authenticate(ctx, None))
         stored_responses = open_store(self.config.responses, self.redis)  # previous_response_id, GET, DELETE
+        routers = [router.name for router in self.config.tiers]
+
+        def public_names() -> list[str]:  # what clients may ask for: the models and the routers before them
+            return [*self._models.names(), *routers]
+
         self._data_routes = {
             **plane.routes({"/v1/messages": MessagesWire(),
                             "/v1/responses": ResponsesWire(stored_responses, self.config.limits),
                             "/v1/embeddings": OpenAIWire("embeddings", read_embeddings)}),
             # no backend call, no policies: the key check and the gateway's estimate
             "/v1/messages/count_tokens": CountTokens(
-                self.access.policy.authenticate, self._models.names, self.config.limits, self.log),
+                self.access.policy.authenticate, public_names, self.config.limits, self.log),
         }
         await self.jobs.start(handler, self.clock, self.is_ready, metrics)  # jobs re-enter the same policy list
-        routers = [router.name for router in self.config.tiers]
-
-        def public_names() -> list[str]:  # what clients may ask for: the models and the routers before them
-            return [*self._models.names(), *routers]
-
         callers = Callers(self.access.policy, self.config.limits, public_names)
         self.jobs.service.validator = callers.validator
         metrics_auth = (require_metrics_token(self.settings.metrics_token, self.settings.master_key)
