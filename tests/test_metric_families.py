@@ -56,6 +56,8 @@ FAMILIES = {  # name: (type, label names)
     "tokenway_context_shaped": ("counter", {"model", "strategy"}),
     "tokenway_context_tokens_removed": ("counter", {"model", "strategy"}),
     "tokenway_prompt_requests": ("counter", {"prompt", "version", "model", "status_code"}),
+    "tokenway_tier_decisions": ("counter", {"router", "tier", "reason"}),
+    "tokenway_tier_escalations": ("counter", {"router", "tier", "check"}),
 }
 
 
@@ -83,6 +85,8 @@ def _gateway_exposition() -> str:
     metrics.context_shaped.labels("m", "trim").inc()
     metrics.context_tokens_removed.labels("m", "trim").inc(120)
     metrics.prompt_requests.labels("support", "2", "m", "200").inc()
+    metrics.tier_decisions.labels("auto", "large", "escalated:empty").inc()
+    metrics.tier_escalations.labels("auto", "small", "empty").inc()
     engine = SimpleNamespace(waiting=2, running=3, kv_usage=0.5)
     deployment = SimpleNamespace(name="m#0", in_flight=1, breaker=SimpleNamespace(state="open"), healthy=True,
                                  engine=engine)

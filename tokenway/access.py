@@ -49,7 +49,8 @@ class Access:
         self.keys = KeyCache(self.db, log, self.config.keys_refresh_s)
         self.ledger = Ledger(self.db, settings.data_dir / "wal", log, flush_s=self.config.ledger_flush_s)
         self.policy = AccessPolicy(settings.master_key, self.keys, self.counters, self.ledger, self.config,
-                                   config.models, log, max_streams=config.limits.max_streams_per_key)
+                                   config.models, log, max_streams=config.limits.max_streams_per_key,
+                                   tiers={router.name: router.models() for router in config.tiers})
 
     def store_failures(self) -> int:
         """Counter store calls that failed (admissions, and settles sent after their requests)."""

@@ -11,6 +11,7 @@ import asyncio
 import gc
 import os
 import time
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -78,6 +79,7 @@ from tokenway.replay.store import open_record_store
 from tokenway.routing.discovery import Discovery
 from tokenway.routing.health import Monitors
 from tokenway.routing.stats import RoutingStats
+from tokenway.tiers.policy import TierRouting, open_tiers
 from tokenway.translate.responses_store import open_store
 
 
@@ -130,6 +132,7 @@ class Gateway:
         self.redis: Any = None  # redis.asyncio.Redis when TOKENWAY_REDIS_URL is set; shared by every store
         self.cache: ResponseCache | None = None  # None when caching is off for every model
         self.guards: Guards | None = None  # None when no guard profile is configured
+        self.tiers: TierRouting | None = None  # None when no router is configured (config.tiers)
         self._models = ModelTable({})
         self.route: Route | None = None
         self._serving: Serving | None = None  # the request path of the config serving now (tokenway/reload.py)
@@ -144,6 +147,7 @@ class Gateway:
         self.access = Access(settings, config, self.log)  # keys, limits, budgets, ledger (started in startup)
         self.jobs = Jobs(settings, config, self.log, self.metrics)  # async jobs and batches (started in startup)
         self.releases = ReleaseRecord()  # what each release version and its shadow did (GET /admin/releases)
+        self._routers = [router.name for router in config.tiers]  # public names that route to tiers
         self.prompts = Prompts(open_prompt_store(settings), self.log, config.prompts.refresh_s)  # prompt versions
         # None unless the config's record: section names a model or a key
         self.recorder = (Recorder(config.record, open_record_store(settings), self.log)
@@ -158,6 +162,8 @@ class Gateway:
             self.access.policy,  # keys -> rate limits + budget hold (one atomic step) -> settle + ledger at the end
             *([self.recorder.front] if self.recorder is not None else []),  # chosen requests recorded, as sent
             ApplyPrompt(self.prompts, config, self.metrics),  # a prompt's messages; before guards and cache
+            # a router's public name becomes its tier's model: everything below acts as for that model
+            *([self.tiers] if self.tiers is not None else []),
             # PII, injection, blocked terms, output length; before the cache, so every caller's guards apply to hits
             *([self.guards] if self.guards is not None else []),
             *([self.cache] if self.cache is not None else []),
@@ -173,6 +179,10 @@ class Gateway:
             LimitConcurrency(self.clock),
             *([self.recorder.attempts] if self.recorder is not None else []),  # each deployment call, for the record
         ]
+
+    def public_names(self, models: ModelTable) -> list[str]:
+        """What clients may ask for: the models of ``models``, and the tier routers in front of them."""
+        return [*models.names(), *self._routers]
 
     @property
     def models(self) -> ModelTable:
@@ -234,13 +244,14 @@ class Gateway:
             self.redis = redis.asyncio.from_url(self.settings.redis_url)
         self.cache = await open_cache(self.config, self.redis)
         self.guards = await open_guards(self.config, self.metrics, self.log)
+        self.tiers = await open_tiers(self.config, self.metrics, self.log, self.access.policy.hold_more)
         self._upstream = HttpClient()
         self._resources = ProviderResources(http=self._http, upstream=self._upstream, data_dir=self.settings.data_dir)
         await self.access.start()
         if self.config.observability.tracing.enabled:
             self.tracing = Tracing(self.config.observability.tracing)
         self._stored_responses = open_store(self.config.responses, self.redis)  # previous_response_id, GET, DELETE
-        self._callers = Callers(self.access.policy, self.config.limits, lambda: self._models.names())
+        self._callers = Callers(self.access.policy, self.config.limits, lambda: self.public_names(self._models))
         await self.prompts.start()
         if self.recorder is not None:
             await self.recorder.start()
@@ -304,6 +315,7 @@ class Gateway:
                           TrustedProxies.of(self.settings.trusted_proxies),
                           identify=lambda ctx: self.access.policy.authenticate(ctx, None))
         stored_responses, callers = self._stored_responses, self._callers
+        names = partial(self.public_names, models)
         data_routes: dict[str, Endpoint] = {
             **plane.routes({"/v1/messages": MessagesWire(),
                             "/v1/responses": ResponsesWire(
@@ -312,14 +324,14 @@ class Gateway:
                             "/v1/embeddings": OpenAIWire("embeddings", read_embeddings)}),
             # no backend call, no policies: the key check and the gateway's estimate
             "/v1/messages/count_tokens": CountTokens(
-                self.access.policy.authenticate, models.names, config.limits, self.log),
+                self.access.policy.authenticate, names, config.limits, self.log),
         }
         metrics_auth = (require_metrics_token(self.settings.metrics_token, self.settings.master_key)
                         if self.settings.metrics_token else None)
         discovery = Discovery(config, route, build, self._monitors, self._http, self.log)
         control = control_app(self.is_ready, metrics, metrics_auth=metrics_auth,
                               keyed=self.settings.master_key is not None,
-                              routers=[models_router(models, callers, int(time.time())),
+                              routers=[models_router(names, callers, int(time.time())),
                                        routing_router(models, self.routing, self.settings.master_key,
                                                       discovery.snapshot),
                                        status_router(config, models, self.routing,
@@ -421,8 +433,12 @@ class Gateway:
             await self.cache.aclose()
         if self._serving is not None and self._serving.context is not None:
             await self._serving.context.aclose()
+        if self.tiers is not None:
+            await self.tiers.aclose()
         if self.guards is not None:
             await self.guards.aclose()
+        if self.tiers is not None:
+            await self.tiers.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         self.metrics.close()

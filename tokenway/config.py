@@ -49,6 +49,7 @@ from tokenway.routing.options import (
     RoutingConfig,
 )
 from tokenway.shaping.options import ContextConfig
+from tokenway.tiers.options import TierRouterConfig
 from tokenway.translate.responses_store import ResponsesConfig
 from tokenway.usage.options import AccessConfig
 from tokenway.validation.options import ModelStructuredOutputConfig, StructuredOutputConfig
@@ -298,6 +299,7 @@ class GatewayConfig(_Strict):
     responses: ResponsesConfig = ResponsesConfig()  # stored responses' TTL and bounds (tokenway.translate)
     prompts: PromptsConfig = PromptsConfig()  # prompt versions kept in the database (tokenway.prompts)
     record: RecordConfig = RecordConfig()  # requests recorded for replay (tokenway.replay)
+    tiers: list[TierRouterConfig] = []  # public names routed to the cheapest able model (tokenway.tiers)
 
     @field_validator("models")
     @classmethod
@@ -382,6 +384,18 @@ class GatewayConfig(_Strict):
                 raise LocatedError(("models", i, "context", "summarizer"),
                                    f"summarizer {summarizer!r} is not another configured model "
                                    f"(configured: {', '.join(names)})")
+        return self
+
+    @model_validator(mode="after")
+    def _tier_models_exist(self) -> GatewayConfig:
+        models = [m.name for m in self.models]
+        for i, router in enumerate(self.tiers):
+            if router.name in models or router.name in [r.name for r in self.tiers[:i]]:
+                raise LocatedError(("tiers", i, "name"), f"{router.name!r} is already a model or router name")
+            for j, tier in enumerate(router.tiers):
+                if tier.model not in models:
+                    raise LocatedError(("tiers", i, "tiers", j, "model"),
+                                       f"model {tier.model!r} is not configured (models: {', '.join(models)})")
         return self
 
     def digest(self) -> str:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from tokenway.deployments import Deployment
     from tokenway.replay.recording import Recording
     from tokenway.stores.base import KeyRecord
+    from tokenway.tiers.policy import TierDecision
 
 
 @dataclass(slots=True)
@@ -75,6 +76,7 @@ class RequestContext:
     trace_id: str | None = None  # the request span's trace id, when tracing is on (read by the log)
     job: JobRef | None = None  # set by the job runner: the request runs for a job, not a live caller
     session: str | None = None  # x-tokenway-session: who the caller is when no user or key says (releases)
+    tier_override: str | None = None  # x-tokenway-tier: the tier the caller asks a router for
     # Access (policies/access.py): who is calling.
     key: KeyRecord | None = None  # the virtual key; None for the master key and anonymous callers
     key_alias: str | None = None  # who the key belongs to, safe to log
@@ -90,6 +92,9 @@ class RequestContext:
     guard_actions: list[str] = field(default_factory=list)
     # The recorder (replay/recorder.py), when this request is recorded: its attempts and answer.
     recording: Recording | None = None
+    # Small-model routing (tiers/policy.py): the tier picked, and what calls it dropped cost (access bills it).
+    tier: TierDecision | None = None
+    prior_cost_nanos: int = 0
     # Resilience and routing (policies/resilience.py, policies/routing.py).
     model: str | None = None  # public name of the model being tried (a fallback's, after a fallback)
     tried: set[str] = field(default_factory=set)  # deployments of that model tried by this request

@@ -44,7 +44,7 @@ from tokenway.routing.discovery import Discovery
 # Sections read once when the process starts (keys store, jobs, cache, guards, listeners): a change
 # to them is reported, and waits for a restart.
 RESTART_SECTIONS = ("limits", "logging", "cache", "observability", "access", "jobs", "guards", "responses", "prompts",
-                    "record")
+                    "record", "tiers")
 
 _IN_FLIGHT_POLL_S = 0.05
 

@@ -7,16 +7,17 @@ that does not exist (as OpenAI answers). An open gateway (no master key) lists e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 
 from tokenway.api.callers import Callers
-from tokenway.deployments import ModelTable
 from tokenway.errors import ModelNotFound
 
 
-def models_router(models: ModelTable, callers: Callers, created: int) -> APIRouter:
+def models_router(names: Callable[[], list[str]], callers: Callers, created: int) -> APIRouter:
+    """``names``: the public model names (the routers of ``tiers:`` included)."""
     router = APIRouter(tags=["openai"])
 
     def describe(name: str) -> dict[str, Any]:
@@ -25,13 +26,13 @@ def models_router(models: ModelTable, callers: Callers, created: int) -> APIRout
     @router.get("/v1/models", summary="List the models this key may use")
     async def list_models(request: Request) -> dict[str, Any]:
         _, key = callers.identify(request)
-        allowed = [name for name in models.names() if key is None or key.allows(name)]
+        allowed = [name for name in names() if key is None or key.allows(name)]
         return {"object": "list", "data": [describe(name) for name in allowed]}
 
     @router.get("/v1/models/{model}", summary="Describe one model")
     async def get_model(model: str, request: Request) -> dict[str, Any]:
         _, key = callers.identify(request)
-        if model not in models.names() or (key is not None and not key.allows(model)):
+        if model not in names() or (key is not None and not key.allows(model)):
             raise ModelNotFound(f"The model '{model}' does not exist or this key may not use it; GET /v1/models "
                                 "lists the ones it may.", param="model")
         return describe(model)

@@ -180,7 +180,7 @@ async def run_finalizers(ctx: RequestContext) -> None:
 
 def request_context(scope: Scope, endpoint: str, new_id: IdGenerator) -> tuple[RequestContext, int | None]:
     """The request context from the headers (one pass), and the declared body length."""
-    request_id = api_key = cache_control = session = None
+    request_id = api_key = cache_control = session = tier = None
     priority = 0
     length: int | None = None
     for name, value in scope["headers"]:
@@ -198,6 +198,8 @@ def request_context(scope: Scope, endpoint: str, new_id: IdGenerator) -> tuple[R
             priority = _priority(value)
         elif name == b"x-tokenway-session":  # sticks a caller to one release version (tokenway/releases)
             session = value.decode("latin-1")[:128]
+        elif name == b"x-tokenway-tier":
+            tier = value.decode("latin-1")
         elif name == b"content-length":
             try:
                 length = int(value)
@@ -212,6 +214,7 @@ def request_context(scope: Scope, endpoint: str, new_id: IdGenerator) -> tuple[R
         cache_control=cache_control,
         priority=priority,
         session=session,
+        tier_override=tier,
     )
     return ctx, length
 

@@ -158,6 +158,8 @@ class JsonLog:
             line["context"] = asdict(ctx.context_shaped)
         if ctx.prompt is not None:
             line["prompt"], line["prompt_version"] = ctx.prompt
+        if ctx.tier is not None:
+            line["tier"] = ctx.tier.for_log()
         if ctx.finalizer_errors:
             line["finalizer_errors"] = ctx.finalizer_errors
         if self.content and ctx.content is not None:

@@ -111,6 +111,15 @@ class Metrics:
             "tokenway_prompt_requests", "Requests that ran with a prompt version, by prompt, version and status.",
             ["prompt", "version", "model", "status_code"], registry=registry,
         )
+        # Small-model routing (tokenway/tiers/policy.py): reason is score, override or escalated:<check>.
+        self.tier_decisions = Counter(
+            "tokenway_tier_decisions", "Routed requests, by router, the tier that served them and why.",
+            ["router", "tier", "reason"], registry=registry,
+        )
+        self.tier_escalations = Counter(
+            "tokenway_tier_escalations", "Answers dropped for the next tier, by the tier and the check they failed.",
+            ["router", "tier", "check"], registry=registry,
+        )
         # (name, help, type) of every family above, declared on /metrics before first use (see render)
         self._declared = [(family.name, family.documentation, family.type) for family in registry.collect()]
         # Live state read at scrape time (breakers, queues, worker load): this process's own view.

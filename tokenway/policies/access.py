@@ -73,7 +73,7 @@ class AccessPolicy:
     def __init__(
         self, master_key: str | None, keys: KeyCache, counters: Counters, ledger: Ledger, access: AccessConfig,
         models: list[ModelConfig], log: JsonLog, clock: Callable[[], float] = time.time,
-        max_streams: int | None = None,
+        max_streams: int | None = None, tiers: dict[str, list[str]] | None = None,
     ) -> None:
         self._master = master_key.encode() if master_key else None
         self._max_streams = max_streams  # per virtual key, unless the key sets its own
@@ -87,13 +87,16 @@ class AccessPolicy:
         self._new_id = IdGenerator("u_")
         self._store_down_logged = 0.0
         self._models = {m.name: m for m in models}
+        # Routers' public names and the models their tiers use: a key allowed the name may be served by
+        # any of them, and the hold covers the dearest (tokenway/tiers/policy.py).
+        self._tiers = tiers or {}
         self._rates = {m.name: Rates.dearest([Rates.of(deployment_price(d)) for d in m.deployments]) for m in models}
         self._plans: dict[tuple[str, str], _Plan] = {}  # (key id, "ip:<address>" or ""; model) -> plan
 
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
         model = call.body.get("model") or ""
         key = self.authenticate(ctx, model)
-        if model in self._models:  # a refusal here is still logged and recorded under its model
+        if model in self._models or model in self._tiers:  # a refusal is still logged and recorded under it
             ctx.model = model
         ask = Ask([], estimate_prompt_tokens(call))
         ctx.defer(lambda done: self._record(done, ask.tokens))  # every request past the keys, refused ones too
@@ -235,21 +238,24 @@ class AccessPolicy:
         if limit is not None:
             _add(plan.buckets, "model", model, limit.rpm, limit.tpm)
         plan.tightest = min((b for b in plan.buckets if b.kind == "tokens"), key=lambda b: b.capacity, default=None)
-        if model in self._models:  # names of models the gateway does not serve are not kept
+        if model in self._models or model in self._tiers:  # names the gateway does not serve are not kept
             if len(self._plans) >= MAX_PLANS:
                 self._plans.clear()
             self._plans[(name, model)] = plan
         return plan
 
     def _dearest(self, model: str, key: KeyRecord) -> Rates:
-        """Rates no cheaper than any deployment that may serve ``model`` for this key, fallbacks included."""
+        """Rates no cheaper than any deployment that may serve ``model`` for this key, fallbacks and a
+        router's tiers included."""
         seen, chain = {model}, [model]
         for name in chain:
             config = self._models.get(name)
-            for fallback in [] if config is None else [*config.fallbacks, *config.context_fallbacks]:
-                if fallback not in seen and key.allows(fallback):
-                    seen.add(fallback)
-                    chain.append(fallback)
+            fallbacks = [] if config is None else [*config.fallbacks, *config.context_fallbacks]
+            reached = [*self._tiers.get(name, ()), *(f for f in fallbacks if key.allows(f))]
+            for other in reached:
+                if other not in seen:
+                    seen.add(other)
+                    chain.append(other)
         return Rates.dearest([self._rates[name] for name in chain if name in self._rates])
 
     async def _admit(self, ask: Ask) -> Decision | None:
@@ -297,8 +303,9 @@ class AccessPolicy:
         partial = ctx.stream and ctx.upstream_first_at is not None and ctx.status != 200
         if partial and ctx.usage is None:  # the backend generated (and charged for) what it sent
             ctx.usage = Usage(prompt_tokens=estimate, completion_tokens=ctx.delivered_tokens)
-        if ctx.cost_nanos is None:
-            ctx.cost_nanos = 0 if ctx.target is None else ctx.target.rates.usage_nanos(ctx.usage)
+        if ctx.cost_nanos is None:  # with what calls the request made and dropped (a tier's escalation)
+            answered = 0 if ctx.target is None else ctx.target.rates.usage_nanos(ctx.usage)
+            ctx.cost_nanos = ctx.prior_cost_nanos + answered
         return ctx.usage, partial, ctx.cost_nanos
 
 
