@@ -188,5 +188,8 @@ class Database(Protocol):
         self, group_by: GroupBy, since: float, until: float, key_id: str | None = None, team: str | None = None
     ) -> list[dict[str, Any]]: ...
 
+    async def usage_requests(self, since: float, until: float) -> list[tuple[float, int, int]]:
+        """(ts, prompt_tokens, completion_tokens) of each answered request (status below 400), by time."""
+
     async def spent(self, since: float, key_id: str | None = None, team: str | None = None) -> int:
         """Nano-dollars recorded since ``since`` for a key or a team."""

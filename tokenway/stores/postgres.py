@@ -118,6 +118,13 @@ class PostgresDatabase:
         )
         return [summary_row(group_by, tuple(row)) for row in rows]
 
+    async def usage_requests(self, since: float, until: float) -> list[tuple[float, int, int]]:
+        rows = await self.pool.fetch(
+            "SELECT ts, prompt_tokens, completion_tokens FROM tokenway_usage "
+            "WHERE ts >= $1 AND ts < $2 AND status < 400 ORDER BY ts", since, until,
+        )
+        return [(float(row[0]), int(row[1]), int(row[2])) for row in rows]
+
     async def spent(self, since: float, key_id: str | None = None, team: str | None = None) -> int:
         column, value = ("key_id", key_id) if key_id is not None else ("team", team)
         total = await self.pool.fetchval(

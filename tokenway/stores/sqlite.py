@@ -157,6 +157,12 @@ class SqliteDatabase(SqliteFile):
         rows = await self._run(lambda db: db.execute(sql, args).fetchall())
         return [summary_row(group_by, row) for row in rows]
 
+    async def usage_requests(self, since: float, until: float) -> list[tuple[float, int, int]]:
+        sql = ("SELECT ts, prompt_tokens, completion_tokens FROM tokenway_usage "
+               "WHERE ts >= ? AND ts < ? AND status < 400 ORDER BY ts")
+        rows = await self._run(lambda db: db.execute(sql, (since, until)).fetchall())
+        return [(float(ts), int(prompt), int(completion)) for ts, prompt, completion in rows]
+
     async def spent(self, since: float, key_id: str | None = None, team: str | None = None) -> int:
         column, value = ("key_id", key_id) if key_id is not None else ("team", team)
         sql = f"SELECT coalesce(sum(cost_nanos), 0) FROM tokenway_usage WHERE {column} = ? AND ts >= ?"
