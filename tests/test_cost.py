@@ -3,6 +3,7 @@ JSON, HTML, bad input), a real bench file of the embedded model, and traffic rea
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -10,10 +11,12 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.access_support import drop_schema, pg_schema, pg_url
 from tests.servers import running_gateway
 from tests.test_plots import _assert_inside
 from tokenway.config import ConfigError
@@ -23,7 +26,8 @@ from tokenway.cost.pricing import SelfHosted, api_per_request, break_even, self_
 from tokenway.cost.sizing import GIB, SizingError, replicas_for, roofline, size_memory
 from tokenway.cost.traffic import DAY_S, Tokens, Traffic, from_requests
 from tokenway.observability.logging import JsonLog
-from tokenway.stores.base import UsageRecord
+from tokenway.stores.base import Database, UsageRecord
+from tokenway.stores.postgres import PostgresDatabase
 from tokenway.stores.sqlite import SqliteDatabase
 from tokenway.usage.ledger import Ledger
 
@@ -264,28 +268,43 @@ def test_cli_prices_a_real_bench_of_the_embedded_model(embedded_bench: Path, tmp
     assert len(charts) == 3 and all(_assert_inside(chart) > 0 for chart in charts)
 
 
-async def test_cli_reads_traffic_from_the_ledger(tmp_path: Path) -> None:
-    db = SqliteDatabase(tmp_path / "tokenway.db")
+async def _write_ledger(db: Database, wal: Path) -> None:
+    """Two days of traffic through the ledger's own writer: one request a minute, a burst of 120 in
+    48 seconds, and one refused request that does not count."""
     await db.start()
-    ledger = Ledger(db, tmp_path / "wal", JsonLog())
+    ledger = Ledger(db, wal, JsonLog())
     await ledger.start()
-    now = time.time()
-    base = now - 2 * DAY_S  # two days of traffic: 2,880 requests, one a minute, and a burst of 120
+    base = time.time() - 2 * DAY_S
     for i in range(2880):
         ledger.record(UsageRecord(f"r{i}", f"q{i}", base + i * 60, "k", None, "m", "m#0", 600, 150, 0, 1, 5.0, 200))
     for i in range(120):
         ledger.record(UsageRecord(f"b{i}", f"p{i}", base + 600 + i * 0.4, "k", None, "m", "m#0", 2000, 400, 0, 1,
                                   5.0, 200))
-    ledger.record(UsageRecord("e", "x", base + 7, "k", None, "m", "m#0", 99999, 9, 0, 0, 5.0, 429))  # not answered
+    ledger.record(UsageRecord("e", "x", base + 7, "k", None, "m", "m#0", 99999, 9, 0, 0, 5.0, 429))
     await ledger.aclose()
     await db.aclose()
 
-    env = {"TOKENWAY_DATA_DIR": str(tmp_path), "TOKENWAY_DATABASE_URL": ""}
-    done = _cost("--from-ledger", "--days", "7", "--gpu", "A10G", "--json", env=env)
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The settings `tokenway serve` would use for a ledger holding ``_write_ledger``'s rows."""
+    if request.param == "sqlite":
+        asyncio.run(_write_ledger(SqliteDatabase(tmp_path / "tokenway.db"), tmp_path / "wal"))
+        yield {"TOKENWAY_DATA_DIR": str(tmp_path), "TOKENWAY_DATABASE_URL": ""}
+        return
+    schema = pg_schema()
+    try:
+        asyncio.run(_write_ledger(PostgresDatabase(pg_url(schema)), tmp_path / "wal"))
+        yield {"TOKENWAY_DATA_DIR": str(tmp_path), "TOKENWAY_DATABASE_URL": pg_url(schema)}
+    finally:
+        drop_schema(schema)
+
+
+def test_cli_reads_traffic_from_the_ledger(ledger_env: dict[str, str]) -> None:
+    done = _cost("--from-ledger", "--days", "7", "--gpu", "A10G", "--json", env=ledger_env)
     assert done.returncode == 0, done.stderr
     traffic = json.loads(done.stdout)["traffic"]
     assert traffic["requests_per_day"] == pytest.approx(3000 / 2, rel=0.01)
     assert traffic["peak_rps"] == pytest.approx(121 / 60) and traffic["prompt_tokens"]["max"] == 2000
-    assert "usage ledger" in traffic["source"]
-    table = _cost("--from-ledger", "--gpu", "A10G", "--api", "gpt-4o", env=env)
+    table = _cost("--from-ledger", "--gpu", "A10G", "--api", "gpt-4o", env=ledger_env)
     assert table.returncode == 0 and "usage ledger, last 7 days: 3000 requests" in table.stdout

@@ -40,6 +40,10 @@ def decade_ticks(lo: float, hi: float) -> list[float]:
 
 
 def _label(v: float) -> str:
+    """Short tick labels (10k, 2.5M), so that the last one fits beside the plot area."""
+    for at_least, scale, suffix in ((1e9, 1e9, "G"), (1e6, 1e6, "M"), (1e4, 1e3, "k")):
+        if abs(v) >= at_least:
+            return f"{v / scale:g}{suffix}"
     if abs(v) >= 1000:
         return f"{v:,.0f}"
     return f"{v:g}"
@@ -125,11 +129,11 @@ def line_chart(
         f'<text x="14" y="{TOP + PLOT_H / 2}" text-anchor="middle" '
         f'transform="rotate(-90 14 {TOP + PLOT_H / 2})">{escape(ylabel)}</text>'
     )
-    for name, x in marks:
+    for i, (name, x) in enumerate(marks):
+        label_y = TOP + PLOT_H - 4 - 12 * (i % 4)  # staggered: marks close together keep readable labels
         out.append(
             f'<line class="mark" x1="{sx(x):.1f}" y1="{TOP}" x2="{sx(x):.1f}" y2="{TOP + PLOT_H}" stroke="#555" '
-            f'stroke-dasharray="4 3"/><text x="{sx(x) + 3:.1f}" y="{TOP + PLOT_H - 4}" fill="#555">'
-            f"{escape(name[:30])}</text>"
+            f'stroke-dasharray="4 3"/><text x="{sx(x) + 3:.1f}" y="{label_y}" fill="#555">{escape(name[:30])}</text>'
         )
     for i, (name, xs, ys) in enumerate(series):
         color = PALETTE[i % len(PALETTE)]
