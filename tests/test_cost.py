@@ -221,6 +221,16 @@ def test_cli_bad_input_is_a_clear_error(args: list[str], message: str) -> None:
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+def test_cli_takes_a_model_given_by_its_numbers() -> None:
+    done = _cost(*FLAGS, "--model", "Qwen2.5-14B", "--params-b", "14.7", "--layers", "48", "--kv-heads", "8",
+                 "--head-dim", "128", "--context-length", "32768", "--gpu", "L40S", "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["model"]["name"] == "Qwen2.5-14B" and doc["model"]["dtype"] == "bf16"
+    assert doc["sizing"]["kv_bytes_per_token"] == 2 * 48 * 8 * 128 * 2
+    assert doc["sizing"]["weights_gib"] == pytest.approx(14.7e9 * 2 / GIB)
+
+
 def test_cli_without_traffic_says_what_to_pass() -> None:
     done = _cost("--gpu", "L4")
     assert done.returncode == 2 and "pass --from-ledger or --requests-per-day" in done.stderr
@@ -266,6 +276,11 @@ def test_cli_prices_a_real_bench_of_the_embedded_model(embedded_bench: Path, tmp
     assert doc["sizing"]["weights_gib"] == pytest.approx(0.1345e9 * 20 / 32 / GIB)
     charts = re.findall(r"<svg.*?</svg>", (tmp_path / "cost.html").read_text(), flags=re.S)
     assert len(charts) == 3 and all(_assert_inside(chart) > 0 for chart in charts)
+    volume = _cost("--bench", str(embedded_bench), "--gpu", "L4", "--model", "SmolLM2-135M")
+    assert volume.returncode == 2 and "pass --from-ledger or --requests-per-day" in volume.stderr
+    bigger = _cost("--bench", str(embedded_bench), "--gpu", "L4", "--model", "SmolLM2-135M", "--requests-per-day",
+                   "5000", "--prompt-tokens", "4000", "--json")
+    assert json.loads(bigger.stdout)["traffic"]["prompt_tokens"]["p95"] == 4000
 
 
 async def _write_ledger(db: Database, wal: Path) -> None:

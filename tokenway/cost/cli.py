@@ -17,6 +17,7 @@ from tokenway.cost.pricing import chat_models
 from tokenway.cost.report import as_json, print_table, render_html
 from tokenway.cost.traffic import Tokens, Traffic, from_ledger, from_numbers
 
+DEFAULT_MODEL = "Llama-3.1-8B"
 CUSTOM_MODEL_FLAGS = ("params_b", "layers", "kv_heads", "head_dim", "context_length")
 
 
@@ -37,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     traffic.add_argument("--prompt-tokens", type=float, help="mean prompt tokens (replaces the ledger's or bench's)")
     traffic.add_argument("--completion-tokens", type=float, help="mean completion tokens (likewise)")
     model = p.add_argument_group("model (a known name, or the five numbers for another)")
-    model.add_argument("--model", default="Llama-3.1-8B", help="(default %(default)s)")
+    model.add_argument("--model", help=f"(default {DEFAULT_MODEL})")
     model.add_argument("--params-b", type=float, help="parameters, billions")
     model.add_argument("--layers", type=int)
     model.add_argument("--kv-heads", type=int)
@@ -71,10 +72,9 @@ def _model(args: argparse.Namespace) -> tuple[str, ModelSpec]:
         missing = [f"--{f.replace('_', '-')}" for f in CUSTOM_MODEL_FLAGS if f not in given]
         if missing:
             raise CatalogueError(f"A model given by numbers also needs {', '.join(missing)}.")
-        name = args.model if args.model != _parser().get_default("model") else "custom"
-        return name, ModelSpec(**given, dtype=args.dtype or "bf16")
+        return args.model or "custom", ModelSpec(**given, dtype=args.dtype or "bf16")
     known = load_models()
-    name = pick("model", args.model, dict(known))
+    name = pick("model", args.model or DEFAULT_MODEL, dict(known))
     return name, known[name]
 
 
@@ -90,37 +90,35 @@ async def _ledger_traffic(days: float) -> Traffic:
         await db.aclose()
 
 
-def _tokens(given: float | None, measured: list[int], flag: str) -> Tokens:
+def _tokens(given: float | None, measured: Tokens | None, flag: str) -> Tokens:
+    """The flag's size when given, else what the ledger or bench measured."""
     if given is not None:
         if not given > 0:
             raise ValueError(f"{flag} must be above 0.")
         return Tokens.fixed(given)
-    if not measured:
-        raise ValueError(f"No token sizes: pass {flag} (or --from-ledger, or a --bench file with server usage).")
-    return Tokens.of(measured)
+    if measured is None:
+        raise ValueError(f"No token sizes: pass {flag} (or --from-ledger, or a --bench file whose server sent usage).")
+    return measured
 
 
 def _traffic(args: argparse.Namespace, bench: bench_file.BenchResults | None) -> Traffic:
-    """The ledger's traffic, or the bench's token sizes at the volume given; flags replace either's numbers."""
-    prompt: Tokens | None
-    completion: Tokens | None
+    """The ledger's traffic, or the volume given with the bench's token sizes; flags replace either's numbers."""
     if args.from_ledger:
         traffic = asyncio.run(_ledger_traffic(args.days))
-        prompt, completion = traffic.prompt, traffic.completion
-    else:
-        if args.requests_per_day is None:
-            raise ValueError("No traffic volume: pass --from-ledger or --requests-per-day.")
-        traffic = from_numbers(args.requests_per_day, args.peak_factor,
-                               bench.path if bench is not None else "the command line")
-        prompt = _tokens(None, bench.prompt_tokens, "--prompt-tokens") if bench else None
-        completion = _tokens(None, bench.completion_tokens, "--completion-tokens") if bench else None
-    if args.requests_per_day is not None:
-        traffic = traffic.scaled(args.requests_per_day)
-    if args.prompt_tokens is not None or prompt is None:
-        prompt = _tokens(args.prompt_tokens, [], "--prompt-tokens")
-    if args.completion_tokens is not None or completion is None:
-        completion = _tokens(args.completion_tokens, [], "--completion-tokens")
-    return replace(traffic, prompt=prompt, completion=completion)
+        if args.requests_per_day is not None:
+            traffic = traffic.scaled(args.requests_per_day)
+        return replace(traffic, prompt=_tokens(args.prompt_tokens, traffic.prompt, "--prompt-tokens"),
+                       completion=_tokens(args.completion_tokens, traffic.completion, "--completion-tokens"))
+    if args.requests_per_day is None:
+        raise ValueError("No traffic volume: pass --from-ledger or --requests-per-day.")
+    measured_prompt = Tokens.of(bench.prompt_tokens) if bench and bench.prompt_tokens else None
+    measured_completion = Tokens.of(bench.completion_tokens) if bench and bench.completion_tokens else None
+    return from_numbers(
+        args.requests_per_day, args.peak_factor,
+        _tokens(args.prompt_tokens, measured_prompt, "--prompt-tokens"),
+        _tokens(args.completion_tokens, measured_completion, "--completion-tokens"),
+        f"token sizes from {bench.path}" if bench is not None else "token sizes given",
+    )
 
 
 def _request(args: argparse.Namespace) -> Request:

@@ -88,10 +88,11 @@ async def from_ledger(db: Database, days: float, now: float) -> Traffic:
     return from_requests(rows, since, now, f"usage ledger, last {days:g} days")
 
 
-def from_numbers(requests_per_day: float, peak_factor: float, source: str) -> Traffic:
-    """A volume with a peak ``peak_factor`` x its mean; token sizes of one token until set."""
+def from_numbers(requests_per_day: float, peak_factor: float, prompt: Tokens, completion: Tokens,
+                 source: str) -> Traffic:
+    """A volume with a peak ``peak_factor`` x its mean rate."""
     if not (math.isfinite(requests_per_day) and requests_per_day > 0 and math.isfinite(peak_factor)
             and peak_factor >= 1):
         raise ValueError("--requests-per-day must be above 0 and --peak-factor at least 1.")
-    return Traffic(requests_per_day, requests_per_day / DAY_S * peak_factor, Tokens.fixed(1), Tokens.fixed(1),
-                   f"{requests_per_day:,.0f} requests/day given, token sizes from {source}")
+    return Traffic(requests_per_day, requests_per_day / DAY_S * peak_factor, prompt, completion,
+                   f"{requests_per_day:,.0f} requests/day given, {source}")
