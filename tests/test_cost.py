@@ -7,10 +7,12 @@ import asyncio
 import json
 import math
 import os
+import random
 import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,14 +21,15 @@ import pytest
 from tests.access_support import drop_schema, pg_schema, pg_url
 from tests.servers import running_gateway
 from tests.test_plots import _assert_inside
+from tokenway.bench.metrics import percentile
 from tokenway.config import ConfigError
 from tokenway.cost import bench_file
 from tokenway.cost.catalogue import CatalogueError, load_gpus, load_models, pick
 from tokenway.cost.pricing import SelfHosted, api_per_request, break_even, self_hosted_option
 from tokenway.cost.sizing import GIB, SizingError, replicas_for, roofline, size_memory
-from tokenway.cost.traffic import DAY_S, Tokens, Traffic, from_requests
+from tokenway.cost.traffic import DAY_S, Tokens, Traffic, from_usage
 from tokenway.observability.logging import JsonLog
-from tokenway.stores.base import Database, UsageRecord
+from tokenway.stores.base import Database, UsageRecord, UsageTraffic
 from tokenway.stores.postgres import PostgresDatabase
 from tokenway.stores.sqlite import SqliteDatabase
 from tokenway.usage.ledger import Ledger
@@ -122,16 +125,27 @@ def test_api_cost_of_a_request_is_its_tokens_at_list_price() -> None:
     assert api_per_request("gpt-4o-mini", _traffic(1, 1000, 500)) == pytest.approx((1000 * 0.15 + 500 * 0.60) / 1e6)
 
 
-def test_traffic_from_requests_has_rate_peak_and_percentiles() -> None:
-    start = 1_000_000.0
-    rows = [(start + i * 60.0, 100 + i % 10, 20) for i in range(1440)]  # one a minute for a day...
-    rows += [(start + 30 * 60 + i * 0.5, 400, 40) for i in range(60)]  # ... and 60 more in the 31st minute
-    rows.sort()
-    traffic = from_requests(rows, start, start + DAY_S, "test")
-    assert traffic.requests_per_day == pytest.approx(1500)
-    assert traffic.peak_rps == pytest.approx(61 / 60)
-    assert traffic.prompt.max == 400 and traffic.prompt.p50 == 105
-    assert traffic.completion.mean == pytest.approx((1440 * 20 + 60 * 40) / 1500)
+def test_token_sizes_from_counts_match_the_percentiles_of_every_request() -> None:
+    rng = random.Random(5)
+    sizes = [rng.choice([12, 40, 41, 300, 2048]) + rng.randrange(3) for _ in range(997)]
+    tokens = Tokens.of_counts(list(Counter(sizes).items()))
+    ordered = sorted(float(v) for v in sizes)
+    assert tokens.p50 == pytest.approx(percentile(ordered, 50)) and tokens.p95 == pytest.approx(percentile(ordered, 95))
+    assert tokens.mean == pytest.approx(sum(sizes) / len(sizes)) and tokens.max == max(sizes)
+    assert Tokens.of([7]) == Tokens.fixed(7)
+
+
+def test_traffic_from_the_ledgers_counts() -> None:
+    usage = UsageTraffic(requests=1500, first_ts=1000.0, busiest_minute=61, prompt_tokens=[(100, 1440), (400, 60)],
+                         completion_tokens=[(20, 1500)])
+    traffic = from_usage(usage, since=0.0, until=1000.0 + DAY_S / 2, source="test")
+    assert traffic.requests_per_day == pytest.approx(3000)  # 1,500 in the half day since the first
+    assert traffic.peak_rps == pytest.approx(61 / 60) and traffic.peak_factor == pytest.approx(61 / 60 / (3000 / DAY_S))
+    assert traffic.prompt.max == 400 and traffic.prompt.p50 == 100 and traffic.completion.mean == 20
+    young = from_usage(UsageTraffic(10, 1000.0, 5, [(1, 10)], [(1, 10)]), 0.0, 1060.0, "test")
+    assert young.requests_per_day == pytest.approx(10 * 24)  # read as at least an hour
+    with pytest.raises(ValueError, match="no answered requests"):
+        from_usage(UsageTraffic(0, None, 0, [], []), 0.0, 1.0, "test")
 
 
 def test_catalogue_override_lookup_and_errors(tmp_path: Path) -> None:
@@ -289,7 +303,7 @@ async def _write_ledger(db: Database, wal: Path) -> None:
     await db.start()
     ledger = Ledger(db, wal, JsonLog())
     await ledger.start()
-    base = time.time() - 2 * DAY_S
+    base = time.time() // 60 * 60 - 2 * DAY_S  # on a minute: the burst falls in one calendar minute
     for i in range(2880):
         ledger.record(UsageRecord(f"r{i}", f"q{i}", base + i * 60, "k", None, "m", "m#0", 600, 150, 0, 1, 5.0, 200))
     for i in range(120):

@@ -4,10 +4,10 @@ read from the usage ledger, from a bench file's requests, or given as numbers.""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, replace
 
-from tokenway.bench.metrics import percentile
-from tokenway.stores.base import Database
+from tokenway.stores.base import Database, UsageTraffic
 
 DAY_S = 86400.0
 DAYS_PER_MONTH = 365.25 / 12
@@ -26,10 +26,30 @@ class Tokens:
 
     @classmethod
     def of(cls, values: list[int]) -> Tokens:
-        ordered = sorted(float(v) for v in values)
-        if not ordered:
+        return cls.of_counts(list(Counter(values).items()))
+
+    @classmethod
+    def of_counts(cls, counts: list[tuple[int, int]]) -> Tokens:
+        """From (size, requests of that size) pairs: the ledger counts them, the sizes are few."""
+        ordered = sorted((size, n) for size, n in counts if n > 0)
+        total = sum(n for _, n in ordered)
+        if not total:
             raise ValueError("no requests to measure")
-        return cls(sum(ordered) / len(ordered), percentile(ordered, 50), percentile(ordered, 95), ordered[-1])
+
+        def nth(rank: int) -> float:  # the rank-th smallest size, from 0
+            seen = 0
+            for size, n in ordered:
+                seen += n
+                if rank < seen:
+                    return float(size)
+            return float(ordered[-1][0])
+
+        def percentile(p: float) -> float:  # linear between order statistics, numpy's default
+            position = (total - 1) * p / 100.0
+            low = math.floor(position)
+            return nth(low) + (nth(min(low + 1, total - 1)) - nth(low)) * (position - low)
+
+        return cls(sum(size * n for size, n in ordered) / total, percentile(50), percentile(95), float(ordered[-1][0]))
 
     @classmethod
     def fixed(cls, value: float) -> Tokens:
@@ -39,7 +59,7 @@ class Tokens:
 @dataclass(frozen=True, slots=True)
 class Traffic:
     requests_per_day: float
-    peak_rps: float  # the busiest 60 seconds' requests per second
+    peak_rps: float  # the busiest calendar minute's requests per second
     prompt: Tokens
     completion: Tokens
     source: str  # where the numbers came from, for the report
@@ -58,34 +78,23 @@ class Traffic:
         return replace(self, requests_per_day=requests_per_day, peak_rps=requests_per_day / DAY_S * self.peak_factor)
 
 
-def from_requests(rows: list[tuple[float, int, int]], since: float, until: float, source: str) -> Traffic:
-    """Traffic from (ts, prompt_tokens, completion_tokens) rows recorded between ``since`` and ``until``."""
-    if not rows:
-        raise ValueError(f"{source}: no answered requests between the dates asked for")
-    observed_s = max(until - max(since, rows[0][0]), MIN_OBSERVED_S)
+def from_usage(usage: UsageTraffic, since: float, until: float, source: str) -> Traffic:
+    """Traffic from the ledger's counts of the requests answered between ``since`` and ``until``."""
+    if usage.requests == 0 or usage.first_ts is None:
+        raise ValueError(f"{source}: no answered requests in that window; try a longer --days")
+    observed_s = max(until - max(since, usage.first_ts), MIN_OBSERVED_S)
     return Traffic(
-        requests_per_day=len(rows) * DAY_S / observed_s,
-        peak_rps=_busiest_minute([ts for ts, _, _ in rows]) / 60.0,
-        prompt=Tokens.of([p for _, p, _ in rows]),
-        completion=Tokens.of([c for _, _, c in rows]),
-        source=f"{source}: {len(rows)} requests over {observed_s / DAY_S:.2f} days",
+        requests_per_day=usage.requests * DAY_S / observed_s,
+        peak_rps=usage.busiest_minute / 60.0,
+        prompt=Tokens.of_counts(usage.prompt_tokens),
+        completion=Tokens.of_counts(usage.completion_tokens),
+        source=f"{source}: {usage.requests} requests over {observed_s / DAY_S:.2f} days",
     )
-
-
-def _busiest_minute(times: list[float]) -> int:
-    """The most requests in any 60 seconds (a sliding window over the sorted send times)."""
-    most, first = 0, 0
-    for last, ts in enumerate(times):
-        while ts - times[first] >= 60.0:
-            first += 1
-        most = max(most, last - first + 1)
-    return most
 
 
 async def from_ledger(db: Database, days: float, now: float) -> Traffic:
     since = now - days * DAY_S
-    rows = await db.usage_requests(since, now)
-    return from_requests(rows, since, now, f"usage ledger, last {days:g} days")
+    return from_usage(await db.usage_traffic(since, now), since, now, f"usage ledger, last {days:g} days")
 
 
 def from_numbers(requests_per_day: float, peak_factor: float, prompt: Tokens, completion: Tokens,
