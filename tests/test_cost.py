@@ -337,3 +337,13 @@ def test_cli_reads_traffic_from_the_ledger(ledger_env: dict[str, str]) -> None:
     assert traffic["peak_rps"] == pytest.approx(121 / 60) and traffic["prompt_tokens"]["max"] == 2000
     table = _cost("--from-ledger", "--gpu", "A10G", "--api", "gpt-4o", env=ledger_env)
     assert table.returncode == 0 and "usage ledger, last 7 days: 3000 requests" in table.stdout
+
+
+def test_without_rich_the_table_says_what_to_install(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from tokenway.cost.cli import main
+
+    monkeypatch.setitem(sys.modules, "rich.console", None)  # as if the bench extra were not installed
+    assert main([*FLAGS, "--gpu", "L4"]) == 2
+    assert "pip install 'tokenway[bench]', or pass --json" in capsys.readouterr().err
+    assert main([*FLAGS, "--gpu", "L4", "--json"]) == 0

@@ -150,7 +150,12 @@ def main(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(as_json(result), indent=2))
     else:
-        print_table(result)
+        try:
+            print_table(result)
+        except ModuleNotFoundError as exc:  # rich comes with the bench extra
+            print(f"tokenway cost: the table needs {exc.name}: pip install 'tokenway[bench]', or pass --json",
+                  file=sys.stderr)
+            return 2
     if args.html is not None:
         args.html.parent.mkdir(parents=True, exist_ok=True)
         args.html.write_text(render_html(result), encoding="utf-8")
