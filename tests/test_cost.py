@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.access_support import drop_schema, pg_schema, pg_url
-from tests.servers import running_gateway
+from tests.servers import running_app
 from tests.test_plots import _assert_inside
 from tokenway.bench.metrics import percentile
 from tokenway.config import ConfigError
@@ -258,21 +258,28 @@ def test_cli_bad_bench_file_names_the_field(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
-# A real bench of the embedded model (the zero-config default), priced on the CPU-sized "GPU" it ran on.
+# A real run of the embedded model (the zero-config default) on this machine: a bench sweep, and the
+# ledger the gateway wrote while serving it.
 EMBEDDED = "models:\n  - name: local\n    deployments:\n      - provider: local\n"
 
 
 @pytest.fixture(scope="module")
-def embedded_bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def embedded_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding the bench's results.json and the gateway's data dir (its SQLite ledger)."""
     from tokenway.bench.cli import main as bench_main
 
     out = tmp_path_factory.mktemp("bench")
-    with running_gateway(EMBEDDED) as base:
+    with running_app(EMBEDDED, data_dir=out) as (base, _):
         rc = bench_main(["--base-url", base + "/v1", "--model", "local", "--concurrency", "1,2", "-n", "6",
                          "--input-len", "32", "--output-len", "8", "--goodput", "e2el:20000", "--json",
                          str(out / "results.json"), "--progress", "off"])
     assert rc == 0
-    return out / "results.json"
+    return out
+
+
+@pytest.fixture(scope="module")
+def embedded_bench(embedded_run: Path) -> Path:
+    return embedded_run / "results.json"
 
 
 def test_cli_prices_a_real_bench_of_the_embedded_model(embedded_bench: Path, tmp_path: Path) -> None:
@@ -347,3 +354,18 @@ def test_without_rich_the_table_says_what_to_install(monkeypatch: pytest.MonkeyP
     assert main([*FLAGS, "--gpu", "L4"]) == 2
     assert "pip install 'tokenway[bench]', or pass --json" in capsys.readouterr().err
     assert main([*FLAGS, "--gpu", "L4", "--json"]) == 0
+
+
+def test_cli_prices_the_gateways_own_ledger_with_its_bench(embedded_run: Path) -> None:
+    # The question as a user asks it: this gateway's traffic (its ledger), at the throughput measured.
+    results = bench_file.load(embedded_run / "results.json")
+    done = _cost("--from-ledger", "--bench", str(embedded_run / "results.json"), "--gpu", "L4", "--model",
+                 "SmolLM2-135M", "--json", env={"TOKENWAY_DATA_DIR": str(embedded_run), "TOKENWAY_DATABASE_URL": ""})
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    raw = json.loads((embedded_run / "results.json").read_text())
+    served = sum(1 for run in raw["runs"] for r in run["requests"] if r["status"] == 200)  # warm-ups too
+    assert doc["traffic"]["source"].startswith(f"usage ledger, last 7 days: {served} requests")
+    # The ledger and the bench saw the same requests: the server's token counts agree.
+    assert doc["traffic"]["prompt_tokens"]["max"] == max(results.prompt_tokens)
+    assert doc["throughput"]["source"] == "measured"
