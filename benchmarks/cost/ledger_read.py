@@ -19,17 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tokenway.cost.traffic import DAY_S, from_ledger  # noqa: E402
-from tokenway.stores.base import UsageRecord  # noqa: E402
-from tokenway.stores.sqlite import SqliteDatabase  # noqa: E402
+from tokenway.cost.traffic import DAY_S, from_ledger
+from tokenway.stores.base import UsageRecord
+from tokenway.stores.sqlite import SqliteDatabase
 
 BATCH = 50_000
 
 
-async def main(per_day: int, days: int, folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    db = SqliteDatabase(folder / "tokenway.db")
+async def main(per_day: int, days: int, db: SqliteDatabase) -> None:
     await db.start()
     rng, now, rows = random.Random(1), time.time(), per_day * days
     gap = days * DAY_S / rows
@@ -57,4 +54,6 @@ if __name__ == "__main__":
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/cost-ledger"))
     args = parser.parse_args()
-    asyncio.run(main(args.per_day, args.days, args.dir))
+    shutil.rmtree(args.dir, ignore_errors=True)
+    args.dir.mkdir(parents=True)
+    asyncio.run(main(args.per_day, args.days, SqliteDatabase(args.dir / "tokenway.db")))
