@@ -171,6 +171,12 @@ def test_a_bench_file_of_the_wrong_shape_names_the_field(tmp_path: Path) -> None
                                 "runs": [{"shape": {"concurrency": 1}, "summary": {"label": "c=1"}, "requests": []}]}))
     with pytest.raises(bench_file.BenchFileError, match=r"runs\[0\]\.summary\.request_throughput: Field required"):
         bench_file.load(path)
+    run = {"shape": {"concurrency": 4}, "requests": [], "summary": {
+        "label": "c=4", "request_throughput": 3.0, "output_throughput": 90.0, "concurrency": {"peak": 4, "mean": 3.9},
+        "goodput": {"slo_ms": {"ttft": 10}, "req_s": 0.0}}}
+    path.write_text(json.dumps({"tool": "tokenway bench", "format_version": 1, "config": {}, "runs": [run]}))
+    with pytest.raises(bench_file.BenchFileError, match="no request of any run met its SLO"):
+        bench_file.load(path)
     path.write_text('{"tool": "other"}')
     with pytest.raises(bench_file.BenchFileError, match=r"not a tokenway bench results file.*tool"):
         bench_file.load(path)

@@ -105,7 +105,7 @@ def load(path: Path) -> BenchResults:
         ) from None
     answered = [r for run in doc.runs for r in run.requests if not r.warmup and r.error is None]
     slos = [run.summary.goodput.slo_ms for run in doc.runs if run.summary.goodput is not None]
-    return BenchResults(
+    results = BenchResults(
         path=str(path),
         model=str(doc.config.get("model", "")),
         slo_ms=slos[0] if slos else {},
@@ -122,3 +122,7 @@ def load(path: Path) -> BenchResults:
         prompt_tokens=[r.input_tokens for r in answered if r.input_tokens is not None],
         completion_tokens=[r.output_tokens for r in answered],
     )
+    if results.best.capacity <= 0:
+        met = "met its SLO" if results.slo_ms else "completed"
+        raise BenchFileError(f"{path}: no request of any run {met}: there is no throughput to size replicas by")
+    return results
