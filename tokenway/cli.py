@@ -1,4 +1,4 @@
-"""``tokenway``: serve, check-config, bench, jobs. Every ``serve`` flag is also a ``TOKENWAY_*`` env var.
+"""``tokenway``: serve, check-config, bench, cost, jobs. Every ``serve`` flag is also a ``TOKENWAY_*`` env var.
 
 ``serve`` builds one ``Settings`` (env vars, its flags on top) and passes it down: to the app
 object with one worker; with several, uvicorn imports ``worker_app`` in each worker process,
@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> None:
         from tokenway.bench.cli import main as bench_main
 
         sys.exit(bench_main(argv[1:]))
+    if argv and argv[0] == "cost":
+        from tokenway.cost.cli import main as cost_main
+
+        sys.exit(cost_main(argv[1:]))
     if argv and argv[0] == "jobs":
         from tokenway.jobs.cli import main as jobs_main
 
@@ -81,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file and point at the bad line")
     check.add_argument("file", type=Path)
     commands.add_parser("bench", help="load-test an OpenAI-compatible endpoint (tokenway bench --help)")
+    commands.add_parser("cost", help="price traffic self-hosted against API models (tokenway cost --help)")
     commands.add_parser("jobs", help="submit and follow batches and async jobs on a gateway (tokenway jobs --help)")
     commands.add_parser("releases", help="compare release versions and shadows on a gateway (tokenway releases --help)")
     commands.add_parser("prompts", help="create, list, activate and roll back prompt versions (--help)")

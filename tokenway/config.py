@@ -12,7 +12,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -423,6 +423,9 @@ class LocatedError(ValueError):
         self.loc = loc
 
 
+YamlModel = TypeVar("YamlModel", bound=BaseModel)
+
+
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file, line and field."""
 
@@ -469,10 +472,29 @@ def load_config(path: Path | None) -> GatewayConfig:
 
 
 def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
+    data, node = _yaml_document(text, source)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:1: the config must be a mapping with a 'models' list")
+    config = _validated(GatewayConfig, data, node, source)
+    infinite = _first_non_finite(config.model_dump())
+    if infinite is not None:  # `.inf` passes "greater than 0": an infinite weight or timeout breaks what reads it
+        raise ConfigError(f"{source}:{_line_of(node, infinite)}: {_dotted(infinite)}: not a finite number")
+    return config
+
+
+def parse_yaml(text: str, source: str, model: type[YamlModel]) -> YamlModel:
+    """Any YAML file read into ``model`` (a pydantic model), with ``parse_config``'s errors: each names
+    the file, line and field."""
+    data, node = _yaml_document(text, source)
+    return _validated(model, data, node, source)
+
+
+def _yaml_document(text: str, source: str) -> tuple[Any, Any]:
+    """The YAML's data, and its node tree (kept to find the line of each error)."""
     try:
         loader = _Yaml12Loader(text)
         try:
-            node = loader.get_single_node()  # kept to find the line of each error below
+            node = loader.get_single_node()
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
@@ -484,10 +506,12 @@ def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
         raise ConfigError(f"{source}:{line}: not valid YAML: {problem}") from None
     except RecursionError:
         raise ConfigError(f"{source}:1: not valid YAML for a config: it nests too deeply") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}:1: the config must be a mapping with a 'models' list")
+    return data, node
+
+
+def _validated(model: type[YamlModel], data: Any, node: Any, source: str) -> YamlModel:
     try:
-        config = GatewayConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         lines = []
         for error in exc.errors(include_url=False):
@@ -497,10 +521,6 @@ def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
             field = _dotted(loc) or "(top level)"
             lines.append(f"{source}:{line}: {field}: {error['msg']}")
         raise ConfigError("\n".join(lines)) from None
-    infinite = _first_non_finite(config.model_dump())
-    if infinite is not None:  # `.inf` passes "greater than 0": an infinite weight or timeout breaks what reads it
-        raise ConfigError(f"{source}:{_line_of(node, infinite)}: {_dotted(infinite)}: not a finite number")
-    return config
 
 
 def _first_non_finite(data: Any) -> list[Any] | None:

@@ -28,13 +28,13 @@ from typing import Any
 
 import orjson
 
-from tokenway.bench.svg import line_chart
 from tokenway.config import GatewayConfig
 from tokenway.context import RequestContext
 from tokenway.deployments import ModelTable
 from tokenway.errors import GatewayError
 from tokenway.observability.logging import JsonLog
 from tokenway.observability.metrics import Metrics
+from tokenway.plots import line_chart
 from tokenway.policies.context_window import ContextWindow, counter_for
 from tokenway.providers.base import Answer, Call, Completion
 from tokenway.shaping.counting import tiktoken_counter

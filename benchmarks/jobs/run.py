@@ -469,7 +469,7 @@ def rss_summary(sampler: Sampler) -> dict[str, Any]:
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
     sys.path.insert(0, str(ROOT))
-    from tokenway.bench.svg import line_chart
+    from tokenway.plots import line_chart
 
     series = [(f"{r['mode']} round {r['round']}", [p[0] for p in r["rss_series"]], [p[1] for p in r["rss_series"]])
               for r in results if r["mode"] in ("embedded", "celery1", "celery2") and "rss_series" in r]

@@ -136,7 +136,7 @@ def main() -> None:
 
 
 def plot(per_round: dict[str, list[float]], path: Path, percent: float) -> None:
-    from tokenway.bench.svg import line_chart
+    from tokenway.plots import line_chart
 
     series = [(name, [float(i) for i in range(1, len(values) + 1)], values) for name, values in per_round.items()]
     path.write_text(line_chart(series, f"Primary p99 per round, with and without a {percent:g}% shadow", "round",

@@ -209,7 +209,7 @@ async def neighbours(rows: list[dict[str, Any]], up_to: tuple[float, float]) -> 
 
 def plot(sweep: list[dict[str, Any]], path: Path) -> None:
     """The threshold sweep as an SVG line chart (the bench report's own plotting)."""
-    from tokenway.bench.svg import line_chart
+    from tokenway.plots import line_chart
 
     xs = [s["small_up_to"] for s in sweep]
     series = [(name, xs, [s[key] for s in sweep]) for key, name in (

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenway.bench.metrics import PERCENTILES
-from tokenway.bench.svg import Series, line_chart
+from tokenway.plots import Series, line_chart
 
 CSS = """body{font-family:sans-serif;margin:24px;color:#222;max-width:1200px}
 table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}

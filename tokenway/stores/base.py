@@ -166,6 +166,21 @@ def paced_slices(records: list[UsageRecord]) -> tuple[list[list[UsageRecord]], f
 
 GroupBy = Literal["key", "team", "model", "day"]
 
+# The answered requests of a window, for ``usage_traffic``: in one place so both databases ask the same.
+ANSWERED = "ts >= {since} AND ts < {until} AND status < 400"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTraffic:
+    """Answered requests in a window: how many, since when, the busiest calendar minute, and how many
+    requests had each prompt and completion size (histograms: the sizes are few, the requests many)."""
+
+    requests: int
+    first_ts: float | None
+    busiest_minute: int
+    prompt_tokens: list[tuple[int, int]]  # (tokens, requests)
+    completion_tokens: list[tuple[int, int]]
+
 
 class Database(Protocol):
     """Keys and the usage ledger: SQLite (embedded) or Postgres (shared)."""
@@ -190,6 +205,9 @@ class Database(Protocol):
     async def usage_summary(
         self, group_by: GroupBy, since: float, until: float, key_id: str | None = None, team: str | None = None
     ) -> list[dict[str, Any]]: ...
+
+    async def usage_traffic(self, since: float, until: float) -> UsageTraffic:
+        """The shape of the answered requests' traffic (status below 400), counted in the database."""
 
     async def spent(self, since: float, key_id: str | None = None, team: str | None = None) -> int:
         """Nano-dollars recorded since ``since`` for a key or a team."""

@@ -12,7 +12,15 @@ from typing import Any
 
 import asyncpg
 
-from tokenway.stores.base import USAGE_COLUMNS, GroupBy, KeyRecord, UsageRecord, paced_slices
+from tokenway.stores.base import (
+    ANSWERED,
+    USAGE_COLUMNS,
+    GroupBy,
+    KeyRecord,
+    UsageRecord,
+    UsageTraffic,
+    paced_slices,
+)
 from tokenway.stores.sqlite import summary_row
 
 _SCHEMA = """
@@ -117,6 +125,18 @@ class PostgresDatabase:
             *args,
         )
         return [summary_row(group_by, tuple(row)) for row in rows]
+
+    async def usage_traffic(self, since: float, until: float) -> UsageTraffic:
+        where = ANSWERED.format(since="$1", until="$2")
+
+        async def rows(select: str) -> list[tuple[int, int]]:
+            found = await self.pool.fetch(f"SELECT {select} FROM tokenway_usage WHERE {where} GROUP BY 1", since, until)
+            return [(int(row[0]), int(row[1])) for row in found]
+
+        totals = await self.pool.fetchrow(f"SELECT count(*), min(ts) FROM tokenway_usage WHERE {where}", since, until)
+        minutes = await rows("floor(ts / 60)::bigint, count(*)")
+        return UsageTraffic(int(totals[0]), totals[1], max((n for _, n in minutes), default=0),
+                            await rows("prompt_tokens, count(*)"), await rows("completion_tokens, count(*)"))
 
     async def spent(self, since: float, key_id: str | None = None, team: str | None = None) -> int:
         column, value = ("key_id", key_id) if key_id is not None else ("team", team)

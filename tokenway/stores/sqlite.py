@@ -15,7 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tokenway.stores.base import USAGE_COLUMNS, GroupBy, KeyRecord, UsageRecord, paced_slices
+from tokenway.stores.base import (
+    ANSWERED,
+    USAGE_COLUMNS,
+    GroupBy,
+    KeyRecord,
+    UsageRecord,
+    UsageTraffic,
+    paced_slices,
+)
 
 T = TypeVar("T")
 
@@ -156,6 +164,22 @@ class SqliteDatabase(SqliteFile):
         )
         rows = await self._run(lambda db: db.execute(sql, args).fetchall())
         return [summary_row(group_by, row) for row in rows]
+
+    async def usage_traffic(self, since: float, until: float) -> UsageTraffic:
+        where = ANSWERED.format(since="?", until="?")
+
+        def read(db: sqlite3.Connection) -> UsageTraffic:
+            def rows(select: str) -> list[tuple[int, int]]:
+                found = db.execute(f"SELECT {select} FROM tokenway_usage WHERE {where} GROUP BY 1", (since, until))
+                return [(int(a), int(b)) for a, b in found.fetchall()]
+
+            count, first = db.execute(f"SELECT count(*), min(ts) FROM tokenway_usage WHERE {where}",
+                                      (since, until)).fetchone()
+            minutes = rows("CAST(ts / 60 AS INTEGER), count(*)")
+            return UsageTraffic(int(count), first, max((n for _, n in minutes), default=0),
+                                rows("prompt_tokens, count(*)"), rows("completion_tokens, count(*)"))
+
+        return await self._run(read)
 
     async def spent(self, since: float, key_id: str | None = None, team: str | None = None) -> int:
         column, value = ("key_id", key_id) if key_id is not None else ("team", team)
