@@ -18,6 +18,7 @@ import aiohttp
 from tokenway import __version__
 from tokenway.access import Access
 from tokenway.api.admin import admin_router
+from tokenway.api.admin_overview import overview_router
 from tokenway.api.admin_routing import routing_router
 from tokenway.api.admin_status import status_router
 from tokenway.api.batches import batches_router
@@ -34,6 +35,8 @@ from tokenway.api.wire import OpenAIWire
 from tokenway.asgi import Receive, Scope, Send, send_error
 from tokenway.clock import SYSTEM_CLOCK, Clock
 from tokenway.config import DeploymentConfig, GatewayConfig, Settings, load_config
+from tokenway.console.playground import playground_chat
+from tokenway.console.routes import console_router
 from tokenway.context import RequestContext
 from tokenway.deployments import Deployment, ModelTable
 from tokenway.drain import drain_when_file_appears, install_drain_on_sigterm
@@ -226,6 +229,9 @@ class Gateway:
             "/v1/messages/count_tokens": CountTokens(
                 self.access.policy.authenticate, self._models.names, self.config.limits, self.log),
         }
+        # the console's playground: a session instead of a key, then the same chat endpoint
+        self._data_routes["/ui/playground/chat/completions"] = playground_chat(
+            self._data_routes["/v1/chat/completions"], self.settings.master_key)
         await self.jobs.start(handler, self.clock, self.is_ready, metrics)  # jobs re-enter the same policy list
         callers = Callers(self.access.policy, self.config.limits, self._models.names)
         self.jobs.service.validator = callers.validator
@@ -243,7 +249,10 @@ class Gateway:
                                                           self.config.guards.profiles),
                                              jobs_router(self.jobs.service, callers, self.settings.master_key),
                                              batches_router(self.jobs.service, callers),
-                                             responses_router(stored_responses, callers)])
+                                             responses_router(stored_responses, callers),
+                                             overview_router(metrics, self._models, self.access,
+                                                             self.settings.master_key),
+                                             console_router(self.settings.master_key)])
         self._starting = asyncio.get_running_loop().create_task(self._start_providers())
         self._monitors = Monitors(self._http)
         for deployment in self._models.all():
