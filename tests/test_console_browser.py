@@ -1,0 +1,172 @@
+"""The console end to end in headless Chromium (Debian's ``chromium``, driven by Playwright): log in,
+create a key and call with it from the official ``openai`` SDK, watch its spend appear, revoke it and
+see the SDK get 401, stream an answer from the embedded model in the playground, and visit every page
+with no console errors. ``TOKENWAY_SCREENSHOTS=docs/console`` saves a screenshot of each page there."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.console_support import MASTER, console_config
+from tests.fakes import FakeUpstream
+from tests.servers import running_app
+
+CHROMIUM = os.environ.get("TOKENWAY_CHROMIUM", "/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and shutil.which("chromium") is None,
+                                reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)")
+sync_api = pytest.importorskip("playwright.sync_api")
+SCREENSHOTS = os.environ.get("TOKENWAY_SCREENSHOTS")
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    upstream = FakeUpstream().start()
+    with running_app(console_config(upstream, local=True), master_key=MASTER,
+                     data_dir=Path(tmp_path_factory.mktemp("console-browser"))) as (url, _):
+        yield url
+    upstream.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: object, gateway: str) -> Iterator[object]:
+    context = browser.new_context(base_url=gateway, viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(f"console: {message.text}") if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(f"pageerror: {error}"))
+    yield page
+    context.close()
+    assert errors == [], errors  # no console errors on any page the test visited
+
+
+def shot(page: object, name: str) -> None:
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
+
+
+def log_in(page: object) -> None:
+    page.goto("/ui/")  # type: ignore[attr-defined]
+    expect = sync_api.expect
+    expect(page).to_have_url(re.compile(r"/ui/login$"))
+    shot(page, "login")
+    page.get_by_label("Master key").fill(MASTER)  # type: ignore[attr-defined]
+    page.get_by_role("button", name="Log in").click()  # type: ignore[attr-defined]
+    expect(page).to_have_url(re.compile(r"/ui/$"))
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()  # type: ignore[attr-defined]
+
+
+def test_a_key_from_creation_to_spend_to_revocation(page: object, gateway: str) -> None:
+    expect = sync_api.expect
+    log_in(page)
+    page.get_by_role("link", name="Keys").click()  # type: ignore[attr-defined]
+    create = page.locator("#create-key")  # type: ignore[attr-defined]
+    create.get_by_label("Name").fill("sdk-app")
+    create.get_by_label("Team").fill("web")
+    create.get_by_label("Budget (USD)").fill("5")
+    create.get_by_role("button", name="Create key").click()
+    secret = page.locator("#new-secret")  # type: ignore[attr-defined]
+    expect(secret).to_contain_text("tw-")
+    key = secret.inner_text().strip()
+    row = page.get_by_role("row").filter(has_text="sdk-app")  # type: ignore[attr-defined]
+    expect(row).to_contain_text("active")
+    key_id = row.locator("code").inner_text()
+
+    client = openai.OpenAI(base_url=gateway + "/v1", api_key=key, max_retries=0, timeout=30)
+    for _ in range(3):
+        answer = client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "hi"}])
+        assert answer.choices[0].message.content == "Hello from the fake upstream."
+
+    page.get_by_role("link", name="Usage & spend").click()  # type: ignore[attr-defined]
+    page.get_by_label("Group by").select_option("key")  # type: ignore[attr-defined]
+    spend_row = page.get_by_role("row").filter(has_text=key_id)  # type: ignore[attr-defined]
+    expect(spend_row).to_contain_text("$0.000057")  # 3 x (7 prompt x $1 + 6 completion x $2 per 1M)
+    expect(spend_row).to_contain_text("3")
+    with page.expect_download() as download:  # type: ignore[attr-defined]
+        page.get_by_role("button", name="Export CSV").click()  # type: ignore[attr-defined]
+    assert f"{key_id},3,21,18,0,0.000057" in Path(download.value.path()).read_text()
+    shot(page, "usage")
+
+    page.get_by_role("link", name="Overview").click()  # type: ignore[attr-defined]
+    expect(page.locator("#stat-spend")).to_have_text(re.compile(r"\$0\.0000[5-9]\d"))  # type: ignore[attr-defined]
+    expect(page.get_by_role("row").filter(has_text="fake")).to_be_visible()  # type: ignore[attr-defined]
+    page.wait_for_timeout(2500)  # a second snapshot: rates and charts
+    shot(page, "overview")
+
+    page.get_by_role("link", name="Keys").click()  # type: ignore[attr-defined]
+    row = page.get_by_role("row").filter(has_text="sdk-app")  # type: ignore[attr-defined]
+    row.get_by_role("button", name="Edit sdk-app").click()
+    editor = page.locator("#edit-key")  # type: ignore[attr-defined]
+    editor.get_by_label("Requests/min").fill("100")
+    editor.get_by_role("button", name="Save changes").click()
+    expect(row).to_contain_text("100 rpm")
+    shot(page, "keys")
+    page.once("dialog", lambda dialog: dialog.accept())  # type: ignore[attr-defined]
+    row.get_by_role("button", name="Revoke sdk-app").click()
+    expect(row).to_contain_text("revoked")
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_the_playground_streams_an_answer_from_the_embedded_model(page: object) -> None:
+    expect = sync_api.expect
+    log_in(page)
+    page.get_by_role("link", name="Playground").click()  # type: ignore[attr-defined]
+    page.get_by_label("Model").select_option("local")  # type: ignore[attr-defined]
+    page.get_by_label("Temperature").fill("0")  # type: ignore[attr-defined]
+    page.get_by_label("Max tokens").fill("12")  # type: ignore[attr-defined]
+    # Count the reply's updates: a streamed answer arrives in several pieces, not at once.
+    page.evaluate("""() => {  // type: ignore
+        window.updates = 0;
+        new MutationObserver(() => window.updates++).observe(document.getElementById("pg-chat"),
+            {subtree: true, childList: true, characterData: true});
+    }""")  # type: ignore[attr-defined]
+    page.get_by_label("Message").fill("Name a colour.")  # type: ignore[attr-defined]
+    page.get_by_role("button", name="Send").click()  # type: ignore[attr-defined]
+    facts = page.locator("#pg-facts")  # type: ignore[attr-defined]
+    expect(facts.locator('[data-fact="Status"]')).to_have_text("done", timeout=60_000)
+    expect(facts.locator('[data-fact="Deployment"]')).to_have_text("local#0")
+    reply = page.locator(".msg.assistant .text").last  # type: ignore[attr-defined]
+    assert reply.inner_text().strip()
+    completion = int(facts.locator('[data-fact="Completion tokens"]').inner_text())
+    assert 0 < completion <= 12
+    assert page.evaluate("window.updates") >= 3  # type: ignore[attr-defined]
+    assert facts.locator('[data-fact="Time to first token"]').inner_text().endswith("ms")
+    shot(page, "playground")
+
+
+def test_every_page_renders_without_console_errors(page: object) -> None:
+    expect = sync_api.expect
+    log_in(page)
+    for link, heading, check in [
+        ("Deployments", "Deployments", "fake#0"),
+        ("Jobs & batches", "Jobs & batches", "Latest batches"),
+        ("Usage & spend", "Usage & spend", "Usage by key"),
+        ("Keys", "Keys", "Teams"),
+        ("Playground", "Playground", "Last answer"),
+        ("Overview", "Overview", "Requests/s"),
+    ]:
+        page.get_by_role("link", name=link, exact=True).click()  # type: ignore[attr-defined]
+        expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()  # type: ignore[attr-defined]
+        expect(page.locator("main")).to_contain_text(check)  # type: ignore[attr-defined]
+        if link in ("Deployments", "Jobs & batches"):
+            shot(page, link.split()[0].lower())
+    page.get_by_role("button", name="Log out").click()  # type: ignore[attr-defined]
+    expect(page).to_have_url(re.compile(r"/ui/login$"))
+    page.goto("/ui/")  # type: ignore[attr-defined]
+    expect(page).to_have_url(re.compile(r"/ui/login$"))

@@ -1,0 +1,115 @@
+"""The console's session over real sockets: logging in, the cookie's flags, the admin API taking the
+cookie as it takes the master key, CSRF on state changes, the playground's door, logging out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.console_support import MASTER, console_config
+from tests.fakes import FakeUpstream
+from tests.servers import running_app
+from tokenway.console.session import SESSION_S, Sessions
+
+ASK = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    upstream = FakeUpstream().start()
+    with running_app(console_config(upstream), master_key=MASTER,
+                     data_dir=Path(tmp_path_factory.mktemp("console"))) as (url, _):
+        yield url
+    upstream.stop()
+
+
+@contextmanager
+def logged_in(base: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base) as client:
+        assert client.post("/ui/session", json={"key": MASTER}).status_code == 200
+        yield client
+
+
+def test_pages_need_a_session_and_login_sets_strict_httponly_cookies(base: str) -> None:
+    with httpx.Client(base_url=base) as client:
+        assert client.get("/ui").headers["location"] == "/ui/"
+        page = client.get("/ui/")
+        assert (page.status_code, page.headers["location"]) == (303, "/ui/login")
+        assert "Master key" in client.get("/ui/login").text
+        answer = client.post("/ui/session", json={"key": MASTER})
+    cookies = {line.split("=", 1)[0]: line.lower() for line in answer.headers.get_list("set-cookie")}
+    assert "httponly" in cookies["tokenway_session"] and "samesite=strict" in cookies["tokenway_session"]
+    assert "httponly" not in cookies["tokenway_csrf"] and "samesite=strict" in cookies["tokenway_csrf"]
+    assert f"max-age={SESSION_S}" in cookies["tokenway_session"]
+
+
+@pytest.mark.parametrize(("body", "status", "param"), [({"key": "wrong"}, 403, "key"), ({}, 400, "key")])
+def test_a_wrong_or_missing_key_is_refused_in_the_api_envelope(base: str, body: dict[str, str], status: int,
+                                                               param: str) -> None:
+    answer = httpx.post(base + "/ui/session", json=body)
+    assert answer.status_code == status and answer.json()["error"]["param"] == param
+    assert "set-cookie" not in answer.headers
+
+
+def test_the_admin_api_takes_the_session_and_wants_the_csrf_header_to_change_state(base: str) -> None:
+    with logged_in(base) as client:
+        assert client.get("/admin/keys").status_code == 200
+        assert client.get("/admin/overview").json()["deployments"]["total"] == 1
+        refused = client.post("/admin/keys", json={"name": "no-csrf"})
+        assert refused.status_code == 403 and "x-tokenway-csrf" in refused.json()["error"]["message"]
+        wrong = client.post("/admin/keys", json={"name": "bad-csrf"}, headers={"x-tokenway-csrf": "0" * 64})
+        assert wrong.status_code == 403
+        csrf = {"x-tokenway-csrf": client.cookies["tokenway_csrf"]}
+        created = client.post("/admin/keys", json={"name": "with-csrf"}, headers=csrf)
+        assert created.status_code == 200 and created.json()["key"].startswith("tw-")
+        names = [k["name"] for k in client.get("/admin/keys").json()["data"]]
+        assert "with-csrf" in names and "no-csrf" not in names and "bad-csrf" not in names
+
+
+def test_a_forged_or_expired_session_is_a_401_and_the_bearer_key_still_works(base: str) -> None:
+    real = Sessions(MASTER).issue()
+    expired = Sessions(MASTER).issue(now=0).token
+    forged = real.token[:-1] + ("0" if real.token[-1] != "0" else "1")
+    other_master = Sessions("another-master-key").issue().token
+    for token in (expired, forged, other_master, "garbage"):
+        answer = httpx.get(base + "/admin/keys", cookies={"tokenway_session": token})
+        assert answer.status_code == 401, token
+        assert "log in again at /ui/login" in answer.json()["error"]["message"]
+    assert httpx.get(base + "/admin/keys", headers={"Authorization": f"Bearer {MASTER}"}).status_code == 200
+    assert httpx.get(base + "/admin/keys", cookies={"tokenway_session": real.token}).status_code == 200
+
+
+def test_the_playground_runs_the_chat_endpoint_for_a_session_only(base: str) -> None:
+    refused = httpx.post(base + "/ui/playground/chat/completions", json=ASK)
+    assert refused.status_code == 401 and "/ui/login" in refused.json()["error"]["message"]
+    with logged_in(base) as client:
+        no_csrf = client.post("/ui/playground/chat/completions", json=ASK)
+        assert no_csrf.status_code == 403
+        answer = client.post("/ui/playground/chat/completions", json=ASK,
+                             headers={"x-tokenway-csrf": client.cookies["tokenway_csrf"]})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["choices"][0]["message"]["content"] == "Hello from the fake upstream."
+        assert answer.headers["x-tokenway-deployment"] == "fake#0"
+        # the answer went through the policy list as the master key: counted, priced, in the ledger
+        overview = client.get("/admin/overview").json()
+        assert overview["models"]["fake"]["requests"] >= 1 and overview["spend_today"]["by_model"]["fake"] > 0
+
+
+def test_logging_out_clears_both_cookies(base: str) -> None:
+    with logged_in(base) as client:
+        answer = client.delete("/ui/session")
+        assert answer.status_code == 204
+        cleared = [line.lower() for line in answer.headers.get_list("set-cookie")]
+        assert len(cleared) == 2 and all("max-age=0" in line for line in cleared)
+        assert client.get("/ui/", follow_redirects=False).status_code == 303
+
+
+def test_assets_are_served_from_the_package_and_unknown_ones_are_404(base: str) -> None:
+    script = httpx.get(base + "/ui/static/console.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    missing = httpx.get(base + "/ui/static/nope.js")
+    assert missing.status_code == 404 and "nope.js" in missing.json()["error"]["message"]
