@@ -29,7 +29,8 @@ function minus(a, b) {
 // What happened between two snapshots of one model's counters.
 function between(now, before, seconds) {
   const requests = now.requests - (before?.requests ?? 0);
-  const lookups = Object.values(now.cache).reduce((a, b) => a + b, 0);
+  // A bypass (no-store, or caching off for the model) is no lookup: it neither hits nor misses.
+  const lookups = Object.entries(now.cache).filter(([verdict]) => verdict !== "bypass").reduce((a, [, n]) => a + n, 0);
   const recent = before && before.ttft_buckets.length === now.ttft_buckets.length
     ? minus(now.ttft_buckets, before.ttft_buckets) : now.ttft_buckets;
   const window = recent.length && recent[recent.length - 1][1] ? recent : now.ttft_buckets;
