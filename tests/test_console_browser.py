@@ -181,6 +181,14 @@ def test_the_playground_streams_an_answer_from_the_embedded_model(page: Page) ->
 
 def test_every_page_renders_without_console_errors(page: Page) -> None:
     log_in(page)
+    # By keyboard: the first Tab reaches the skip link, the next ones the pages; Enter opens one.
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    for _ in range(3):
+        page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Usage & spend")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Usage & spend", exact=True)).to_be_visible()
     for link, heading, check in [
         ("Deployments", "Deployments", "fake#0"),
         ("Jobs & batches", "Jobs & batches", "Latest batches"),
@@ -194,6 +202,9 @@ def test_every_page_renders_without_console_errors(page: Page) -> None:
         expect(page.locator("main")).to_contain_text(check)
         if link in ("Deployments", "Jobs & batches"):
             shot(page, link.split()[0].lower())
+        unlabelled = page.evaluate("""() => [...document.querySelectorAll("input, select, textarea")]
+            .filter((field) => !field.labels.length && !field.getAttribute("aria-label")).map((f) => f.outerHTML)""")
+        assert unlabelled == [], (link, unlabelled)
     page.get_by_role("button", name="Log out").click()
     expect(page).to_have_url(re.compile(r"/ui/login$"))
     page.goto("/ui/")

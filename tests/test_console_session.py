@@ -3,6 +3,7 @@ cookie as it takes the master key, CSRF on state changes, the playground's door,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -108,8 +109,30 @@ def test_logging_out_clears_both_cookies(base: str) -> None:
         assert client.get("/ui/", follow_redirects=False).status_code == 303
 
 
-def test_assets_are_served_from_the_package_and_unknown_ones_are_404(base: str) -> None:
-    script = httpx.get(base + "/ui/static/console.js")
+def test_assets_are_served_from_the_package_under_their_version_and_unknown_ones_are_404(base: str) -> None:
+    login = httpx.get(base + "/ui/login").text
+    found = re.search(r'src="(/ui/static/([0-9a-f]{12})/login\.js)"', login)
+    assert found, login
+    script = httpx.get(base + found[1])
     assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
-    missing = httpx.get(base + "/ui/static/nope.js")
+    assert "immutable" in script.headers["cache-control"]
+    stale = httpx.get(base + "/ui/static/000000000000/login.js")  # a page of an older version
+    assert stale.status_code == 200 and stale.headers["cache-control"] == "no-cache"
+    missing = httpx.get(base + f"/ui/static/{found[2]}/nope.js")
     assert missing.status_code == 404 and "nope.js" in missing.json()["error"]["message"]
+
+
+def _luminance(colour: str) -> float:
+    channels = [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def test_the_palette_keeps_wcag_aa_contrast_for_text() -> None:
+    css = (Path(__file__).resolve().parent.parent / "tokenway/console/static/console.css").read_text()
+    colours = dict(re.findall(r"--([a-z0-9-]+): (#[0-9a-f]{6})", css))
+    pairs = [("text", "bg"), ("muted", "bg"), ("muted", "card"), ("accent", "card"), ("accent-text", "accent"),
+             ("bad", "card"), ("good", "card"), ("warn", "card")]
+    for text, background in pairs:
+        lighter, darker = sorted((_luminance(colours[text]), _luminance(colours[background])), reverse=True)
+        assert (lighter + 0.05) / (darker + 0.05) >= 4.5, (text, background)

@@ -6,6 +6,7 @@ the session cookie issued here as it takes the master key (``api/guards.py``).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from importlib.resources import files
 from typing import Annotated
@@ -20,17 +21,23 @@ _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=
           ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 
 
-def _assets() -> dict[str, bytes]:
-    """The files shipped in ``tokenway/console/static`` (read once, when the app is built)."""
+def _assets() -> tuple[str, dict[str, bytes]]:
+    """The files shipped in ``tokenway/console/static`` (read once, when the app is built), and their
+    version: the pages name the assets under ``/ui/static/<version>/``, so a browser may keep them for
+    good and a new version's pages fetch new ones."""
     folder = files("tokenway.console") / "static"
-    return {item.name: item.read_bytes() for item in folder.iterdir()
-            if item.is_file() and "." + item.name.rpartition(".")[2] in _TYPES}
+    assets = {item.name: item.read_bytes() for item in sorted(folder.iterdir(), key=lambda i: i.name)
+              if item.is_file() and "." + item.name.rpartition(".")[2] in _TYPES}
+    version = hashlib.sha256(b"".join(assets.values())).hexdigest()[:12]
+    prefix = f"/ui/static/{version}/".encode()
+    return version, {name: body.replace(b"/ui/static/", prefix) if name.endswith(".html") else body
+                     for name, body in assets.items()}
 
 
 def console_router(master_key: str | None) -> APIRouter:
     router = APIRouter(prefix="/ui", include_in_schema=False)
     sessions = Sessions(master_key) if master_key is not None else None
-    assets = _assets()
+    version, assets = _assets()
 
     def page(name: str) -> Response:
         # The pages hold no data (the scripts fetch it), so a stale copy is harmless; the scripts'
@@ -61,12 +68,14 @@ def console_router(master_key: str | None) -> APIRouter:
     async def login_page(request: Request) -> Response:
         return RedirectResponse("/ui/", status_code=303) if signed_in(request) and sessions else page("login.html")
 
-    @router.get("/static/{name}")
-    async def asset(name: str) -> Response:
-        if name not in assets:
+    @router.get("/static/{asset_version}/{name}")
+    async def asset(asset_version: str, name: str) -> Response:
+        if name not in assets or name.endswith(".html"):
             raise NotFound(f"No console asset {name!r}.")
+        # a page of another version (open while the gateway was upgraded) still gets an answer, not kept
+        kept = "public, max-age=31536000, immutable" if asset_version == version else "no-cache"
         return Response(assets[name], media_type=_TYPES["." + name.rpartition(".")[2]],
-                        headers={"cache-control": "no-cache"})
+                        headers={"cache-control": kept})
 
     @router.post("/session")
     async def log_in(request: Request, key: Annotated[str | None, Body(embed=True)] = None) -> Response:
