@@ -14,6 +14,8 @@ LOCAL = """  - name: local
 
 
 def console_config(upstream: FakeUpstream, local: bool = False) -> str:
+    """``fake`` answers at once, at a price; ``stuck`` never answers (a job to cancel); ``local``: the
+    embedded model."""
     return f"""
 models:
   - name: fake
@@ -21,6 +23,10 @@ models:
       - provider: openai
         api_base: {upstream.url("ok")}
         price: {{input_per_1m: 1.0, output_per_1m: 2.0}}
+  - name: stuck
+    deployments:
+      - provider: openai
+        api_base: {upstream.url("hang")}
 {LOCAL if local else ""}access:
   keys_refresh_s: 0.2
   ledger_flush_s: 0.2

@@ -20,9 +20,9 @@ from pathlib import Path
 from playwright.sync_api import BrowserContext, sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.console_support import MASTER, console_config  # noqa: E402
-from tests.fakes import FakeUpstream  # noqa: E402
-from tests.servers import running_app  # noqa: E402
+from tests.console_support import MASTER, console_config
+from tests.fakes import FakeUpstream
+from tests.servers import running_app
 
 # Runs before the page's own scripts: notes when the overview first shows a spend figure.
 WATCH = """
