@@ -66,7 +66,7 @@ def console_router(master_key: str | None) -> APIRouter:
 
     @router.get("/login")
     async def login_page(request: Request) -> Response:
-        return RedirectResponse("/ui/", status_code=303) if signed_in(request) and sessions else page("login.html")
+        return RedirectResponse("/ui/", status_code=303) if signed_in(request) else page("login.html")
 
     @router.get("/static/{asset_version}/{name}")
     async def asset(asset_version: str, name: str) -> Response:
