@@ -95,7 +95,9 @@ def jobs_router(service: JobService, callers: Callers, master_key: str | None) -
         batch = await service.cancel_batch(None, batch_id)
         return await service.batch_view(batch) | {"owner": batch.owner}
 
-    @admin.get("/files/{file_id}/content", summary="Any tenant's file (a batch's input, results or errors)")
+    @admin.get("/files/{file_id}/content", summary="Any tenant's file (a batch's input, results or errors)",
+               response_class=FileResponse, responses={200: {"content": {"application/octet-stream": {
+                   "schema": {"type": "string", "format": "binary"}}}}})
     async def admin_file_content(file_id: str) -> FileResponse:
         record = await service.file(None, file_id)
         return FileResponse(service.contents.path(record.id), media_type="application/octet-stream",

@@ -63,7 +63,8 @@ export function lineChart(series, { unit = "", describe = "" } = {}) {
 export function barChart(rows, { format = String, describe = "" } = {}) {
   const width = 480, row = 22, left = 150;
   const height = Math.max(1, rows.length) * row + 4;
-  const root = svg("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": describe });
+  const root = svg("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": describe,
+    preserveAspectRatio: "xMinYMin meet" });
   root.style.height = `${height}px`;
   const most = Math.max(...rows.map((r) => r[1]), 0) || 1;
   rows.forEach(([label, value], i) => {

@@ -23,12 +23,15 @@ export async function usagePage(main) {
     const since = Date.now() / 1000 - Number(days.value) * 86400;
     rows = (await api(`/admin/usage?group_by=${groupBy.value}&since=${since}`)).data;
     const by = groupBy.value;
+    // the ledger names keys by id: show their names beside (a revoked key keeps its name)
+    const names = by === "key" ? new Map((await api("/admin/keys")).data.map((k) => [k.id, k.name])) : new Map();
+    const label = (r) => (names.get(r[by]) ? `${names.get(r[by])} (${r[by]})` : r[by] ?? "(none)");
     const plotted = by === "day" ? rows : [...rows].sort((a, b) => b.cost_usd - a.cost_usd).slice(0, 15);
     chart.replaceChildren(h("h2", {}, `Spend by ${by}`), rows.length
-      ? barChart(plotted.map((r) => [r[by] ?? "(none)", r.cost_usd]), { format: fmt.usd, describe: `Spend by ${by}` })
+      ? barChart(plotted.map((r) => [names.get(r[by]) || (r[by] ?? "(none)"), r.cost_usd]), { format: fmt.usd, describe: `Spend by ${by}` })
       : h("p", { class: "muted" }, "No usage in this window."));
     listing.replaceChildren(table(`Usage by ${by}, last ${days.value} days`, [
-      { label: by, value: (r) => r[by] ?? "(none)" },
+      { label: by, value: label },
       { label: "Requests", value: (r) => fmt.int(r.requests), num: true },
       { label: "Prompt tokens", value: (r) => fmt.int(r.prompt_tokens), num: true },
       { label: "Completion tokens", value: (r) => fmt.int(r.completion_tokens), num: true },
