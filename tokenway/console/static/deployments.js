@@ -11,9 +11,10 @@ function breaker(state) {
 
 export function deploymentsPage(main) {
   const models = h("div");
+  const discovered = h("div");
   const decisions = h("div", { class: "card" });
   main.append(h("h1", {}, "Deployments"), h("p", { class: "hint" }, `This process's view, every ${POLL_MS / 1000} s.`),
-    models, h("h2", {}, "Routing decisions"), decisions);
+    models, discovered, h("h2", {}, "Routing decisions"), decisions);
 
   async function poll() {
     const [state, routing] = await Promise.all([api("/admin/deployments"), api("/admin/routing")]);
@@ -28,6 +29,15 @@ export function deploymentsPage(main) {
       { label: "Picks", value: (d) => fmt.int(d.picks), num: true },
       { label: "Failures", value: (d) => fmt.int(d.failures), num: true },
     ], group, "No deployment is serving this model now.")));
+    // deployment entries with a discovery block: the workers found by DNS or Kubernetes
+    const found = Object.entries(state.discovery).flatMap(([model, sources]) => sources.map((d) => ({ model, ...d })));
+    discovered.replaceChildren(found.length ? table("Discovered workers", [
+      { label: "Model", value: (d) => d.model },
+      { label: "Source", value: (d) => d.source },
+      { label: "Serving", value: (d) => d.workers.join(", ") || "none" },
+      { label: "Waiting to join", value: (d) => Object.entries(d.waiting).map(([a, why]) => `${a}: ${why}`).join("; ") || "none" },
+      { label: "Leaving", value: (d) => d.leaving.join(", ") || "none" },
+    ], found) : "");
     const rows = Object.entries(routing.decisions);
     decisions.replaceChildren(rows.length
       ? barChart(rows, { format: fmt.int, describe: "Routing decisions by reason" })
