@@ -1,22 +1,23 @@
 // The console's shell: one page per hash (#overview, #keys, ...), each rendered into <main>.
 // A page is a function (main) -> optional cleanup, called when the reader leaves it (timers stop).
 import { api } from "./dom.js";
-import { deploymentsPage } from "./deployments.js";
-import { jobsPage } from "./jobs.js";
-import { keysPage } from "./keys.js";
-import { overviewPage } from "./overview.js";
-import { playgroundPage } from "./playground.js";
-import { usagePage } from "./usage.js";
 
+// Each page's module is fetched when first opened: a first visit loads only the page it shows.
 const PAGES = {
-  overview: overviewPage, keys: keysPage, usage: usagePage, deployments: deploymentsPage,
-  jobs: jobsPage, playground: playgroundPage,
+  overview: async () => (await import("./overview.js")).overviewPage,
+  keys: async () => (await import("./keys.js")).keysPage,
+  usage: async () => (await import("./usage.js")).usagePage,
+  deployments: async () => (await import("./deployments.js")).deploymentsPage,
+  jobs: async () => (await import("./jobs.js")).jobsPage,
+  playground: async () => (await import("./playground.js")).playgroundPage,
 };
 const main = document.getElementById("main");
 const status = document.getElementById("status");
 let leave = null;
+let turn = 0; // which navigation is current: a page whose module arrives after the next click is not shown
 
 async function show() {
+  const mine = ++turn;
   const name = location.hash.slice(1) in PAGES ? location.hash.slice(1) : "overview";
   if (leave) leave();
   leave = null;
@@ -28,7 +29,9 @@ async function show() {
   main.replaceChildren();
   document.title = `${document.querySelector(`header nav a[href="#${name}"]`).textContent} · tokenway console`;
   try {
-    leave = (await PAGES[name](main)) || null;
+    const page = await PAGES[name]();
+    if (mine !== turn) return;
+    leave = (await page(main)) || null;
   } catch (error) {
     status.textContent = error.message;
   }

@@ -36,7 +36,7 @@ export async function api(path, { method = "GET", body } = {}) {
 }
 
 export const fmt = {
-  int: (n) => (n === null || n === undefined ? "–" : Math.round(n).toLocaleString("en-US")),
+  int: (n) => (n === null || n === undefined ? "–" : String(Math.round(n)).replace(/\B(?=(\d{3})+$)/g, ",")),
   num: (n, digits = 2) => (n === null || n === undefined || Number.isNaN(n) ? "–" : n.toFixed(digits)),
   usd: (n) => (n === null || n === undefined ? "–" : "$" + (n < 0.01 && n > 0 ? n.toFixed(6) : n.toFixed(2))),
   pct: (n) => (n === null || n === undefined || Number.isNaN(n) ? "–" : (100 * n).toFixed(1) + "%"),
