@@ -48,6 +48,22 @@ def test_pages_need_a_session_and_login_sets_strict_httponly_cookies(base: str) 
     assert f"max-age={SESSION_S}" in cookies["tokenway_session"]
 
 
+def test_the_session_cookie_is_secure_when_a_trusted_proxy_ended_tls(tmp_path: Path) -> None:
+    upstream = FakeUpstream().start()
+    https = {"x-forwarded-proto": "https"}
+    with running_app(console_config(upstream), master_key=MASTER, data_dir=tmp_path,
+                     trusted_proxies="127.0.0.1/32") as (behind_proxy, _):
+        cookie = httpx.post(behind_proxy + "/ui/session", json={"key": MASTER}, headers=https).headers["set-cookie"]
+        plain = httpx.post(behind_proxy + "/ui/session", json={"key": MASTER}).headers["set-cookie"]
+    upstream.stop()
+    assert "secure" in cookie.lower() and "secure" not in plain.lower()
+
+
+def test_a_forwarded_proto_from_anyone_else_is_not_believed(base: str) -> None:
+    cookie = httpx.post(base + "/ui/session", json={"key": MASTER}, headers={"x-forwarded-proto": "https"})
+    assert "secure" not in cookie.headers["set-cookie"].lower()
+
+
 @pytest.mark.parametrize(("body", "status", "param"), [({"key": "wrong"}, 403, "key"), ({}, 400, "key")])
 def test_a_wrong_or_missing_key_is_refused_in_the_api_envelope(base: str, body: dict[str, str], status: int,
                                                                param: str) -> None:

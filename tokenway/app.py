@@ -252,7 +252,8 @@ class Gateway:
                                              responses_router(stored_responses, callers),
                                              overview_router(metrics, self._models, self.access,
                                                              self.settings.master_key),
-                                             console_router(self.settings.master_key)])
+                                             console_router(self.settings.master_key,
+                                                            TrustedProxies.of(self.settings.trusted_proxies))])
         self._starting = asyncio.get_running_loop().create_task(self._start_providers())
         self._monitors = Monitors(self._http)
         for deployment in self._models.all():

@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import RedirectResponse, Response
 
+from tokenway.api.client_address import TrustedProxies
 from tokenway.console.session import CSRF_COOKIE, SESSION_COOKIE, SESSION_S, Sessions
 from tokenway.errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
 
@@ -34,7 +35,8 @@ def _assets() -> tuple[str, dict[str, bytes]]:
                      for name, body in assets.items()}
 
 
-def console_router(master_key: str | None) -> APIRouter:
+def console_router(master_key: str | None, proxies: TrustedProxies | None = None) -> APIRouter:
+    """``proxies``: those whose ``X-Forwarded-Proto: https`` is believed (they ended TLS for the gateway)."""
     router = APIRouter(prefix="/ui", include_in_schema=False)
     sessions = Sessions(master_key) if master_key is not None else None
     version, assets = _assets()
@@ -87,7 +89,9 @@ def console_router(master_key: str | None) -> APIRouter:
             raise PermissionDenied("That is not the master key.", param="key")
         session = sessions.issue()
         response = Response(b'{"open": false}', media_type="application/json")
-        secure = request.url.scheme == "https"
+        secure = request.url.scheme == "https" or (
+            proxies is not None and request.client is not None and proxies.trusts(request.client.host)
+            and request.headers.get("x-forwarded-proto") == "https")
         response.set_cookie(SESSION_COOKIE, session.token, max_age=SESSION_S, path="/", httponly=True,
                             samesite="strict", secure=secure)
         response.set_cookie(CSRF_COOKIE, session.csrf, max_age=SESSION_S, path="/", samesite="strict", secure=secure)

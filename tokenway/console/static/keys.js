@@ -102,7 +102,7 @@ export async function keysPage(main) {
   }
 
   async function load() {
-    [keys] = [(await api("/admin/keys")).data];
+    keys = (await api("/admin/keys")).data;
     const names = [...new Set(keys.map((k) => k.team).filter(Boolean))].sort();
     const chosen = teamFilter.value;
     teamFilter.replaceChildren(h("option", { value: "" }, "All teams"),
