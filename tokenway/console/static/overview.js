@@ -79,6 +79,12 @@ export function overviewPage(main) {
     );
     const series = (pick) => history.slice(1).map((snap, i) => [snap.time,
       pick(between(snap.models["*"], history[i].models["*"], snap.time - history[i].time)) ?? 0]);
+    const byModel = (model, pick) => history.slice(1).flatMap((snap, i) => {
+      const after = snap.models[model], before = history[i].models[model];
+      return after && before ? [[snap.time, pick(between(after, before, snap.time - history[i].time)) ?? 0]] : [];
+    });
+    const busiest = Object.keys(now.models).filter((m) => m !== "*")
+      .sort((a, b) => now.models[b].requests - now.models[a].requests).slice(0, 4);
     const spend = Object.entries(now.spend_today.by_model).sort((a, b) => b[1] - a[1]);
     charts.replaceChildren(
       h("div", { class: "card" }, h("h2", {}, "Requests/s"),
@@ -87,6 +93,9 @@ export function overviewPage(main) {
         lineChart([{ name: "tokens/s", points: series((d) => d.tps) }], { describe: `Tokens per second, now ${fmt.num(all.tps, 1)}` })),
       h("div", { class: "card" }, h("h2", {}, "Error rate"),
         lineChart([{ name: "5xx share", points: series((d) => (d.rps ? d.errorRate : 0)) }], { describe: `Error rate, now ${fmt.pct(all.errorRate)}` })),
+      h("div", { class: "card" }, h("h2", {}, "Requests/s by model"),
+        lineChart(busiest.map((model) => ({ name: model, points: byModel(model, (d) => d.rps) })),
+          { describe: `Requests per second of the ${busiest.length} busiest models` })),
       h("div", { class: "card" }, h("h2", {}, "Spend today by model"),
         spend.length ? barChart(spend, { format: fmt.usd, describe: "Spend today by model" }) : h("p", { class: "muted" }, "No spend today yet.")),
     );
