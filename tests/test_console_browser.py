@@ -101,6 +101,22 @@ def log_in(page: Page) -> None:
     expect(page.get_by_role("heading", name="Overview")).to_be_visible()
 
 
+def test_a_wrong_key_is_refused_on_the_login_page(browser: Browser, gateway: str) -> None:
+    # Its own page: the refused POST is one console error Chromium always logs ("Failed to load resource").
+    context = browser.new_context(base_url=gateway)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto("/ui/login")
+    page.get_by_label("Master key").fill("not-the-key")
+    page.get_by_label("Master key").press("Enter")
+    expect(page.get_by_role("alert")).to_have_text("That is not the master key.")
+    expect(page.get_by_label("Master key")).to_be_focused()
+    expect(page).to_have_url(re.compile(r"/ui/login$"))
+    context.close()
+    assert errors == []
+
+
 def test_a_key_from_creation_to_spend_to_revocation(page: Page, gateway: str) -> None:
     log_in(page)
     page.get_by_role("link", name="Keys").click()
