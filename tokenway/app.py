@@ -19,6 +19,7 @@ import aiohttp
 from tokenway import __version__
 from tokenway.access import Access
 from tokenway.api.admin import admin_router
+from tokenway.api.admin_overview import overview_router
 from tokenway.api.admin_prompts import prompts_router
 from tokenway.api.admin_requests import requests_router
 from tokenway.api.admin_routing import routing_router
@@ -37,6 +38,8 @@ from tokenway.api.wire import OpenAIWire
 from tokenway.asgi import Receive, Scope, Send, send_error
 from tokenway.clock import SYSTEM_CLOCK, Clock
 from tokenway.config import DeploymentConfig, GatewayConfig, Settings, load_config
+from tokenway.console.playground import playground_chat
+from tokenway.console.routes import console_router
 from tokenway.context import RequestContext
 from tokenway.deployments import Deployment, ModelTable
 from tokenway.drain import drain_when_file_appears, install_drain_on_sigterm
@@ -326,6 +329,9 @@ class Gateway:
             "/v1/messages/count_tokens": CountTokens(
                 self.access.policy.authenticate, names, config.limits, self.log),
         }
+        # the console's playground: a session instead of a key, then the same chat endpoint
+        data_routes["/ui/playground/chat/completions"] = playground_chat(
+            data_routes["/v1/chat/completions"], self.settings.master_key)
         metrics_auth = (require_metrics_token(self.settings.metrics_token, self.settings.master_key)
                         if self.settings.metrics_token else None)
         discovery = Discovery(config, route, build, self._monitors, self._http, self.log)
@@ -346,7 +352,10 @@ class Gateway:
                                        *([requests_router(self.recorder, config.record.retention_s,
                                                           self.settings.master_key)] if self.recorder else []),
                                        batches_router(self.jobs.service, callers),
-                                       responses_router(stored_responses, callers)])
+                                       responses_router(stored_responses, callers),
+                                       overview_router(metrics, models, self.access, self.settings.master_key),
+                                       console_router(self.settings.master_key,
+                                                      TrustedProxies.of(self.settings.trusted_proxies))])
         for deployment in new:
             self._monitors.watch(deployment)
         discovery.start()

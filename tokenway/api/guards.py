@@ -1,4 +1,5 @@
-"""The one check in front of every admin endpoint: the master key, as Bearer or api-key header."""
+"""The one check in front of every admin endpoint: the master key, as Bearer or api-key header, or the
+console's session cookie (``tokenway/console/session.py``), CSRF-checked on calls that change state."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import hmac
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Header
+from fastapi import Header, Request
 
+from tokenway.console.session import CSRF_HEADER, SESSION_COOKIE, Sessions
 from tokenway.errors import AuthenticationFailed, PermissionDenied
 
 
@@ -21,13 +23,19 @@ def presented_key(authorization: str | None, api_key: str | None) -> str | None:
 
 def require_master_key(master_key: str | None) -> Callable[..., Awaitable[None]]:
     """A FastAPI dependency; with no master key configured the admin API is as open as the gateway."""
+    sessions = Sessions(master_key) if master_key is not None else None
 
     async def require_master(
+        request: Request,
         authorization: Annotated[str | None, Header()] = None, api_key: Annotated[str | None, Header()] = None
     ) -> None:
-        if master_key is None:
+        if master_key is None or sessions is None:
             return  # an open gateway (loopback only, unless --allow-open) has an open admin API too
         presented = presented_key(authorization, api_key)
+        session = request.cookies.get(SESSION_COOKIE)
+        if not presented and session:
+            sessions.check(session, request.method, request.headers.get(CSRF_HEADER))
+            return
         if not presented:
             raise AuthenticationFailed("The admin API needs the master key (Authorization: Bearer <master key>).")
         if not hmac.compare_digest(presented.encode(), master_key.encode()):

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 
 from tokenway.api.callers import Callers
 from tokenway.api.guards import require_master_key
@@ -85,6 +85,23 @@ def jobs_router(service: JobService, callers: Callers, master_key: str | None) -
             "jobs": page([_admin_view(job) for job in jobs], limit),
             "batches": [await service.batch_view(batch) | {"owner": batch.owner} for batch in batches],
         }
+
+    @admin.post("/jobs/{job_id}/cancel", summary="Cancel any tenant's queued or running job")
+    async def admin_cancel_job(job_id: str) -> dict[str, Any]:
+        return _admin_view(await service.cancel(None, job_id))
+
+    @admin.post("/batches/{batch_id}/cancel", summary="Cancel any tenant's batch")
+    async def admin_cancel_batch(batch_id: str) -> dict[str, Any]:
+        batch = await service.cancel_batch(None, batch_id)
+        return await service.batch_view(batch) | {"owner": batch.owner}
+
+    @admin.get("/files/{file_id}/content", summary="Any tenant's file (a batch's input, results or errors)",
+               response_class=FileResponse, responses={200: {"content": {"application/octet-stream": {
+                   "schema": {"type": "string", "format": "binary"}}}}})
+    async def admin_file_content(file_id: str) -> FileResponse:
+        record = await service.file(None, file_id)
+        return FileResponse(service.contents.path(record.id), media_type="application/octet-stream",
+                            filename=record.filename)
 
     router.include_router(admin)
     return router

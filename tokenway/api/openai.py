@@ -111,6 +111,8 @@ class DataPlane:
                 ctx.content = _content_for_log(call)
             async with cancel_on_disconnect(receive, ctx, hook):
                 answer = await self._handle(ctx, call)
+                if ctx.deployment is not None:  # which backend answered (none for a cache hit)
+                    headers.append((b"x-tokenway-deployment", ctx.deployment.encode()))
                 if isinstance(answer, Stream):
                     await write_stream(answer, send, ctx, self._stream_limits(ctx), headers + ctx.response_headers,
                                        wire.stream(call, ctx))

@@ -200,23 +200,25 @@ class Metrics:
             series = self._by_labels[key] = _Series(self, model, deployment, endpoint, stream)
         return series
 
+    def families(self) -> list[Metric]:
+        """The per-request families as collected now: this process's, or every worker's when multiprocess
+        (what ``/metrics`` shows, and what the console's overview reads without Prometheus)."""
+        if not self.multiprocess:
+            return list(self.registry.collect())
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        found = list(registry.collect())
+        names = {family.name for family in found}
+        # The shared files hold a labelled family only once some worker has used one of its label
+        # sets: declare the others empty, as one process does, so that a family nobody observed yet
+        # (the queue wait before the first queued call) reads as zero rather than "no data".
+        return found + [Metric(*declared) for declared in self._declared if declared[0] not in names]
+
     def render(self) -> bytes:
         """The exposition text: this process's registry, or every worker's when multiprocess."""
-        if self.multiprocess:
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry)
-            found = list(registry.collect())
-            names = {family.name for family in found}
-            # The shared files hold a labelled family only once some worker has used one of its label
-            # sets: declare the others empty, as one process does, so that a family nobody observed yet
-            # (the queue wait before the first queued call) reads as zero rather than "no data".
-            found += [Metric(*declared) for declared in self._declared if declared[0] not in names]
-            shown = CollectorRegistry()
-            shown.register(_Families(found))
-            text = generate_latest(shown)
-        else:
-            text = generate_latest(self.registry)
-        return text + generate_latest(self._live)
+        shown = CollectorRegistry()
+        shown.register(_Families(self.families()))
+        return generate_latest(shown) + generate_latest(self._live)
 
 
 class _Families:
