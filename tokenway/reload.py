@@ -185,6 +185,17 @@ class Reloads:
         except Exception as exc:  # a bug in building the new path must not take the process down
             self._log.event("config_reload_failed", level="error", trigger=trigger, error=repr(exc))
 
+    async def reload_if_changed(self, trigger: str) -> None:
+        """``reload_in_background`` if the file no longer holds the config serving now (or is bad)."""
+        if self._path is None:
+            return
+        try:
+            config = await asyncio.to_thread(load_config, self._path)
+        except ConfigError:
+            config = None  # the reload says why, with the line
+        if config is None or config.digest() != self.history[-1].digest:
+            await self.reload_in_background(trigger)
+
     async def rollback(self) -> dict[str, Any]:
         """Serve the config before the current one again (the current one is dropped from the history)."""
         async with self._lock:
@@ -265,6 +276,7 @@ async def reload_when_file_changes(path: Path, reloads: Reloads, interval: float
     one change reaches them all with no signal to deliver. A file that stays bad is refused once.
     """
     seen = await asyncio.to_thread(_read_digest, path)
+    await reloads.reload_if_changed("file change")  # an edit between the config's load at start-up and now
     while True:
         await asyncio.sleep(interval)
         now = await asyncio.to_thread(_read_digest, path)
