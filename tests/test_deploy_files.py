@@ -345,6 +345,25 @@ def test_fleet_runs_the_job_worker_from_the_same_image(overlay: str) -> None:
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # gateways write, any worker reads
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_reload_a_changed_config_live(overlay: str) -> None:
+    """The ConfigMap keeps its name (no rollout on a change), every gateway and job-worker pod watches its
+    mounted file, and mounts it as a directory (a subPath mount never sees the kubelet's update)."""
+    docs = render(overlay)
+    config_map = by_kind(docs, "ConfigMap", "tokenway-config")
+    assert "tokenway.yaml" in config_map["data"]
+    names = [d["metadata"]["name"] for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] in (
+        "tokenway", "tokenway-worker")]
+    assert names[0] == "tokenway" and len(names) == (1 if overlay == "single" else 2)
+    for name in names:
+        pod = by_kind(docs, "Deployment", name)["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert float(env_of(container)["TOKENWAY_CONFIG_WATCH_S"]) > 0
+        assert any(v["name"] == "config" and v["configMap"]["name"] == "tokenway-config" for v in pod["volumes"])
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
+        assert "subPath" not in mount and env_of(container)["TOKENWAY_CONFIG"].startswith(mount["mountPath"] + "/")
+
+
 def test_gpu_workers_overlay_routes_to_vllm_by_engine_and_prefix() -> None:
     docs = render("gpu-workers")
     vllm = by_kind(docs, "Deployment", "vllm")["spec"]["template"]["spec"]["containers"][0]
