@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.discovery_fakes import AppThread
 
 USAGE = {"input_tokens": 11, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 5,
          "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 16}
@@ -26,39 +27,22 @@ TEXT = "Native hello."
 class NativeResponsesUpstream:
     seen: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
-    hangups: int = 0
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
     def url(self, scenario: str) -> str:
         return f"http://127.0.0.1:{self.port}/{scenario}/v1"
 
     def start(self) -> NativeResponsesUpstream:
-        ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-
-        def run() -> None:
-            asyncio.set_event_loop(self._loop)
-            app = web.Application()
-            app.router.add_post("/{scenario}/v1/responses", self._responses)
-            app.router.add_get("/{scenario}/v1/models", self._models)
-            app.router.add_post("/{scenario}/v1/chat/completions", self._chat)
-            self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.2)
-            self._loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            self._loop.run_until_complete(site.start())
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        ready.wait(5)
+        app = web.Application()
+        app.router.add_post("/{scenario}/v1/responses", self._responses)
+        app.router.add_get("/{scenario}/v1/models", self._models)
+        app.router.add_post("/{scenario}/v1/chat/completions", self._chat)
+        self._served = AppThread(app, "127.0.0.1", 0)
+        self.port = self._served.port
         return self
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
+        self._served.stop()
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "upstream-model", "object": "model"}]})
