@@ -220,3 +220,28 @@ def test_a_change_reaches_another_replica_through_postgres(upstream: FakeUpstrea
                 time.sleep(0.05)
     finally:
         drop_schema(schema)
+
+
+def test_a_responses_request_names_a_prompt_version(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """Responses' own ``prompt`` field names the gateway's prompt versions (its version a string, a variable
+    a string or an input_text part); ``input`` may then be left out."""
+    with served(config(upstream), tmp_path, "sqlite") as base:
+        admin("POST", base, "/admin/prompts", json={"id": "support", "system": SUPPORT, "user": "Q: {{q}}",
+                                                    "activate": True})
+        variables = {"product": "tokenway", "tone": "few", "q": {"type": "input_text", "text": "why?"}}
+        response = client(base).responses.create(model="m", prompt={"id": "support", "version": "1",
+                                                                    "variables": variables})
+        sent = _sent(upstream)
+        with_input = client(base).responses.create(model="m", input="and then?", prompt={
+            "id": "support", "variables": {**variables, "q": "how?"}})
+        sent_with_input = _sent(upstream)
+        with pytest.raises(openai.BadRequestError) as unknown:
+            client(base).responses.create(model="m", prompt={"id": "nope"})
+        with pytest.raises(openai.BadRequestError) as neither:
+            client(base).responses.create(model="m")  # type: ignore[call-overload]
+    assert response.output_text == "Hello from the fake upstream." and with_input.output_text
+    assert sent == [{"role": "system", "content": "You support tokenway. Answer in few words."},
+                    {"role": "user", "content": "Q: why?"}]
+    assert sent_with_input[1:] == [{"role": "user", "content": "Q: how?"}, {"role": "user", "content": "and then?"}]
+    assert unknown.value.body["param"].startswith("prompt")  # type: ignore[index]
+    assert neither.value.body["param"] == "input"  # type: ignore[index]

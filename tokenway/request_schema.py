@@ -252,11 +252,14 @@ ResponseFormat = Annotated[
 ]
 
 
+PromptId = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")]
+
+
 class PromptVariables(TypedDict, total=False):
     """A prompt version to apply (tokenway/prompts): its system and user parts go before ``messages``."""
 
     __pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[misc]
-    id: Required[Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")]]
+    id: Required[PromptId]
     version: Annotated[int, Field(ge=1)]  # absent: the prompt's active version
     variables: dict[str, str]
 

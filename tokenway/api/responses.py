@@ -70,7 +70,7 @@ class ResponsesWire:
     def read(self, body: bytes, limits: Limits) -> Call:
         if self._native and _model_of(body) in self._native:
             return self._read_native(body, limits)
-        request = parse_body(RESPONSES_REQUEST, body, ("model", "input"))
+        request = parse_body(RESPONSES_REQUEST, body, ("model",))
         items = input_items(request)
         draft = ResponseDraft(self._new_response_id(), request["model"], request, items)
         call = ResponsesCall("chat", chat_body(request, items), draft=draft)
@@ -81,8 +81,8 @@ class ResponsesWire:
     def _read_native(self, body: bytes, limits: Limits) -> Call:
         """A ``responses`` call: the request as the client sent it, checked only where the gateway reads it."""
         request = parse_body(NATIVE_RESPONSES_REQUEST, body, ("model",))
-        items = input_items(request) if "input" in request else []
-        call = ResponsesCall("responses", request, draft=ResponseDraft("", request["model"], request, items))
+        call = ResponsesCall("responses", request,
+                             draft=ResponseDraft("", request["model"], request, input_items(request)))
         _check(call, limits)
         return call
 

@@ -32,8 +32,8 @@ class ResponseDraft:
 
 
 def input_items(request: dict[str, Any]) -> list[dict[str, Any]]:
-    """The request's ``input`` as a list of items (a string is one user message)."""
-    given = request["input"]
+    """The request's ``input`` as a list of items (a string is one user message; none when left out)."""
+    given = request.get("input") or []
     if isinstance(given, str):
         return [{"type": "message", "role": "user", "content": given}]
     return [{"type": "message", **item} if "type" not in item else item for item in given]
@@ -63,6 +63,9 @@ def chat_body(request: dict[str, Any], items: list[dict[str, Any]]) -> dict[str,
     response_format = _response_format(request.get("text"))
     if response_format is not None:
         body["response_format"] = response_format
+    prompt = request.get("prompt")
+    if prompt is not None:  # the gateway's prompt versions (tokenway/prompts) render it before the messages
+        body["prompt"] = chat_prompt(prompt)
     effort = (request.get("reasoning") or {}).get("effort")
     if effort is not None:
         body["reasoning_effort"] = effort
@@ -71,6 +74,16 @@ def chat_body(request: dict[str, Any], items: list[dict[str, Any]]) -> dict[str,
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
     return body
+
+
+def chat_prompt(prompt: dict[str, Any]) -> dict[str, Any]:
+    """Responses' ``prompt`` as chat's: the version a number, each variable its text."""
+    out: dict[str, Any] = {"id": prompt["id"]}
+    if prompt.get("version") is not None:
+        out["version"] = int(prompt["version"])
+    variables = prompt.get("variables") or {}
+    out["variables"] = {name: value if isinstance(value, str) else value["text"] for name, value in variables.items()}
+    return out
 
 
 def chat_tool(tool: dict[str, Any]) -> dict[str, Any]:

@@ -5,17 +5,27 @@ pydantic-core pass from bytes, strict types, and a 400 that names the field the 
 (``input[2].call_id``, ``tools[0].name``) through ``request_errors``. Unlike chat, fields the
 gateway does not know are not forwarded (a chat backend would not understand them): they are
 accepted and ignored, except those whose meaning cannot be kept (built-in tools, background runs,
-server-side conversations, stored prompts), which are refused naming the field.
+server-side conversations), which are refused naming the field. ``prompt`` names a prompt version of
+the gateway's own (tokenway/prompts).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Required
 
-from pydantic import AfterValidator, Field, TypeAdapter
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter
 from typing_extensions import TypedDict
 
-from tokenway.request_schema import _OPEN, JsonObjectFormat, Metadata, Name, NonEmpty, TextFormat, broken_rule
+from tokenway.request_schema import (
+    _OPEN,
+    JsonObjectFormat,
+    Metadata,
+    Name,
+    NonEmpty,
+    PromptId,
+    TextFormat,
+    broken_rule,
+)
 
 # ---- input items ----------------------------------------------------------------------------
 
@@ -135,6 +145,16 @@ class Reasoning(TypedDict, total=False):
     effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None
 
 
+class Prompt(TypedDict, total=False):
+    """A prompt version of the gateway's own (tokenway/prompts, docs/prompts.md), as Responses names one:
+    ``version`` a string of digits (the SDK's type), each variable a string or an ``input_text`` part."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[misc]
+    id: Required[PromptId]
+    version: Annotated[str, Field(pattern=r"^[1-9][0-9]{0,8}$")] | Annotated[int, Field(ge=1)] | None
+    variables: dict[str, str | InputText] | None
+
+
 # ---- the request ----------------------------------------------------------------------------
 
 
@@ -143,7 +163,7 @@ class ResponsesRequest(TypedDict, total=False):
 
     __pydantic_config__ = _OPEN  # type: ignore[misc]
     model: Required[NonEmpty]
-    input: Required[Input]
+    input: Input  # may be left out when ``prompt`` gives the messages
     instructions: str | None
     tools: Annotated[list[FunctionTool], Field(max_length=128)] | None
     tool_choice: ToolChoice | None
@@ -158,6 +178,7 @@ class ResponsesRequest(TypedDict, total=False):
     store: bool | None
     stream: bool | None
     previous_response_id: NonEmpty | None
+    prompt: Prompt | None
 
 
 # Fields whose meaning a chat backend cannot keep: refused, saying why, rather than ignored.
@@ -166,7 +187,6 @@ _REFUSED = {
                   "async API, POST /v1/async/chat/completions).",
     "conversation": "Server-side conversation objects are not kept by this gateway; chain responses with "
                     "'previous_response_id' instead.",
-    "prompt": "Stored prompt templates are not served by this gateway; send 'instructions' and 'input'.",
 }
 
 
@@ -180,7 +200,10 @@ def _rules(request: dict[str, Any]) -> dict[str, Any]:
         if choice["name"] not in declared:
             raise broken_rule("tool_choice.name", "'tool_choice' names a function that is not declared in 'tools'; "
                               "name one of the functions in 'tools', or use 'auto', 'none' or 'required'.")
-    items = request["input"]
+    if "input" not in request and request.get("prompt") is None:
+        raise broken_rule("input", "Missing required parameter: 'input' (it may be left out only when 'prompt' "
+                          "names a prompt version that gives the messages).", "missing_required_parameter")
+    items = request.get("input")
     if isinstance(items, list):
         for i, item in enumerate(items):
             if item.get("type") != "function_call_output" and item.get("role") != "assistant":
