@@ -19,6 +19,7 @@ from tokenway.guards.policy import Guards, open_guards
 from tokenway.observability.logging import JsonLog
 from tokenway.observability.metrics import Metrics
 from tokenway.policies.cache import ResponseCache
+from tokenway.prompts.policy import ApplyPrompt
 
 MODELS = """
 models:
@@ -76,10 +77,11 @@ def test_no_profile_no_policy() -> None:
     assert asyncio.run(open_guards(parse_config(yaml), Metrics(), JsonLog(io.BytesIO()))) is None
 
 
-async def test_the_policy_sits_after_access_and_before_the_cache() -> None:
+async def test_the_policy_sits_after_access_and_prompts_and_before_the_cache() -> None:
     async with gateway(MODELS + PROFILES + "cache: {enabled: true}\n") as gw:
         kinds = [type(policy) for policy in gw.app.policies(gw.app.models, gw.app.config)]
-    assert kinds.index(Guards) == 1 and kinds.index(ResponseCache) == 2
+    # after the prompt's messages are in (the guards read what the backend will), right before the cache
+    assert kinds.index(Guards) == kinds.index(ApplyPrompt) + 1 and kinds.index(ResponseCache) == kinds.index(Guards) + 1
     async with gateway("models: [{name: m, deployments: [{provider: fake, name: a}]}]") as gw:
         assert Guards not in [type(policy) for policy in gw.app.policies(gw.app.models, gw.app.config)]
 
