@@ -196,8 +196,8 @@ def render_html(est: Estimate) -> str:
             + ([("goodput", concurrency, [p.goodput_per_s or 0.0 for p in points])] if bench.slo_ms else []),
             "Measured throughput (tokenway bench)", "concurrency", "requests/s", ymin=0.0))
     rows = "".join(
-        f"<tr><td class=l>{escape(_marked(o.name, o.verified))}</td><td>{_usd(o.per_1k_requests)}</td><td>{_usd(o.per_1m_input)}</td>"
-        f"<td>{_usd(o.per_1m_output)}</td><td>{_usd(o.per_month)}</td>"
+        f"<tr><td class=l>{escape(_marked(o.name, o.verified))}</td><td>{_usd(o.per_1k_requests)}</td>"
+        f"<td>{_usd(o.per_1m_input)}</td><td>{_usd(o.per_1m_output)}</td><td>{_usd(o.per_month)}</td>"
         f"<td>{_break_even(o, est.plan.on_demand, o.break_even_on_demand)}</td>"
         f"<td>{_break_even(o, est.plan.spot, o.break_even_spot)}</td></tr>"
         for o in est.options
