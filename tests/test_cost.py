@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.access_support import drop_schema, pg_schema, pg_url
 from tests.servers import running_app
@@ -24,11 +25,12 @@ from tests.test_plots import _assert_inside
 from tokenway.bench.metrics import percentile
 from tokenway.config import ConfigError
 from tokenway.cost import bench_file
-from tokenway.cost.catalogue import CatalogueError, load_gpus, load_models, pick
+from tokenway.cost.catalogue import CatalogueError, Checked, load_gpus, load_models, pick
 from tokenway.cost.pricing import SelfHosted, api_per_request, break_even, self_hosted_option
 from tokenway.cost.sizing import GIB, SizingError, replicas_for, roofline, size_memory
 from tokenway.cost.traffic import DAY_S, Tokens, Traffic, from_usage
 from tokenway.observability.logging import JsonLog
+from tokenway.prices import PRICES, SOURCES
 from tokenway.stores.base import Database, UsageRecord, UsageTraffic
 from tokenway.stores.postgres import PostgresDatabase
 from tokenway.stores.sqlite import SqliteDatabase
@@ -165,6 +167,57 @@ def test_catalogue_override_lookup_and_errors(tmp_path: Path) -> None:
         load_gpus(mine)
 
 
+def _shipped_yaml(name: str) -> dict[str, dict[str, dict[str, object]]]:
+    return yaml.safe_load((Path(__file__).parents[1] / "tokenway" / "cost" / "data" / name).read_text())
+
+
+def _says_where_it_stands(entry: dict[str, object]) -> bool:
+    """A source the figures were checked against, or an explicit ``verified: false``; never silence."""
+    return entry.get("verified") is False or (entry.get("verified") is True and bool(entry.get("source")))
+
+
+def test_every_shipped_figure_has_a_source_or_is_marked_unverified() -> None:
+    gpus, models = _shipped_yaml("gpus.yaml")["gpus"], _shipped_yaml("models.yaml")["models"]
+    for name, gpu in gpus.items():
+        assert _says_where_it_stands(gpu), name
+        assert gpu.get("prices"), name
+        for cloud, price in gpu["prices"].items():  # type: ignore[union-attr]
+            assert _says_where_it_stands(price), f"{name} {cloud}"
+    assert all(_says_where_it_stands(model) for model in models.values())
+    checked: list[Checked] = [*GPUS.values(), *(p for g in GPUS.values() for p in g.prices.values()), *MODELS.values()]
+    for figures in checked:
+        if figures.verified:
+            assert figures.source is not None and figures.source.url.startswith("http") and figures.source.as_of
+        else:
+            assert figures.note, "an unverified figure says what was found instead"
+    assert set(SOURCES) <= set(PRICES) and all(url.startswith("https://") and date for url, date in SOURCES.values())
+
+
+def test_shipped_gpus_are_physical_and_spot_is_a_discount() -> None:
+    for name, gpu in GPUS.items():
+        assert gpu.memory_gib > 0 and gpu.bandwidth_gbs > 0 and gpu.fp16_tflops > 0, name
+        for cloud, price in gpu.prices.items():
+            assert price.spot is None or price.spot <= price.on_demand, f"{name} {cloud}"
+    # the driver reports a little less than the marketing GB, never more
+    assert GPUS["H100-80"].memory_gib <= 80 < GPUS["H200"].memory_gib <= 141
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("    verified: true\n", r"gpus\.yaml:4: gpus\.L4: Value error, verified: true needs a source"),
+        ("    prices: {aws: {on_demand: 1.0, spot: 2.0}}\n", r"gpus\.L4\.prices\.aws: Value error, spot \(2\.0\) is "
+         r"dearer than on_demand"),
+    ],
+)
+def test_a_gpu_file_that_overstates_its_figures_is_refused(tmp_path: Path, entry: str, message: str) -> None:
+    mine = tmp_path / "gpus.yaml"
+    mine.write_text("prices_as_of: x\ngpus:\n  L4:\n    memory_gib: 22\n    bandwidth_gbs: 300\n    fp16_tflops: 1\n"
+                    + entry)
+    with pytest.raises(ConfigError, match=message):
+        load_gpus(mine)
+
+
 def test_a_bench_file_of_the_wrong_shape_names_the_field(tmp_path: Path) -> None:
     path = tmp_path / "results.json"
     path.write_text(json.dumps({"tool": "tokenway bench", "format_version": 1, "config": {},
@@ -213,7 +266,38 @@ def test_cli_table_json_and_html(tmp_path: Path) -> None:
     html = (tmp_path / "cost.html").read_text()
     charts = re.findall(r"<svg.*?</svg>", html, flags=re.S)
     assert len(charts) == 2 and "Break-even" in html
+    assert "self-hosted on-demand *" in html and "* unverified: no published page confirmed H100-80" in html
     assert all(_assert_inside(chart) > 10 for chart in charts)
+
+
+def test_cli_marks_unverified_options_in_the_table_and_the_json(tmp_path: Path) -> None:
+    args = [*FLAGS, "--model", "Llama-3.1-8B", "--gpu", "L4", "--cloud", "aws"]
+    table = _cost(*args)
+    assert table.returncode == 0, table.stderr
+    rows = {line.split("│")[1].strip(): line for line in table.stdout.splitlines() if line.startswith("│")}
+    assert "self-hosted on-demand *" in rows and "gpt-4o *" in rows  # nothing published confirmed these
+    assert "claude-3-haiku" in rows and "deepseek-chat" in rows  # checked against the providers' pages
+    footnote = " ".join(table.stdout[table.stdout.index("* unverified"):].split())
+    assert "L4's memory, bandwidth and TFLOPS" in footnote and "aws's L4 prices (g6.xlarge)" in footnote
+
+    doc = json.loads(_cost(*args, "--json").stdout)
+    options = {o["name"]: o for o in doc["options"]}
+    assert not options["self-hosted on-demand"]["verified"] and not options["gpt-4o"]["verified"]
+    assert options["claude-3-haiku"]["verified"] and options["deepseek-chat"]["per_1m_output"] == 1.68
+    assert doc["hardware"]["specs_check"] == {"verified": False, "source": None, "note": GPUS["L4"].note}
+    assert doc["hardware"]["region"] == "us-east-1" and doc["model"]["verified"] is False
+    assert any("L4's memory" in line for line in doc["unverified"])
+
+    # a GPU file whose owner checked their own figures: the GPU and its price leave the footnote
+    mine = tmp_path / "gpus.yaml"
+    source = "source: {url: 'https://example.com/datasheet', as_of: '2026-12-01'}, verified: true"
+    mine.write_text(f"prices_as_of: '2026-12-01'\ngpus:\n  L4: {{memory_gib: 22.5, bandwidth_gbs: 300,"
+                    f" fp16_tflops: 121, {source}, prices: {{onprem: {{on_demand: 0.25, {source}}}}}}}\n")
+    doc = json.loads(_cost(*args[:-2], "--cloud", "onprem", "--gpus", str(mine), "--json").stdout)
+    assert doc["hardware"]["specs_check"]["source"] == {"url": "https://example.com/datasheet", "as_of": "2026-12-01"}
+    assert not any("L4" in line for line in doc["unverified"])
+    assert any("Llama-3.1-8B" in line for line in doc["unverified"])  # the model still is, so the option too
+    assert not next(o for o in doc["options"] if o["kind"] == "self-hosted")["verified"]
 
 
 def test_cli_picks_the_cheapest_gpu_that_fits_when_none_is_named() -> None:

@@ -2,7 +2,8 @@
 
 Used when a deployment's config sets no ``price``; a ``price`` in the config always wins.
 Looked up by the upstream model name, then the public one, with a dated suffix stripped
-(``gpt-4o-2024-08-06`` prices as ``gpt-4o``).
+(``gpt-4o-2024-08-06`` prices as ``gpt-4o``). ``SOURCES`` names the provider's page each price was
+checked against; the others are unverified (docs/cost.md, "Sources", says what agrees with them).
 """
 
 from __future__ import annotations
@@ -44,9 +45,19 @@ PRICES: dict[str, tuple[float, float]] = {
     # Mistral
     "mistral-large-latest": (2.00, 6.00),
     "mistral-small-latest": (0.20, 0.60),
-    # DeepSeek
-    "deepseek-chat": (0.27, 1.10),
-    "deepseek-reasoner": (0.55, 2.19),
+    # DeepSeek: one price for both since 2025-09-05 (cache-miss input)
+    "deepseek-chat": (0.56, 1.68),
+    "deepseek-reasoner": (0.56, 1.68),
+}
+
+_ANTHROPIC = ("https://docs.anthropic.com/en/docs/about-claude/pricing", "undated; read 2026-12-07")
+_DEEPSEEK = ("https://api-docs.deepseek.com/quick_start/pricing", "2025-09-05")
+
+# The provider's own pricing page each price was checked against, and the date the page gives.
+SOURCES: dict[str, tuple[str, str]] = {
+    "claude-3-5-sonnet": _ANTHROPIC, "claude-3-7-sonnet": _ANTHROPIC, "claude-sonnet-4": _ANTHROPIC,
+    "claude-3-5-haiku": _ANTHROPIC, "claude-3-haiku": _ANTHROPIC, "claude-opus-4": _ANTHROPIC,
+    "deepseek-chat": _DEEPSEEK, "deepseek-reasoner": _DEEPSEEK,
 }
 
 _DATED = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|latest)$")

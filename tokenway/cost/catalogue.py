@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokenway.config import ConfigError, parse_yaml
 
@@ -29,13 +29,43 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class CloudPrice(_Strict):
+class Source(_Strict):
+    """The published page a figure was checked against, and the date that page gives (or, where it
+    gives none, the date it was read)."""
+
+    url: str
+    as_of: str
+
+
+class Checked(_Strict):
+    """Figures that are either checked against a published source (``source``, ``verified: true``) or
+    plainly marked as not (``verified: false``): ``tokenway cost`` flags the latter beside the option."""
+
+    source: Source | None = None
+    verified: bool = False
+    note: str = ""  # what was found instead: a secondary source that agrees, a caveat
+
+    @model_validator(mode="after")
+    def _verified_needs_a_source(self) -> Checked:
+        if self.verified and self.source is None:
+            raise ValueError("verified: true needs a source (url and as_of); else say verified: false")
+        return self
+
+
+class CloudPrice(Checked):
     instance: str = ""
+    region: str = ""
     on_demand: Positive
     spot: Positive | None = None
 
+    @model_validator(mode="after")
+    def _spot_is_a_discount(self) -> CloudPrice:
+        if self.spot is not None and self.spot > self.on_demand:
+            raise ValueError(f"spot ({self.spot}) is dearer than on_demand ({self.on_demand})")
+        return self
 
-class Gpu(_Strict):
+
+class Gpu(Checked):
     memory_gib: Positive
     bandwidth_gbs: Positive
     fp16_tflops: Positive
@@ -47,7 +77,7 @@ class GpuFile(_Strict):
     gpus: dict[str, Gpu]
 
 
-class ModelSpec(_Strict):
+class ModelSpec(Checked):
     params_b: Positive  # billions of parameters
     layers: Annotated[int, Field(ge=1)]
     kv_heads: Annotated[int, Field(ge=1)]

@@ -79,8 +79,9 @@ def plan_for(request: Request, gpu_name: str) -> Plan:
         throughput = measured(request.bench, throughput)
 
     def setup(kind: str, hourly: float) -> SelfHosted:
-        return SelfHosted(f"self-hosted {kind}", memory.gpus, hourly,
-                          throughput.requests_per_s, request.utilisation, throughput.prefill_share)
+        return SelfHosted(f"self-hosted {kind}", memory.gpus, hourly, throughput.requests_per_s,
+                          request.utilisation, throughput.prefill_share,
+                          gpu.verified and price.verified and request.model.verified)
 
     spot = setup("spot", price.spot) if price.spot is not None else None
     return Plan(gpu_name, cloud, price, memory, throughput, setup("on-demand", price.on_demand), spot)

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 
 from tokenway.cost.traffic import DAY_S, DAYS_PER_MONTH, Traffic
-from tokenway.prices import PRICES
+from tokenway.prices import PRICES, SOURCES
 
 HOURS_PER_MONTH = 24 * DAYS_PER_MONTH
 
@@ -22,6 +22,7 @@ class SelfHosted:
     replica_rps: float
     utilisation: float  # the busiest minute may keep a replica this busy
     prefill_share: float
+    verified: bool = False  # the GPU's specs, this price and the model's figures are checked
 
     @property
     def replica_day_cost(self) -> float:
@@ -47,6 +48,7 @@ class Option:
     per_1m_output: float
     per_month: float
     replicas: int | None = None  # self-hosted only
+    verified: bool = False  # its price (self-hosted: and its GPU's specs, model's figures) checked
     # API only: the requests/day from which self-hosting (on-demand, spot) is cheaper for good; None: never.
     break_even_on_demand: float | None = None
     break_even_spot: float | None = None
@@ -88,6 +90,7 @@ def self_hosted_option(setup: SelfHosted, traffic: Traffic) -> Option:
         per_1m_output=monthly * (1 - setup.prefill_share) / (requests * traffic.completion.mean) * 1e6,
         per_month=monthly,
         replicas=setup.replicas(traffic),
+        verified=setup.verified,
     )
 
 
@@ -109,6 +112,7 @@ def api_option(model: str, traffic: Traffic, on_demand: SelfHosted, spot: SelfHo
         per_month=per_request * traffic.requests_per_day * DAYS_PER_MONTH,
         break_even_on_demand=even(on_demand),
         break_even_spot=even(spot),
+        verified=model in SOURCES,
     )
 
 

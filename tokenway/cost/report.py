@@ -7,20 +7,47 @@ import math
 from html import escape
 from typing import Any
 
+from tokenway.cost.catalogue import Checked
 from tokenway.cost.estimate import Estimate, Plan
 from tokenway.cost.pricing import Option, SelfHosted, api_option, self_hosted_option
 from tokenway.cost.traffic import Traffic
 from tokenway.plots import Mark, Series, line_chart, scatter_chart
 
 PLOTTED_APIS = 5  # the cost plots draw this many API models, spread from cheapest to dearest
+UNVERIFIED = "*"  # beside an option whose figures no published page confirmed; the footnote says which
 
 
 def _plan(plan: Plan, traffic: Traffic) -> dict[str, Any]:
     return {
-        "gpu": plan.gpu_name, "cloud": plan.cloud, "instance": plan.price.instance,
+        "gpu": plan.gpu_name, "cloud": plan.cloud, "instance": plan.price.instance, "region": plan.price.region,
         "gpus_per_replica": plan.memory.gpus, "replicas": plan.on_demand.replicas(traffic),
-        "per_month_on_demand": plan.on_demand.per_month(traffic),
+        "per_month_on_demand": plan.on_demand.per_month(traffic), "verified": plan.on_demand.verified,
     }
+
+
+def _check(figures: Checked) -> dict[str, Any]:
+    source = figures.source.model_dump() if figures.source is not None else None
+    return {"verified": figures.verified, "source": source, "note": figures.note}
+
+
+def unverified(est: Estimate) -> list[str]:
+    """What in this estimate no published page confirmed, one phrase each, for the footnote."""
+    req, plan = est.request, est.plan
+    found = []
+    if not req.catalogue.gpus[plan.gpu_name].verified:
+        found.append(f"{plan.gpu_name}'s memory, bandwidth and TFLOPS")
+    if not plan.price.verified:
+        found.append(f"{plan.cloud}'s {plan.gpu_name} prices ({plan.price.instance or 'no instance named'})")
+    if not req.model.verified:
+        found.append(f"{req.model_name}'s parameters, layers, KV heads and context")
+    apis = sum(1 for o in est.options if o.kind == "api" and not o.verified)
+    if apis:
+        found.append(f"the list prices of the {apis} API model(s) marked {UNVERIFIED}")
+    return found
+
+
+def _marked(name: str, verified: bool) -> str:
+    return name if verified else f"{name} {UNVERIFIED}"
 
 
 def as_json(est: Estimate) -> dict[str, Any]:
@@ -36,6 +63,7 @@ def as_json(est: Estimate) -> dict[str, Any]:
         "hardware": {
             **_plan(plan, traffic), "on_demand_per_gpu_hour": plan.price.on_demand,
             "spot_per_gpu_hour": plan.price.spot, "prices_as_of": req.catalogue.prices_as_of,
+            "specs_check": _check(req.catalogue.gpus[plan.gpu_name]), "price_check": _check(plan.price),
         },
         "sizing": {
             "weights_gib": mem.weights_gib, "kv_bytes_per_token": mem.kv_bytes_per_token,
@@ -50,6 +78,7 @@ def as_json(est: Estimate) -> dict[str, Any]:
         },
         "options": [dataclasses.asdict(o) for o in est.options],
         "alternatives": [_plan(p, traffic) for p in est.alternatives],
+        "unverified": unverified(est),
     }
 
 
@@ -94,15 +123,18 @@ def print_table(est: Estimate) -> None:
                    "break-even req/day (on-demand)", "(spot)"):
         table.add_column(column, justify="left" if column == "option" else "right")
     for o in est.options:
-        table.add_row(o.name, _usd(o.per_1k_requests), _usd(o.per_1m_input), _usd(o.per_1m_output),
+        table.add_row(_marked(o.name, o.verified), _usd(o.per_1k_requests), _usd(o.per_1m_input), _usd(o.per_1m_output),
                       _usd(o.per_month), _break_even(o, est.plan.on_demand, o.break_even_on_demand),
                       _break_even(o, est.plan.spot, o.break_even_spot),
                       style="bold" if o.kind == "self-hosted" else None)
     console.print(table)
+    if data["unverified"]:
+        console.print(f"[yellow]{UNVERIFIED} unverified[/]: no published page confirmed "
+                      + "; ".join(data["unverified"]) + " (docs/cost.md, Sources).", highlight=False)
     if data["alternatives"]:
         console.print("Other GPUs that fit: " + "; ".join(
-            f"{a['gpu']} x {a['gpus_per_replica']} ({a['cloud']}) x {a['replicas']}: {_usd(a['per_month_on_demand'])}"
-            "/month" for a in data["alternatives"]))
+            f"{_marked(a['gpu'], a['verified'])} x {a['gpus_per_replica']} ({a['cloud']}) x {a['replicas']}: "
+            f"{_usd(a['per_month_on_demand'])}/month" for a in data["alternatives"]))
 
 
 def _volumes(est: Estimate) -> list[float]:
@@ -164,8 +196,8 @@ def render_html(est: Estimate) -> str:
             + ([("goodput", concurrency, [p.goodput_per_s or 0.0 for p in points])] if bench.slo_ms else []),
             "Measured throughput (tokenway bench)", "concurrency", "requests/s", ymin=0.0))
     rows = "".join(
-        f"<tr><td class=l>{escape(o.name)}</td><td>{_usd(o.per_1k_requests)}</td><td>{_usd(o.per_1m_input)}</td>"
-        f"<td>{_usd(o.per_1m_output)}</td><td>{_usd(o.per_month)}</td>"
+        f"<tr><td class=l>{escape(_marked(o.name, o.verified))}</td><td>{_usd(o.per_1k_requests)}</td>"
+        f"<td>{_usd(o.per_1m_input)}</td><td>{_usd(o.per_1m_output)}</td><td>{_usd(o.per_month)}</td>"
         f"<td>{_break_even(o, est.plan.on_demand, o.break_even_on_demand)}</td>"
         f"<td>{_break_even(o, est.plan.spot, o.break_even_spot)}</td></tr>"
         for o in est.options
@@ -176,6 +208,8 @@ def render_html(est: Estimate) -> str:
     )
     assumptions = "".join(f"<li>{escape(a)}</li>" for a in data["throughput"]["assumptions"])
     kind = "measured" if data["throughput"]["source"] == "measured" else "a roofline ESTIMATE"
+    footnote = (f"<p>{UNVERIFIED} unverified: no published page confirmed {escape('; '.join(data['unverified']))}"
+                " (docs/cost.md, Sources).</p>" if data["unverified"] else "")
     return (
         "<!doctype html><html><head><meta charset=utf-8><title>tokenway cost</title><style>"
         "body{font-family:sans-serif;margin:24px;color:#222;max-width:1200px}table{border-collapse:collapse}"
@@ -184,7 +218,7 @@ def render_html(est: Estimate) -> str:
         f"<h1>tokenway cost</h1><p>{escape(data['traffic']['source'])}; prices as of "
         f"{escape(data['hardware']['prices_as_of'])}. Throughput is {kind}.</p>"
         "<table><tr><th class=l>option</th><th>per 1k requests</th><th>per 1M input</th><th>per 1M output</th>"
-        f"<th>per month</th><th>break-even req/day (on-demand)</th><th>(spot)</th></tr>{rows}</table>"
+        f"<th>per month</th><th>break-even req/day (on-demand)</th><th>(spot)</th></tr>{rows}</table>{footnote}"
         f"<div class=plots>{''.join(plots)}</div><h2>Inputs and sizing</h2><table>{facts}</table>"
         f"<h2>Throughput assumptions</h2><ul>{assumptions}</ul></body></html>"
     )
