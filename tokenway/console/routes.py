@@ -15,8 +15,10 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import RedirectResponse, Response
 
 from tokenway.api.client_address import TrustedProxies
+from tokenway.console.ended import EndedSessions
+from tokenway.console.login_limit import FAILURES, WINDOW_S, LoginAttempts
 from tokenway.console.session import CSRF_COOKIE, SESSION_COOKIE, SESSION_S, Sessions
-from tokenway.errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
+from tokenway.errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied, RateLimited
 
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
@@ -35,8 +37,10 @@ def _assets() -> tuple[str, dict[str, bytes]]:
                      for name, body in assets.items()}
 
 
-def console_router(master_key: str | None, proxies: TrustedProxies | None = None) -> APIRouter:
-    """``proxies``: those whose ``X-Forwarded-Proto: https`` is believed (they ended TLS for the gateway)."""
+def console_router(master_key: str | None, proxies: TrustedProxies | None, ended: EndedSessions,
+                   attempts: LoginAttempts) -> APIRouter:
+    """``proxies``: those whose ``X-Forwarded-Proto: https`` and forwarded-for are believed (they ended TLS
+    for the gateway); ``ended``: where logging out ends a session; ``attempts``: wrong keys per address."""
     router = APIRouter(prefix="/ui", include_in_schema=False)
     sessions = Sessions(master_key) if master_key is not None else None
     version, assets = _assets()
@@ -85,8 +89,16 @@ def console_router(master_key: str | None, proxies: TrustedProxies | None = None
             return Response(b'{"open": true}', media_type="application/json")
         if not key:
             raise InvalidRequest("Enter the master key to log in.", param="key")
+        peer = request.client.host if request.client is not None else ""
+        client = proxies.client(peer, request.scope["headers"]) if proxies is not None else peer
+        wait = await attempts.refused_for(client)
+        if wait > 0:
+            raise RateLimited(f"{FAILURES} wrong keys from this address in {WINDOW_S} s; try again in "
+                              f"{max(1, round(wait))} s.", retry_after=wait)
         if not hmac.compare_digest(key.encode(), master_key.encode()):
+            await attempts.failed(client)
             raise PermissionDenied("That is not the master key.", param="key")
+        await attempts.succeeded(client)
         session = sessions.issue()
         response = Response(b'{"open": false}', media_type="application/json")
         secure = request.url.scheme == "https" or (
@@ -98,7 +110,10 @@ def console_router(master_key: str | None, proxies: TrustedProxies | None = None
         return response
 
     @router.delete("/session")
-    async def log_out() -> Response:
+    async def log_out(request: Request) -> Response:
+        genuine = sessions.verified(request.cookies.get(SESSION_COOKIE, "")) if sessions is not None else None
+        if genuine is not None:  # a forged id is not stored: nobody can fill the list by logging out
+            await ended.end(*genuine)
         response = Response(status_code=204)
         for name in (SESSION_COOKIE, CSRF_COOKIE):
             response.delete_cookie(name, path="/", samesite="strict")
