@@ -11,16 +11,24 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
+import jsonschema
 import pytest
 import redis.asyncio
 
 from tests.access_support import REDIS
 from tests.console_support import MASTER, console_config
 from tests.fakes import FakeUpstream
+from tests.jobs_support import batch_lines
 from tests.servers import free_port, running_app
 from tokenway.asgi import Message, Scope
-from tokenway.console.ended import REFRESH_S, MemoryEndedSessions, RedisEndedSessions, without_ended_sessions
-from tokenway.console.login_limit import FAILURES, WINDOW_S, MemoryLoginAttempts
+from tokenway.console.ended import (
+    REFRESH_S,
+    MemoryEndedSessions,
+    RedisEndedSessions,
+    SessionsUnavailable,
+    without_ended_sessions,
+)
+from tokenway.console.login_limit import FAILURES, WINDOW_S, MemoryLoginAttempts, RedisLoginAttempts
 from tokenway.console.session import Sessions
 
 ASK = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
@@ -191,13 +199,50 @@ def test_an_unreachable_redis_is_a_503_in_the_envelope_not_an_open_door() -> Non
 
     async def scenario() -> None:
         client = redis.asyncio.from_url(f"redis://127.0.0.1:{free_port()}/0")
-        serve = without_ended_sessions(endpoint, RedisEndedSessions(client, "tw-test-ended-down"))
+        ended = RedisEndedSessions(client, "tw-test-ended-down")
+        serve = without_ended_sessions(endpoint, ended)
         try:
             await serve({"type": "http", "headers": [(b"cookie", f"tokenway_session={token}".encode())]},
                         receive, send)
+            for attempt in (ended.end("s1", 2**31), RedisLoginAttempts(client, "tw-test-login-down:").failed("a")):
+                with pytest.raises(SessionsUnavailable):  # a logout, a login: the 503 envelope too
+                    await attempt
         finally:
             await client.aclose()
 
     asyncio.run(scenario())
     assert sent[0]["status"] == 503
     assert b"Redis is unreachable" in sent[1]["body"]
+
+
+def test_the_consoles_admin_answers_are_what_the_document_says(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """The fuzzer reaches the admin cancels only with unknown ids (404): here they answer 200, with real
+    objects, and each answer is checked against its schema in /openapi.json."""
+    auth = {"Authorization": f"Bearer {MASTER}"}
+    with running_app(console_config(upstream), master_key=MASTER, data_dir=tmp_path) as (base, _):
+        document = httpx.get(base + "/openapi.json").json()
+
+        def holds(method: str, path: str, answer: httpx.Response, expected: int = 200) -> None:
+            assert answer.status_code == expected, (path, answer.text)
+            status = str(answer.status_code)
+            schema = document["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+            jsonschema.validate(answer.json(), {**schema, "components": document["components"]})
+
+        stuck = httpx.post(base + "/v1/async/chat/completions", headers=auth, json={**ASK, "model": "stuck"})
+        holds("post", "/admin/jobs/{job_id}/cancel",
+              httpx.post(f"{base}/admin/jobs/{stuck.json()['id']}/cancel", headers=auth))
+        uploaded = httpx.post(base + "/v1/files", headers=auth, data={"purpose": "batch"},
+                              files={"file": ("lines.jsonl", batch_lines(2, model="stuck"))}).json()
+        batch = httpx.post(base + "/v1/batches", headers=auth, json={
+            "input_file_id": uploaded["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}).json()
+        holds("post", "/admin/batches/{batch_id}/cancel",
+              httpx.post(f"{base}/admin/batches/{batch['id']}/cancel", headers=auth))
+        httpx.post(base + "/v1/chat/completions", headers=auth, json=ASK)  # counters and spend to show
+        overview = httpx.get(base + "/admin/overview", headers=auth)
+        assert overview.json()["models"]["fake"]["ttft_buckets"][-1][0] is None  # +inf, as null
+        holds("get", "/admin/overview", overview)
+        holds("post", "/ui/session", httpx.post(base + "/ui/session", json={"key": MASTER}))
+        for _ in range(FAILURES):
+            holds("post", "/ui/session", httpx.post(base + "/ui/session", json={"key": "wrong"}), 403)
+        holds("post", "/ui/session", httpx.post(base + "/ui/session", json={"key": "wrong"}), 429)
+        assert "/ui/session" in document["paths"] and "/ui/" not in document["paths"]  # pages stay out

@@ -14,7 +14,8 @@ the pages send the browser to the login).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from redis.exceptions import RedisError
@@ -31,6 +32,16 @@ REFRESH_S = 1.0
 class SessionsUnavailable(GatewayError):
     status = 503
     code = "sessions_unavailable"
+
+
+@contextmanager
+def redis_down_is_503(doing: str) -> Iterator[None]:
+    """A session is never taken on trust: with Redis gone, the console answers 503, not an open door."""
+    try:
+        yield
+    except (OSError, RedisError) as exc:
+        raise SessionsUnavailable(f"The console cannot {doing}: Redis is unreachable. Calls with the master "
+                                  "key (and no session cookie) still work.") from exc
 
 
 class EndedSessions(Protocol):
@@ -68,11 +79,12 @@ class RedisEndedSessions:
 
     async def end(self, session: str, expires: int) -> None:
         now = self._clock()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(self._key, {session: expires})
-            pipe.zremrangebyscore(self._key, "-inf", now)
-            pipe.expire(self._key, SESSION_S)  # no session outlives this; the set goes when logouts stop
-            await pipe.execute()
+        with redis_down_is_503("end the session"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(self._key, {session: expires})
+                pipe.zremrangebyscore(self._key, "-inf", now)
+                pipe.expire(self._key, SESSION_S)  # no session outlives this; the set goes when logouts stop
+                await pipe.execute()
         self._known.add(session)
 
     async def ended(self, session: str) -> bool:
@@ -80,7 +92,8 @@ class RedisEndedSessions:
         if now - self._read_at >= REFRESH_S:
             self._read_at = now  # the calls meanwhile use the set as it is, rather than all asking Redis
             try:
-                members = await self._redis.zrangebyscore(self._key, now, "+inf")
+                with redis_down_is_503("check its sessions"):
+                    members = await self._redis.zrangebyscore(self._key, now, "+inf")
             except BaseException:
                 self._read_at = float("-inf")  # not a second on an old list: the next call asks again
                 raise
@@ -97,10 +110,8 @@ def without_ended_sessions(endpoint: Endpoint, ended: EndedSessions) -> Endpoint
         if token:
             try:
                 gone = await ended.ended(session_id(token))
-            except (OSError, RedisError):
-                await send_error(send, SessionsUnavailable(
-                    "The console cannot check its sessions: Redis is unreachable. Calls with the master key "
-                    "(and no session cookie) still work."), [])
+            except SessionsUnavailable as error:
+                await send_error(send, error, [])
                 return
             if gone:
                 scope = {**scope, "headers": [(n, v) for n, v in scope["headers"] if n != b"cookie"]}

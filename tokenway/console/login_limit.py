@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from tokenway.console.ended import redis_down_is_503
+
 FAILURES = 5
 WINDOW_S = 60
 _MOST_ADDRESSES = 100_000  # in memory: past this, windows that ended are dropped on the next failure
@@ -59,17 +61,20 @@ class RedisLoginAttempts:
         self._prefix = prefix
 
     async def refused_for(self, client: str) -> float:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.get(self._prefix + client)
-            pipe.pttl(self._prefix + client)
-            failures, ttl_ms = await pipe.execute()
+        with redis_down_is_503("count login attempts"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(self._prefix + client)
+                pipe.pttl(self._prefix + client)
+                failures, ttl_ms = await pipe.execute()
         return ttl_ms / 1000 if failures is not None and int(failures) >= FAILURES and ttl_ms > 0 else 0.0
 
     async def failed(self, client: str) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.incr(self._prefix + client)
-            pipe.expire(self._prefix + client, WINDOW_S, nx=True)  # the window runs from the first failure
-            await pipe.execute()
+        with redis_down_is_503("count login attempts"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.incr(self._prefix + client)
+                pipe.expire(self._prefix + client, WINDOW_S, nx=True)  # the window runs from the first failure
+                await pipe.execute()
 
     async def succeeded(self, client: str) -> None:
-        await self._redis.delete(self._prefix + client)
+        with redis_down_is_503("count login attempts"):
+            await self._redis.delete(self._prefix + client)
