@@ -127,24 +127,40 @@ def test_wrong_keys_are_limited_per_address_and_a_login_resets_the_count(
         assert httpx.get(base + "/admin/keys", headers={"Authorization": f"Bearer {MASTER}"}).status_code == 200
 
 
-def test_the_login_window_runs_from_the_first_failure() -> None:
+def test_the_login_window_runs_from_the_first_attempt() -> None:
     now = [1000.0]
     attempts = MemoryLoginAttempts(clock=lambda: now[0])
 
     async def scenario() -> list[float]:
         waits = []
         for _ in range(FAILURES):
-            await attempts.failed("a")
+            waits.append(await attempts.admit("a"))
             now[0] += 1
-        waits.append(await attempts.refused_for("a"))
-        waits.append(await attempts.refused_for("b"))
+        waits.append(await attempts.admit("a"))  # the sixth: refused until the minute is over
+        waits.append(await attempts.admit("b"))
         now[0] += WINDOW_S
-        waits.append(await attempts.refused_for("a"))
-        await attempts.failed("a")  # a new window, with one failure in it
-        waits.append(await attempts.refused_for("a"))
+        waits.append(await attempts.admit("a"))  # a new window
         return waits
 
-    assert asyncio.run(scenario()) == [WINDOW_S - FAILURES, 0.0, 0.0, 0.0]
+    assert asyncio.run(scenario()) == [0.0] * FAILURES + [WINDOW_S - FAILURES, 0.0, 0.0]
+
+
+def test_a_burst_of_attempts_gets_no_more_tries_than_one_by_one() -> None:
+    async def scenario() -> tuple[list[float], list[float]]:
+        client = redis.asyncio.from_url(REDIS)
+        prefix = f"tw-test-login-{secrets.token_hex(4)}:"
+        try:
+            in_redis = await asyncio.gather(*(RedisLoginAttempts(client, prefix).admit("a") for _ in range(20)))
+            assert await client.ttl(prefix + "a") <= WINDOW_S
+        finally:
+            await client.delete(prefix + "a")
+            await client.aclose()
+        memory = MemoryLoginAttempts()
+        return in_redis, await asyncio.gather(*(memory.admit("a") for _ in range(20)))
+
+    for waits in asyncio.run(scenario()):
+        assert sum(1 for wait in waits if wait == 0) == FAILURES
+        assert all(0 < wait <= WINDOW_S for wait in waits if wait)
 
 
 def test_ended_sessions_are_kept_until_their_cookie_would_have_expired() -> None:
@@ -204,7 +220,7 @@ def test_an_unreachable_redis_is_a_503_in_the_envelope_not_an_open_door() -> Non
         try:
             await serve({"type": "http", "headers": [(b"cookie", f"tokenway_session={token}".encode())]},
                         receive, send)
-            for attempt in (ended.end("s1", 2**31), RedisLoginAttempts(client, "tw-test-login-down:").failed("a")):
+            for attempt in (ended.end("s1", 2**31), RedisLoginAttempts(client, "tw-test-login-down:").admit("a")):
                 with pytest.raises(SessionsUnavailable):  # a logout, a login: the 503 envelope too
                     await attempt
         finally:

@@ -1,9 +1,10 @@
 """How many wrong master keys one client address may try at the console's login.
 
 ``FAILURES`` wrong keys within ``WINDOW_S`` (counted from the first) and that address is refused with
-429 until the window ends; logging in resets its count. Counted in Redis when the gateway has one,
-so every replica counts the same attempts; else in this process. The client's address is the one
-``api/client_address.py`` believes (the proxy's forwarded-for when the proxy is trusted).
+429 until the window ends; logging in resets its count. Every attempt is counted before its key is
+compared, so a burst sent at once gets no more tries than one sent one by one. Counted in Redis when
+the gateway has one, so every replica counts the same attempts; else in this process. The client's
+address is the one ``api/client_address.py`` believes (the proxy's forwarded-for when it is trusted).
 """
 
 from __future__ import annotations
@@ -16,15 +17,14 @@ from tokenway.console.ended import redis_down_is_503
 
 FAILURES = 5
 WINDOW_S = 60
-_MOST_ADDRESSES = 100_000  # in memory: past this, windows that ended are dropped on the next failure
+_MOST_ADDRESSES = 100_000  # in memory: past this, windows that ended are dropped on the next attempt
 
 
 class LoginAttempts(Protocol):
-    async def refused_for(self, client: str) -> float:
-        """Seconds until ``client`` may try again; 0 when it may now."""
+    async def admit(self, client: str) -> float:
+        """Count an attempt by ``client``; the seconds it must wait when this one is over the limit, else 0.
+        Counted before the key is compared, so attempts sent all at once cannot pass a check together."""
         ...
-
-    async def failed(self, client: str) -> None: ...
 
     async def succeeded(self, client: str) -> None: ...
 
@@ -37,19 +37,17 @@ def open_login_attempts(redis: Any, prefix: str) -> LoginAttempts:
 class MemoryLoginAttempts:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._windows: dict[str, tuple[float, int]] = {}  # address: (window's end, failures in it)
+        self._windows: dict[str, tuple[float, int]] = {}  # address: (window's end, attempts in it)
 
-    async def refused_for(self, client: str) -> float:
-        ends, failures = self._windows.get(client, (0.0, 0))
-        wait = ends - self._clock()
-        return wait if failures >= FAILURES and wait > 0 else 0.0
-
-    async def failed(self, client: str) -> None:
+    async def admit(self, client: str) -> float:
         now = self._clock()
-        ends, failures = self._windows.get(client, (0.0, 0))
-        self._windows[client] = (ends, failures + 1) if ends > now else (now + WINDOW_S, 1)
+        ends, attempts = self._windows.get(client, (0.0, 0))
+        if ends <= now:
+            ends, attempts = now + WINDOW_S, 0
+        self._windows[client] = (ends, attempts + 1)
         if len(self._windows) > _MOST_ADDRESSES:
             self._windows = {a: w for a, w in self._windows.items() if w[0] > now}
+        return ends - now if attempts >= FAILURES else 0.0
 
     async def succeeded(self, client: str) -> None:
         self._windows.pop(client, None)
@@ -60,20 +58,15 @@ class RedisLoginAttempts:
         self._redis = redis
         self._prefix = prefix
 
-    async def refused_for(self, client: str) -> float:
+    async def admit(self, client: str) -> float:
+        key = self._prefix + client
         with redis_down_is_503("count login attempts"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.get(self._prefix + client)
-                pipe.pttl(self._prefix + client)
-                failures, ttl_ms = await pipe.execute()
-        return ttl_ms / 1000 if failures is not None and int(failures) >= FAILURES and ttl_ms > 0 else 0.0
-
-    async def failed(self, client: str) -> None:
-        with redis_down_is_503("count login attempts"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.incr(self._prefix + client)
-                pipe.expire(self._prefix + client, WINDOW_S, nx=True)  # the window runs from the first failure
-                await pipe.execute()
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, WINDOW_S, nx=True)  # the window runs from the first attempt
+                pipe.pttl(key)
+                attempts, _, ttl_ms = await pipe.execute()
+        return max(ttl_ms, 1) / 1000 if int(attempts) > FAILURES else 0.0
 
     async def succeeded(self, client: str) -> None:
         with redis_down_is_503("count login attempts"):

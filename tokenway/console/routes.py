@@ -102,12 +102,11 @@ def console_router(master_key: str | None, proxies: TrustedProxies | None, ended
             raise InvalidRequest("Enter the master key to log in.", param="key")
         peer = request.client.host if request.client is not None else ""
         client = proxies.client(peer, request.scope["headers"]) if proxies is not None else peer
-        wait = await attempts.refused_for(client)
+        wait = await attempts.admit(client)
         if wait > 0:
             raise RateLimited(f"{FAILURES} wrong keys from this address in {WINDOW_S} s; try again in "
                               f"{max(1, round(wait))} s.", retry_after=wait)
         if not hmac.compare_digest(key.encode(), master_key.encode()):
-            await attempts.failed(client)
             raise PermissionDenied("That is not the master key.", param="key")
         await attempts.succeeded(client)
         session = sessions.issue()
