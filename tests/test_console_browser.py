@@ -248,7 +248,11 @@ def test_every_page_renders_without_console_errors(page: Page) -> None:
         unlabelled = page.evaluate("""() => [...document.querySelectorAll("input, select, textarea")]
             .filter((field) => !field.labels.length && !field.getAttribute("aria-label")).map((f) => f.outerHTML)""")
         assert unlabelled == [], (link, unlabelled)
+    copied = {c["name"]: c["value"] for c in page.context.cookies() if c["name"] == "tokenway_session"}
+    base = page.url.split("/ui/", 1)[0]
+    assert httpx.get(base + "/admin/keys", cookies=copied).status_code == 200
     page.get_by_role("button", name="Log out").click()
     expect(page).to_have_url(re.compile(r"/ui/login$"))
     page.goto("/ui/")
     expect(page).to_have_url(re.compile(r"/ui/login$"))
+    assert httpx.get(base + "/admin/keys", cookies=copied).status_code == 401  # the logout ended it everywhere

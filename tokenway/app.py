@@ -38,6 +38,8 @@ from tokenway.api.wire import OpenAIWire
 from tokenway.asgi import Receive, Scope, Send, send_error
 from tokenway.clock import SYSTEM_CLOCK, Clock
 from tokenway.config import DeploymentConfig, GatewayConfig, Settings, load_config
+from tokenway.console.ended import open_ended_sessions, without_ended_sessions
+from tokenway.console.login_limit import open_login_attempts
 from tokenway.console.playground import playground_chat
 from tokenway.console.routes import console_router
 from tokenway.context import RequestContext
@@ -254,6 +256,8 @@ class Gateway:
         if self.config.observability.tracing.enabled:
             self.tracing = Tracing(self.config.observability.tracing)
         self._stored_responses = open_store(self.config.responses, self.redis)  # previous_response_id, GET, DELETE
+        self._ended_sessions = open_ended_sessions(self.redis, self.config.access.redis_prefix)  # console logouts
+        self._login_attempts = open_login_attempts(self.redis, self.config.access.redis_prefix)
         self._callers = Callers(self.access.policy, self.config.limits, lambda: self.public_names(self._models))
         await self.prompts.start()
         if self.recorder is not None:
@@ -330,8 +334,8 @@ class Gateway:
                 self.access.policy.authenticate, names, config.limits, self.log),
         }
         # the console's playground: a session instead of a key, then the same chat endpoint
-        data_routes["/ui/playground/chat/completions"] = playground_chat(
-            data_routes["/v1/chat/completions"], self.settings.master_key)
+        data_routes["/ui/playground/chat/completions"] = without_ended_sessions(playground_chat(
+            data_routes["/v1/chat/completions"], self.settings.master_key), self._ended_sessions)
         metrics_auth = (require_metrics_token(self.settings.metrics_token, self.settings.master_key)
                         if self.settings.metrics_token else None)
         discovery = Discovery(config, route, build, self._monitors, self._http, self.log)
@@ -355,11 +359,13 @@ class Gateway:
                                        responses_router(stored_responses, callers),
                                        overview_router(metrics, models, self.access, self.settings.master_key),
                                        console_router(self.settings.master_key,
-                                                      TrustedProxies.of(self.settings.trusted_proxies))])
+                                                      TrustedProxies.of(self.settings.trusted_proxies),
+                                                      self._ended_sessions, self._login_attempts)])
         for deployment in new:
             self._monitors.watch(deployment)
         discovery.start()
-        return Serving(config, models, route, handler, data_routes, control, discovery, context)
+        return Serving(config, models, route, handler, data_routes,
+                       without_ended_sessions(control, self._ended_sessions), discovery, context)
 
     def _swap(self, serving: Serving) -> Serving:
         """Make ``serving`` the request path for every call from now on; return the one it replaces. No await

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends
 
 from tokenway.access import Access
 from tokenway.api.guards import require_master_key
-from tokenway.console.overview import overview
+from tokenway.console.overview import OVERVIEW_SCHEMA, overview
 from tokenway.deployments import ModelTable
 from tokenway.observability.metrics import Metrics
 
@@ -22,7 +22,8 @@ def overview_router(metrics: Metrics | None, models: ModelTable, access: Access,
         await access.ledger.flush()  # so that this process's latest requests are counted
         return await access.db.usage_summary("model", since, time.time() + 1)
 
-    @router.get("/overview", summary="Live counters per model, in-flight calls, health and spend today")
+    @router.get("/overview", summary="Live counters per model, in-flight calls, health and spend today",
+                responses={200: {"content": {"application/json": {"schema": OVERVIEW_SCHEMA}}}})
     async def get_overview() -> dict[str, Any]:
         return await overview(metrics, models, spend_today)
 

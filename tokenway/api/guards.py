@@ -1,5 +1,7 @@
 """The one check in front of every admin endpoint: the master key, as Bearer or api-key header, or the
-console's session cookie (``tokenway/console/session.py``), CSRF-checked on calls that change state."""
+console's session cookie (``tokenway/console/session.py``), CSRF-checked on calls that change state.
+A session ended by logging out never gets here: its cookies are dropped in front of the control plane
+(``tokenway/console/ended.py``)."""
 
 from __future__ import annotations
 

@@ -119,7 +119,8 @@ _ERROR_TEXT = {
 _BEARER = {"type": "http", "scheme": "bearer", "description": (
     "A virtual key (`Authorization: Bearer <key>` or `api-key: <key>`); the admin API needs the master key, "
     "/metrics the metrics token or the master key.")}
-_OPEN = {"/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+# /ui/session: the console's login takes the master key in its body, not as a bearer (its errors are its own)
+_OPEN = {"/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/ui/session"}
 
 
 def _errors_for(path: str, method: str) -> list[str]:
@@ -175,6 +176,12 @@ def _page(item: str) -> dict[str, Any]:
         "has_more": {"type": "boolean"}, "first_id": _NULLABLE_STRING, "last_id": _NULLABLE_STRING}}
 
 
+def _with_owner(item: str) -> dict[str, Any]:
+    """What the admin API answers for any tenant's object: the object and the key id that owns it."""
+    return {"allOf": [{"$ref": _REF.format(model=item)}, {
+        "type": "object", "required": ["owner"], "properties": {"owner": {"type": "string"}}}]}
+
+
 _MODEL = {"type": "object", "title": "Model", "required": ["id", "object", "created", "owned_by"], "properties": {
     "id": {"type": "string"}, "object": {"const": "model"}, "created": {"type": "integer"},
     "owned_by": {"type": "string"}}}
@@ -222,6 +229,8 @@ _ANSWERS: dict[tuple[str, str], str | dict[str, Any]] = {
     ("delete", "/v1/files/{file_id}"): _DELETED_FILE,
     ("post", "/v1/batches"): "Batch", ("get", "/v1/batches"): _page("Batch"),
     ("get", "/v1/batches/{batch_id}"): "Batch", ("post", "/v1/batches/{batch_id}/cancel"): "Batch",
+    ("post", "/admin/jobs/{job_id}/cancel"): _with_owner("Job"),
+    ("post", "/admin/batches/{batch_id}/cancel"): _with_owner("Batch"),
 }
 
 _BATCH_LINE = ('{"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", "body": '
@@ -258,10 +267,12 @@ _LINKS: dict[tuple[str, str], list[tuple[str, str, str, dict[str, Any]]]] = {
             "input_file_id": _ID, "endpoint": "/v1/chat/completions", "completion_window": "24h"}})],
     ("post", "/v1/batches"): [
         ("GetBatch", "get", "/v1/batches/{batch_id}", {"parameters": {"batch_id": _ID}}),
-        ("CancelBatch", "post", "/v1/batches/{batch_id}/cancel", {"parameters": {"batch_id": _ID}})],
+        ("CancelBatch", "post", "/v1/batches/{batch_id}/cancel", {"parameters": {"batch_id": _ID}}),
+        ("AdminCancelBatch", "post", "/admin/batches/{batch_id}/cancel", {"parameters": {"batch_id": _ID}})],
     **{("post", submit): [
         ("GetJob", "get", "/v1/async/{job_id}", {"parameters": {"job_id": _ID}}),
-        ("CancelJob", "post", "/v1/async/{job_id}/cancel", {"parameters": {"job_id": _ID}})]
+        ("CancelJob", "post", "/v1/async/{job_id}/cancel", {"parameters": {"job_id": _ID}}),
+        ("AdminCancelJob", "post", "/admin/jobs/{job_id}/cancel", {"parameters": {"job_id": _ID}})]
        for submit in ("/v1/async/chat/completions", "/v1/async/completions")},
 }
 

@@ -18,6 +18,28 @@ from prometheus_client.metrics_core import Metric
 from tokenway.deployments import ModelTable
 from tokenway.observability.metrics import Metrics
 
+_NUMBER = {"type": "number"}
+_COUNTERS = {"type": "object", "required": [
+    "requests", "errors", "rejected", "prompt_tokens", "completion_tokens", "cost_usd", "cache", "ttft_buckets"],
+    "properties": {**{name: _NUMBER for name in ("requests", "errors", "rejected", "prompt_tokens",
+                                                 "completion_tokens", "cost_usd")},
+                   "cache": {"type": "object", "additionalProperties": _NUMBER},
+                   "ttft_buckets": {"type": "array", "items": {  # [upper bound (null: +inf), cumulative count]
+                       "type": "array", "minItems": 2, "maxItems": 2,
+                       "items": {"anyOf": [_NUMBER, {"type": "null"}]}}}}}
+# The answer's shape, for the OpenAPI document (what the console's pages and scripts may rely on).
+OVERVIEW_SCHEMA = {"type": "object", "title": "Overview", "required": [
+    "time", "metrics", "models", "in_flight", "spend_today", "deployments", "prices"], "properties": {
+    "time": _NUMBER, "metrics": {"type": "boolean"},
+    "models": {"type": "object", "additionalProperties": _COUNTERS},
+    "in_flight": _NUMBER,
+    "spend_today": {"type": "object", "required": ["since", "usd", "by_model"], "properties": {
+        "since": _NUMBER, "usd": _NUMBER, "by_model": {"type": "object", "additionalProperties": _NUMBER}}},
+    "deployments": {"type": "object", "required": ["total", "healthy", "breakers_open"], "properties": {
+        "total": {"type": "integer"}, "healthy": {"type": "integer"}, "breakers_open": {"type": "integer"}}},
+    "prices": {"type": "object", "additionalProperties": {
+        "type": "array", "minItems": 2, "maxItems": 2, "items": _NUMBER}}}}
+
 SpendToday = Callable[[float], Awaitable[list[dict[str, Any]]]]  # since (unix s) -> ledger rows by model
 
 

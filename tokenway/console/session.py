@@ -2,9 +2,11 @@
 
 Stateless, so every replica behind a load balancer accepts a session any of them issued: the cookie
 is ``<expires>.<nonce>.<signature>``, signed with a key derived from the master key (changing the
-master key ends every session). The cookie is HttpOnly and SameSite=Strict; a state-changing call
-must also carry ``X-Tokenway-CSRF``, a second signature over the same cookie that the page reads from
-a readable cookie and sends as a header, which another site can neither read nor set.
+master key ends every session). The nonce is the session's id: logging out ends it on every replica
+through a short list of ended ids (``console/ended.py``), not a lookup of every session. The cookie
+is HttpOnly and SameSite=Strict; a state-changing call must also carry ``X-Tokenway-CSRF``, a second
+signature over the same cookie that the page reads from a readable cookie and sends as a header,
+which another site can neither read nor set.
 """
 
 from __future__ import annotations
@@ -55,5 +57,19 @@ class Sessions:
             raise PermissionDenied(
                 f"A console session changing state must send its {CSRF_HEADER} header (the {CSRF_COOKIE} cookie).")
 
+    def verified(self, token: str, now: float | None = None) -> tuple[str, int] | None:
+        """The id and expiry of a genuine session not yet expired, else None."""
+        try:
+            self.check(token, "GET", None, now)
+        except AuthenticationFailed:
+            return None
+        expires, session_id, _ = token.split(".", 2)
+        return session_id, int(expires)
+
     def _sign(self, purpose: str, value: str) -> str:
         return hmac.new(self._key, f"{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
+
+
+def session_id(token: str) -> str:
+    """The id a session cookie claims (unchecked: only for asking whether that session was ended)."""
+    return token.split(".", 2)[1] if token.count(".") == 2 else ""
