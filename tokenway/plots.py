@@ -14,6 +14,7 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 W, H = 560, 300
 LEFT, RIGHT, TOP, BOTTOM = 64, 16, 28, 44
 PLOT_W, PLOT_H = W - LEFT - RIGHT, H - TOP - BOTTOM
+LEGEND_CHARS, LEGEND_CHAR_W = 40, 6.2  # a name shown whole up to 40 characters; ~6 px a character at 11 px
 
 Series = tuple[str, list[float], list[float]]
 # A vertical reference line: its label and x (a break-even point, a measured limit).
@@ -135,7 +136,7 @@ def line_chart(
             f'<line class="mark" x1="{sx(x):.1f}" y1="{TOP}" x2="{sx(x):.1f}" y2="{TOP + PLOT_H}" stroke="#555" '
             f'stroke-dasharray="4 3"/><text x="{sx(x) + 3:.1f}" y="{label_y}" fill="#555">{escape(name[:30])}</text>'
         )
-    for i, (name, xs, ys) in enumerate(series):
+    for i, (_, xs, ys) in enumerate(series):
         color = PALETTE[i % len(PALETTE)]
         drawn = _points(*downsample(xs, ys), log_x, log_y)
         if lines:
@@ -143,13 +144,23 @@ def line_chart(
             out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.6" points="{path}"/>')
         if markers or not lines:
             out.extend(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{color}"/>' for x, y in drawn)
-        ly = TOP + 12 + 14 * i
-        out.append(
-            f'<rect x="{LEFT + PLOT_W - 150}" y="{ly - 8}" width="10" height="3" fill="{color}"/>'
-            f'<text x="{LEFT + PLOT_W - 136}" y="{ly - 4}">{escape(name[:26])}</text>'
-        )
+    out.extend(_legend([name for name, _, _ in series]))
     out.append("</svg>")
     return "".join(out)
+
+
+def _legend(names: list[str]) -> list[str]:
+    """The series' names in the plot's top-right corner, on a box that keeps them readable over the data."""
+    names = [name[:LEGEND_CHARS] for name in names]
+    width = 20 + LEGEND_CHAR_W * max(len(name) for name in names)
+    left = LEFT + PLOT_W - width - 4
+    out = [f'<rect class="legend" x="{left:.1f}" y="{TOP + 3}" width="{width:.1f}" height="{14 * len(names) + 4}" '
+           f'fill="#fff" fill-opacity="0.85" stroke="#ccc"/>']
+    for i, name in enumerate(names):
+        ly = TOP + 12 + 14 * i
+        out.append(f'<rect x="{left + 4:.1f}" y="{ly - 4}" width="10" height="3" fill="{PALETTE[i % len(PALETTE)]}"/>'
+                   f'<text x="{left + 18:.1f}" y="{ly}">{escape(name)}</text>')
+    return out
 
 
 def scatter_chart(

@@ -1,8 +1,8 @@
 """How long the console takes to show data: navigation start to the overview's numbers on screen.
 
 The login page (one small script, no data) opened first in each context is the floor this box and
-browser set, for a same-run comparison. Starts a gateway (a scripted fake model, a master key) on this box, logs in once in headless Chromium,
-then opens ``/ui/`` ``--runs`` times, each in a fresh browser context (no HTTP cache: a first visit) and
+browser set, for a same-run comparison. Starts a gateway (a scripted fake model, a master key) on this
+box, logs in once in headless Chromium, then opens ``/ui/`` ``--runs`` times, each in a fresh browser context (no HTTP cache: a first visit) and
 again in the same context (a return visit). Measured in the page: ``domcontentloaded``, and the moment
 the overview's first snapshot is painted (the "Spend today" figure filled in), which includes the
 ``/admin/overview`` round trip (shown apart). Prints a markdown table for RESULTS.md.

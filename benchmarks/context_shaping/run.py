@@ -34,7 +34,7 @@ from tokenway.deployments import ModelTable
 from tokenway.errors import GatewayError
 from tokenway.observability.logging import JsonLog
 from tokenway.observability.metrics import Metrics
-from tokenway.plots import line_chart
+from tokenway.plots import scatter_chart
 from tokenway.policies.context_window import ContextWindow, counter_for
 from tokenway.providers.base import Answer, Call, Completion
 from tokenway.shaping.counting import tiktoken_counter
@@ -172,8 +172,8 @@ def chart(results: list[dict[str, Any]], window: int) -> str:
                            [float(a) for _, a in pairs]))
         else:
             series.append((result["strategy"], [float(b) for b, _ in pairs], [float(a) for _, a in pairs]))
-    return line_chart(series, f"Prompt tokens sent, window {window}", "conversation so far (tokens)",
-                      "tokens sent to the model", markers=True, ymin=0)
+    return scatter_chart(series, f"Prompt tokens sent, window {window}", "conversation so far (tokens)",
+                         "tokens sent to the model", ymin=0)
 
 
 async def main() -> None:
