@@ -298,3 +298,32 @@ def test_a_stream_outlives_the_deployment_a_reload_dropped(tmp_path: Path) -> No
 
 def retired_at(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp()
+
+
+def test_a_model_a_reload_adds_is_held_at_its_own_price(tmp_path: Path, upstream: FakeUpstream) -> None:
+    """Budgets are held at the prices of the models the current config serves: a model added by a reload
+    is not held at nothing (which would let concurrent calls overspend a budget)."""
+    from tests.access_support import MASTER as ACCESS_MASTER
+    from tests.access_support import create_key, gateway
+
+    def priced(*models: tuple[str, float]) -> str:
+        listed = "".join(f"""
+  - name: {name}
+    deployments: [{{provider: openai, api_base: "{upstream.url(name)}", price: {{input_per_1m: {price},
+                    output_per_1m: {price}}}}}]""" for name, price in models)
+        return f"models:{listed}\naccess: {{keys_refresh_s: 0.2, redis_prefix: 'tw-test-reload-price:'}}\n"
+
+    path = tmp_path / "tokenway.yaml"
+    path.write_text(priced(("cheap", 1.0)))
+    with gateway(path.read_text(), tmp_path, config=path) as (base, _):
+        key = create_key(base, name="budgeted", budget={"amount": 0.001, "period": "total"})["key"]
+        path.write_text(priced(("cheap", 1.0), ("dear", 1000.0)))
+        reloaded = httpx.post(base + "/admin/config/reload", headers={"Authorization": f"Bearer {ACCESS_MASTER}"})
+        client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+        with pytest.raises(openai.RateLimitError):  # 1,000 tokens at $1,000 per 1M: $1 held, $0.001 left
+            client.chat.completions.create(model="dear", messages=[{"role": "user", "content": "hi"}], max_tokens=1000)
+        cheap = client.chat.completions.create(model="cheap", messages=[{"role": "user", "content": "hi"}],
+                                               max_tokens=10)
+    assert reloaded.status_code == 200, reloaded.text
+    assert cheap.choices[0].message.content
+    assert not any(seen.path.startswith("/dear/") for seen in upstream.seen)

@@ -373,6 +373,7 @@ class Gateway:
         old = self._serving or serving
         self._serving, self.config, self._models, self.route = serving, serving.config, serving.models, serving.route
         self._data_routes, self._control = serving.data_routes, serving.control
+        self.access.policy.use_models(serving.config.models)  # budgets held at the prices of the models served
         return old
 
     async def _handle(self, ctx: RequestContext, call: Call) -> Answer:

@@ -86,10 +86,15 @@ class AccessPolicy:
         self._clock = clock
         self._new_id = IdGenerator("u_")
         self._store_down_logged = 0.0
-        self._models = {m.name: m for m in models}
         # Routers' public names and the models their tiers use: a key allowed the name may be served by
         # any of them, and the hold covers the dearest (tokenway/tiers/policy.py).
         self._tiers = tiers or {}
+        self.use_models(models)
+
+    def use_models(self, models: list[ModelConfig]) -> None:
+        """The models (and so the prices) budgets are held at: the serving config's, again after a reload,
+        so a model the reload added is held at its own price, not at nothing."""
+        self._models = {m.name: m for m in models}
         self._rates = {m.name: Rates.dearest([Rates.of(deployment_price(d)) for d in m.deployments]) for m in models}
         self._plans: dict[tuple[str, str], _Plan] = {}  # (key id, "ip:<address>" or ""; model) -> plan
 
