@@ -327,3 +327,42 @@ def test_a_model_a_reload_adds_is_held_at_its_own_price(tmp_path: Path, upstream
     assert reloaded.status_code == 200, reloaded.text
     assert cheap.choices[0].message.content
     assert not any(seen.path.startswith("/dear/") for seen in upstream.seen)
+
+
+def test_a_reload_changes_a_models_guards_and_cache_rules(tmp_path: Path, upstream: FakeUpstream) -> None:
+    """A model's guard profiles and cache rules are part of ``models``, which a reload applies: a profile a
+    reload adds to a model guards its next call, and caching a reload turns on answers the call after."""
+    from tests.access_support import MASTER as ACCESS_MASTER
+    from tests.access_support import gateway
+
+    def guarded(on: bool) -> str:
+        return f"""
+models:
+  - name: m
+    guards: {"[scrub]" if on else "[]"}
+    cache: {{enabled: {str(on).lower()}}}
+    deployments: [{{provider: openai, api_base: "{upstream.url("guarded")}"}}]
+  - name: other
+    cache: {{enabled: true}}
+    deployments: [{{provider: openai, api_base: "{upstream.url("other")}"}}]
+guards:
+  profiles:
+    scrub: {{input: [{{check: pii, action: mask}}]}}
+cache: {{enabled: false}}
+"""
+
+    path = tmp_path / "tokenway.yaml"
+    path.write_text(guarded(False))
+    ask = {"model": "m", "messages": [{"role": "user", "content": "I am ann@example.com"}], "temperature": 0}
+    auth = {"Authorization": f"Bearer {ACCESS_MASTER}"}
+    with gateway(path.read_text(), tmp_path, config=path) as (base, _):
+        before = httpx.post(base + "/v1/chat/completions", json=ask, headers=auth)
+        sent_before = upstream.seen[-1].body["messages"][0]["content"]
+        path.write_text(guarded(True))
+        assert httpx.post(base + "/admin/config/reload", headers=auth).status_code == 200
+        calls = len(upstream.seen)
+        after = [httpx.post(base + "/v1/chat/completions", json=ask, headers=auth) for _ in range(2)]
+    assert before.status_code == 200 and sent_before == "I am ann@example.com"
+    assert upstream.seen[calls].body["messages"][0]["content"] == "I am [EMAIL]"
+    assert len(upstream.seen) == calls + 1  # the second call was answered from the cache
+    assert [r.headers.get("x-cache") for r in after] == ["miss", "hit"]

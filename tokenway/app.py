@@ -373,7 +373,14 @@ class Gateway:
         old = self._serving or serving
         self._serving, self.config, self._models, self.route = serving, serving.config, serving.models, serving.route
         self._data_routes, self._control = serving.data_routes, serving.control
-        self.access.policy.use_models(serving.config.models)  # budgets held at the prices of the models served
+        # What is built once per process but reads the models: budgets held at the served models' prices,
+        # each model's guard profiles and cache rules as the serving config says.
+        models = serving.config.models
+        self.access.policy.use_models(models)
+        if self.guards is not None:
+            self.guards.use_models({model.name: model.guards for model in models})
+        if self.cache is not None:
+            self.cache.use_models({model.name: model.cache for model in models})
         return old
 
     async def _handle(self, ctx: RequestContext, call: Call) -> Answer:

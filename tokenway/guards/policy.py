@@ -149,6 +149,12 @@ class Guards:
         self._classifier = classifier
         self._plans: dict[tuple[str | None, tuple[str, ...]], _Guards | None] = {}
 
+    def use_models(self, model_profiles: dict[str, list[str]]) -> None:
+        """Each model's profiles, again when a reload changes the models (the profiles themselves, and what
+        they loaded, stay until a restart)."""
+        self._model_profiles = model_profiles
+        self._plans = {}
+
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
         model = call.body.get("model")
         if model not in self._model_profiles:

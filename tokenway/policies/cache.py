@@ -87,17 +87,23 @@ class ResponseCache:
         self._semantic = semantic
         self._flights = Coalescer()
         self.errors = 0  # cache failures absorbed as misses (for metrics)
-        self._rules: dict[str, _Rules] = {}
+        self.use_models(models)
+
+    def use_models(self, models: dict[str, ModelCacheConfig]) -> None:
+        """Each model's cache rules: at start, and again when a reload changes the models. The store and
+        the embedder stay (semantic caching needs the embedder loaded at start)."""
+        config, rules = self._config, {}
         for name, model in models.items():
             if not (config.enabled if model.enabled is None else model.enabled):
                 continue
             only = model.deterministic_only
-            self._rules[name] = _Rules(
+            rules[name] = _Rules(
                 ttl_s=model.ttl_s or config.ttl_s,
                 deterministic_only=config.deterministic_only if only is None else only,
-                semantic=model.semantic and semantic is not None,
+                semantic=model.semantic and self._semantic is not None,
                 threshold=model.threshold or config.semantic.threshold,
             )
+        self._rules = rules
 
     async def __call__(self, ctx: RequestContext, call: Call, next: Handler) -> Answer:
         body = call.body
