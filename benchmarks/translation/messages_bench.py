@@ -20,7 +20,7 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -138,14 +138,20 @@ async def relayed(config: str) -> AsyncIterator[Gateway]:
         yield app
 
 
-async def main(rounds: int, requests: int, pieces: tuple[str, ...], relay: str | None) -> None:
-    """``relay``: the config of a relayed backend (``relaying``); None: the scripted provider."""
+Bodies = Callable[[bool], dict[str, tuple[str, bytes]]]
+
+
+async def compare(door: str, stream_end: bytes, make_bodies: Bodies, rounds: int, requests: int,
+                  pieces: tuple[str, ...], relay: str | None) -> None:
+    """``door``'s CPU per request against chat's, JSON and streamed, best round each. ``stream_end``: what
+    a stream of ``door`` ends with (checked once); ``relay``: the config of a relayed backend
+    (``relaying``); None: the scripted provider."""
     async with (scripted(pieces) if relay is None else relayed(relay)) as app:
-        variants = {f"{door} {mode}": target for mode in ("json", "stream")
-                    for door, target in bodies(mode == "stream").items()}
-        for path, body in variants.values():  # warm up, and check each answers in its own format
+        variants = {f"{name} {mode}": target for mode in ("json", "stream")
+                    for name, target in make_bodies(mode == "stream").items()}
+        for name, (path, body) in variants.items():  # warm up, and check each answers in its own format
             answer = await call(app, path, body)
-            assert (b"message_stop" if path == "/v1/messages" and b'"stream":true' in body else b"word") in answer
+            assert (stream_end if name == f"{door} stream" else b"word") in answer, answer
         best = dict.fromkeys(variants, float("inf"))
         for _ in range(rounds):
             for name, (path, body) in variants.items():
@@ -156,12 +162,13 @@ async def main(rounds: int, requests: int, pieces: tuple[str, ...], relay: str |
     for name, seconds in best.items():
         print(f"  {name:16s} {seconds * 1e6:8.1f} us")
     for mode in ("json", "stream"):
-        ratio = best[f"messages {mode}"] / best[f"chat {mode}"]
-        print(f"  /v1/messages vs chat, {mode}: {ratio:.3f} ({(ratio - 1) * 100:+.1f}% CPU)")
+        ratio = best[f"{door} {mode}"] / best[f"chat {mode}"]
+        print(f"  /v1/{door} vs chat, {mode}: {ratio:.3f} ({(ratio - 1) * 100:+.1f}% CPU)")
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run(door: str, stream_end: bytes, make_bodies: Bodies, description: str) -> None:
+    """The command line both front doors' scripts share."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--chunks", type=int, default=60)
@@ -169,7 +176,11 @@ if __name__ == "__main__":
     args = parser.parse_args()
     words = tuple(f" word{i:02d}" for i in range(args.chunks))
     if args.backend == "scripted":
-        asyncio.run(main(args.rounds, args.requests, words, None))
+        asyncio.run(compare(door, stream_end, make_bodies, args.rounds, args.requests, words, None))
     else:
         with relaying(words) as relay_config:
-            asyncio.run(main(args.rounds, args.requests, words, relay_config))
+            asyncio.run(compare(door, stream_end, make_bodies, args.rounds, args.requests, words, relay_config))
+
+
+if __name__ == "__main__":
+    run("messages", b"message_stop", bodies, __doc__ or "")
